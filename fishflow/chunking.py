@@ -1,0 +1,154 @@
+"""Split an item's text into chunks a Fish Speech server can speak in one generation.
+
+Current servers do not split text themselves: a long text is one generation, cut at
+``max_new_tokens`` (about 47 s of audio), so the tail is silently lost. fishflow chunks on the
+client, the way Fish 1.4/1.5 did on the server: sentences first, then clause punctuation, then
+whitespace, then a hard cut, packed up to a budget in UTF-8 bytes (a CJK character is 3 bytes).
+
+Boundaries depend only on the paragraph, never on where it sits in the item, so identical
+paragraphs give identical chunks and their audio can be shared (see ``chunk_key``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+from dataclasses import dataclass
+
+import sentencex
+
+from fishflow.text import PARAGRAPH_SEPARATOR
+
+# Clause punctuation in Latin and CJK scripts; the split falls after the mark.
+# A Latin comma counts only before a space, so that 12,50 stays whole.
+_CLAUSE_END = re.compile(r"[,;:)\]](?=\s)|[，、；：）】」』—–]")
+_SPACE = re.compile(r"\s+")
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    index: int
+    text: str
+    start: int  # character offsets in the item's normalised text: text == normalized[start:end]
+    end: int
+
+    @property
+    def utf8_bytes(self) -> int:
+        return len(self.text.encode())
+
+
+def _nbytes(text: str) -> int:
+    return len(text.encode())
+
+
+def _sentence_spans(paragraph: str, language: str) -> list[tuple[int, int]]:
+    segments = list(sentencex.segment(language, paragraph))
+    if "".join(segments) != paragraph:  # sentencex keeps every character; trust, but check
+        return [(0, len(paragraph))]
+    spans, pos = [], 0
+    for segment in segments:
+        spans.append((pos, pos + len(segment)))
+        pos += len(segment)
+    return spans
+
+
+def _split_by(pattern: re.Pattern[str], text: str, start: int, end: int) -> list[tuple[int, int]]:
+    cuts = [m.end() for m in pattern.finditer(text, start, end) if start < m.end() < end]
+    bounds = [start, *cuts, end]
+    return [(a, b) for a, b in itertools.pairwise(bounds) if a < b]
+
+
+def _hard_cut(text: str, start: int, end: int, budget: int) -> list[tuple[int, int]]:
+    pieces: list[tuple[int, int]] = []
+    a = start
+    while a < end:
+        size, b = 0, a
+        while b < end and size + _nbytes(text[b]) <= budget:
+            size += _nbytes(text[b])
+            b += 1
+        b = max(b, a + 1)  # one character over budget still has to go somewhere
+        pieces.append((a, b))
+        a = b
+    return pieces
+
+
+def _fit(text: str, start: int, end: int, budget: int) -> list[tuple[int, int]]:
+    """Break one span into pieces within budget: clauses, then words, then a hard cut."""
+    if _nbytes(text[start:end].strip()) <= budget:
+        return [(start, end)]
+    for pattern in (_CLAUSE_END, _SPACE):
+        parts = _split_by(pattern, text, start, end)
+        if len(parts) > 1:
+            return [piece for a, b in parts for piece in _fit(text, a, b, budget)]
+    return _hard_cut(text, start, end, budget)
+
+
+def _pack(text: str, pieces: list[tuple[int, int]], budget: int) -> list[tuple[int, int]]:
+    """Greedily join consecutive pieces while the stripped result stays within budget."""
+    packed: list[tuple[int, int]] = []
+    for a, b in pieces:
+        if packed and _nbytes(text[packed[-1][0] : b].strip()) <= budget:
+            packed[-1] = (packed[-1][0], b)
+        else:
+            packed.append((a, b))
+    return packed
+
+
+def _merge_small(
+    text: str, spans: list[tuple[int, int]], budget: int, minimum: int
+) -> list[tuple[int, int]]:
+    """Fold fragments too short to speak well into a neighbour when the budget allows."""
+    out: list[tuple[int, int]] = []
+    for a, b in spans:
+        small = _nbytes(text[a:b].strip()) < minimum
+        if (
+            out
+            and (small or _nbytes(text[out[-1][0] : out[-1][1]].strip()) < minimum)
+            and _nbytes(text[out[-1][0] : b].strip()) <= budget
+        ):
+            out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out
+
+
+def chunk_paragraph(
+    paragraph: str, language: str, max_bytes: int, min_bytes: int = 0
+) -> list[tuple[int, int]]:
+    """Spans (start, end) of the chunks of one normalised paragraph, whitespace trimmed."""
+    pieces = [
+        p for a, b in _sentence_spans(paragraph, language) for p in _fit(paragraph, a, b, max_bytes)
+    ]
+    spans = _merge_small(paragraph, _pack(paragraph, pieces, max_bytes), max_bytes, min_bytes)
+    trimmed = []
+    for a, b in spans:
+        segment = paragraph[a:b]
+        lead = len(segment) - len(segment.lstrip())
+        trail = len(segment) - len(segment.rstrip())
+        if b - trail > a + lead:
+            trimmed.append((a + lead, b - trail))
+    return trimmed
+
+
+def chunk_text(
+    normalized: str, language: str, max_bytes: int = 200, min_bytes: int = 24
+) -> list[Chunk]:
+    """Chunks of an item's normalised text (see ``fishflow.text.normalize``), in order.
+
+    Every chunk is within ``max_bytes`` unless it is a single character that is larger; the
+    chunks cover every non-space character of the text once, and only whitespace lies between
+    them.
+    """
+    chunks: list[Chunk] = []
+    offset = 0
+    for paragraph in normalized.split(PARAGRAPH_SEPARATOR):
+        for a, b in chunk_paragraph(paragraph, language, max_bytes, min_bytes):
+            chunks.append(Chunk(len(chunks), paragraph[a:b], offset + a, offset + b))
+        offset += len(paragraph) + len(PARAGRAPH_SEPARATOR)
+    return chunks
+
+
+def chunk_key(text: str, voice_fingerprint: str) -> str:
+    """Content key of one chunk's audio: same text, voice and synthesis fields, same audio."""
+    return hashlib.sha256(f"{voice_fingerprint}\0{text}".encode()).hexdigest()[:32]

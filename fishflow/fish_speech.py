@@ -1,0 +1,205 @@
+"""An async client for one Fish Speech server (self-hosted) or the Fish Audio cloud API.
+
+It sends one request per call and never retries: retrying, backoff and choosing a server are the
+pool's job (``fishflow.pool``), so attempts never multiply across layers.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import json
+import time
+from types import TracebackType
+from typing import Any
+
+import httpx
+import ormsgpack
+
+from fishflow.audio import Audio, check_plausible, decode
+from fishflow.errors import (
+    AuthenticationFailed,
+    OutOfCredit,
+    RequestRejected,
+    ServerBusy,
+    ServerError,
+    ServerUnavailable,
+    SynthesisError,
+)
+from fishflow.settings import SynthesisOptions, WireEncoding
+
+CLOUD_URL = "https://api.fish.audio"
+SAMPLE_RATE = 44_100
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _error_detail(response: httpx.Response) -> str:
+    """The server's own words: `message` of the error body, or the 422 list of field errors."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200].strip() or response.reason_phrase
+    if isinstance(body, list):  # pydantic-style validation errors
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', []))}: {e.get('msg', '')}"
+            for e in body
+            if isinstance(e, dict)
+        )
+    if isinstance(body, dict):
+        return str(body.get("message") or body.get("error") or body)[:300]
+    return str(body)[:200]
+
+
+def _raise_for_status(response: httpx.Response, server: str) -> None:
+    status = response.status_code
+    if status == 200:
+        return
+    detail = f"HTTP {status} from {server}: {_error_detail(response)}"
+    if status in (401, 403):
+        raise AuthenticationFailed(
+            f"{detail} (check the API key: FISHFLOW_API_KEY)", server=server, http_status=status
+        )
+    if status == 402:
+        raise OutOfCredit(
+            f"{detail} (the account is out of credit)", server=server, http_status=402
+        )
+    if status in (429, 503):
+        raise ServerBusy(
+            detail,
+            server=server,
+            http_status=status,
+            retry_after=_retry_after(response.headers.get("retry-after")),
+        )
+    if status >= 500:
+        raise ServerError(detail, server=server, http_status=status)
+    # An invalid field that is not the text fails every chunk alike: stop the run.
+    fatal = status == 422 and "text" not in _error_detail(response).split(":", 1)[0]
+    raise RequestRejected(detail, server=server, http_status=status, fatal=fatal)
+
+
+class FishSpeechClient:
+    """One server. ``async with FishSpeechClient(url) as fish: await fish.synthesize(...)``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        model: str | None = None,
+        encoding: WireEncoding = "msgpack",
+        connect_timeout_s: float = 5.0,
+        max_connections: int = 32,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.encoding = encoding
+        headers = {"Accept": "audio/wav, application/json"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        if model:
+            headers["model"] = model
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=headers,
+            transport=transport,
+            timeout=httpx.Timeout(120.0, connect=connect_timeout_s),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+        )
+
+    async def __aenter__(self) -> FishSpeechClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def _body(self, fields: dict[str, Any]) -> tuple[bytes, str]:
+        if self.encoding == "json":
+            # JSON carries reference audio as base64 (servers 1.5+).
+            refs = [
+                {"audio": base64.b64encode(r["audio"]).decode(), "text": r["text"]}
+                for r in fields["references"]
+            ]
+            return json.dumps({**fields, "references": refs}).encode(), "application/json"
+        return ormsgpack.packb(fields), "application/msgpack"
+
+    async def synthesize(
+        self,
+        text: str,
+        options: SynthesisOptions,
+        *,
+        reference_id: str | None = None,
+        read_timeout_s: float = 120.0,
+        validate: bool = True,
+    ) -> Audio:
+        """Synthesise one chunk and return its decoded, validated audio."""
+        body, media_type = self._body(options.request_fields(text, reference_id))
+        try:
+            response = await self._client.post(
+                "/v1/tts",
+                content=body,
+                headers={"Content-Type": media_type},
+                timeout=httpx.Timeout(read_timeout_s, connect=self._client.timeout.connect),
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise ServerUnavailable(
+                f"cannot connect to {self.base_url}: {type(exc).__name__}",
+                server=self.base_url,
+                connection_failed=True,
+            ) from None
+        except httpx.TimeoutException as exc:
+            raise ServerUnavailable(
+                f"{type(exc).__name__} after {read_timeout_s:.0f} s from {self.base_url}",
+                server=self.base_url,
+                timed_out=True,
+            ) from None
+        except httpx.TransportError as exc:  # reset, truncated body, protocol error
+            raise ServerUnavailable(
+                f"{type(exc).__name__} from {self.base_url}: {exc}", server=self.base_url
+            ) from None
+        _raise_for_status(response, self.base_url)
+        try:
+            audio = decode(response.content)
+            if validate:
+                check_plausible(
+                    audio, text, sample_rate=SAMPLE_RATE, max_new_tokens=options.max_new_tokens
+                )
+        except SynthesisError as exc:
+            exc.server = self.base_url
+            raise
+        return audio
+
+    async def health(self, timeout_s: float = 5.0) -> bool:
+        """True when the server answers /v1/health (GET, then POST for servers before 1.5.1)."""
+        for method in ("GET", "POST"):
+            try:
+                response = await self._client.request(method, "/v1/health", timeout=timeout_s)
+            except httpx.HTTPError:
+                return False
+            if response.status_code == 200:
+                return True
+            if response.status_code != 405:
+                return False
+        return False

@@ -1,0 +1,69 @@
+"""Change detection from earlier manifests: what an output already holds, read in one pass.
+
+The manifests are the system of record (not Prefect's cache: a cache hit still costs a task
+run). All earlier ``items`` tables of the output, finished or left as part files by a run that
+crashed, are read with pyarrow, column-projected, and reduced to the newest ``ok``/``skipped``
+row per item id. Audio existence comes from one listing of the output, not a call per item.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from fishflow.pipeline import PreviousItem
+from fishflow.storage import Store
+
+_COLUMNS = ["item_id", "status", "content_key", "audio_uri", "duration_s", "bytes", "created_at"]
+
+
+def _item_tables(store: Store, exclude_run: str | None) -> list[pa.Table]:
+    keys = [
+        k
+        for k in store.list("manifests/")
+        if k.endswith(".parquet")
+        and ("/items.parquet" in k or "/parts/items-" in k)
+        and not (exclude_run and k.startswith(f"manifests/run={exclude_run}/items.parquet"))
+    ]
+    tables = []
+    with tempfile.TemporaryDirectory(prefix="fishflow-prev-") as tmp:
+        for i, key in enumerate(keys):
+            local = (
+                store.uri(key)
+                if not store.root.startswith("s3://")
+                else os.path.join(tmp, f"{i}.parquet")
+            )
+            if store.root.startswith("s3://"):
+                with open(local, "wb") as fh:
+                    fh.write(store.get(key))
+            table = pq.read_table(local, columns=_COLUMNS)
+            tables.append(table.filter(pc.is_in(table["status"], pa.array(["ok", "skipped"]))))
+    return tables
+
+
+def load_previous(store: Store, exclude_run: str | None = None) -> dict[str, PreviousItem]:
+    """The newest published state of every item id in this output."""
+    tables = [t for t in _item_tables(store, exclude_run) if t.num_rows]
+    if not tables:
+        return {}
+    table = pa.concat_tables(tables).sort_by([("created_at", "ascending")])
+    prefix = store.uri("")
+    latest: dict[str, PreviousItem] = {}
+    for item_id, key, uri, duration, size in zip(
+        *(
+            table[c].to_pylist()
+            for c in ("item_id", "content_key", "audio_uri", "duration_s", "bytes")
+        ),
+        strict=True,
+    ):
+        if item_id and key and uri and uri.startswith(prefix):
+            latest[item_id] = PreviousItem(key, uri, uri[len(prefix) :], duration, size)
+    return latest
+
+
+def existing_audio(store: Store) -> set[str]:
+    return set(store.list("audio/"))

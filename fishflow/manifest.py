@@ -1,0 +1,215 @@
+"""Parquet manifests: the record of what happened to every input row.
+
+Layout under the output: ``manifests/run=<run_id>/{items,chunks,errors}.parquet``. While a run
+goes, each finished batch is written at once as part files under ``.../parts/``, so completed
+work is on record before the run ends (and a crashed run can be resumed from them); at the end
+the parts are merged, one at a time, into the three files.
+
+Each schema is one ``pa.schema`` constant and each row one dataclass; ``tests/unit`` checks that
+they agree, because ``pa.Table.from_pylist`` silently drops, fills or truncates what does not.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fishflow.storage import Store
+
+TS = pa.timestamp("us", tz="UTC")
+
+ITEMS_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("item_id", pa.string()),  # null when the source row had none
+        pa.field("source_row", pa.int64(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),  # ok | skipped | failed
+        pa.field("language", pa.string()),
+        pa.field("text_sha256", pa.string()),
+        pa.field("content_key", pa.string()),
+        pa.field("chars", pa.int64()),
+        pa.field("chunk_count", pa.int32()),
+        pa.field("reused_chunks", pa.int32()),
+        pa.field("audio_uri", pa.string()),
+        pa.field("audio_format", pa.string()),
+        pa.field("sample_rate", pa.int32()),
+        pa.field("duration_s", pa.float64()),
+        pa.field("bytes", pa.int64()),
+        pa.field("attempts", pa.int32()),
+        pa.field("synth_seconds", pa.float64()),
+        pa.field("error", pa.string()),
+        pa.field("created_at", TS, nullable=False),
+    ]
+)
+
+CHUNKS_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("source_row", pa.int64(), nullable=False),
+        pa.field("chunk_index", pa.int32(), nullable=False),
+        pa.field("start_char", pa.int64(), nullable=False),
+        pa.field("end_char", pa.int64(), nullable=False),
+        pa.field("utf8_bytes", pa.int32(), nullable=False),
+        pa.field("chunk_key", pa.string(), nullable=False),
+        pa.field("server", pa.string()),
+        pa.field("attempts", pa.int32(), nullable=False),
+        pa.field("latency_s", pa.float64()),
+        pa.field("duration_s", pa.float64()),
+        pa.field("reused", pa.bool_(), nullable=False),  # audio shared with an identical chunk
+        pa.field("status", pa.string(), nullable=False),  # ok | failed
+    ]
+)
+
+ERRORS_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("item_id", pa.string()),
+        pa.field("source_row", pa.int64(), nullable=False),
+        pa.field("chunk_index", pa.int32()),
+        pa.field(
+            "stage", pa.string(), nullable=False
+        ),  # source | synthesis | validation | upload | run
+        pa.field("error_type", pa.string(), nullable=False),
+        pa.field("error_message", pa.string(), nullable=False),
+        pa.field("http_status", pa.int32()),
+        pa.field("retryable", pa.bool_(), nullable=False),
+        pa.field("attempts", pa.int32(), nullable=False),
+        pa.field("created_at", TS, nullable=False),
+    ]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRow:
+    run_id: str
+    item_id: str | None
+    source_row: int
+    status: str
+    created_at: datetime
+    language: str | None = None
+    text_sha256: str | None = None
+    content_key: str | None = None
+    chars: int | None = None
+    chunk_count: int | None = None
+    reused_chunks: int | None = None
+    audio_uri: str | None = None
+    audio_format: str | None = None
+    sample_rate: int | None = None
+    duration_s: float | None = None
+    bytes: int | None = None
+    attempts: int | None = None
+    synth_seconds: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRow:
+    run_id: str
+    item_id: str
+    source_row: int
+    chunk_index: int
+    start_char: int
+    end_char: int
+    utf8_bytes: int
+    chunk_key: str
+    server: str | None
+    attempts: int
+    latency_s: float | None
+    duration_s: float | None
+    reused: bool
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorRow:
+    run_id: str
+    item_id: str | None
+    source_row: int
+    chunk_index: int | None
+    stage: str
+    error_type: str
+    error_message: str
+    http_status: int | None
+    retryable: bool
+    attempts: int
+    created_at: datetime
+
+
+MANIFESTS = {
+    "items": (ITEMS_SCHEMA, ItemRow),
+    "chunks": (CHUNKS_SCHEMA, ChunkRow),
+    "errors": (ERRORS_SCHEMA, ErrorRow),
+}
+
+
+def to_table(rows: Iterable[Any], schema: pa.Schema) -> pa.Table:
+    columns: dict[str, list[Any]] = {name: [] for name in schema.names}
+    for row in rows:
+        for name in schema.names:
+            columns[name].append(getattr(row, name))
+    return pa.table(columns, schema=schema)
+
+
+def run_prefix(run_id: str) -> str:
+    return f"manifests/run={run_id}"
+
+
+class ManifestWriter:
+    """Writes a run's manifests: part files per batch as it goes, merged files at the end."""
+
+    def __init__(self, store: Store, run_id: str) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.prefix = run_prefix(run_id)
+
+    def write_part(
+        self, part: str, items: list[ItemRow], chunks: list[ChunkRow], errors: list[ErrorRow]
+    ) -> None:
+        for name, rows in (("items", items), ("chunks", chunks), ("errors", errors)):
+            self._write(
+                f"{self.prefix}/parts/{name}-{part}.parquet", to_table(rows, MANIFESTS[name][0])
+            )
+
+    def _write(self, key: str, table: pa.Table) -> None:
+        with tempfile.TemporaryDirectory(prefix="fishflow-manifest-") as tmp:
+            path = os.path.join(tmp, "m.parquet")
+            pq.write_table(table, path, compression="zstd")
+            self.store.put_file(key, path, "application/vnd.apache.parquet")
+
+    def part_keys(self, name: str) -> list[str]:
+        return [
+            k
+            for k in self.store.list(f"{self.prefix}/parts/")
+            if k.rsplit("/", 1)[-1].startswith(name + "-")
+        ]
+
+    def finalize(self) -> dict[str, str]:
+        """Merge the part files into items/chunks/errors.parquet (errors even when empty)."""
+        uris = {}
+        for name, (schema, _) in MANIFESTS.items():
+            parts = self.part_keys(name)
+            with tempfile.TemporaryDirectory(prefix="fishflow-manifest-") as tmp:
+                path = os.path.join(tmp, f"{name}.parquet")
+                with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+                    for key in parts:
+                        writer.write_table(_read_store_table(self.store, key, tmp).cast(schema))
+                uris[name] = self.store.put_file(
+                    f"{self.prefix}/{name}.parquet", path, "application/vnd.apache.parquet"
+                )
+        self.store.delete([k for name in MANIFESTS for k in self.part_keys(name)])
+        return uris
+
+
+def _read_store_table(store: Store, key: str, tmp: str) -> pa.Table:
+    local = os.path.join(tmp, "part.parquet")
+    with open(local, "wb") as fh:
+        fh.write(store.get(key))
+    return pq.read_table(local)

@@ -1,0 +1,435 @@
+"""What happens to one item, and to one batch of items, with no Prefect in sight.
+
+source row -> validated Item -> chunks -> audio per chunk (shared between identical chunks)
+-> stitched file -> stored object -> manifest rows. Every row ends as exactly one ItemRow:
+``ok``, ``skipped`` (unchanged since an earlier run) or ``failed`` (with its ErrorRows).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+
+from fishflow.audio import Audio, content_type, encode, stitch
+from fishflow.chunking import Chunk, chunk_key, chunk_text
+from fishflow.errors import FishflowError, StorageError
+from fishflow.manifest import ChunkRow, ErrorRow, ItemRow
+from fishflow.pool import ServerPool, Synthesized
+from fishflow.settings import AudioSettings, ChunkSettings, SynthesisOptions
+from fishflow.sources import SourceRow
+from fishflow.storage import Store, safe_key
+from fishflow.text import detect_language, is_speakable, normalize, text_sha256
+
+MAX_ITEM_CHARS = 200_000
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    row: int
+    item_id: str
+    text: str  # normalised
+    language: str
+    voice: str | None
+    content_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    row: int
+    item_id: str | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PreviousItem:
+    """An `ok` row of an earlier run of the same output."""
+
+    content_key: str
+    audio_uri: str
+    audio_key: str
+    duration_s: float | None
+    bytes: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpec:
+    """Everything that decides what a run produces (plain data, safe to pass to tasks)."""
+
+    options: SynthesisOptions = field(default_factory=SynthesisOptions)
+    audio: AudioSettings = field(default_factory=AudioSettings)
+    chunking: ChunkSettings = field(default_factory=ChunkSettings)
+
+    def voice_fingerprint(self, voice: str | None) -> str:
+        return f"{self.options.fingerprint()}:{voice or ''}"
+
+    def content_key(self, normalized: str, voice: str | None) -> str:
+        """Changes whenever the audio would: text, voice, synthesis fields, format, joins."""
+        parts = (
+            normalized,
+            self.voice_fingerprint(voice),
+            self.audio.fingerprint(),
+            self.chunking.model_dump_json(),
+        )
+        return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+
+
+def validate_row(row: SourceRow, spec: RunSpec, seen_ids: set[str]) -> Item | Rejection:
+    """Turn a source row into an Item, or say why it cannot be one."""
+    item_id = row.item_id.strip() if row.item_id else None
+    if row.problem:
+        return Rejection(row.row, item_id, row.problem)
+    if not item_id:
+        return Rejection(row.row, None, "row has no id")
+    if item_id in seen_ids:
+        return Rejection(row.row, item_id, f"duplicate id {item_id!r} (first seen earlier)")
+    seen_ids.add(item_id)
+    if row.text is None or not row.text.strip():
+        return Rejection(row.row, item_id, "text is empty")
+    if len(row.text) > MAX_ITEM_CHARS:
+        return Rejection(
+            row.row, item_id, f"text has {len(row.text):,} characters, over {MAX_ITEM_CHARS:,}"
+        )
+    text = normalize(row.text)
+    if not is_speakable(text):
+        return Rejection(row.row, item_id, "text has no letters or digits to speak")
+    language = (row.language or "").strip().lower() or detect_language(text)
+    return Item(row.row, item_id, text, language, row.voice, spec.content_key(text, row.voice))
+
+
+def audio_key(item_id: str, fmt: str) -> str:
+    return f"audio/{safe_key(item_id)}.{fmt}"
+
+
+class ChunkCache:
+    """Chunk audio by content key, kept on disk so memory stays flat; identical chunks in
+    flight at once share one request."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        os.makedirs(directory, exist_ok=True)
+        self._pending: dict[str, asyncio.Future[Audio]] = {}
+
+    def _path(self, key: str, rate: int) -> str:
+        return os.path.join(self.directory, key[:2], f"{key}.{rate}.s16")
+
+    def _load(self, key: str, rate: int) -> Audio | None:
+        try:
+            return Audio(np.fromfile(self._path(key, rate), dtype=np.int16), rate)
+        except FileNotFoundError:
+            return None
+
+    def _save(self, key: str, audio: Audio) -> None:
+        path = self._path(key, audio.sample_rate)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(audio.samples.tobytes())
+        os.replace(tmp, path)
+
+    async def get_or_make(
+        self, key: str, rate: int, make: Callable[[], Awaitable[Synthesized]]
+    ) -> tuple[Audio, Synthesized | None]:
+        """The chunk's audio, and how it was made (None when it was reused)."""
+        if (pending := self._pending.get(key)) is not None:
+            return await asyncio.shield(pending), None
+        if (cached := self._load(key, rate)) is not None:
+            return cached, None
+        future: asyncio.Future[Audio] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        try:
+            made = await make()
+            self._save(key, made.audio)
+            future.set_result(made.audio)
+            return made.audio, made
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, nobody logs "never retrieved"
+            raise
+        finally:
+            del self._pending[key]
+
+
+@dataclass
+class ItemOutcome:
+    item: ItemRow
+    chunks: list[ChunkRow] = field(default_factory=list)
+    errors: list[ErrorRow] = field(default_factory=list)
+
+
+@dataclass
+class RunContext:
+    """What a batch needs while it runs: built once per process by the tasks layer."""
+
+    run_id: str
+    spec: RunSpec
+    pool: ServerPool
+    store: Store
+    cache: ChunkCache
+    previous: dict[str, PreviousItem] = field(default_factory=dict)
+    existing_audio: set[str] = field(default_factory=set)
+    force: bool = False
+    fatal_error: FishflowError | None = None
+    on_item_done: Callable[[ItemRow], None] | None = None
+    item_slots: asyncio.Semaphore | None = None
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def stop(self, exc: FishflowError) -> None:
+        if self.fatal_error is None:
+            self.fatal_error = exc
+
+
+def _error_row(
+    ctx: RunContext,
+    row: int,
+    item_id: str | None,
+    exc: BaseException,
+    chunk_index: int | None = None,
+    stage: str | None = None,
+) -> ErrorRow:
+    is_ours = isinstance(exc, FishflowError)
+    return ErrorRow(
+        run_id=ctx.run_id,
+        item_id=item_id,
+        source_row=row,
+        chunk_index=chunk_index,
+        stage=stage or (exc.stage if is_ours else "run"),
+        error_type=type(exc).__name__,
+        error_message=(exc.message if is_ours else str(exc)) or type(exc).__name__,
+        http_status=exc.http_status if is_ours else None,
+        retryable=bool(exc.retryable) if is_ours else False,
+        attempts=getattr(exc, "attempts", 1),
+        created_at=ctx.now(),
+    )
+
+
+def rejected_outcome(ctx: RunContext, rejection: Rejection) -> ItemOutcome:
+    now = ctx.now()
+    return ItemOutcome(
+        ItemRow(
+            ctx.run_id, rejection.item_id, rejection.row, "failed", now, error=rejection.reason
+        ),
+        errors=[
+            ErrorRow(
+                ctx.run_id,
+                rejection.item_id,
+                rejection.row,
+                None,
+                "source",
+                "InvalidRow",
+                rejection.reason,
+                None,
+                False,
+                0,
+                now,
+            )
+        ],
+    )
+
+
+def _failed(
+    ctx: RunContext, item: Item, errors: list[ErrorRow], chunks: list[ChunkRow], **fields: object
+) -> ItemOutcome:
+    return ItemOutcome(
+        ItemRow(
+            ctx.run_id,
+            item.item_id,
+            item.row,
+            "failed",
+            ctx.now(),
+            language=item.language,
+            text_sha256=text_sha256(item.text),
+            content_key=item.content_key,
+            chars=len(item.text),
+            error=errors[0].error_message,
+            **fields,
+        ),  # type: ignore[arg-type]
+        chunks,
+        errors,
+    )
+
+
+def _skip_if_unchanged(ctx: RunContext, item: Item) -> ItemOutcome | None:
+    prev = ctx.previous.get(item.item_id)
+    if ctx.force or prev is None or prev.content_key != item.content_key:
+        return None
+    if prev.audio_key not in ctx.existing_audio:
+        return None
+    row = ItemRow(
+        ctx.run_id,
+        item.item_id,
+        item.row,
+        "skipped",
+        ctx.now(),
+        language=item.language,
+        text_sha256=text_sha256(item.text),
+        content_key=item.content_key,
+        chars=len(item.text),
+        audio_uri=prev.audio_uri,
+        audio_format=ctx.spec.audio.format,
+        duration_s=prev.duration_s,
+        bytes=prev.bytes,
+        attempts=0,
+    )
+    return ItemOutcome(row)
+
+
+async def _chunk_audio(ctx: RunContext, item: Item, chunk: Chunk) -> tuple[Audio, ChunkRow]:
+    key = chunk_key(chunk.text, ctx.spec.voice_fingerprint(item.voice))
+    rate = ctx.spec.audio.sample_rate
+
+    def make() -> Awaitable[Synthesized]:
+        return ctx.pool.synthesize(chunk.text, ctx.spec.options, reference_id=item.voice)
+
+    audio, made = await ctx.cache.get_or_make(key, rate, make)
+    row = ChunkRow(
+        run_id=ctx.run_id,
+        item_id=item.item_id,
+        source_row=item.row,
+        chunk_index=chunk.index,
+        start_char=chunk.start,
+        end_char=chunk.end,
+        utf8_bytes=chunk.utf8_bytes,
+        chunk_key=key,
+        server=made.server if made else None,
+        attempts=made.attempts if made else 0,
+        latency_s=made.latency_s if made else None,
+        duration_s=audio.duration_s,
+        reused=made is None,
+        status="ok",
+    )
+    return audio, row
+
+
+def _publish(ctx: RunContext, item: Item, parts: list[Audio]) -> tuple[str, Audio, int]:
+    settings = ctx.spec.audio
+    audio = stitch(parts, pause_ms=settings.pause_ms, fade_ms=settings.fade_ms)
+    data = encode(audio, settings.format)
+    uri = ctx.store.put(
+        audio_key(item.item_id, settings.format),
+        data,
+        content_type(settings.format),
+        {"text-sha256": text_sha256(item.text), "content-key": item.content_key},
+    )
+    return uri, audio, len(data)
+
+
+async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
+    """Synthesise, stitch and publish one item; never raises for the item's own failures."""
+    if (skipped := _skip_if_unchanged(ctx, item)) is not None:
+        return skipped
+    if ctx.fatal_error is not None:
+        err = _error_row(ctx, item.row, item.item_id, ctx.fatal_error, stage="run")
+        return _failed(ctx, item, [err], [])
+    chunks = chunk_text(
+        item.text, item.language, ctx.spec.chunking.max_bytes, ctx.spec.chunking.min_bytes
+    )
+    started = time.monotonic()
+    results = await asyncio.gather(
+        *(_chunk_audio(ctx, item, c) for c in chunks), return_exceptions=True
+    )
+    synth_seconds = time.monotonic() - started
+    rows: list[ChunkRow] = []
+    errors: list[ErrorRow] = []
+    audio_parts: list[Audio] = []
+    for chunk, result in zip(chunks, results, strict=True):
+        if isinstance(result, BaseException):
+            if not isinstance(result, Exception):
+                raise result  # cancellation: the run is stopping
+            if isinstance(result, FishflowError) and result.fatal:
+                ctx.stop(result)
+            errors.append(_error_row(ctx, item.row, item.item_id, result, chunk.index))
+            rows.append(
+                ChunkRow(
+                    ctx.run_id,
+                    item.item_id,
+                    item.row,
+                    chunk.index,
+                    chunk.start,
+                    chunk.end,
+                    chunk.utf8_bytes,
+                    chunk_key(chunk.text, ctx.spec.voice_fingerprint(item.voice)),
+                    getattr(result, "server", None),
+                    getattr(result, "attempts", 1),
+                    None,
+                    None,
+                    False,
+                    "failed",
+                )
+            )
+        else:
+            audio_parts.append(result[0])
+            rows.append(result[1])
+    attempts = sum(r.attempts for r in rows)
+    if errors:
+        return _failed(
+            ctx,
+            item,
+            errors,
+            rows,
+            chunk_count=len(chunks),
+            attempts=attempts,
+            synth_seconds=synth_seconds,
+        )
+    try:
+        uri, audio, size = await asyncio.to_thread(_publish, ctx, item, audio_parts)
+    except StorageError as exc:
+        if exc.fatal:
+            ctx.stop(exc)
+        return _failed(
+            ctx,
+            item,
+            [_error_row(ctx, item.row, item.item_id, exc)],
+            rows,
+            chunk_count=len(chunks),
+            attempts=attempts,
+        )
+    row = ItemRow(
+        ctx.run_id,
+        item.item_id,
+        item.row,
+        "ok",
+        ctx.now(),
+        language=item.language,
+        text_sha256=text_sha256(item.text),
+        content_key=item.content_key,
+        chars=len(item.text),
+        chunk_count=len(chunks),
+        reused_chunks=sum(r.reused for r in rows),
+        audio_uri=uri,
+        audio_format=ctx.spec.audio.format,
+        sample_rate=audio.sample_rate,
+        duration_s=audio.duration_s,
+        bytes=size,
+        attempts=attempts,
+        synth_seconds=synth_seconds,
+    )
+    return ItemOutcome(row, rows)
+
+
+async def process_batch(ctx: RunContext, entries: list[Item | Rejection]) -> list[ItemOutcome]:
+    """Process a batch, items concurrently; outcomes come back in input order."""
+
+    async def one(entry: Item | Rejection) -> ItemOutcome:
+        if isinstance(entry, Rejection):
+            outcome = rejected_outcome(ctx, entry)
+        elif ctx.item_slots is None:
+            outcome = await process_item(ctx, entry)
+        else:
+            # Bound the items in progress so that audio in memory does not grow with the batch.
+            async with ctx.item_slots:
+                outcome = await process_item(ctx, entry)
+        if ctx.on_item_done is not None:
+            ctx.on_item_done(outcome.item)
+        return outcome
+
+    return list(await asyncio.gather(*(one(e) for e in entries)))

@@ -1,0 +1,240 @@
+"""A pool of Fish Speech servers that keeps every server busy and never more than busy.
+
+Each server has an in-flight limit (about 2 for a serial self-hosted server, the tier's limit on
+the Fish Audio cloud). Work goes to the least-loaded live server. A server that refuses
+connections or times out repeatedly leaves the rotation and is probed on ``/v1/health`` until it
+answers again. 429/503 halve the server's limit, successes raise it again slowly (AIMD).
+
+Retries live here and only here: the client sends once, the pipeline calls ``synthesize`` once
+per distinct chunk, Prefect does not retry batch tasks. A chunk is retried on another attempt
+(possibly another server) with exponential backoff and jitter, honouring Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+
+import httpx
+
+from fishflow.audio import Audio
+from fishflow.errors import (
+    AllServersDown,
+    ServerBusy,
+    ServerError,
+    ServerUnavailable,
+    SynthesisError,
+)
+from fishflow.fish_speech import FishSpeechClient
+from fishflow.settings import RetryPolicy, ServerConfig, SynthesisOptions, WireEncoding
+
+
+@dataclass
+class ServerState:
+    config: ServerConfig
+    client: FishSpeechClient
+    limit: float
+    in_flight: int = 0
+    up: bool = True
+    failures: int = 0  # consecutive connection failures
+    last_decrease: float = 0.0
+    requests: int = 0
+    busy_s: float = 0.0  # seconds with at least one request in flight
+    _busy_since: float | None = None
+    probe: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return self.config.url
+
+    @property
+    def capacity(self) -> int:
+        return max(1, int(self.limit))
+
+
+@dataclass(frozen=True, slots=True)
+class Synthesized:
+    audio: Audio
+    server: str
+    attempts: int
+    latency_s: float
+
+
+class ServerPool:
+    """``async with ServerPool(servers) as pool: await pool.synthesize(text, options)``."""
+
+    def __init__(
+        self,
+        servers: list[ServerConfig],
+        *,
+        api_key: str | None = None,
+        encoding: WireEncoding = "msgpack",
+        retry: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        probe_interval_s: float = 1.0,
+    ) -> None:
+        if not servers:
+            raise ValueError("a pool needs at least one server")
+        self.retry = retry or RetryPolicy()
+        self.probe_interval_s = probe_interval_s
+        self.servers = [
+            ServerState(
+                config=s,
+                limit=float(s.max_in_flight),
+                client=FishSpeechClient(
+                    s.url,
+                    api_key=api_key,
+                    model=s.model,
+                    encoding=encoding,
+                    max_connections=s.max_in_flight * 2,
+                    transport=transport,
+                ),
+            )
+            for s in servers
+        ]
+        self._changed = asyncio.Condition()
+        self._all_down_since: float | None = None
+        self._rng = random.Random()
+
+    async def __aenter__(self) -> ServerPool:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        for s in self.servers:
+            if s.probe:
+                s.probe.cancel()
+            await s.client.aclose()
+
+    @property
+    def capacity(self) -> int:
+        return sum(s.config.max_in_flight for s in self.servers)
+
+    # -- choosing a server --------------------------------------------------------------------
+    def _pick(self) -> ServerState | None:
+        free = [s for s in self.servers if s.up and s.in_flight < s.capacity]
+        if not free:
+            return None
+        return min(free, key=lambda s: (s.in_flight / s.capacity, s.in_flight))
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[ServerState]:
+        async with self._changed:
+            while (server := self._pick()) is None:
+                self._check_all_down()
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), timeout=1.0)
+            if server.in_flight == 0:
+                server._busy_since = time.monotonic()
+            server.in_flight += 1
+        try:
+            yield server
+        finally:
+            async with self._changed:
+                server.in_flight -= 1
+                if server.in_flight == 0 and server._busy_since is not None:
+                    server.busy_s += time.monotonic() - server._busy_since
+                    server._busy_since = None
+                self._changed.notify_all()
+
+    def _check_all_down(self) -> None:
+        if any(s.up for s in self.servers):
+            self._all_down_since = None
+            return
+        now = time.monotonic()
+        if self._all_down_since is None:
+            self._all_down_since = now
+        elif now - self._all_down_since > self.retry.all_down_grace_s:
+            urls = ", ".join(s.url for s in self.servers)
+            raise AllServersDown(
+                f"no Fish Speech server answered for {self.retry.all_down_grace_s:.0f} s ({urls})"
+            )
+
+    # -- health and limits ----------------------------------------------------------------------
+    def _on_success(self, server: ServerState) -> None:
+        server.failures = 0
+        server.requests += 1
+        if server.limit < server.config.max_in_flight:  # additive increase: +1 per full window
+            server.limit = min(server.config.max_in_flight, server.limit + 1 / server.capacity)
+
+    def _on_failure(self, server: ServerState, exc: SynthesisError) -> None:
+        server.requests += 1
+        if isinstance(exc, ServerBusy):
+            now = time.monotonic()
+            if now - server.last_decrease > 1.0:  # one halving per burst, not one per request
+                server.limit = max(1.0, server.limit / 2)
+                server.last_decrease = now
+        elif isinstance(exc, ServerUnavailable) and (exc.connection_failed or exc.timed_out):
+            server.failures += 1
+            if server.up and server.failures >= self.retry.down_after_failures:
+                server.up = False
+                server.probe = asyncio.create_task(self._probe(server))
+
+    async def _probe(self, server: ServerState) -> None:
+        delay = self.probe_interval_s
+        while not await server.client.health(timeout_s=max(2.0, delay)):
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 10.0)
+        async with self._changed:
+            server.up, server.failures, server.probe = True, 0, None
+            server.limit = max(1.0, server.limit)
+            self._changed.notify_all()
+
+    def _backoff(self, attempt: int, exc: SynthesisError) -> float:
+        if isinstance(exc, ServerBusy) and exc.retry_after is not None:
+            return min(exc.retry_after, self.retry.max_backoff_s) + self._rng.random() * 0.1
+        base = min(self.retry.max_backoff_s, self.retry.backoff_s * 2 ** (attempt - 1))
+        return base * (1 - self.retry.jitter * self._rng.random())
+
+    # -- the one place that retries ---------------------------------------------------------------
+    async def synthesize(
+        self, text: str, options: SynthesisOptions, *, reference_id: str | None = None
+    ) -> Synthesized:
+        """Synthesise one chunk on the best server, retrying what can succeed.
+
+        Raises the last SynthesisError (with ``attempts`` set) when retrying cannot help or the
+        budget is spent; AllServersDown when no server answered for the grace period.
+        """
+        attempts = server_errors = refused = 0
+        while True:
+            async with self.slot() as server:
+                started = time.monotonic()
+                # A serial server answers in queue order: allow one generation per request ahead.
+                timeout = self.retry.request_timeout_s * server.in_flight
+                try:
+                    audio = await server.client.synthesize(
+                        text, options, reference_id=reference_id, read_timeout_s=timeout
+                    )
+                except SynthesisError as exc:
+                    self._on_failure(server, exc)
+                    error = exc
+                else:
+                    self._on_success(server)
+                    return Synthesized(audio, server.url, attempts + 1, time.monotonic() - started)
+            if isinstance(error, ServerUnavailable) and error.connection_failed and refused < 100:
+                # A refused connection cost no generation: the pool ejects the server after a
+                # few, and the chunk goes to another one (or waits out the grace period).
+                refused += 1
+                await asyncio.sleep(0.05)
+                continue
+            attempts += 1
+            error.attempts = attempts
+            if isinstance(error, ServerError):
+                server_errors += 1
+            if (
+                not error.retryable
+                or error.fatal
+                or attempts >= self.retry.max_attempts
+                or server_errors >= self.retry.max_server_errors
+            ):
+                raise error
+            await asyncio.sleep(self._backoff(attempts, error))
+
+    def utilisation(self, wall_s: float) -> dict[str, float]:
+        return {s.url: (s.busy_s / wall_s if wall_s > 0 else 0.0) for s in self.servers}

@@ -1,0 +1,124 @@
+"""The pieces of one run that are not Prefect's business: ids, wiring, batching, summary."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from fishflow.incremental import existing_audio, load_previous
+from fishflow.manifest import ManifestWriter
+from fishflow.pipeline import (
+    ChunkCache,
+    Item,
+    ItemOutcome,
+    Rejection,
+    RunContext,
+    RunSpec,
+    validate_row,
+)
+from fishflow.pool import ServerPool
+from fishflow.settings import AudioSettings, ChunkSettings, RunSettings
+from fishflow.sources import Columns, read_source
+from fishflow.storage import open_store
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def run_spec(settings: RunSettings) -> RunSpec:
+    return RunSpec(
+        options=settings.synthesis_options(),
+        audio=AudioSettings(format=settings.audio_format, pause_ms=settings.pause_ms),
+        chunking=ChunkSettings(max_bytes=settings.chunk_bytes),
+    )
+
+
+def columns(settings: RunSettings) -> Columns:
+    return Columns(
+        settings.id_column, settings.text_column, settings.language_column, settings.voice_column
+    )
+
+
+def entry_batches(
+    source: str, settings: RunSettings, spec: RunSpec
+) -> Iterator[list[Item | Rejection]]:
+    """Validated batches of the source, in order; duplicate ids are caught across batches."""
+    seen: set[str] = set()
+    for rows in read_source(source, columns(settings), batch_rows=settings.batch_size):
+        yield [validate_row(row, spec, seen) for row in rows]
+
+
+@dataclass
+class RunTotals:
+    ok: int = 0
+    skipped: int = 0
+    failed: int = 0
+    audio_seconds: float = 0.0
+    failures: list[tuple[str | None, int, str]] = field(
+        default_factory=list
+    )  # first few, for reports
+
+    def add(self, outcomes: list[ItemOutcome]) -> None:
+        for o in outcomes:
+            row = o.item
+            setattr(self, row.status, getattr(self, row.status) + 1)
+            if row.status == "ok" and row.duration_s:
+                self.audio_seconds += row.duration_s
+            if row.status == "failed" and len(self.failures) < 50:
+                self.failures.append((row.item_id, row.source_row, row.error or ""))
+
+
+@asynccontextmanager
+async def open_run(
+    *,
+    run_id: str,
+    out: str,
+    servers: list[str],
+    settings: RunSettings,
+    force: bool,
+    api_key: str | None,
+) -> AsyncIterator[tuple[RunContext, ManifestWriter]]:
+    """Build everything a run's batches share, and close it when the run ends."""
+    store = await asyncio.to_thread(open_store, out, settings.sse)
+    spec = run_spec(settings)
+    temp_cache = None
+    cache_dir = settings.chunk_cache
+    if cache_dir is None:
+        if out.startswith("s3://"):
+            cache_dir = temp_cache = tempfile.mkdtemp(prefix="fishflow-chunks-")
+        else:
+            cache_dir = os.path.join(store.root, ".fishflow", "chunks")
+    previous = {} if force else await asyncio.to_thread(load_previous, store, run_id)
+    existing = await asyncio.to_thread(existing_audio, store) if previous else set()
+    pool = ServerPool(
+        settings.server_configs(servers),
+        api_key=api_key,
+        encoding=settings.encoding,
+        retry=settings.retry_policy(),
+    )
+    ctx = RunContext(
+        run_id=run_id,
+        spec=spec,
+        pool=pool,
+        store=store,
+        cache=ChunkCache(cache_dir),
+        previous=previous,
+        existing_audio=existing,
+        force=force,
+        # Items in progress hold their chunks' audio: keep enough to fill every server twice.
+        item_slots=asyncio.Semaphore(max(8, 2 * pool.capacity)),
+    )
+    try:
+        async with pool:
+            yield ctx, ManifestWriter(store, run_id)
+    finally:
+        if temp_cache:
+            shutil.rmtree(temp_cache, ignore_errors=True)

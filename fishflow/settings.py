@@ -1,0 +1,204 @@
+"""One typed settings tree: what a run synthesises, where, and how.
+
+Bounds follow what the Fish Speech server enforces (../shared/fish-speech-api.md), so an invalid
+sampling field is refused here, before any request is sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fishflow.errors import ConfigError
+
+AudioFormat = Literal["wav", "flac", "mp3"]
+WireEncoding = Literal["msgpack", "json"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Reference(_Frozen):
+    """A reference voice sent with each request: audio bytes plus its transcript."""
+
+    audio: bytes = Field(description="Reference audio file contents (wav/mp3/flac)")
+    text: str = Field(description="What is said in the reference audio")
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.audio + b"\0" + self.text.encode()).hexdigest()[:16]
+
+
+class SynthesisOptions(_Frozen):
+    """Fields of Fish's ServeTTSRequest that change the audio."""
+
+    reference_id: str | None = Field(None, description="Voice id known to the server")
+    references: tuple[Reference, ...] = Field((), description="Inline reference voices")
+    seed: int | None = Field(None, ge=0, description="Seed; makes a voice-less voice stable")
+    temperature: float = Field(0.8, ge=0.1, le=1.0, description="Sampling temperature")
+    top_p: float = Field(0.8, ge=0.1, le=1.0, description="Nucleus sampling")
+    repetition_penalty: float = Field(1.1, ge=0.9, le=2.0, description="Repetition penalty")
+    max_new_tokens: int = Field(1024, ge=1, le=8192, description="~21.5 tokens per audio second")
+    chunk_length: int = Field(200, ge=100, le=1000, description="Server-side split size (bytes)")
+    normalize: bool = Field(True, description="Text normalisation (ignored by 1.5+ servers)")
+    use_memory_cache: Literal["on", "off"] = Field("off", description="Cache encoded references")
+
+    def request_fields(self, text: str, reference_id: str | None = None) -> dict[str, object]:
+        """The body of one /v1/tts request; a per-item voice overrides the run's."""
+        return {
+            "text": text,
+            "chunk_length": self.chunk_length,
+            "format": "wav",  # batch clients ask for wav and encode other formats themselves
+            "references": [{"audio": r.audio, "text": r.text} for r in self.references],
+            "reference_id": reference_id or self.reference_id,
+            "seed": self.seed,
+            "use_memory_cache": self.use_memory_cache,
+            "normalize": self.normalize,
+            "streaming": False,
+            "max_new_tokens": self.max_new_tokens,
+            "top_p": self.top_p,
+            "repetition_penalty": self.repetition_penalty,
+            "temperature": self.temperature,
+        }
+
+    def fingerprint(self) -> str:
+        """Stable digest of every field that changes the audio (references by their hash)."""
+        data = self.model_dump(exclude={"references"})
+        data["references"] = [r.digest() for r in self.references]
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class ChunkSettings(_Frozen):
+    max_bytes: int = Field(
+        200, ge=20, le=4000, description="Chunk budget in UTF-8 bytes (Fish's own chunk_length)"
+    )
+    min_bytes: int = Field(24, ge=0, le=200, description="Smaller fragments are merged")
+
+
+class AudioSettings(_Frozen):
+    format: AudioFormat = Field("wav", description="Output file format")
+    sample_rate: int = Field(44_100, description="Sample rate the servers produce")
+    pause_ms: int = Field(250, ge=0, le=5000, description="Silence between chunks")
+    fade_ms: int = Field(8, ge=0, le=200, description="Fade at each join, against clicks")
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+
+class ServerConfig(_Frozen):
+    url: str = Field(description="Base URL, e.g. http://gpu-1:8080")
+    max_in_flight: int = Field(2, ge=1, le=256, description="Requests in flight on this server")
+    model: str | None = Field(None, description="Fish Audio cloud `model` header (s1, s2-pro)")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"server URL must start with http:// or https://: {value!r}")
+        return value.rstrip("/")
+
+
+class RetryPolicy(_Frozen):
+    max_attempts: int = Field(6, ge=1, le=50, description="Attempts per chunk, all causes")
+    max_server_errors: int = Field(3, ge=1, le=50, description="Attempts after plain 500s")
+    backoff_s: float = Field(0.5, ge=0, le=60, description="First backoff; doubles per attempt")
+    max_backoff_s: float = Field(30.0, ge=0, le=600, description="Backoff ceiling")
+    jitter: float = Field(0.5, ge=0, le=1, description="Random share of each backoff")
+    request_timeout_s: float = Field(
+        120.0, gt=0, description="Read timeout per queued generation ahead on the server"
+    )
+    down_after_failures: int = Field(
+        2, ge=1, description="Consecutive connection failures before a server leaves rotation"
+    )
+    all_down_grace_s: float = Field(
+        60.0, ge=0, description="How long every server may be down before the run stops"
+    )
+
+
+class EnvSettings(BaseSettings):
+    """Secrets and defaults read from the environment (FISHFLOW_ prefix), never parameters."""
+
+    model_config = SettingsConfigDict(env_prefix="FISHFLOW_", extra="ignore")
+
+    api_key: SecretStr | None = Field(None, description="Bearer key for the Fish Speech servers")
+
+
+def validated(model_class: type[BaseModel], /, **values: object) -> BaseModel:
+    """Build a settings model, turning pydantic's report into one readable ConfigError."""
+    try:
+        return model_class(**values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or model_class.__name__}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid {model_class.__name__}: {problems}") from None
+
+
+class RunSettings(_Frozen):
+    """Every option of a run: the CLI's flags and the flow's `settings` parameter alike."""
+
+    id_column: str = Field("id", description="Column holding the item id")
+    text_column: str = Field("text", description="Column holding the text")
+    language_column: str = Field("language", description="Optional column with a language code")
+    voice_column: str = Field("reference_id", description="Optional column with a per-row voice")
+    audio_format: AudioFormat = Field("wav", description="Output audio format: wav, flac or mp3")
+    max_in_flight: int = Field(2, ge=1, le=256, description="Requests in flight per server")
+    encoding: WireEncoding = Field("msgpack", description="Request body encoding")
+    cloud_model: str | None = Field(None, description="Fish Audio cloud model header (s1, s2-pro)")
+    reference_id: str | None = Field(None, description="Voice id for rows without their own")
+    seed: int | None = Field(None, ge=0, description="Sampling seed")
+    temperature: float = Field(0.8, ge=0.1, le=1.0, description="Sampling temperature")
+    top_p: float = Field(0.8, ge=0.1, le=1.0, description="Nucleus sampling")
+    repetition_penalty: float = Field(1.1, ge=0.9, le=2.0, description="Repetition penalty")
+    max_new_tokens: int = Field(1024, ge=1, le=8192, description="Token cap per generation")
+    chunk_bytes: int = Field(200, ge=20, le=4000, description="Chunk budget in UTF-8 bytes")
+    pause_ms: int = Field(250, ge=0, le=5000, description="Silence between chunks")
+    batch_size: int = Field(100, ge=1, le=100_000, description="Items per Prefect task run")
+    max_attempts: int = Field(6, ge=1, le=50, description="Attempts per chunk")
+    request_timeout_s: float = Field(120.0, gt=0, description="Read timeout per queued generation")
+    all_down_grace_s: float = Field(60.0, ge=0, description="Stop when no server answers this long")
+    sse: Literal["AES256", "aws:kms"] | None = Field(None, description="S3 server-side encryption")
+    chunk_cache: str | None = Field(
+        None,
+        description="Folder of chunk audio (default: <out>/.fishflow/chunks, or a temp dir for S3)",
+    )
+
+    def synthesis_options(self) -> SynthesisOptions:
+        return SynthesisOptions(
+            reference_id=self.reference_id,
+            seed=self.seed,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            repetition_penalty=self.repetition_penalty,
+            max_new_tokens=self.max_new_tokens,
+        )
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            max_attempts=self.max_attempts,
+            request_timeout_s=self.request_timeout_s,
+            all_down_grace_s=self.all_down_grace_s,
+        )
+
+    def server_configs(self, urls: list[str]) -> list[ServerConfig]:
+        """`URL` or `URL#limit=N` (a per-server in-flight limit, e.g. for --workers N servers)."""
+        configs = []
+        for url in urls:
+            base, _, fragment = url.partition("#")
+            limit = self.max_in_flight
+            if fragment.startswith("limit="):
+                try:
+                    limit = int(fragment.removeprefix("limit="))
+                except ValueError:
+                    raise ConfigError(f"bad server limit in {url!r}: use URL#limit=N") from None
+            configs.append(
+                validated(ServerConfig, url=base, max_in_flight=limit, model=self.cloud_model)
+            )
+        if not configs:
+            raise ConfigError("no server given: pass --server URL")
+        return configs  # type: ignore[return-value]

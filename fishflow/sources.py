@@ -1,0 +1,239 @@
+"""Read catalog rows from CSV, JSONL, Parquet, folders of .txt/.md, locally or on S3, in batches.
+
+Readers never hold a whole catalog: they yield lists of ``SourceRow`` of at most ``batch_rows``.
+A row that cannot be read (bad JSON line, invalid UTF-8) still yields a ``SourceRow`` carrying a
+``problem``, so that it ends in the manifest as a failed item rather than vanishing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fishflow.errors import SourceError
+from fishflow.storage import parse_s3_uri, s3_client, wrap_s3_error
+from fishflow.text import markdown_to_text
+
+TEXT_SUFFIXES = (".txt", ".md", ".markdown")
+TABLE_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".parquet")
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    id: str = "id"
+    text: str = "text"
+    language: str = "language"  # optional in the source
+    voice: str = "reference_id"  # optional in the source
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRow:
+    row: int  # 0-based position in the source, the row's identity when its id is unusable
+    item_id: str | None
+    text: str | None
+    language: str | None = None
+    voice: str | None = None
+    problem: str | None = None
+
+
+def _clean(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def _rows_from_records(records: list[dict[str, Any]], start: int, cols: Columns) -> list[SourceRow]:
+    return [
+        SourceRow(
+            row=start + i,
+            item_id=_clean(r.get(cols.id)),
+            text=_clean(r.get(cols.text)),
+            language=_clean(r.get(cols.language)) or None,
+            voice=_clean(r.get(cols.voice)) or None,
+        )
+        for i, r in enumerate(records)
+    ]
+
+
+def _check_columns(found: list[str], cols: Columns, where: str) -> None:
+    missing = [c for c in (cols.id, cols.text) if c not in found]
+    if missing:
+        raise SourceError(
+            f"{where}: no column {', '.join(map(repr, missing))}; columns are {found} "
+            "(choose others with --id-column / --text-column)"
+        )
+
+
+def read_csv(path: str, cols: Columns, batch_rows: int) -> Iterator[list[SourceRow]]:
+    try:
+        reader = pd.read_csv(
+            path,
+            dtype=str,
+            keep_default_na=False,
+            chunksize=batch_rows,
+            encoding="utf-8",
+            encoding_errors="replace",  # a bad byte fails its row below, not the whole file
+        )
+        start = 0
+        for i, frame in enumerate(reader):
+            if i == 0:
+                _check_columns(list(frame.columns), cols, path)
+            rows = _rows_from_records(frame.to_dict("records"), start, cols)
+            yield [
+                SourceRow(r.row, r.item_id, r.text, r.language, r.voice, "text is not valid UTF-8")
+                if r.text and "\ufffd" in r.text
+                else r
+                for r in rows
+            ]
+            start += len(frame)
+    except pd.errors.EmptyDataError:
+        raise SourceError(f"{path}: the file is empty") from None
+    except pd.errors.ParserError as exc:
+        raise SourceError(f"{path}: not valid CSV: {exc}".strip()) from None
+
+
+def read_jsonl(path: str, cols: Columns, batch_rows: int) -> Iterator[list[SourceRow]]:
+    batch: list[SourceRow] = []
+    row = 0
+    with open(path, "rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+                batch.extend(_rows_from_records([record], row, cols))
+            except UnicodeDecodeError:
+                batch.append(
+                    SourceRow(row, None, None, problem=f"line {line_no} is not valid UTF-8")
+                )
+            except ValueError as exc:
+                batch.append(
+                    SourceRow(row, None, None, problem=f"line {line_no}: invalid JSON ({exc})")
+                )
+            row += 1
+            if len(batch) >= batch_rows:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+    elif row == 0:
+        raise SourceError(f"{path}: the file is empty")
+
+
+def read_parquet(path: str, cols: Columns, batch_rows: int) -> Iterator[list[SourceRow]]:
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise SourceError(f"{path}: not a Parquet file ({exc})") from None
+    names = pf.schema_arrow.names
+    _check_columns(names, cols, path)
+    text_type = pf.schema_arrow.field(cols.text).type
+    if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
+        raise SourceError(f"{path}: column {cols.text!r} is {text_type}, expected strings")
+    wanted = [c for c in (cols.id, cols.text, cols.language, cols.voice) if c in names]
+    start = 0
+    for record_batch in pf.iter_batches(batch_size=batch_rows, columns=wanted):
+        records = record_batch.to_pylist()
+        yield _rows_from_records(records, start, cols)
+        start += len(records)
+
+
+def _text_file_row(row: int, item_id: str, data: bytes, suffix: str) -> SourceRow:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return SourceRow(row, item_id, None, problem="file is not valid UTF-8")
+    if suffix in (".md", ".markdown"):
+        text = markdown_to_text(text)
+    return SourceRow(row, item_id, text)
+
+
+def read_folder(path: str, batch_rows: int) -> Iterator[list[SourceRow]]:
+    root = Path(path)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
+    if not files:
+        raise SourceError(f"{path}: no .txt or .md files in this folder")
+    for start in range(0, len(files), batch_rows):
+        yield [
+            _text_file_row(
+                start + i, p.relative_to(root).as_posix(), p.read_bytes(), p.suffix.lower()
+            )
+            for i, p in enumerate(files[start : start + batch_rows])
+        ]
+
+
+def _read_s3(uri: str, cols: Columns, batch_rows: int) -> Iterator[list[SourceRow]]:
+    bucket, key = parse_s3_uri(uri)
+    s3 = s3_client()
+    suffix = PurePosixPath(key).suffix.lower()
+    try:
+        if suffix in TABLE_SUFFIXES:
+            # Tables are spooled to a local temp file so that pandas/pyarrow read them in batches.
+            with tempfile.TemporaryDirectory(prefix="fishflow-src-") as tmp:
+                local = os.path.join(tmp, "source" + suffix)
+                s3.download_file(bucket, key, local)
+                yield from read_table(local, cols, batch_rows)
+            return
+        prefix = key if not key or key.endswith("/") else key + "/"
+        paginator = s3.get_paginator("list_objects_v2")
+        keys = [
+            obj["Key"]
+            for page in paginator.paginate(Bucket=bucket, Prefix=prefix)
+            for obj in page.get("Contents", [])
+            if PurePosixPath(obj["Key"]).suffix.lower() in TEXT_SUFFIXES
+        ]
+        if not keys:
+            raise SourceError(f"{uri}: no .txt or .md objects under this prefix")
+        for start in range(0, len(keys), batch_rows):
+            batch = []
+            for i, k in enumerate(sorted(keys)[start : start + batch_rows]):
+                body = s3.get_object(Bucket=bucket, Key=k)["Body"].read()
+                batch.append(
+                    _text_file_row(
+                        start + i, k[len(prefix) :], body, PurePosixPath(k).suffix.lower()
+                    )
+                )
+            yield batch
+    except SourceError:
+        raise
+    except Exception as exc:  # botocore errors: name the bucket, never the credentials
+        raise SourceError(str(wrap_s3_error(exc, uri))) from None
+
+
+def read_table(path: str, cols: Columns, batch_rows: int) -> Iterator[list[SourceRow]]:
+    suffix = Path(path).suffix.lower()
+    if suffix == ".csv":
+        return read_csv(path, cols, batch_rows)
+    if suffix in (".jsonl", ".ndjson"):
+        return read_jsonl(path, cols, batch_rows)
+    if suffix == ".parquet":
+        return read_parquet(path, cols, batch_rows)
+    raise SourceError(f"{path}: unknown source type; use .csv, .jsonl, .parquet or a folder")
+
+
+def read_source(
+    uri: str, cols: Columns = Columns(), batch_rows: int = 1000
+) -> Iterator[list[SourceRow]]:
+    """Batches of rows from any supported source (local path or s3:// URI)."""
+    if uri.startswith("s3://"):
+        return _read_s3(uri, cols, batch_rows)
+    if os.path.isdir(uri):
+        return read_folder(uri, batch_rows)
+    if not os.path.exists(uri):
+        raise SourceError(f"{uri}: no such file or folder")
+    suffix = Path(uri).suffix.lower()
+    if suffix in TEXT_SUFFIXES:
+        data = Path(uri).read_bytes()
+        return iter([[_text_file_row(0, Path(uri).name, data, suffix)]])
+    return read_table(uri, cols, batch_rows)

@@ -1,0 +1,247 @@
+"""Where audio and manifests go: a local folder or an S3 prefix, written atomically.
+
+Keys are pure functions of the item id. Blocking boto3 and file calls run in worker threads
+(the callers use ``asyncio.to_thread``); this module itself is synchronous.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from fishflow.errors import StorageError
+
+_UNSAFE = re.compile(r"[^\w.\-]+", re.UNICODE)
+_MAX_SEGMENT = 120
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    rest = uri.removeprefix("s3://")
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise StorageError(f"not an S3 URI: {uri!r}", fatal=True)
+    return bucket, key
+
+
+def safe_key(item_id: str) -> str:
+    """A storage key from an item id: no '..', no leading '/', no control characters.
+
+    Whenever cleaning changes the id, a short hash of the original is appended, so two ids
+    that clean to the same text never share a key (and an unchanged id never collides with a
+    changed one).
+    """
+    normalized = unicodedata.normalize("NFC", item_id).replace("\\", "/")
+    segments = []
+    for part in normalized.split("/"):
+        part = "".join(ch for ch in part if unicodedata.category(ch)[0] != "C")
+        part = _UNSAFE.sub("_", part.strip()).strip("._") or ""
+        if part:
+            segments.append(part[:_MAX_SEGMENT])
+    cleaned = "/".join(segments)[:400] or "item"
+    if cleaned != item_id:
+        cleaned += "-" + hashlib.sha256(item_id.encode()).hexdigest()[:8]
+    return cleaned
+
+
+class Store(Protocol):
+    """An output location. Keys are relative ('audio/x.wav'); URIs are what users read."""
+
+    root: str
+
+    def uri(self, key: str) -> str: ...
+    def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> str: ...
+    def put_file(self, key: str, path: str, content_type: str) -> str: ...
+    def get(self, key: str) -> bytes: ...
+    def list(self, prefix: str) -> list[str]: ...
+    def delete(self, keys: list[str]) -> None: ...
+
+
+@dataclass
+class LocalStore:
+    root: str
+
+    def __post_init__(self) -> None:
+        self.root = os.path.abspath(self.root)
+        try:
+            os.makedirs(self.root, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create output folder {self.root}: {exc.strerror}", fatal=True
+            ) from None
+        if not os.access(self.root, os.W_OK):
+            raise StorageError(f"output folder {self.root} is not writable", fatal=True)
+
+    def uri(self, key: str) -> str:
+        return os.path.join(self.root, key)
+
+    def _atomic(self, key: str, write: Any) -> str:
+        path = self.uri(key)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    write(fh)
+                os.replace(tmp, path)  # readers see the old file or the whole new one
+            except BaseException:
+                os.unlink(tmp)
+                raise
+        except OSError as exc:
+            # Disk full or read-only: every later item fails alike, so stop the run.
+            raise StorageError(f"cannot write {path}: {exc.strerror}", fatal=True) from None
+        return path
+
+    def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> str:
+        return self._atomic(key, lambda fh: fh.write(data))
+
+    def put_file(self, key: str, path: str, content_type: str) -> str:
+        def copy(fh: Any) -> None:
+            with open(path, "rb") as src:
+                while block := src.read(1 << 20):
+                    fh.write(block)
+
+        return self._atomic(key, copy)
+
+    def get(self, key: str) -> bytes:
+        return Path(self.uri(key)).read_bytes()
+
+    def list(self, prefix: str) -> list[str]:
+        base = Path(self.uri(prefix))
+        if not base.exists():
+            return []
+        return sorted(
+            p.relative_to(self.root).as_posix()
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.startswith(".tmp-")
+        )
+
+    def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            Path(self.uri(key)).unlink(missing_ok=True)
+
+
+def s3_client() -> Any:
+    import boto3  # imported late: 0.3 s that local runs do not need
+    from botocore.config import Config
+
+    # botocore is the one layer that retries S3 (5xx, throttling, SlowDown).
+    return boto3.client("s3", config=Config(retries={"mode": "standard", "max_attempts": 6}))
+
+
+def wrap_s3_error(exc: Exception, where: str) -> StorageError:
+    """A StorageError that names the bucket and the cause, never the credentials."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    if isinstance(exc, NoCredentialsError):
+        return StorageError(f"{where}: no AWS credentials found", fatal=True)
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        fatal = code in (
+            "NoSuchBucket",
+            "AccessDenied",
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+            "AllAccessDisabled",
+            "403",
+        )
+        retryable = not fatal and (
+            status is None or status >= 500 or code in ("SlowDown", "Throttling")
+        )
+        hint = " (does the bucket exist?)" if code == "NoSuchBucket" else ""
+        return StorageError(
+            f"{where}: S3 {code or status}{hint}",
+            http_status=status,
+            retryable=retryable,
+            fatal=fatal,
+        )
+    if isinstance(exc, BotoCoreError):
+        return StorageError(f"{where}: {type(exc).__name__}", retryable=True)
+    return StorageError(f"{where}: {type(exc).__name__}: {exc}")
+
+
+@dataclass
+class S3Store:
+    root: str  # s3://bucket/prefix
+    sse: str | None = None  # AES256 | aws:kms
+
+    def __post_init__(self) -> None:
+        self.bucket, prefix = parse_s3_uri(self.root)
+        self.prefix = prefix.strip("/")
+        self.client = s3_client()
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except Exception as exc:
+            err = wrap_s3_error(exc, f"s3://{self.bucket}")
+            err.fatal = True
+            raise err from None
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    def _extra(self, content_type: str, metadata: dict[str, str] | None = None) -> dict[str, Any]:
+        extra: dict[str, Any] = {"ContentType": content_type, "ChecksumAlgorithm": "SHA256"}
+        if metadata:
+            extra["Metadata"] = metadata
+        if self.sse:
+            extra["ServerSideEncryption"] = self.sse
+        return extra
+
+    def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> str:
+        import io
+
+        try:
+            # The transfer manager goes multipart above 8 MB; either way the object appears whole.
+            self.client.upload_fileobj(
+                io.BytesIO(data),
+                self.bucket,
+                self._key(key),
+                ExtraArgs=self._extra(content_type, metadata),
+            )
+        except Exception as exc:
+            raise wrap_s3_error(exc, self.uri(key)) from None
+        return self.uri(key)
+
+    def put_file(self, key: str, path: str, content_type: str) -> str:
+        try:
+            self.client.upload_file(
+                path, self.bucket, self._key(key), ExtraArgs=self._extra(content_type)
+            )
+        except Exception as exc:
+            raise wrap_s3_error(exc, self.uri(key)) from None
+        return self.uri(key)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except Exception as exc:
+            raise wrap_s3_error(exc, self.uri(key)) from None
+
+    def list(self, prefix: str) -> list[str]:
+        start = len(self._key(""))
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self._key(prefix)
+            )
+            return sorted(o["Key"][start:] for page in pages for o in page.get("Contents", []))
+        except Exception as exc:
+            raise wrap_s3_error(exc, self.uri(prefix)) from None
+
+    def delete(self, keys: list[str]) -> None:
+        for i in range(0, len(keys), 1000):
+            objects = [{"Key": self._key(k)} for k in keys[i : i + 1000]]
+            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects})
+
+
+def open_store(out: str, sse: str | None = None) -> Store:
+    return S3Store(out, sse=sse) if out.startswith("s3://") else LocalStore(out)

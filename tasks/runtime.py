@@ -1,0 +1,38 @@
+"""Per-process registry of running runs.
+
+Batch tasks take plain data (a run id and a batch of items) and look up the run's shared parts
+here: the server pool, its HTTP clients and limits are asyncio objects bound to the flow's event
+loop, so they are built once by the flow and never passed through Prefect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fishflow.manifest import ItemRow, ManifestWriter
+from fishflow.pipeline import RunContext
+
+_runs: dict[str, tuple[RunContext, ManifestWriter]] = {}
+_progress: Callable[[ItemRow], None] | None = None
+
+
+def register(ctx: RunContext, writer: ManifestWriter) -> None:
+    ctx.on_item_done = _progress
+    _runs[ctx.run_id] = (ctx, writer)
+
+
+def unregister(run_id: str) -> None:
+    _runs.pop(run_id, None)
+
+
+def lookup(run_id: str) -> tuple[RunContext, ManifestWriter]:
+    try:
+        return _runs[run_id]
+    except KeyError:
+        raise RuntimeError(f"run {run_id} is not open in this process") from None
+
+
+def set_progress_listener(listener: Callable[[ItemRow], None] | None) -> None:
+    """Called with each finished item's row (the CLI's progress bar)."""
+    global _progress
+    _progress = listener
