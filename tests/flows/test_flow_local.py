@@ -1,0 +1,134 @@
+"""The catalog flow end to end against the emulator over real sockets, output to a folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fishflow.emulator import Emulator, EmulatorConfig
+from tests.flows.helpers import CATALOG_ROWS, decode, manifest, run
+
+
+def write_catalog(tmp_path: Path, fmt: str) -> Path:
+    frame = pd.DataFrame(CATALOG_ROWS)
+    path = tmp_path / f"catalog.{fmt}"
+    if fmt == "csv":
+        frame.to_csv(path, index=False)
+    elif fmt == "jsonl":
+        path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in CATALOG_ROWS) + "\n")
+    else:
+        frame.to_parquet(path)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_every_row_is_accounted_for_and_every_ok_item_is_real_audio(
+    tmp_path: Path, emulator: Emulator, fmt: str
+) -> None:
+    out = tmp_path / "out"
+    summary = run(write_catalog(tmp_path, fmt), out, [emulator.url], settings_kw={"batch_size": 3})
+    items = manifest(out, "items", summary["run_id"])
+    errors = manifest(out, "errors", summary["run_id"])
+    chunks = manifest(out, "chunks", summary["run_id"])
+
+    assert sorted(items["source_row"]) == list(range(len(CATALOG_ROWS)))
+    assert dict(items["status"].value_counts()) == {"ok": 5, "failed": 3}
+    failed = items[items.status == "failed"]
+    assert set(failed["source_row"]) == set(errors["source_row"])
+    assert set(errors["stage"]) == {"source"}
+    assert not errors["retryable"].any()
+    reasons = dict(zip(errors["source_row"], errors["error_message"], strict=True))
+    assert "empty" in reasons[5] and "duplicate" in reasons[6] and "no id" in reasons[7]
+
+    for row in items[items.status == "ok"].itertuples():
+        data = Path(row.audio_uri).read_bytes()
+        rate, duration, channels = decode(data)
+        assert Path(row.audio_uri).is_absolute()
+        assert (rate, channels) == (44_100, 1)
+        assert row.bytes == len(data)
+        assert duration == pytest.approx(row.duration_s, abs=1e-3)
+        item_chunks = chunks[chunks.item_id == row.item_id]
+        assert len(item_chunks) == row.chunk_count
+        # Stitched audio is the chunks plus 250 ms pauses between them.
+        assert duration == pytest.approx(
+            item_chunks["duration_s"].sum() + 0.25 * (row.chunk_count - 1), abs=0.01
+        )
+    assert items.set_index("item_id").loc["en-long", "chunk_count"].max() >= 3
+
+    stats = emulator.stats
+    assert stats["requests"] == stats["ok"] == len(chunks)  # the server rejected nothing
+    assert max(len(t.encode()) for t in stats["texts"]) <= 200  # no request over the budget
+    assert stats["max_in_flight"] <= 2
+
+
+def test_second_run_skips_unchanged_items_and_redoes_changed_ones(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    source = write_catalog(tmp_path, "csv")
+    out = tmp_path / "out"
+    first = run(source, out, [emulator.url])
+    first_items = manifest(out, "items", first["run_id"]).set_index("source_row")
+    emulator.reset_stats()
+
+    second = run(source, out, [emulator.url])
+    items = manifest(out, "items", second["run_id"])
+    assert dict(items["status"].value_counts()) == {"skipped": 5, "failed": 3}
+    assert emulator.stats["requests"] == 0
+    skipped = items[items.status == "skipped"].set_index("source_row")
+    assert (skipped["audio_uri"] == first_items.loc[skipped.index, "audio_uri"]).all()
+
+    rows = [dict(r) for r in CATALOG_ROWS]
+    rows[0]["text"] = "A stoneware mug. Now in blue."
+    pd.DataFrame(rows).to_csv(source, index=False)
+    third = run(source, out, [emulator.url])
+    items = manifest(out, "items", third["run_id"]).set_index("source_row")
+    assert items.loc[0, "status"] == "ok"
+    assert (items.loc[1:4, "status"] == "skipped").all()
+
+    forced = run(source, out, [emulator.url], force=True)
+    assert forced["ok"] == 5 and forced["skipped"] == 0
+
+
+def test_identical_chunks_are_synthesised_once(tmp_path: Path, emulator: Emulator) -> None:
+    shared = "Free shipping on every order over fifty euros. Returns are free for thirty days."
+    rows = [{"id": f"p{i}", "text": f"Product {i} is a fine thing to own.\n\n{shared}"} for i in range(6)]
+    source = tmp_path / "c.jsonl"
+    source.write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "out"
+    summary = run(source, out, [emulator.url])
+    chunks = manifest(out, "chunks", summary["run_id"])
+    assert summary["ok"] == 6
+    assert emulator.stats["requests"] == chunks["chunk_key"].nunique() == 7
+    assert chunks["reused"].sum() == len(chunks) - 7
+    assert all(count == 1 for count in emulator.stats["texts"].values())
+
+
+def test_a_pool_of_servers_shares_the_work_within_each_limit(tmp_path: Path) -> None:
+    rows = [{"id": f"i{i}", "text": f"Item number {i} has its own short text."} for i in range(40)]
+    source = tmp_path / "c.jsonl"
+    source.write_text("\n".join(json.dumps(r) for r in rows))
+    config = EmulatorConfig(service_time_s=0.01)
+    with Emulator(config) as a, Emulator(EmulatorConfig(service_time_s=0.01)) as b:
+        summary = run(source, tmp_path / "out", [a.url, f"{b.url}#limit=3"])
+        assert summary["ok"] == 40
+        assert a.stats["requests"] > 5 and b.stats["requests"] > 5
+        assert a.stats["max_in_flight"] <= 2 and b.stats["max_in_flight"] <= 3
+
+
+def test_formats_flac_and_mp3_decode_with_the_manifest_duration(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    source = write_catalog(tmp_path, "csv")
+    for fmt in ("flac", "mp3"):
+        out = tmp_path / fmt
+        summary = run(source, out, [emulator.url], settings_kw={"audio_format": fmt})
+        items = manifest(out, "items", summary["run_id"])
+        for row in items[items.status == "ok"].itertuples():
+            assert row.audio_uri.endswith("." + fmt)
+            rate, duration, _ = decode(Path(row.audio_uri).read_bytes())
+            assert rate == 44_100
+            # MP3 frames pad the end by at most a frame or two.
+            assert duration == pytest.approx(row.duration_s, abs=0.08)
