@@ -30,8 +30,8 @@ _SPACE = re.compile(r"\s+")
 class Chunk:
     index: int
     text: str
-    start: int  # character offsets in the item's normalised text: text == normalized[start:end]
-    end: int
+    start: int  # character offsets in the item's normalised text;
+    end: int  # text is normalized[start:end] with whitespace collapsed
 
     @property
     def utf8_bytes(self) -> int:
@@ -138,15 +138,38 @@ def chunk_text(
 
     Every chunk is within ``max_bytes`` unless it is a single character that is larger; the
     chunks cover every non-space character of the text once, and only whitespace lies between
-    them.
+    them. A paragraph too short to speak well (a heading) joins the next paragraph's first chunk.
     """
-    chunks: list[Chunk] = []
+    spans: list[tuple[int, int]] = []
+    carry: tuple[int, int] | None = None  # a short paragraph waiting for the next one
     offset = 0
     for paragraph in normalized.split(PARAGRAPH_SEPARATOR):
-        for a, b in chunk_paragraph(paragraph, language, max_bytes, min_bytes):
-            chunks.append(Chunk(len(chunks), paragraph[a:b], offset + a, offset + b))
+        para = [
+            (offset + a, offset + b)
+            for a, b in chunk_paragraph(paragraph, language, max_bytes, min_bytes)
+        ]
         offset += len(paragraph) + len(PARAGRAPH_SEPARATOR)
-    return chunks
+        if not para:
+            continue
+        if carry is not None:
+            joined = (carry[0], para[0][1])
+            if _nbytes(_speakable(normalized[joined[0] : joined[1]])) <= max_bytes:
+                para[0] = joined
+            else:
+                spans.append(carry)
+            carry = None
+        if len(para) == 1 and _nbytes(normalized[para[0][0] : para[0][1]]) < min_bytes:
+            carry = para[0]
+            continue
+        spans.extend(para)
+    if carry is not None:
+        spans.append(carry)
+    return [Chunk(i, _speakable(normalized[a:b]), a, b) for i, (a, b) in enumerate(spans)]
+
+
+def _speakable(text: str) -> str:
+    """Whitespace collapsed to single spaces: newlines and runs make Fish produce noise."""
+    return " ".join(text.split())
 
 
 def chunk_key(text: str, voice_fingerprint: str) -> str:

@@ -24,7 +24,7 @@ def main() -> int:
         f"\ndemo: audio in {OUT / 'audio'}, manifests in {OUT / 'manifests'}\n"
         "demo: the catalog holds two bad rows on purpose (blank text, duplicate id): they are\n"
         "      'failed' in items.parquet with their reason in errors.parquet. Read them with:\n"
-        f"      .venv/bin/python -c \"import pandas as pd, glob; "
+        f'      .venv/bin/python -c "import pandas as pd, glob; '
         f"print(pd.read_parquet(sorted(glob.glob('{OUT}/manifests/run=*/items.parquet'))[-1]))\""
     )
     return 0

@@ -14,12 +14,25 @@ from flows.refresh_catalog_audio import refresh_catalog_audio
 
 CATALOG_ROWS = [
     {"id": "en-1", "language": "en", "text": "A stoneware mug. Dishwasher safe, 350 ml."},
-    {"id": "en-long", "language": "en", "text": " ".join(
-        f"Sentence number {i} of the long lesson explains one more idea in detail." for i in range(12)
-    )},
+    {
+        "id": "en-long",
+        "language": "en",
+        "text": " ".join(
+            f"Sentence number {i} of the long lesson explains one more idea in detail."
+            for i in range(12)
+        ),
+    },
     {"id": "zh-1", "language": "zh", "text": "这款绿茶产自杭州。“香气清高！”每罐250克。"},
-    {"id": "ja-1", "language": "ja", "text": "この包丁は職人が仕上げています。「よく切れる」と評判です。"},
-    {"id": "de-1", "language": "de", "text": "Ein Stuhl aus Eiche, z. B. für das Esszimmer. Er kostet 249,90 Euro."},
+    {
+        "id": "ja-1",
+        "language": "ja",
+        "text": "この包丁は職人が仕上げています。「よく切れる」と評判です。",
+    },
+    {
+        "id": "de-1",
+        "language": "de",
+        "text": "Ein Stuhl aus Eiche, z. B. für das Esszimmer. Er kostet 249,90 Euro.",
+    },
     {"id": "blank", "language": "en", "text": "   "},
     {"id": "en-1", "language": "en", "text": "Duplicate id."},
     {"id": "", "language": "en", "text": "No id at all."},
@@ -29,8 +42,9 @@ CATALOG_ROWS = [
 def run(source: str | Path, out: str | Path, servers: list[str], **kwargs: Any) -> dict[str, Any]:
     settings = kwargs.pop("settings", None) or RunSettings(**kwargs.pop("settings_kw", {}))
     return asyncio.run(
-        refresh_catalog_audio(source=str(source), out=str(out), servers=servers, settings=settings,
-                              **kwargs)
+        refresh_catalog_audio(
+            source=str(source), out=str(out), servers=servers, settings=settings, **kwargs
+        )
     )
 
 

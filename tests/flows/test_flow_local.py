@@ -94,7 +94,10 @@ def test_second_run_skips_unchanged_items_and_redoes_changed_ones(
 
 def test_identical_chunks_are_synthesised_once(tmp_path: Path, emulator: Emulator) -> None:
     shared = "Free shipping on every order over fifty euros. Returns are free for thirty days."
-    rows = [{"id": f"p{i}", "text": f"Product {i} is a fine thing to own.\n\n{shared}"} for i in range(6)]
+    rows = [
+        {"id": f"p{i}", "text": f"Product {i} is a fine thing to own.\n\n{shared}"}
+        for i in range(6)
+    ]
     source = tmp_path / "c.jsonl"
     source.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "out"

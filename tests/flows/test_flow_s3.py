@@ -1,0 +1,72 @@
+"""The flow with S3 (moto) as source and output."""
+
+from __future__ import annotations
+
+import io
+
+import boto3
+import pandas as pd
+import pytest
+
+from fishflow.emulator import Emulator
+from tests.flows.helpers import CATALOG_ROWS, decode, run
+
+
+def read_parquet(bucket: str, key: str) -> pd.DataFrame:
+    body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    return pd.read_parquet(io.BytesIO(body))
+
+
+def test_s3_source_and_output(bucket: str, emulator: Emulator) -> None:
+    s3 = boto3.client("s3")
+    s3.put_object(
+        Bucket=bucket,
+        Key="in/catalog.csv",
+        Body=pd.DataFrame(CATALOG_ROWS).to_csv(index=False).encode(),
+    )
+    summary = run(f"s3://{bucket}/in/catalog.csv", f"s3://{bucket}/tts", [emulator.url])
+    prefix = f"tts/manifests/run={summary['run_id']}"
+    items = read_parquet(bucket, f"{prefix}/items.parquet")
+    errors = read_parquet(bucket, f"{prefix}/errors.parquet")
+    assert sorted(items["source_row"]) == list(range(len(CATALOG_ROWS)))
+    assert set(errors["source_row"]) == set(items[items.status == "failed"]["source_row"])
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="tts/")["Contents"]}
+    assert not any("/parts/" in k for k in keys)  # part files merged and removed
+    for row in items[items.status == "ok"].itertuples():
+        assert row.audio_uri.startswith(f"s3://{bucket}/tts/audio/")
+        key = row.audio_uri.removeprefix(f"s3://{bucket}/")
+        head = s3.head_object(Bucket=bucket, Key=key)
+        assert head["ContentType"] == "audio/wav"
+        assert head["Metadata"]["text-sha256"] == row.text_sha256
+        data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        rate, duration, _ = decode(data)
+        assert rate == 44_100 and len(data) == row.bytes
+        assert duration == pytest.approx(row.duration_s, abs=1e-3)
+
+    emulator.reset_stats()
+    again = run(f"s3://{bucket}/in/catalog.csv", f"s3://{bucket}/tts", [emulator.url])
+    assert again["skipped"] == summary["ok"] and emulator.stats["requests"] == 0
+
+
+def test_s3_folder_of_markdown(bucket: str, emulator: Emulator) -> None:
+    s3 = boto3.client("s3")
+    s3.put_object(
+        Bucket=bucket,
+        Key="course/01-intro.md",
+        Body=b"# Welcome\n\nThis course is **short**. See [the notes](http://x.y).",
+    )
+    s3.put_object(Bucket=bucket, Key="course/sub/02.txt", Body=b"Lesson two begins here.")
+    s3.put_object(Bucket=bucket, Key="course/image.png", Body=b"\x89PNG")
+    summary = run(f"s3://{bucket}/course", f"s3://{bucket}/out", [emulator.url])
+    items = read_parquet(bucket, f"out/manifests/run={summary['run_id']}/items.parquet")
+    assert sorted(items["item_id"]) == ["01-intro.md", "sub/02.txt"]
+    assert (items["status"] == "ok").all()
+    assert "Welcome. This course is short. See the notes." in emulator.stats["texts"]
+
+
+def test_missing_bucket_is_a_clear_run_level_error(aws: None, emulator: Emulator, tmp_path) -> None:
+    from fishflow.errors import StorageError
+
+    (tmp_path / "c.csv").write_text("id,text\na,Hello there.\n")
+    with pytest.raises(StorageError, match="no-such-bucket"):
+        run(tmp_path / "c.csv", "s3://no-such-bucket/x", [emulator.url])
