@@ -65,7 +65,7 @@ def check_plausible(audio: Audio, text: str, *, sample_rate: int, max_new_tokens
             f"audio lasts {duration:.2f} s, far below the ~{expected:.1f} s its text needs"
         )
     cap = max_new_tokens / TOKENS_PER_SECOND
-    if duration >= 0.98 * cap and expected < 0.8 * cap:
+    if duration >= 0.98 * cap:  # cut mid-text, or babbled until the cap: either way broken
         raise BadAudio(
             f"audio stops at the {cap:.0f} s token cap (max_new_tokens={max_new_tokens})"
         )

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import sentencex
 
-from fishflow.text import PARAGRAPH_SEPARATOR
+from fishflow.text import PARAGRAPH_SEPARATOR, is_cjk
 
 # Clause punctuation in Latin and CJK scripts; the split falls after the mark.
 # A Latin comma counts only before a space, so that 12,50 stays whole.
@@ -42,15 +42,38 @@ def _nbytes(text: str) -> int:
     return len(text.encode())
 
 
+# A CJK quotation that ends in 。！？ does not end the sentence when speech goes on after it:
+# 「本当ですか？」と彼は言った。 / “这是引用！”他说。 are one sentence each.
+_CLOSING = tuple('」』）】”’"')
+_OPENING = tuple('「『（【“‘"')
+
+
 def _sentence_spans(paragraph: str, language: str) -> list[tuple[int, int]]:
     segments = list(sentencex.segment(language, paragraph))
     if "".join(segments) != paragraph:  # sentencex keeps every character; trust, but check
         return [(0, len(paragraph))]
-    spans, pos = [], 0
+    spans: list[tuple[int, int]] = []
+    pos = 0
     for segment in segments:
-        spans.append((pos, pos + len(segment)))
-        pos += len(segment)
+        end = pos + len(segment)
+        if spans and paragraph[pos:end].strip() and _continues(paragraph, spans[-1], pos):
+            spans[-1] = (spans[-1][0], end)
+        else:
+            spans.append((pos, end))
+        pos = end
     return spans
+
+
+def _continues(paragraph: str, previous: tuple[int, int], start: int) -> bool:
+    before = paragraph[previous[0] : previous[1]]
+    after = paragraph[start:].lstrip()
+    return (
+        before.endswith(_CLOSING)
+        and before[-1:] == before.rstrip()[-1:]  # no space: the quote runs into what follows
+        and bool(after)
+        and not after.startswith(_OPENING)
+        and (is_cjk(before.rstrip()[-2:-1] or " ") or is_cjk(after[0]))
+    )
 
 
 def _split_by(pattern: re.Pattern[str], text: str, start: int, end: int) -> list[tuple[int, int]]:

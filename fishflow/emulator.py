@@ -397,6 +397,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _tts(self) -> None:
         srv = self.server
         raw = self._body()
+        with srv.stats.lock:
+            srv.stats.requests += 1  # every request, valid or not
         body = self._parse(raw)
         if body is _INVALID:
             return
@@ -413,7 +415,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(400, "Streaming only supports WAV format")
             return
         with srv.stats.lock:
-            srv.stats.requests += 1
             srv.stats.texts[text] += 1
         fault = srv.draw_fault()
         if srv.config.faults.latency_s:
@@ -621,7 +622,9 @@ class Emulator:
 
     def stop(self) -> None:
         """Stop like a killed server: the port closes and open connections drop."""
-        self._server.shutdown()
+        if self._thread is not None:  # shutdown() waits for a serve_forever() that must exist
+            self._server.shutdown()
+            self._thread = None
         self._server.server_close()
         self._server.drop_connections()
 

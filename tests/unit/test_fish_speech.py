@@ -1,0 +1,163 @@
+"""The client against httpx.MockTransport: request shape and the error tree."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import httpx
+import ormsgpack
+import pytest
+
+from fishflow.audio import Audio, encode
+from fishflow.emulator import speech_duration_s, synth_samples
+from fishflow.errors import (
+    AuthenticationFailed,
+    BadAudio,
+    OutOfCredit,
+    RequestRejected,
+    ServerBusy,
+    ServerError,
+    ServerUnavailable,
+)
+from fishflow.fish_speech import FishSpeechClient
+from fishflow.settings import Reference, SynthesisOptions
+
+TEXT = "Hello there, this is a test sentence."
+
+
+def wav(text: str = TEXT) -> bytes:
+    return encode(Audio(synth_samples(text, speech_duration_s(text), None), 44_100), "wav")
+
+
+def call(handler, options: SynthesisOptions | None = None, **client_kw):
+    async def go():
+        async with FishSpeechClient(
+            "http://fish", transport=httpx.MockTransport(handler), **client_kw
+        ) as client:
+            return await client.synthesize(TEXT, options or SynthesisOptions(), reference_id="v1")
+
+    return asyncio.run(go())
+
+
+def test_msgpack_request_carries_every_field_and_the_bearer_key() -> None:
+    seen = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen["headers"] = request.headers
+        seen["body"] = ormsgpack.unpackb(request.content)
+        return httpx.Response(200, content=wav(), headers={"content-type": "audio/wav"})
+
+    opts = SynthesisOptions(
+        seed=7,
+        temperature=0.5,
+        top_p=0.9,
+        repetition_penalty=1.2,
+        references=(Reference(audio=b"RIFF", text="ref"),),
+    )
+    audio = call(handler, opts, api_key="k-1", model="s1")
+    assert audio.sample_rate == 44_100
+    body = seen["body"]
+    assert seen["headers"]["content-type"] == "application/msgpack"
+    assert seen["headers"]["authorization"] == "Bearer k-1"
+    assert seen["headers"]["model"] == "s1"
+    assert body["text"] == TEXT and body["reference_id"] == "v1" and body["format"] == "wav"
+    assert (body["seed"], body["temperature"], body["top_p"], body["repetition_penalty"]) == (
+        7,
+        0.5,
+        0.9,
+        1.2,
+    )
+    assert body["references"] == [{"audio": b"RIFF", "text": "ref"}]
+    assert {"chunk_length", "max_new_tokens", "normalize", "use_memory_cache"} <= set(body)
+
+
+def test_json_encoding_sends_references_as_base64() -> None:
+    seen = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen["body"] = json.loads(request.content)
+        return httpx.Response(200, content=wav())
+
+    call(
+        handler,
+        SynthesisOptions(references=(Reference(audio=b"\x00\x01", text="t"),)),
+        encoding="json",
+    )
+    assert seen["body"]["references"][0]["audio"] == base64.b64encode(b"\x00\x01").decode()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers", "error", "retryable", "fatal"),
+    [
+        (401, {"statusCode": 401, "message": "bad key"}, {}, AuthenticationFailed, False, True),
+        (402, {"status": 402, "message": "no credit"}, {}, OutOfCredit, False, True),
+        (
+            429,
+            {"status": 429, "message": "slow down"},
+            {"retry-after": "3"},
+            ServerBusy,
+            True,
+            False,
+        ),
+        (503, {"status": 503, "message": "busy"}, {}, ServerBusy, True, False),
+        (500, {"statusCode": 500, "message": "Failed"}, {}, ServerError, True, False),
+        (
+            400,
+            {"statusCode": 400, "message": "Text is too long"},
+            {},
+            RequestRejected,
+            False,
+            False,
+        ),
+        (
+            422,
+            [{"loc": ["body", "top_p"], "msg": "bad", "type": "x"}],
+            {},
+            RequestRejected,
+            False,
+            True,
+        ),
+        (
+            422,
+            [{"loc": ["body", "text"], "msg": "bad", "type": "x"}],
+            {},
+            RequestRejected,
+            False,
+            False,
+        ),
+    ],
+)
+def test_status_codes_map_to_the_error_tree(status, body, headers, error, retryable, fatal) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, json=body, headers=headers)
+
+    with pytest.raises(error) as info:
+        call(handler, api_key="sk-never-shown")
+    assert info.value.retryable is retryable and info.value.fatal is fatal
+    assert info.value.http_status == status
+    assert "sk-never-shown" not in str(info.value)
+    if status == 429:
+        assert info.value.retry_after == 3.0
+
+
+def test_transport_failures_are_retryable_and_say_which_kind() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    def timeout(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow")
+
+    with pytest.raises(ServerUnavailable) as info:
+        call(refuse)
+    assert info.value.connection_failed and info.value.retryable
+    with pytest.raises(ServerUnavailable) as info:
+        call(timeout)
+    assert info.value.timed_out and not info.value.connection_failed
+
+
+def test_short_audio_with_200_is_rejected() -> None:
+    short = encode(Audio(synth_samples(TEXT, 0.2, None), 44_100), "wav")
+    with pytest.raises(BadAudio):
+        call(lambda request: httpx.Response(200, content=short))

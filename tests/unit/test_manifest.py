@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fishflow.manifest import MANIFESTS, ItemRow, ManifestWriter
+from fishflow.storage import LocalStore
+
+_ARROW = {
+    str: pa.string(),
+    int: (pa.int64(), pa.int32()),
+    float: pa.float64(),
+    bool: pa.bool_(),
+    datetime: pa.timestamp("us", tz="UTC"),
+}
+
+
+def test_row_classes_and_schemas_agree() -> None:
+    for name, (schema, cls) in MANIFESTS.items():
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        assert set(fields) == set(schema.names), name
+        hints = typing.get_type_hints(cls)
+        for col in schema:
+            hint = hints[col.name]
+            optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
+            base = (
+                next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
+            )
+            expected = _ARROW[base]
+            assert col.type in (expected if isinstance(expected, tuple) else (expected,)), col.name
+            assert col.nullable or not optional, f"{name}.{col.name} is optional but not nullable"
+
+
+def test_parts_are_merged_and_errors_written_even_when_empty(tmp_path: Path) -> None:
+    store = LocalStore(str(tmp_path))
+    writer = ManifestWriter(store, "r1")
+    now = datetime.now(UTC)
+    writer.write_part("000000", [ItemRow("r1", "a", 0, "ok", now, duration_s=1.5)], [], [])
+    writer.write_part("000001", [ItemRow("r1", "b", 1, "ok", now)], [], [])
+    uris = writer.finalize()
+    items = pq.read_table(uris["items"])
+    assert items.column("item_id").to_pylist() == ["a", "b"]
+    assert items.schema.equals(MANIFESTS["items"][0])
+    errors = pq.read_table(uris["errors"])
+    assert errors.num_rows == 0 and errors.schema.equals(MANIFESTS["errors"][0])
+    assert not list((tmp_path / "manifests" / "run=r1").rglob("parts/*.parquet"))

@@ -1,0 +1,152 @@
+"""The server pool against emulators over sockets: limits, retries, ejection."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from fishflow.emulator import Emulator, EmulatorConfig, Faults
+from fishflow.errors import AllServersDown, RequestRejected, ServerError
+from fishflow.pool import ServerPool
+from fishflow.settings import RetryPolicy, ServerConfig, SynthesisOptions
+
+FAST = RetryPolicy(backoff_s=0.01, max_backoff_s=0.05, all_down_grace_s=1.0)
+
+
+def texts(n: int) -> list[str]:
+    return [f"Sentence number {i} is here to be spoken." for i in range(n)]
+
+
+async def synth_all(pool: ServerPool, items: list[str], options=None):
+    return await asyncio.gather(*(pool.synthesize(t, options or SynthesisOptions()) for t in items))
+
+
+def test_least_loaded_dispatch_keeps_each_server_within_its_limit() -> None:
+    with (
+        Emulator(EmulatorConfig(service_time_s=0.02)) as a,
+        Emulator(EmulatorConfig(service_time_s=0.02, workers=3)) as b,
+    ):
+        servers = [
+            ServerConfig(url=a.url, max_in_flight=2),
+            ServerConfig(url=b.url, max_in_flight=3),
+        ]
+
+        async def go():
+            async with ServerPool(servers, retry=FAST) as pool:
+                return await synth_all(pool, texts(50))
+
+        results = asyncio.run(go())
+        assert len(results) == 50
+        assert a.stats["max_in_flight"] == 2 and b.stats["max_in_flight"] == 3
+        assert a.stats["requests"] + b.stats["requests"] == 50
+        assert b.stats["requests"] > a.stats["requests"]
+
+
+def test_retryable_faults_are_retried_and_429_lowers_the_limit() -> None:
+    config = EmulatorConfig(
+        faults=Faults(
+            busy_rate=0.2,
+            error_rate=0.1,
+            truncate_rate=0.1,
+            short_audio_rate=0.1,
+            retry_after_s=0.01,
+        ),
+        seed=3,
+    )
+    with Emulator(config) as emu:
+
+        async def go():
+            async with ServerPool(
+                [ServerConfig(url=emu.url, max_in_flight=4)],
+                retry=RetryPolicy(backoff_s=0.01, max_attempts=12, max_server_errors=12),
+            ) as pool:
+                results = await synth_all(pool, texts(40))
+                return results, pool.servers[0]
+
+        results, _state = asyncio.run(go())
+        assert len(results) == 40 and max(r.attempts for r in results) > 1
+        assert sum(emu.stats["faults"].values()) == sum(r.attempts - 1 for r in results)
+        assert emu.stats["faults"]["busy"] > 0
+
+
+def test_non_retryable_errors_are_sent_once() -> None:
+    with Emulator(EmulatorConfig(max_text_length=5)) as emu:
+
+        async def go():
+            async with ServerPool([ServerConfig(url=emu.url)], retry=FAST) as pool:
+                await pool.synthesize("Far too long a text.", SynthesisOptions())
+
+        with pytest.raises(RequestRejected, match="too long"):
+            asyncio.run(go())
+        assert emu.stats["requests"] == 1
+
+
+def test_plain_500s_are_retried_a_bounded_number_of_times() -> None:
+    with Emulator(EmulatorConfig(faults=Faults(error_rate=1.0))) as emu:
+
+        async def go():
+            async with ServerPool(
+                [ServerConfig(url=emu.url)], retry=RetryPolicy(backoff_s=0.01, max_server_errors=3)
+            ) as pool:
+                await pool.synthesize("Hello there.", SynthesisOptions())
+
+        with pytest.raises(ServerError) as info:
+            asyncio.run(go())
+        assert emu.stats["requests"] == 3 and info.value.attempts == 3
+
+
+def test_a_dead_server_leaves_rotation_and_work_goes_to_the_live_one() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with Emulator() as live:
+
+        async def go():
+            async with ServerPool(
+                [ServerConfig(url=dead), ServerConfig(url=live.url)], retry=FAST
+            ) as pool:
+                results = await synth_all(pool, texts(20))
+                return results, pool.servers[0].up
+
+        results, dead_up = asyncio.run(go())
+        assert all(r.server == live.url for r in results) and not dead_up
+        assert live.stats["requests"] == 20
+
+
+def test_every_server_down_past_the_grace_period_stops() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+
+    async def go():
+        async with ServerPool([ServerConfig(url=dead)], retry=FAST, probe_interval_s=0.1) as pool:
+            await pool.synthesize("Hello.", SynthesisOptions())
+
+    with pytest.raises(AllServersDown, match="no Fish Speech server answered"):
+        asyncio.run(go())
+
+
+def test_a_server_that_comes_back_rejoins() -> None:
+    emu = Emulator()
+    port = emu.port
+    emu.stop()
+
+    async def go():
+        async with ServerPool(
+            [ServerConfig(url=f"http://127.0.0.1:{port}")],
+            retry=RetryPolicy(all_down_grace_s=30),
+            probe_interval_s=0.1,
+        ) as pool:
+            task = asyncio.create_task(pool.synthesize("Hello there.", SynthesisOptions()))
+            while pool.servers[0].up:
+                await asyncio.sleep(0.01)
+            back = Emulator(port=port).start()
+            try:
+                return await task
+            finally:
+                back.stop()
+
+    result = asyncio.run(go())
+    assert result.audio.duration_s > 0
