@@ -128,6 +128,11 @@ async def baseline(url: str, texts: list[str], concurrency: int = 8) -> float:
         return time.monotonic() - started
 
 
+def cpu_split() -> tuple[float, float]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
+
+
 def cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime

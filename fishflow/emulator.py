@@ -239,6 +239,7 @@ class _Stats:
         self.max_in_flight = 0
         self.faults: collections.Counter[str] = collections.Counter()
         self.busy_s = 0.0
+        self.service_s = 0.0  # time workers were held: compute plus making the audio
         self.started = time.monotonic()
 
     def snapshot(self) -> dict[str, Any]:
@@ -251,6 +252,7 @@ class _Stats:
                 "max_in_flight": self.max_in_flight,
                 "faults": dict(self.faults),
                 "busy_s": self.busy_s,
+                "service_s": self.service_s,
                 "uptime_s": time.monotonic() - self.started,
             }
 
@@ -547,7 +549,7 @@ class _Server(ThreadingHTTPServer):
         return None
 
     def worker(self) -> _WorkerSlot:
-        return _WorkerSlot(self._workers)
+        return _WorkerSlot(self._workers, self.stats)
 
     def tracked(self) -> _InFlight:
         return _InFlight(self.stats)
@@ -563,16 +565,22 @@ class _Server(ThreadingHTTPServer):
 
 
 class _WorkerSlot:
-    """One serial worker, taken first come first served (Queue wakes waiters in order)."""
+    """One serial worker, taken first come first served (Queue wakes waiters in order).
+    The time it is held is the request's service time, counted in ``service_s``."""
 
-    def __init__(self, workers: queue.Queue[int]) -> None:
+    def __init__(self, workers: queue.Queue[int], stats: _Stats) -> None:
         self._workers = workers
+        self._stats = stats
 
     def __enter__(self) -> None:
         self._id = self._workers.get()
+        self._since = time.monotonic()
 
     def __exit__(self, *exc: object) -> None:
+        held = time.monotonic() - self._since
         self._workers.put(self._id)
+        with self._stats.lock:
+            self._stats.service_s += held
 
 
 class _InFlight:

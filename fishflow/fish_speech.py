@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import email.utils
 import json
+import ssl
 import time
 from types import TracebackType
 from typing import Any
@@ -103,6 +104,7 @@ class FishSpeechClient:
         connect_timeout_s: float = 5.0,
         max_connections: int = 32,
         transport: httpx.AsyncBaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.encoding = encoding
@@ -115,6 +117,7 @@ class FishSpeechClient:
             base_url=self.base_url,
             headers=headers,
             transport=transport,
+            verify=verify,
             timeout=httpx.Timeout(120.0, connect=connect_timeout_s),
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections

@@ -13,10 +13,12 @@ per distinct chunk, Prefect does not retry batch tasks. A chunk is retried on an
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import httpx
@@ -81,6 +83,7 @@ class ServerPool:
             raise ValueError("a pool needs at least one server")
         self.retry = retry or RetryPolicy()
         self.probe_interval_s = probe_interval_s
+        tls = ssl.create_default_context()  # ~20 ms each: one for the whole pool
         self.servers = [
             ServerState(
                 config=s,
@@ -92,12 +95,16 @@ class ServerPool:
                     encoding=encoding,
                     max_connections=s.max_in_flight * 2,
                     transport=transport,
+                    verify=tls,
                 ),
             )
             for s in servers
         ]
-        self._changed = asyncio.Condition()
-        self._all_down_since: float | None = None
+        # FIFO of chunks waiting for a slot; a freed slot is handed to exactly one waiter
+        # (a Condition's notify_all woke every waiter on every release: a thundering herd).
+        self._waiters: collections.deque[asyncio.Future[ServerState]] = collections.deque()
+        self._stopped: AllServersDown | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self._rng = random.Random()
 
     async def __aenter__(self) -> ServerPool:
@@ -107,9 +114,10 @@ class ServerPool:
         await self.aclose()
 
     async def aclose(self) -> None:
+        for task in [s.probe for s in self.servers] + [self._watchdog]:
+            if task is not None:
+                task.cancel()
         for s in self.servers:
-            if s.probe:
-                s.probe.cancel()
             await s.client.aclose()
 
     @property
@@ -118,50 +126,88 @@ class ServerPool:
 
     # -- choosing a server --------------------------------------------------------------------
     def _pick(self) -> ServerState | None:
-        free = [s for s in self.servers if s.up and s.in_flight < s.capacity]
-        if not free:
-            return None
-        return min(free, key=lambda s: (s.in_flight / s.capacity, s.in_flight))
+        best: ServerState | None = None
+        for s in self.servers:
+            if (
+                s.up
+                and s.in_flight < s.capacity
+                and (best is None or s.in_flight * best.capacity < best.in_flight * s.capacity)
+            ):
+                best = s
+        return best
+
+    def _take(self, server: ServerState) -> ServerState:
+        if server.in_flight == 0:
+            server._busy_since = time.monotonic()
+        server.in_flight += 1
+        return server
+
+    def _release(self, server: ServerState) -> None:
+        server.in_flight -= 1
+        if server.in_flight == 0 and server._busy_since is not None:
+            server.busy_s += time.monotonic() - server._busy_since
+            server._busy_since = None
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            if self._waiters[0].done():  # cancelled while waiting
+                self._waiters.popleft()
+                continue
+            server = self._pick()
+            if server is None:
+                return
+            self._waiters.popleft().set_result(self._take(server))
+
+    async def _acquire(self) -> ServerState:
+        if self._stopped is not None:
+            raise self._stopped
+        if not self._waiters and (server := self._pick()) is not None:
+            return self._take(server)
+        waiter: asyncio.Future[ServerState] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._release(waiter.result())  # handed a slot just as we were cancelled
+            raise
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[ServerState]:
-        async with self._changed:
-            while (server := self._pick()) is None:
-                self._check_all_down()
-                with suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), timeout=1.0)
-            if server.in_flight == 0:
-                server._busy_since = time.monotonic()
-            server.in_flight += 1
+        server = await self._acquire()
         try:
             yield server
         finally:
-            async with self._changed:
-                server.in_flight -= 1
-                if server.in_flight == 0 and server._busy_since is not None:
-                    server.busy_s += time.monotonic() - server._busy_since
-                    server._busy_since = None
-                self._changed.notify_all()
+            self._release(server)
 
-    def _check_all_down(self) -> None:
-        if any(s.up for s in self.servers):
-            self._all_down_since = None
-            return
-        now = time.monotonic()
-        if self._all_down_since is None:
-            self._all_down_since = now
-        elif now - self._all_down_since > self.retry.all_down_grace_s:
-            urls = ", ".join(s.url for s in self.servers)
-            raise AllServersDown(
-                f"no Fish Speech server answered for {self.retry.all_down_grace_s:.0f} s ({urls})"
-            )
+    async def _watch_all_down(self) -> None:
+        """While no server is up: after the grace period, fail every waiting chunk."""
+        since = time.monotonic()
+        while not any(s.up for s in self.servers):
+            if time.monotonic() - since > self.retry.all_down_grace_s:
+                urls = ", ".join(s.url for s in self.servers)
+                grace = self.retry.all_down_grace_s
+                self._stopped = AllServersDown(
+                    f"no Fish Speech server answered for {grace:.0f} s ({urls})"
+                )
+                while self._waiters:
+                    waiter = self._waiters.popleft()
+                    if not waiter.done():
+                        waiter.set_exception(self._stopped)
+                return
+            await asyncio.sleep(min(0.5, self.retry.all_down_grace_s / 4 + 0.01))
+        self._watchdog = None
 
     # -- health and limits ----------------------------------------------------------------------
     def _on_success(self, server: ServerState) -> None:
         server.failures = 0
         server.requests += 1
         if server.limit < server.config.max_in_flight:  # additive increase: +1 per full window
+            before = server.capacity
             server.limit = min(server.config.max_in_flight, server.limit + 1 / server.capacity)
+            if server.capacity > before:
+                self._wake()
 
     def _on_failure(self, server: ServerState, exc: SynthesisError) -> None:
         server.requests += 1
@@ -175,16 +221,16 @@ class ServerPool:
             if server.up and server.failures >= self.retry.down_after_failures:
                 server.up = False
                 server.probe = asyncio.create_task(self._probe(server))
+                if self._watchdog is None and not any(s.up for s in self.servers):
+                    self._watchdog = asyncio.create_task(self._watch_all_down())
 
     async def _probe(self, server: ServerState) -> None:
         delay = self.probe_interval_s
         while not await server.client.health(timeout_s=max(2.0, delay)):
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 10.0)
-        async with self._changed:
-            server.up, server.failures, server.probe = True, 0, None
-            server.limit = max(1.0, server.limit)
-            self._changed.notify_all()
+        server.up, server.failures, server.probe = True, 0, None
+        self._wake()
 
     def _backoff(self, attempt: int, exc: SynthesisError) -> float:
         if isinstance(exc, ServerBusy) and exc.retry_after is not None:

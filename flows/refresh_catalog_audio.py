@@ -13,7 +13,7 @@ from fishflow.errors import ConfigError, FishflowError
 from fishflow.run import RunTotals, entry_batches, new_run_id, open_run, run_spec
 from fishflow.settings import EnvSettings, RunSettings, validated
 from tasks import runtime
-from tasks.synthesis import synthesize_batch
+from tasks.synthesis import batch_argument, synthesize_batch
 
 DEFAULT_SERVERS = ["http://127.0.0.1:8080"]
 
@@ -85,7 +85,6 @@ async def refresh_catalog_audio(
     run_id = run_id or new_run_id()
     spec = run_spec(settings)
     started = time.monotonic()
-    totals = RunTotals()
     fatal: FishflowError | None = None
     async with open_run(
         run_id=run_id,
@@ -95,7 +94,7 @@ async def refresh_catalog_audio(
         force=force,
         api_key=_api_key(api_key_secret),
     ) as (ctx, writer):
-        runtime.register(ctx, writer)
+        totals = runtime.register(ctx, writer).totals
         try:
             logger.info("run %s: %s -> %s on %d server(s)", run_id, source, out, len(servers))
             # A few batches in flight keep every server fed across batch boundaries.
@@ -105,7 +104,7 @@ async def refresh_catalog_audio(
 
             async def run_batch(index: int, entries: list[Any]) -> None:
                 try:
-                    totals.add(await synthesize_batch(run_id, index, entries))
+                    await synthesize_batch(run_id, index, batch_argument(entries))
                 finally:
                     window.release()
 

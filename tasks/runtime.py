@@ -8,24 +8,35 @@ loop, so they are built once by the flow and never passed through Prefect.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from fishflow.manifest import ItemRow, ManifestWriter
 from fishflow.pipeline import RunContext
+from fishflow.run import RunTotals
 
-_runs: dict[str, tuple[RunContext, ManifestWriter]] = {}
+
+@dataclass
+class OpenRun:
+    ctx: RunContext
+    writer: ManifestWriter
+    totals: RunTotals = field(default_factory=RunTotals)
+
+
+_runs: dict[str, OpenRun] = {}
 _progress: Callable[[ItemRow], None] | None = None
 
 
-def register(ctx: RunContext, writer: ManifestWriter) -> None:
+def register(ctx: RunContext, writer: ManifestWriter) -> OpenRun:
     ctx.on_item_done = _progress
-    _runs[ctx.run_id] = (ctx, writer)
+    _runs[ctx.run_id] = run = OpenRun(ctx, writer)
+    return run
 
 
 def unregister(run_id: str) -> None:
     _runs.pop(run_id, None)
 
 
-def lookup(run_id: str) -> tuple[RunContext, ManifestWriter]:
+def lookup(run_id: str) -> OpenRun:
     try:
         return _runs[run_id]
     except KeyError:

@@ -13,23 +13,34 @@ import asyncio
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
 
-from fishflow.pipeline import Item, ItemOutcome, Rejection, process_batch
+from fishflow.pipeline import Item, Rejection, process_batch
 from tasks.runtime import lookup
 
 
 @task(name="synthesize-batch", cache_policy=NO_CACHE, persist_result=False, retries=0)
 async def synthesize_batch(
     run_id: str, index: int, entries: list[Item | Rejection]
-) -> list[ItemOutcome]:
-    """Synthesise, stitch and publish a batch of items, then record it in the manifest parts."""
-    ctx, writer = lookup(run_id)
-    outcomes = await process_batch(ctx, entries)
+) -> dict[str, int]:
+    """Synthesise, stitch and publish a batch of items, then record it in the manifest parts.
+
+    Pass the batch through `batch_argument` (Prefect unquotes it before the call).
+    """
+    run = lookup(run_id)
+    outcomes = await process_batch(run.ctx, entries)
     await asyncio.to_thread(
-        writer.write_part,
+        run.writer.write_part,
         f"{index:06d}",
         [o.item for o in outcomes],
         [c for o in outcomes for c in o.chunks],
         [e for o in outcomes for e in o.errors],
     )
-    return outcomes
+    run.totals.add(outcomes)
+    statuses = [o.item.status for o in outcomes]
+    return {status: statuses.count(status) for status in ("ok", "skipped", "failed")}
+
+
+def batch_argument(entries: list[Item | Rejection]) -> quote[list[Item | Rejection]]:
+    """Wrap a batch so Prefect does not walk a hundred items looking for futures."""
+    return quote(entries)
