@@ -1,9 +1,18 @@
 """`make bench`: fishflow against serial emulated servers with a fixed service time.
 
-Prints a table: ideal wall time (sum of service times / servers), fishflow's wall time and the
-ratio, the same for the baseline client users start from (asyncio Semaphore + gather against one
-URL, results kept in memory), per-server utilisation, client CPU per chunk against a zero-latency
-server, and the start-to-exit time of a one-item `fishflow run`.
+Every emulator is its own process with one serial worker. The ideal wall time of a run is the
+sum of the service times the servers actually spent (the emulator counts the time its worker
+is held: compute plus making the audio) divided by the number of servers. Printed as a table:
+
+- fishflow's wall time against the ideal, with 4 servers and with 1;
+- the baseline users start from (asyncio Semaphore + gather, one URL, results in memory);
+- per-server utilisation;
+- killing one of 4 servers a third of the way in;
+- client CPU per chunk against a zero-latency server;
+- peak RSS of `fishflow run` over 10,000 and 100,000 items (a child process each);
+- start-to-exit time of a one-item `fishflow run`.
+
+Sizes come from BENCH_* environment variables (see the constants below).
 """
 
 from __future__ import annotations
@@ -16,10 +25,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import ormsgpack
@@ -29,8 +40,9 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 SERVICE_S = float(os.environ.get("BENCH_SERVICE_S", "0.05"))
 CHUNKS_POOL = int(os.environ.get("BENCH_CHUNKS", "2000"))
-CHUNKS_ONE = int(os.environ.get("BENCH_CHUNKS_ONE", "500"))
-CHUNKS_CPU = int(os.environ.get("BENCH_CHUNKS_CPU", "1000"))
+CHUNKS_ONE = int(os.environ.get("BENCH_CHUNKS_ONE", "1000"))
+CHUNKS_CPU = int(os.environ.get("BENCH_CHUNKS_CPU", "2000"))
+RSS_SIZES = [int(n) for n in os.environ.get("BENCH_RSS_ITEMS", "10000,100000").split(",") if n]
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -41,70 +53,64 @@ def free_port() -> int:
 
 
 @contextmanager
-def emulators(n: int, service_s: float) -> Iterator[list[str]]:
-    """n serial emulators, each its own process (so the client's CPU is measured alone)."""
-    procs, urls = [], []
+def emulators(n: int, service_s: float, workers: int = 1) -> Iterator[list[subprocess.Popen]]:
+    """n emulators, each its own process (so the client's CPU is measured alone)."""
+    procs = []
     for _ in range(n):
         port = free_port()
-        procs.append(
-            subprocess.Popen(
-                [
-                    str(VENV_BIN / "fishflow"),
-                    "emulator",
-                    "--listen",
-                    f"127.0.0.1:{port}",
-                    "--service-time",
-                    str(service_s),
-                ],
-                stdout=subprocess.DEVNULL,
-            )
-        )
-        urls.append(f"http://127.0.0.1:{port}")
-    for url in urls:
+        cmd = [str(VENV_BIN / "fishflow"), "emulator", "--listen", f"127.0.0.1:{port}",
+               "--service-time", str(service_s), "--workers", str(workers)]  # fmt: skip
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        proc.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+        procs.append(proc)
+    for proc in procs:
         for _ in range(200):
             try:
-                httpx.get(url + "/v1/health", timeout=1)
+                httpx.get(proc.url + "/v1/health", timeout=1)  # type: ignore[attr-defined]
                 break
             except httpx.HTTPError:
                 time.sleep(0.05)
     try:
-        yield urls
+        yield procs
     finally:
         for p in procs:
-            p.terminate()
+            p.kill()
             p.wait()
+
+
+def urls(procs: list[subprocess.Popen]) -> list[str]:
+    return [p.url for p in procs]  # type: ignore[attr-defined]
+
+
+def stats(url: str, reset: bool = False) -> dict[str, Any]:
+    if reset:
+        return httpx.post(url + "/_emulator/reset", timeout=5).json()
+    return httpx.get(url + "/_emulator/stats", timeout=5).json()
+
+
+def service_s(servers: list[str]) -> float:
+    return sum(stats(u)["service_s"] for u in servers)
 
 
 def catalog(path: Path, n: int) -> Path:
     """n one-chunk items with distinct texts (no reuse: every chunk costs a generation)."""
     with path.open("w") as fh:
         for i in range(n):
-            fh.write(
-                json.dumps(
-                    {
-                        "id": f"item-{i:06d}",
-                        "language": "en",
-                        "text": f"Product {i} is a sturdy thing, made to last.",
-                    }
-                )
-                + "\n"
-            )
+            text = f"Product {i} is a sturdy thing, made to last."
+            fh.write(json.dumps({"id": f"item-{i:06d}", "language": "en", "text": text}) + "\n")
     return path
 
 
-def run_fishflow(source: Path, out: Path, servers: list[str], **settings) -> dict:
+def run_fishflow(source: Path, out: Path, servers: list[str], **settings: Any) -> dict[str, Any]:
     from fishflow.settings import RunSettings
     from flows.refresh_catalog_audio import refresh_catalog_audio
 
     return asyncio.run(
         refresh_catalog_audio(
-            source=str(source),
-            out=str(out),
-            servers=servers,
-            settings=RunSettings(**settings),
-            force=True,
+            source=str(source), out=str(out), servers=servers,
+            settings=RunSettings(**settings), force=True,
         )
-    )
+    )  # fmt: skip
 
 
 async def baseline(url: str, texts: list[str], concurrency: int = 8) -> float:
@@ -128,14 +134,36 @@ async def baseline(url: str, texts: list[str], concurrency: int = 8) -> float:
         return time.monotonic() - started
 
 
-def cpu_split() -> tuple[float, float]:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime, usage.ru_stime
-
-
 def cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def measured(
+    rows: list[tuple[str, str]], name: str, servers: list[str], run: Any
+) -> tuple[float, float]:
+    for u in servers:
+        stats(u, reset=True)
+    wall = run()
+    ideal = service_s(servers) / len(servers)
+    rows.append((name, f"ideal {ideal:.2f} s, wall {wall:.2f} s, ratio {wall / ideal:.3f}"))
+    return wall, ideal
+
+
+def peak_rss_mb(items: int, tmpd: Path, server_urls: list[str]) -> tuple[float, float]:
+    """Peak RSS (MB) and wall time of `fishflow run` over `items` items, in a child process."""
+    source = catalog(tmpd / f"rss-{items}.jsonl", items)
+    script = (
+        "import resource, subprocess, sys; "
+        "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    cmd = [sys.executable, "-c", script, str(VENV_BIN / "fishflow"), "run", str(source),
+           "--out", str(tmpd / f"rss-{items}"), "--quiet", "--max-in-flight", "4", "--force",
+           *(a for u in server_urls for a in ("--server", u))]  # fmt: skip
+    started = time.monotonic()
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return int(out.strip().splitlines()[-1]) / 1024, time.monotonic() - started
 
 
 def main() -> int:
@@ -145,74 +173,85 @@ def main() -> int:
         source = catalog(tmpd / "pool.jsonl", CHUNKS_POOL)
         texts = [json.loads(line)["text"] for line in source.read_text().splitlines()]
 
-        with emulators(4, SERVICE_S) as urls:
-            ideal = CHUNKS_POOL * SERVICE_S / 4
-            summary = run_fishflow(source, tmpd / "o4", urls)
-            wall = summary["wall_seconds"]
-            rows.append(
-                (
-                    f"fishflow, 4 servers, {CHUNKS_POOL} chunks",
-                    f"ideal {ideal:.1f} s, wall {wall:.1f} s, ratio {wall / ideal:.3f}",
-                )
+        with emulators(4, SERVICE_S) as procs:
+            servers = urls(procs)
+            run_fishflow(catalog(tmpd / "warm.jsonl", 8), tmpd / "warm", servers)  # Prefect up
+            summary: dict[str, Any] = {}
+
+            def pool_run() -> float:
+                summary.update(run_fishflow(source, tmpd / "o4", servers))
+                return summary["wall_seconds"]
+
+            wall4, _ = measured(
+                rows, f"fishflow, 4 servers, {CHUNKS_POOL} chunks", servers, pool_run
             )
             util = ", ".join(f"{v:.0%}" for v in summary["utilisation"].values())
-            rows.append(("per-server utilisation (4 servers)", util))
-            base = asyncio.run(baseline(urls[0], texts))
-            rows.append(
-                (
-                    f"baseline (Semaphore(8)+gather, one URL), {CHUNKS_POOL} chunks",
-                    f"wall {base:.1f} s, ratio {base / ideal:.3f}; fishflow is {base / wall:.2f}x faster",
-                )
-            )
+            rows.append(("per-server utilisation (fishflow, 4 servers)", util))
+            base_wall, _ = measured(
+                rows, f"baseline: Semaphore(8) + gather, one URL, {CHUNKS_POOL} chunks",
+                servers, lambda: asyncio.run(baseline(servers[0], texts)),
+            )  # fmt: skip
+            rows.append(("fishflow speed-up over the baseline", f"{base_wall / wall4:.2f}x"))
+
+        with emulators(4, SERVICE_S) as procs:
+            servers = urls(procs)
+            for u in servers:
+                stats(u, reset=True)
+            at_kill: dict[str, float] = {}
+
+            def kill_first() -> None:
+                at_kill["t"] = time.monotonic()
+                at_kill["service"] = service_s(servers)
+                at_kill["victim"] = stats(servers[0])["service_s"]
+                procs[0].kill()
+
+            started = time.monotonic()
+            timer = threading.Timer(CHUNKS_POOL * SERVICE_S / 4 / 3, kill_first)
+            timer.start()
+            result = run_fishflow(source, tmpd / "kill", servers)
+            wall = time.monotonic() - started
+            total = at_kill["victim"] + service_s(servers[1:])
+            elapsed_at_kill = at_kill["t"] - started
+            ideal_rest = (total - at_kill["service"]) / 3
+            ratio = (wall - elapsed_at_kill) / ideal_rest
+            rows.append((
+                "kill 1 of 4 servers a third in: remainder vs 3-server ideal",
+                f"{result['ok']}/{CHUNKS_POOL} ok, remainder {wall - elapsed_at_kill:.2f} s, "
+                f"ideal {ideal_rest:.2f} s, ratio {ratio:.3f}",
+            ))  # fmt: skip
 
         one_source = catalog(tmpd / "one.jsonl", CHUNKS_ONE)
-        with emulators(1, SERVICE_S) as urls:
-            ideal = CHUNKS_ONE * SERVICE_S
-            wall = run_fishflow(one_source, tmpd / "o1", urls)["wall_seconds"]
-            rows.append(
-                (
-                    f"fishflow, 1 server, {CHUNKS_ONE} chunks",
-                    f"ideal {ideal:.1f} s, wall {wall:.1f} s, ratio {wall / ideal:.3f}",
-                )
-            )
+        with emulators(1, SERVICE_S) as procs:
+            servers = urls(procs)
+            measured(rows, f"fishflow, 1 server, {CHUNKS_ONE} chunks", servers,
+                     lambda: run_fishflow(one_source, tmpd / "o1", servers)["wall_seconds"])  # fmt: skip
 
         cpu_source = catalog(tmpd / "cpu.jsonl", CHUNKS_CPU)
-        with emulators(4, 0.0) as urls:
-            run_fishflow(catalog(tmpd / "warm.jsonl", 20), tmpd / "warm", urls)  # Prefect started
+        with emulators(1, 0.0, workers=4) as procs:
+            servers = urls(procs)
             before = cpu_s()
-            summary = run_fishflow(cpu_source, tmpd / "cpu", urls, max_in_flight=4)
+            summary = run_fishflow(cpu_source, tmpd / "cpu", servers, max_in_flight=4)
             per_chunk = (cpu_s() - before) / CHUNKS_CPU * 1000
-            rows.append(
-                (
-                    f"client CPU per chunk, zero-latency servers, {CHUNKS_CPU} chunks",
-                    f"{per_chunk:.2f} ms (wall {summary['wall_seconds']:.1f} s)",
-                )
-            )
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            rows.append(("peak RSS of this bench process", f"{peak:.0f} MB"))
+            rows.append((
+                f"client CPU per chunk, zero-latency server, {CHUNKS_CPU} chunks",
+                f"{per_chunk:.2f} ms (wall {summary['wall_seconds']:.1f} s)",
+            ))  # fmt: skip
 
             single = catalog(tmpd / "single.jsonl", 1)
             started = time.monotonic()
             subprocess.run(
-                [
-                    str(VENV_BIN / "fishflow"),
-                    "run",
-                    str(single),
-                    "--out",
-                    str(tmpd / "single"),
-                    "--server",
-                    urls[0],
-                    "--quiet",
-                ],
-                check=True,
-                capture_output=True,
-            )
-            rows.append(
-                (
-                    "one-item `fishflow run`, start to exit (ephemeral Prefect)",
-                    f"{time.monotonic() - started:.1f} s",
-                )
-            )
+                [str(VENV_BIN / "fishflow"), "run", str(single), "--out", str(tmpd / "single"),
+                 "--server", servers[0], "--quiet"],
+                check=True, capture_output=True,
+            )  # fmt: skip
+            rows.append(("one-item `fishflow run`, start to exit (ephemeral Prefect)",
+                         f"{time.monotonic() - started:.1f} s"))  # fmt: skip
+
+        with emulators(4, 0.0, workers=4) as procs:
+            for items in RSS_SIZES:
+                rss, wall = peak_rss_mb(items, tmpd, urls(procs))
+                rows.append((f"peak RSS, `fishflow run` over {items:,} items",
+                             f"{rss:.0f} MB (wall {wall:.0f} s)"))  # fmt: skip
 
     width = max(len(r[0]) for r in rows)
     print(f"\nservice time {SERVICE_S * 1000:.0f} ms per request, serial emulators\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import wave
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,13 +38,22 @@ def content_type(fmt: str) -> str:
 
 def decode(data: bytes) -> Audio:
     """Decode a WAV/FLAC/MP3 body into mono int16 samples."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        # The stdlib reads 16-bit PCM WAV (what Fish sends) ten times faster than libsndfile's
+        # open; anything else in a RIFF container goes to soundfile below.
+        try:
+            with wave.open(io.BytesIO(data)) as wav:
+                if wav.getsampwidth() == 2 and wav.getnchannels() == 1:
+                    frames = wav.readframes(wav.getnframes())
+                    return Audio(np.frombuffer(frames, dtype="<i2"), wav.getframerate())
+        except (wave.Error, EOFError):
+            pass
     try:
         samples, rate = sf.read(io.BytesIO(data), dtype="int16", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         raise BadAudio(f"response is not decodable audio ({len(data)} bytes): {exc}") from None
-    return Audio(
-        samples.mean(axis=1).astype(np.int16) if samples.shape[1] > 1 else samples[:, 0], rate
-    )
+    mono = samples.mean(axis=1).astype(np.int16) if samples.shape[1] > 1 else samples[:, 0]
+    return Audio(mono, rate)
 
 
 def expected_duration_s(text: str) -> float:
@@ -73,7 +83,8 @@ def check_plausible(audio: Audio, text: str, *, sample_rate: int, max_new_tokens
         raise BadAudio(
             f"audio lasts {duration:.2f} s, far beyond the ~{expected:.1f} s its text needs"
         )
-    if len(audio.samples) and np.sqrt(np.mean(audio.samples.astype(np.float32) ** 2)) < 30:
+    sample = audio.samples[::16].astype(np.float32)  # every 16th sample is plenty for a level
+    if len(sample) and np.sqrt(np.mean(sample**2)) < 30:
         raise BadAudio("audio is near-silent")
 
 

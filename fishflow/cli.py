@@ -18,7 +18,7 @@ import types
 import typing
 from typing import Any, get_args, get_origin
 
-from fishflow.errors import FishflowError
+from fishflow.errors import ConfigError, FishflowError
 from fishflow.settings import RunSettings, validated
 
 
@@ -66,6 +66,20 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--api-key-secret", help="Prefect Secret block holding the API key")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_settings_flags(run)
+
+    limits = sub.add_parser(
+        "limits", help="shared per-server limits on the Prefect API (PREFECT_API_URL)"
+    )
+    limits.add_argument("action", choices=["create"], help="create or resize the limits")
+    limits.add_argument(
+        "--server",
+        action="append",
+        dest="servers",
+        metavar="URL",
+        required=True,
+        help="server URL; URL#limit=N sets its limit",
+    )
+    limits.add_argument("--max-in-flight", type=int, default=2, help="default limit per server")
 
     emu = sub.add_parser("emulator", help="serve the bundled Fish Speech emulator")
     emu.add_argument(
@@ -194,11 +208,31 @@ def _emulator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _limits(args: argparse.Namespace) -> int:
+    settings = validated(RunSettings, max_in_flight=args.max_in_flight)
+    configs = settings.server_configs(args.servers)
+    _quiet_prefect()
+    from prefect.settings import get_current_settings
+
+    from tasks.limits import create_limits
+
+    if not get_current_settings().api.url:
+        raise ConfigError(
+            "PREFECT_API_URL is not set: shared limits live on the Prefect server your runs use"
+        )
+    created = asyncio.run(create_limits({c.url: c.max_in_flight for c in configs}))
+    for name, limit in created.items():
+        print(f"fishflow: limit {name} = {limit}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "limits":
+            return _limits(args)
         return _emulator(args)
     except FishflowError as exc:
         print(f"fishflow: error: {exc.message}", file=sys.stderr)

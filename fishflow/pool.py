@@ -17,9 +17,10 @@ import collections
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import httpx
 
@@ -48,6 +49,9 @@ class ServerState:
     busy_s: float = 0.0  # seconds with at least one request in flight
     _busy_since: float | None = None
     probe: asyncio.Task[None] | None = field(default=None, repr=False)
+    # Slots leased from a limit shared with other runs (None: no shared limit, local only).
+    leases: list[Lease] | None = None
+    leasing: int = 0
 
     @property
     def url(self) -> str:
@@ -56,6 +60,37 @@ class ServerState:
     @property
     def capacity(self) -> int:
         return max(1, int(self.limit))
+
+    @property
+    def usable(self) -> int:
+        """Requests this run may have in flight now: its limit, within the slots it leased."""
+        return self.capacity if self.leases is None else min(self.capacity, len(self.leases))
+
+
+def limit_name(server_url: str) -> str:
+    """The name of a server's shared in-flight limit: `fishflow-server-<host>-<port>`."""
+    url = httpx.URL(server_url)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return f"fishflow-server-{url.host}-{port}".replace(".", "-").replace(":", "-")
+
+
+class Lease(Protocol):
+    async def release(self) -> None: ...
+
+
+class SlotLeaser(Protocol):
+    """A limit on requests in flight per server shared across runs and machines.
+
+    ``lease`` waits for one slot of the server's limit and returns it, or returns None when the
+    server has no shared limit (the run then keeps to its local limit only). The pool leases
+    slots when it has work waiting and gives back those it no longer uses, so one lease costs
+    one round trip per slot, never one per request.
+    """
+
+    async def lease(self, server_url: str, *, timeout_s: float) -> Lease | None:
+        """One slot, or None when the server has no shared limit; TimeoutError if no slot
+        came free within ``timeout_s``."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +113,9 @@ class ServerPool:
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         probe_interval_s: float = 1.0,
+        leaser: SlotLeaser | None = None,
+        lease_idle_s: float = 2.0,
+        lease_wait_s: float = 2.0,
     ) -> None:
         if not servers:
             raise ValueError("a pool needs at least one server")
@@ -104,6 +142,15 @@ class ServerPool:
         # (a Condition's notify_all woke every waiter on every release: a thundering herd).
         self._waiters: collections.deque[asyncio.Future[ServerState]] = collections.deque()
         self._stopped: AllServersDown | None = None
+        self.leaser = leaser
+        self.lease_idle_s = lease_idle_s
+        self.lease_wait_s = lease_wait_s
+        self._closing = False
+        self._trim: asyncio.TimerHandle | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        if leaser is not None:
+            for server in self.servers:
+                server.leases = []
         self._watchdog: asyncio.Task[None] | None = None
         self._rng = random.Random()
 
@@ -114,10 +161,17 @@ class ServerPool:
         await self.aclose()
 
     async def aclose(self) -> None:
+        self._closing = True
         for task in [s.probe for s in self.servers] + [self._watchdog]:
             if task is not None:
                 task.cancel()
+        # Lease attempts end on their own within lease_wait_s; releases must finish.
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self._trim is not None:
+            self._trim.cancel()
         for s in self.servers:
+            while s.leases:
+                await s.leases.pop().release()
             await s.client.aclose()
 
     @property
@@ -130,7 +184,7 @@ class ServerPool:
         for s in self.servers:
             if (
                 s.up
-                and s.in_flight < s.capacity
+                and s.in_flight < s.usable
                 and (best is None or s.in_flight * best.capacity < best.in_flight * s.capacity)
             ):
                 best = s
@@ -148,6 +202,56 @@ class ServerPool:
             server.busy_s += time.monotonic() - server._busy_since
             server._busy_since = None
         self._wake()
+        if self.leaser is not None and not self._waiters and self._trim is None:
+            self._trim = asyncio.get_running_loop().call_later(self.lease_idle_s, self._trim_leases)
+
+    # -- slots shared with other runs -----------------------------------------------------------
+    def _want_leases(self) -> None:
+        if self.leaser is None or self._closing:
+            return
+        for s in self.servers:
+            if s.up and s.leases is not None and not s.leasing and len(s.leases) < s.capacity:
+                s.leasing = 1
+                self._spawn(self._lease_slots(s))
+
+    async def _lease_slots(self, server: ServerState) -> None:
+        """Lease one slot at a time while chunks wait. Attempts time out rather than being
+        cancelled: a cancelled acquisition can be granted later and hold a slot for nobody."""
+        assert self.leaser is not None
+        try:
+            while (
+                not self._closing
+                and self._waiters
+                and server.leases is not None
+                and len(server.leases) < server.capacity
+            ):
+                try:
+                    lease = await self.leaser.lease(server.url, timeout_s=self.lease_wait_s)
+                except TimeoutError:
+                    continue  # another run holds the slots: ask again while we still need one
+                if lease is None:
+                    server.leases = None  # no shared limit for this server: local limit only
+                elif self._closing:
+                    await lease.release()
+                else:
+                    server.leases.append(lease)
+                self._wake()
+        finally:
+            server.leasing = 0
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _trim_leases(self) -> None:
+        """Give back slots nobody here is using, so other runs on the server can have them."""
+        self._trim = None
+        if self._waiters:
+            return
+        for s in self.servers:
+            while s.leases and len(s.leases) > s.in_flight:
+                self._spawn(s.leases.pop().release())
 
     def _wake(self) -> None:
         while self._waiters:
@@ -166,6 +270,7 @@ class ServerPool:
             return self._take(server)
         waiter: asyncio.Future[ServerState] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
+        self._want_leases()
         try:
             return await waiter
         except asyncio.CancelledError:

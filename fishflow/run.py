@@ -23,7 +23,7 @@ from fishflow.pipeline import (
     RunSpec,
     validate_row,
 )
-from fishflow.pool import ServerPool
+from fishflow.pool import ServerPool, SlotLeaser
 from fishflow.settings import AudioSettings, ChunkSettings, RunSettings
 from fishflow.sources import Columns, read_source
 from fishflow.storage import open_store
@@ -85,6 +85,7 @@ async def open_run(
     settings: RunSettings,
     force: bool,
     api_key: str | None,
+    leaser: SlotLeaser | None = None,
 ) -> AsyncIterator[tuple[RunContext, ManifestWriter]]:
     """Build everything a run's batches share, and close it when the run ends."""
     store = await asyncio.to_thread(open_store, out, settings.sse)
@@ -103,6 +104,7 @@ async def open_run(
         api_key=api_key,
         encoding=settings.encoding,
         retry=settings.retry_policy(),
+        leaser=leaser,
     )
     ctx = RunContext(
         run_id=run_id,

@@ -8,11 +8,13 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
+from prefect.settings import get_current_settings
 
 from fishflow.errors import ConfigError, FishflowError
 from fishflow.run import RunTotals, entry_batches, new_run_id, open_run, run_spec
 from fishflow.settings import EnvSettings, RunSettings, validated
 from tasks import runtime
+from tasks.limits import PrefectSlotLeaser
 from tasks.synthesis import batch_argument, synthesize_batch
 
 DEFAULT_SERVERS = ["http://127.0.0.1:8080"]
@@ -86,7 +88,11 @@ async def refresh_catalog_audio(
     spec = run_spec(settings)
     started = time.monotonic()
     fatal: FishflowError | None = None
+    # Limits shared with other runs live on a Prefect API that outlives this process; the
+    # ephemeral one started for a lone `fishflow run` has nobody to share with.
+    leaser = PrefectSlotLeaser(logger) if get_current_settings().api.url else None
     async with open_run(
+        leaser=leaser,
         run_id=run_id,
         out=out,
         servers=servers,
