@@ -65,6 +65,7 @@ class EmulatorConfig:
     service_time_s: float | None = None  # fixed compute per request, for benchmarks
     api_key: str | None = None
     max_text_length: int | None = None
+    tier_limit: int | None = None  # like the Fish Audio cloud: 429 beyond N requests in flight
     seed: int = 0
     faults: Faults = field(default_factory=Faults)
 
@@ -428,6 +429,15 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if fault == "reset":
             self._reset_connection()
+            return
+        with srv.stats.lock:  # the cloud's per-tier limit on requests in flight
+            over = (
+                srv.config.tier_limit is not None and srv.stats.in_flight >= srv.config.tier_limit
+            )
+            if over:
+                srv.stats.faults["tier"] += 1
+        if over:
+            self._error(429, "Too many requests in flight for your plan")
             return
         with srv.tracked(), srv.worker():
             seconds = 0.0 if not text.strip() else speech_duration_s(text)

@@ -308,19 +308,21 @@ class ServerPool:
     def _on_success(self, server: ServerState) -> None:
         server.failures = 0
         server.requests += 1
-        if server.limit < server.config.max_in_flight:  # additive increase: +1 per full window
+        # Additive increase, slowly: +1 per two full windows, and only while the limit is used.
+        if server.limit < server.config.max_in_flight and server.in_flight >= server.capacity:
             before = server.capacity
-            server.limit = min(server.config.max_in_flight, server.limit + 1 / server.capacity)
+            server.limit = min(server.config.max_in_flight, server.limit + 0.5 / server.capacity)
             if server.capacity > before:
                 self._wake()
 
-    def _on_failure(self, server: ServerState, exc: SynthesisError) -> None:
+    def _on_failure(self, server: ServerState, exc: SynthesisError, sent_at: float) -> None:
         server.requests += 1
         if isinstance(exc, ServerBusy):
-            now = time.monotonic()
-            if now - server.last_decrease > 1.0:  # one halving per burst, not one per request
-                server.limit = max(1.0, server.limit / 2)
-                server.last_decrease = now
+            # Multiplicative decrease, once per window: a 429 for a request sent before the
+            # last decrease says nothing about the new limit.
+            if sent_at >= server.last_decrease:
+                server.limit = max(1.0, min(server.limit, server.in_flight) / 2)
+                server.last_decrease = time.monotonic()
         elif isinstance(exc, ServerUnavailable) and (exc.connection_failed or exc.timed_out):
             server.failures += 1
             if server.up and server.failures >= self.retry.down_after_failures:
@@ -363,7 +365,7 @@ class ServerPool:
                         text, options, reference_id=reference_id, read_timeout_s=timeout
                     )
                 except SynthesisError as exc:
-                    self._on_failure(server, exc)
+                    self._on_failure(server, exc, started)
                     error = exc
                 else:
                     self._on_success(server)

@@ -150,3 +150,22 @@ def test_a_server_that_comes_back_rejoins() -> None:
 
     result = asyncio.run(go())
     assert result.audio.duration_s > 0
+
+
+def test_aimd_settles_at_a_cloud_tiers_limit_without_a_storm_of_429s() -> None:
+    """Cloud row 'Limits are on requests in flight ... Exceeding them gives 429'."""
+    with Emulator(EmulatorConfig(workers=8, service_time_s=0.02, tier_limit=5)) as emu:
+
+        async def go():
+            retry = RetryPolicy(backoff_s=0.02, max_attempts=20)
+            async with ServerPool(
+                [ServerConfig(url=emu.url, max_in_flight=8)], retry=retry
+            ) as pool:
+                results = await synth_all(pool, texts(300))
+                return results, pool.servers[0].limit
+
+        results, limit = asyncio.run(go())
+        assert len(results) == 300
+        rejected = emu.stats["faults"]["tier"]
+        assert rejected < 0.1 * 300  # the limit came down instead of hammering the tier
+        assert limit <= 6
