@@ -54,6 +54,8 @@ class Faults:
     truncate_rate: float = 0.0  # 200, then the body stops half way
     busy_rate: float = 0.0  # 429 with Retry-After, at once
     short_audio_rate: float = 0.0  # 200 with audio a fifth as long as it should be
+    slow_rate: float = 0.0  # the generation hangs for slow_s while holding its worker
+    slow_s: float = 5.0
     retry_after_s: float = 1.0
     latency_s: float = 0.0  # extra latency before queueing (network, proxy)
 
@@ -444,6 +446,8 @@ class _Handler(BaseHTTPRequestHandler):
             seconds = min(seconds, req["max_new_tokens"] / TOKENS_PER_SECOND)
             if fault == "short":
                 seconds /= 5
+            if fault == "slow":
+                time.sleep(srv.config.faults.slow_s)
             srv.compute(seconds)
             if not text.strip():
                 self._error(500, "No audio generated, please check the input text.")
@@ -550,6 +554,7 @@ class _Server(ThreadingHTTPServer):
             ("truncate", f.truncate_rate),
             ("busy", f.busy_rate),
             ("short", f.short_audio_rate),
+            ("slow", f.slow_rate),
         ):
             if x < rate:
                 with self.stats.lock:

@@ -18,7 +18,16 @@ import pyarrow.parquet as pq
 from fishflow.pipeline import PreviousItem
 from fishflow.storage import Store
 
-_COLUMNS = ["item_id", "status", "content_key", "audio_uri", "duration_s", "bytes", "created_at"]
+_COLUMNS = [
+    "item_id",
+    "status",
+    "content_key",
+    "audio_uri",
+    "duration_s",
+    "bytes",
+    "audio_sha256",
+    "created_at",
+]
 
 
 def _item_tables(store: Store, exclude_run: str | None) -> list[pa.Table]:
@@ -40,9 +49,21 @@ def _item_tables(store: Store, exclude_run: str | None) -> list[pa.Table]:
             if store.root.startswith("s3://"):
                 with open(local, "wb") as fh:
                     fh.write(store.get(key))
-            table = pq.read_table(local, columns=_COLUMNS)
+            table = _project(pq.read_table(local))
             tables.append(table.filter(pc.is_in(table["status"], pa.array(["ok", "skipped"]))))
     return tables
+
+
+def _project(table: pa.Table) -> pa.Table:
+    """The columns change detection needs; ones an older manifest lacks come back as nulls."""
+    return pa.table(
+        {
+            name: table[name]
+            if name in table.column_names
+            else pa.nulls(table.num_rows, pa.string())
+            for name in _COLUMNS
+        }
+    )
 
 
 def load_previous(store: Store, exclude_run: str | None = None) -> dict[str, PreviousItem]:
@@ -53,15 +74,15 @@ def load_previous(store: Store, exclude_run: str | None = None) -> dict[str, Pre
     table = pa.concat_tables(tables).sort_by([("created_at", "ascending")])
     prefix = store.uri("")
     latest: dict[str, PreviousItem] = {}
-    for item_id, key, uri, duration, size in zip(
+    for item_id, key, uri, duration, size, sha in zip(
         *(
             table[c].to_pylist()
-            for c in ("item_id", "content_key", "audio_uri", "duration_s", "bytes")
+            for c in ("item_id", "content_key", "audio_uri", "duration_s", "bytes", "audio_sha256")
         ),
         strict=True,
     ):
         if item_id and key and uri and uri.startswith(prefix):
-            latest[item_id] = PreviousItem(key, uri, uri[len(prefix) :], duration, size)
+            latest[item_id] = PreviousItem(key, uri, uri[len(prefix) :], duration, size, sha)
     return latest
 
 

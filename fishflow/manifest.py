@@ -42,6 +42,7 @@ ITEMS_SCHEMA = pa.schema(
         pa.field("sample_rate", pa.int32()),
         pa.field("duration_s", pa.float64()),
         pa.field("bytes", pa.int64()),
+        pa.field("audio_sha256", pa.string()),  # of the published file, to check it whole
         pa.field("attempts", pa.int32()),
         pa.field("synth_seconds", pa.float64()),
         pa.field("error", pa.string()),
@@ -105,6 +106,7 @@ class ItemRow:
     sample_rate: int | None = None
     duration_s: float | None = None
     bytes: int | None = None
+    audio_sha256: str | None = None
     attempts: int | None = None
     synth_seconds: float | None = None
     error: str | None = None

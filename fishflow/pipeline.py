@@ -59,6 +59,7 @@ class PreviousItem:
     audio_key: str
     duration_s: float | None
     bytes: int | None
+    audio_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -303,6 +304,7 @@ def _skip_if_unchanged(ctx: RunContext, item: Item) -> ItemOutcome | None:
         audio_format=ctx.spec.audio.format,
         duration_s=prev.duration_s,
         bytes=prev.bytes,
+        audio_sha256=prev.audio_sha256,
         attempts=0,
     )
     return ItemOutcome(row)
@@ -337,7 +339,7 @@ async def _chunk_audio(
     return audio, row
 
 
-def _publish(ctx: RunContext, item: Item, parts: list[Audio]) -> tuple[str, Audio, int]:
+def _publish(ctx: RunContext, item: Item, parts: list[Audio]) -> tuple[str, Audio, bytes]:
     settings = ctx.spec.audio
     audio = stitch(parts, pause_ms=settings.pause_ms, fade_ms=settings.fade_ms)
     data = encode(audio, settings.format)
@@ -347,7 +349,7 @@ def _publish(ctx: RunContext, item: Item, parts: list[Audio]) -> tuple[str, Audi
         content_type(settings.format),
         {"text-sha256": text_sha256(item.text), "content-key": item.content_key},
     )
-    return uri, audio, len(data)
+    return uri, audio, data
 
 
 async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
@@ -409,7 +411,7 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
             synth_seconds=synth_seconds,
         )
     try:
-        uri, audio, size = await asyncio.to_thread(_publish, ctx, item, audio_parts)
+        uri, audio, data = await asyncio.to_thread(_publish, ctx, item, audio_parts)
     except StorageError as exc:
         if exc.fatal:
             ctx.stop(exc)
@@ -437,7 +439,8 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
         audio_format=ctx.spec.audio.format,
         sample_rate=audio.sample_rate,
         duration_s=audio.duration_s,
-        bytes=size,
+        bytes=len(data),
+        audio_sha256=hashlib.sha256(data).hexdigest(),
         attempts=attempts,
         synth_seconds=synth_seconds,
     )
