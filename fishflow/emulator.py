@@ -67,6 +67,7 @@ class EmulatorConfig:
     service_time_s: float | None = None  # fixed compute per request, for benchmarks
     api_key: str | None = None
     max_text_length: int | None = None
+    reference_ids: tuple[str, ...] = ()  # voices /v1/references/list reports
     tier_limit: int | None = None  # like the Fish Audio cloud: 429 beyond N requests in flight
     seed: int = 0
     faults: Faults = field(default_factory=Faults)
@@ -523,7 +524,7 @@ class _Server(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.config = config
         self.stats = _Stats()
-        self.references: set[str] = set()
+        self.references: set[str] = set(config.reference_ids)
         self._rng = random.Random(config.seed)
         self._rng_lock = threading.Lock()
         self._workers: queue.Queue[int] = queue.Queue()

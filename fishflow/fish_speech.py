@@ -194,6 +194,23 @@ class FishSpeechClient:
             raise
         return audio
 
+    async def reference_ids(self) -> set[str] | None:
+        """Voice ids the server knows, or None when it cannot say (older servers, the cloud)."""
+        try:
+            response = await self._client.get(
+                "/v1/references/list",
+                params={"format": "json"},
+                headers={"Accept": "application/json"},
+                timeout=10,
+            )
+            if response.status_code != 200:
+                return None
+            body = response.json()
+        except (httpx.HTTPError, ValueError):
+            return None
+        ids = body.get("reference_ids") if isinstance(body, dict) else None
+        return {str(i) for i in ids} if isinstance(ids, list) else None
+
     async def health(self, timeout_s: float = 5.0) -> bool:
         """True when the server answers /v1/health (GET, then POST for servers before 1.5.1)."""
         for method in ("GET", "POST"):

@@ -30,7 +30,8 @@ from fishflow.sources import SourceRow
 from fishflow.storage import Store, safe_key
 from fishflow.text import detect_language, is_speakable, normalize, text_sha256
 
-MAX_ITEM_CHARS = 200_000
+# About 25 minutes of speech: the stitched audio is held in memory (~130 MB at 44.1 kHz).
+MAX_ITEM_CHARS = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +101,10 @@ def validate_row(row: SourceRow, spec: RunSpec, seen_ids: set[str]) -> Item | Re
         return Rejection(row.row, item_id, "text is empty")
     if len(row.text) > MAX_ITEM_CHARS:
         return Rejection(
-            row.row, item_id, f"text has {len(row.text):,} characters, over {MAX_ITEM_CHARS:,}"
+            row.row,
+            item_id,
+            f"text has {len(row.text):,} characters, over the {MAX_ITEM_CHARS:,} one item may "
+            "hold: split it into several items",
         )
     text = normalize(row.text)
     if not is_speakable(text):
@@ -205,6 +209,26 @@ class RunContext:
     fatal_error: FishflowError | None = None
     on_item_done: Callable[[ItemRow], None] | None = None
     item_slots: asyncio.Semaphore | None = None
+    warnings: list[str] = field(default_factory=list)  # said once each, in the run's log
+    _voices: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+
+    async def check_voice(self, voice: str | None) -> None:
+        """Warn once per unknown reference_id: the server answers 200 in a default voice."""
+        voice = voice or self.spec.options.reference_id
+        if not voice:
+            return
+        if voice not in self._voices:
+            self._voices[voice] = asyncio.ensure_future(self._check_voice(voice))
+        await self._voices[voice]
+
+    async def _check_voice(self, voice: str) -> None:
+        server = self.pool.servers[0]
+        known = await server.client.reference_ids()
+        if known is not None and voice not in known:
+            self.warnings.append(
+                f"reference_id {voice!r} is not among the voices {server.url} lists: "
+                "the server will speak those items in its default voice"
+            )
 
     def now(self) -> datetime:
         return datetime.now(UTC)
@@ -359,6 +383,7 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
     if ctx.fatal_error is not None:
         err = _error_row(ctx, item.row, item.item_id, ctx.fatal_error, stage="run")
         return _failed(ctx, item, [err], [])
+    await ctx.check_voice(item.voice)
     chunks = chunk_text(
         item.text, item.language, ctx.spec.chunking.max_bytes, ctx.spec.chunking.min_bytes
     )

@@ -129,6 +129,8 @@ async def refresh_catalog_audio(
             if pending:
                 await asyncio.gather(*pending)
             fatal = fatal or ctx.fatal_error
+            for warning in ctx.warnings:
+                logger.warning(warning)
             manifests = await asyncio.to_thread(writer.finalize)
             wall_s = time.monotonic() - started
             utilisation = ctx.pool.utilisation(wall_s)
