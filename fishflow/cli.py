@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 import time
 import types
@@ -67,6 +68,23 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_settings_flags(run)
 
+    resume = sub.add_parser("resume", help="finish a run that was stopped or killed")
+    resume.add_argument("run_id", help="the run to finish (see <out>/manifests/run=<id>)")
+    resume.add_argument("--out", required=True, help="the run's output folder or s3:// prefix")
+    resume.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    retry = sub.add_parser("retry-errors", help="re-run only the items that failed in a run")
+    retry.add_argument("out", help="output folder or s3://bucket/prefix")
+    retry.add_argument("--run", dest="run_id", help="run id (default: the latest run)")
+    retry.add_argument(
+        "--server",
+        action="append",
+        dest="servers",
+        metavar="URL",
+        help="servers to use instead of the run's own",
+    )
+    retry.add_argument("--quiet", action="store_true", help="no progress bar")
+
     limits = sub.add_parser(
         "limits", help="shared per-server limits on the Prefect API (PREFECT_API_URL)"
     )
@@ -118,30 +136,93 @@ def _run(args: argparse.Namespace) -> int:
     settings = validated(RunSettings, **overrides)
     servers = args.servers or ["http://127.0.0.1:8080"]
     settings.server_configs(servers)  # refuse bad URLs before paying for Prefect's start-up
-    _quiet_prefect()
+    from fishflow.run import new_run_id
 
-    from flows.refresh_catalog_audio import refresh_catalog_audio
+    run_id = args.run_id or new_run_id()
+    return _with_flow(
+        args,
+        run_id,
+        args.out,
+        lambda flows: flows.refresh_catalog_audio(
+            source=args.source,
+            out=args.out,
+            servers=servers,
+            settings=settings,
+            force=args.force,
+            run_id=run_id,
+            api_key_secret=args.api_key_secret,
+        ),
+    )
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from fishflow.manifest import read_run_record
+    from fishflow.storage import open_store
+
+    record = read_run_record(open_store(args.out), args.run_id)
+    return _with_flow(
+        args,
+        args.run_id,
+        args.out,
+        lambda flows: flows.refresh_catalog_audio(
+            source=record["source"],
+            out=args.out,
+            servers=record["servers"],
+            settings=validated(RunSettings, **record["settings"]),
+            force=record["force"],
+            run_id=args.run_id,
+            api_key_secret=record.get("api_key_secret"),
+            resume=True,
+            only_rows=record.get("only_rows"),
+        ),
+    )
+
+
+def _retry_errors(args: argparse.Namespace) -> int:
+    return _with_flow(
+        args,
+        None,
+        args.out,
+        lambda flows: flows.retry_errors(out=args.out, run_id=args.run_id, servers=args.servers),
+    )
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _with_flow(args: argparse.Namespace, run_id: str | None, out: str, call: Any) -> int:
+    """Run a flow in this process with a progress bar, then print the summary."""
+    _quiet_prefect()
+    import flows.refresh_catalog_audio
+    import flows.retry_errors
     from tasks import runtime
 
+    namespace = types.SimpleNamespace(
+        refresh_catalog_audio=flows.refresh_catalog_audio.refresh_catalog_audio,
+        retry_errors=flows.retry_errors.retry_errors,
+    )
     progress = _Progress(enabled=not args.quiet and sys.stderr.isatty())
     runtime.set_progress_listener(progress.update)
+    # SIGTERM (a scheduler stopping us) ends the run like Ctrl-C: in-flight work is abandoned,
+    # finished items stay recorded in the journal and manifest parts.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
     try:
-        summary = asyncio.run(
-            refresh_catalog_audio(
-                source=args.source,
-                out=args.out,
-                servers=servers,
-                settings=settings,
-                force=args.force,
-                run_id=args.run_id,
-                api_key_secret=args.api_key_secret,
-            )
-        )
+        summary = asyncio.run(call(namespace))
+    except KeyboardInterrupt:
+        progress.close()
+        hint = f"; finish it with: fishflow resume {run_id} --out {out}" if run_id else ""
+        print(f"fishflow: stopped; finished items are recorded{hint}", file=sys.stderr)
+        return 130
     finally:
+        signal.signal(signal.SIGTERM, previous)
         progress.close()
         runtime.set_progress_listener(None)
     wall = time.monotonic() - started
+    if summary.get("run_id") is None:
+        print(f"fishflow: run {summary.get('retried_run')} has no failed items: nothing to do")
+        return 0
     print(
         f"fishflow: {summary['ok']} ok, {summary['skipped']} skipped, {summary['failed']} failed; "
         f"{summary['audio_seconds']:.1f} s of audio in {wall:.1f} s\n"
@@ -178,6 +259,7 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+            self.bar = None
 
 
 def _emulator(args: argparse.Namespace) -> int:
@@ -233,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "limits":
             return _limits(args)
+        if args.command == "resume":
+            return _resume(args)
+        if args.command == "retry-errors":
+            return _retry_errors(args)
         return _emulator(args)
     except FishflowError as exc:
         print(f"fishflow: error: {exc.message}", file=sys.stderr)

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from fishflow.manifest import ITEMS_SCHEMA, Journal, journal_dir, to_table
 from fishflow.pipeline import PreviousItem
 from fishflow.storage import Store
 
@@ -66,9 +67,28 @@ def _project(table: pa.Table) -> pa.Table:
     )
 
 
+def _journal_tables(store: Store, exclude_run: str | None) -> list[pa.Table]:
+    """Items finished by runs that never wrote their manifests (killed), from their journals."""
+    directory = journal_dir(store)
+    if not os.path.isdir(directory):
+        return []
+    rows = [
+        entry[0]
+        for name in sorted(os.listdir(directory))
+        if name.endswith(".jsonl") and name != f"run={exclude_run}.jsonl"
+        for entry in Journal.read(os.path.join(directory, name))
+        if entry[0].status in ("ok", "skipped")
+    ]
+    return [_project(to_table(rows, ITEMS_SCHEMA))] if rows else []
+
+
 def load_previous(store: Store, exclude_run: str | None = None) -> dict[str, PreviousItem]:
     """The newest published state of every item id in this output."""
-    tables = [t for t in _item_tables(store, exclude_run) if t.num_rows]
+    tables = [
+        t
+        for t in _item_tables(store, exclude_run) + _journal_tables(store, exclude_run)
+        if t.num_rows
+    ]
     if not tables:
         return {}
     table = pa.concat_tables(tables).sort_by([("created_at", "ascending")])

@@ -11,6 +11,10 @@ they agree, because ``pa.Table.from_pylist`` silently drops, fills or truncates 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterable
@@ -21,6 +25,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fishflow.errors import ConfigError, StorageError
 from fishflow.storage import Store
 
 TS = pa.timestamp("us", tz="UTC")
@@ -180,6 +185,15 @@ class ManifestWriter:
                 f"{self.prefix}/parts/{name}-{part}.parquet", to_table(rows, MANIFESTS[name][0])
             )
 
+    def write_outcomes(self, part: str, outcomes: list[Any]) -> None:
+        """A part from pipeline outcomes (objects with .item, .chunks, .errors)."""
+        self.write_part(
+            part,
+            [o.item for o in outcomes],
+            [c for o in outcomes for c in o.chunks],
+            [e for o in outcomes for e in o.errors],
+        )
+
     def _write(self, key: str, table: pa.Table) -> None:
         with tempfile.TemporaryDirectory(prefix="fishflow-manifest-") as tmp:
             path = os.path.join(tmp, "m.parquet")
@@ -215,3 +229,134 @@ def _read_store_table(store: Store, key: str, tmp: str) -> pa.Table:
     with open(local, "wb") as fh:
         fh.write(store.get(key))
     return pq.read_table(local)
+
+
+# -- durable progress: the journal and the run record --------------------------------------------
+
+
+def journal_dir(store: Store) -> str:
+    """Where journals live: inside a local output, or in the user's cache for an S3 output
+    (appending to an S3 object is not possible; a resume then needs the same machine)."""
+    if not store.root.startswith("s3://"):
+        return os.path.join(store.root, "manifests", ".journal")
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    digest = hashlib.sha256(store.root.encode()).hexdigest()[:16]
+    return os.path.join(cache, "fishflow", "journal", digest)
+
+
+def _row_json(row: Any) -> dict[str, Any]:
+    data = {f.name: getattr(row, f.name) for f in dataclasses.fields(row)}
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in data.items()}
+
+
+def _row_from_json(cls: type, data: dict[str, Any]) -> Any:
+    if isinstance(data.get("created_at"), str):
+        data = {**data, "created_at": datetime.fromisoformat(data["created_at"])}
+    return cls(**data)
+
+
+class Journal:
+    """One JSON line per finished item, written as the item finishes.
+
+    A line reaches the kernel before the next item starts, so a run killed with SIGKILL loses
+    at most the items in flight; part files (per batch) and the merged manifests are built from
+    the same rows, and the journal is removed once the run's manifests are final.
+    """
+
+    def __init__(self, directory: str, run_id: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        self.path = os.path.join(directory, f"run={run_id}.jsonl")
+        self._fd: int | None = None
+
+    def append(self, item: ItemRow, chunks: list[ChunkRow], errors: list[ErrorRow]) -> None:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        line = {"item": _row_json(item), "chunks": [_row_json(c) for c in chunks],
+                "errors": [_row_json(e) for e in errors]}  # fmt: skip
+        os.write(self._fd, (json.dumps(line) + "\n").encode())
+
+    def close(self, remove: bool = False) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if remove:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+    @staticmethod
+    def read(path: str) -> list[tuple[ItemRow, list[ChunkRow], list[ErrorRow]]]:
+        entries = []
+        with contextlib.suppress(FileNotFoundError), open(path, "rb") as fh:
+            for raw in fh:
+                try:
+                    line = json.loads(raw)
+                except ValueError:
+                    continue  # the last line of a killed run may be cut short
+                entries.append((
+                    _row_from_json(ItemRow, line["item"]),
+                    [_row_from_json(ChunkRow, c) for c in line["chunks"]],
+                    [_row_from_json(ErrorRow, e) for e in line["errors"]],
+                ))  # fmt: skip
+        return entries
+
+
+def recover(store: Store, writer: ManifestWriter, journal: Journal) -> set[int]:
+    """Source rows a run already recorded (parts and journal). Journal entries that never made
+    it into a part become one, so the final manifests hold every row exactly once."""
+    recorded: set[int] = set()
+    with tempfile.TemporaryDirectory(prefix="fishflow-recover-") as tmp:
+        for key in writer.part_keys("items"):
+            table = _read_store_table(store, key, tmp)
+            recorded.update(table.column("source_row").to_pylist())
+    missing = [e for e in Journal.read(journal.path) if e[0].source_row not in recorded]
+    if missing:
+        writer.write_part(
+            f"journal-{len(recorded):09d}",
+            [e[0] for e in missing],
+            [c for e in missing for c in e[1]],
+            [x for e in missing for x in e[2]],
+        )
+        recorded.update(e[0].source_row for e in missing)
+    return recorded
+
+
+def run_record_key(run_id: str) -> str:
+    return f"{run_prefix(run_id)}/run.json"
+
+
+def write_run_record(store: Store, run_id: str, record: dict[str, Any]) -> None:
+    """What a run was asked to do, so that `resume` and `retry-errors` can do it again.
+    Holds no secrets: the API key is never a parameter."""
+    store.put(run_record_key(run_id), json.dumps(record, indent=2, default=str).encode(),
+              "application/json", {})  # fmt: skip
+
+
+def read_run_record(store: Store, run_id: str) -> dict[str, Any]:
+    try:
+        return json.loads(store.get(run_record_key(run_id)))
+    except (FileNotFoundError, StorageError):
+        raise ConfigError(
+            f"no run {run_id} in {store.root} (no {run_record_key(run_id)})"
+        ) from None
+
+
+def latest_run_id(store: Store) -> str:
+    runs = sorted(k.split("/")[1].removeprefix("run=") for k in store.list("manifests/")
+                  if k.endswith("/run.json"))  # fmt: skip
+    if not runs:
+        raise ConfigError(f"no fishflow runs in {store.root}")
+    return runs[-1]
+
+
+def failed_rows(store: Store, run_id: str) -> list[int]:
+    """Source rows that ended `failed` in a finished run."""
+    key = f"{run_prefix(run_id)}/items.parquet"
+    try:
+        data = store.get(key)
+    except (FileNotFoundError, StorageError):
+        raise ConfigError(
+            f"run {run_id} has no final manifest ({key}): resume it first (fishflow resume)"
+        ) from None
+    table = pq.read_table(pa.BufferReader(data), columns=["source_row", "status"])
+    return sorted(r for r, s in zip(*(table[c].to_pylist() for c in ("source_row", "status")),
+                                    strict=True) if s == "failed")  # fmt: skip

@@ -23,7 +23,7 @@ import numpy as np
 from fishflow.audio import Audio, content_type, encode, stitch
 from fishflow.chunking import Chunk, chunk_key, chunk_text
 from fishflow.errors import FishflowError, StorageError
-from fishflow.manifest import ChunkRow, ErrorRow, ItemRow
+from fishflow.manifest import ChunkRow, ErrorRow, ItemRow, Journal
 from fishflow.pool import ServerPool, Synthesized
 from fishflow.settings import AudioSettings, ChunkSettings, SynthesisOptions
 from fishflow.sources import SourceRow
@@ -209,6 +209,7 @@ class RunContext:
     fatal_error: FishflowError | None = None
     on_item_done: Callable[[ItemRow], None] | None = None
     item_slots: asyncio.Semaphore | None = None
+    journal: Journal | None = None
     warnings: list[str] = field(default_factory=list)  # said once each, in the run's log
     _voices: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
@@ -280,6 +281,30 @@ def rejected_outcome(ctx: RunContext, rejection: Rejection) -> ItemOutcome:
                 None,
                 False,
                 0,
+                now,
+            )
+        ],
+    )
+
+
+def internal_failure(ctx: RunContext, entry: Item | Rejection, exc: BaseException) -> ItemOutcome:
+    """An item lost to a bug in fishflow itself: failed, retryable, with the exception named."""
+    now = ctx.now()
+    message = f"internal error: {type(exc).__name__}: {exc}"
+    return ItemOutcome(
+        ItemRow(ctx.run_id, entry.item_id, entry.row, "failed", now, error=message),
+        errors=[
+            ErrorRow(
+                ctx.run_id,
+                entry.item_id,
+                entry.row,
+                None,
+                "run",
+                type(exc).__name__,
+                message,
+                None,
+                True,
+                1,
                 now,
             )
         ],
@@ -484,6 +509,8 @@ async def process_batch(ctx: RunContext, entries: list[Item | Rejection]) -> lis
             # Bound the items in progress so that audio in memory does not grow with the batch.
             async with ctx.item_slots:
                 outcome = await process_item(ctx, entry)
+        if ctx.journal is not None:
+            ctx.journal.append(outcome.item, outcome.chunks, outcome.errors)
         if ctx.on_item_done is not None:
             ctx.on_item_done(outcome.item)
         return outcome

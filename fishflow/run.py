@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from fishflow.incremental import existing_audio, load_previous
-from fishflow.manifest import ManifestWriter
+from fishflow.manifest import Journal, ManifestWriter, journal_dir
 from fishflow.pipeline import (
     ChunkCache,
     Item,
@@ -48,12 +48,29 @@ def columns(settings: RunSettings) -> Columns:
 
 
 def entry_batches(
-    source: str, settings: RunSettings, spec: RunSpec
+    source: str,
+    settings: RunSettings,
+    spec: RunSpec,
+    *,
+    skip_rows: set[int] | None = None,
+    only_rows: set[int] | None = None,
 ) -> Iterator[list[Item | Rejection]]:
-    """Validated batches of the source, in order; duplicate ids are caught across batches."""
+    """Validated batches of the source, in order; duplicate ids are caught across batches.
+
+    ``skip_rows`` (already recorded by this run) and rows outside ``only_rows`` (a retry of
+    failed rows) are validated, so ids stay checked for duplicates, but not returned.
+    """
     seen: set[str] = set()
     for rows in read_source(source, columns(settings), batch_rows=settings.batch_size):
-        yield [validate_row(row, spec, seen) for row in rows]
+        entries = [validate_row(row, spec, seen) for row in rows]
+        if skip_rows or only_rows is not None:
+            entries = [
+                e for e in entries
+                if (not skip_rows or e.row not in skip_rows)
+                and (only_rows is None or e.row in only_rows)
+            ]  # fmt: skip
+        if entries:
+            yield entries
 
 
 @dataclass
@@ -106,7 +123,9 @@ async def open_run(
         retry=settings.retry_policy(),
         leaser=leaser,
     )
+    journal = Journal(journal_dir(store), run_id)
     ctx = RunContext(
+        journal=journal,
         run_id=run_id,
         spec=spec,
         pool=pool,
@@ -122,5 +141,6 @@ async def open_run(
         async with pool:
             yield ctx, ManifestWriter(store, run_id)
     finally:
+        journal.close()
         if temp_cache:
             shutil.rmtree(temp_cache, ignore_errors=True)

@@ -11,6 +11,8 @@ from prefect.artifacts import acreate_markdown_artifact
 from prefect.settings import get_current_settings
 
 from fishflow.errors import ConfigError, FishflowError
+from fishflow.manifest import recover, write_run_record
+from fishflow.pipeline import internal_failure
 from fishflow.run import RunTotals, entry_batches, new_run_id, open_run, run_spec
 from fishflow.settings import EnvSettings, RunSettings, validated
 from tasks import runtime
@@ -72,12 +74,16 @@ async def refresh_catalog_audio(
     force: bool = False,
     run_id: str | None = None,
     api_key_secret: str | None = None,
+    resume: bool = False,
+    only_rows: list[int] | None = None,
 ) -> dict[str, Any]:
     """Synthesise every row of `source` on the Fish Speech `servers` and publish audio to `out`.
 
     Items whose text, voice and settings are unchanged since an earlier run of the same `out`
     are skipped (unless `force`). Manifests land in `<out>/manifests/run=<run_id>/`. The API key
     comes from the Prefect Secret block `api_key_secret`, or FISHFLOW_API_KEY.
+    `resume` continues run `run_id` where it stopped; `only_rows` limits the run to those
+    source rows (what `retry-errors` uses).
     """
     logger = get_run_logger()
     settings = settings or RunSettings()
@@ -103,14 +109,42 @@ async def refresh_catalog_audio(
         totals = runtime.register(ctx, writer).totals
         try:
             logger.info("run %s: %s -> %s on %d server(s)", run_id, source, out, len(servers))
+            recorded: set[int] = set()
+            if resume:
+                recorded = await asyncio.to_thread(recover, ctx.store, writer, ctx.journal)
+                logger.info("run %s: resuming, %d rows already recorded", run_id, len(recorded))
+            else:
+                record = {
+                    "source": source,
+                    "out": out,
+                    "servers": servers,
+                    "force": force,
+                    "settings": settings.model_dump(),
+                    "only_rows": only_rows,
+                    "api_key_secret": api_key_secret,
+                }
+                await asyncio.to_thread(write_run_record, ctx.store, run_id, record)
             # A few batches in flight keep every server fed across batch boundaries.
             window = asyncio.Semaphore(3)
             pending: set[asyncio.Task[Any]] = set()
-            batches = entry_batches(source, settings, spec)
+            batches = entry_batches(
+                source,
+                settings,
+                spec,
+                skip_rows=recorded,
+                only_rows=set(only_rows) if only_rows is not None else None,
+            )
+            session = new_run_id()  # part names stay unique when a run is resumed
 
             async def run_batch(index: int, entries: list[Any]) -> None:
+                part = f"{session}-{index:06d}"
                 try:
-                    await synthesize_batch(run_id, index, batch_argument(entries))
+                    await synthesize_batch(run_id, part, batch_argument(entries))
+                except Exception as exc:  # a bug must not lose rows: record them as failed
+                    logger.exception("batch %s failed", part)
+                    outcomes = [internal_failure(ctx, e, exc) for e in entries]
+                    await asyncio.to_thread(writer.write_outcomes, part, outcomes)
+                    totals.add(outcomes)
                 finally:
                     window.release()
 
@@ -132,6 +166,8 @@ async def refresh_catalog_audio(
             for warning in ctx.warnings:
                 logger.warning(warning)
             manifests = await asyncio.to_thread(writer.finalize)
+            if ctx.journal is not None:
+                ctx.journal.close(remove=True)
             wall_s = time.monotonic() - started
             utilisation = ctx.pool.utilisation(wall_s)
         finally:

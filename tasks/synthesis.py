@@ -21,7 +21,7 @@ from tasks.runtime import lookup
 
 @task(name="synthesize-batch", cache_policy=NO_CACHE, persist_result=False, retries=0)
 async def synthesize_batch(
-    run_id: str, index: int, entries: list[Item | Rejection]
+    run_id: str, part: str, entries: list[Item | Rejection]
 ) -> dict[str, int]:
     """Synthesise, stitch and publish a batch of items, then record it in the manifest parts.
 
@@ -29,13 +29,7 @@ async def synthesize_batch(
     """
     run = lookup(run_id)
     outcomes = await process_batch(run.ctx, entries)
-    await asyncio.to_thread(
-        run.writer.write_part,
-        f"{index:06d}",
-        [o.item for o in outcomes],
-        [c for o in outcomes for c in o.chunks],
-        [e for o in outcomes for e in o.errors],
-    )
+    await asyncio.to_thread(run.writer.write_outcomes, part, outcomes)
     run.totals.add(outcomes)
     statuses = [o.item.status for o in outcomes]
     return {status: statuses.count(status) for status in ("ok", "skipped", "failed")}

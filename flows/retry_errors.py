@@ -1,0 +1,42 @@
+"""Retry only what failed in an earlier run, as a new run with its own manifests."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from fishflow.manifest import failed_rows, latest_run_id, read_run_record
+from fishflow.settings import RunSettings
+from fishflow.storage import open_store
+from flows.refresh_catalog_audio import refresh_catalog_audio
+
+
+@flow(name="retry-errors")
+async def retry_errors(
+    out: str,
+    run_id: str | None = None,
+    servers: list[str] | None = None,
+    api_key_secret: str | None = None,
+) -> dict[str, Any]:
+    """Re-run the items that failed in run `run_id` (default: the latest run) of `out`, with
+    that run's source and settings. Returns the new run's summary (run_id None: nothing to do)."""
+    logger = get_run_logger()
+    store = await asyncio.to_thread(open_store, out)
+    run_id = run_id or await asyncio.to_thread(latest_run_id, store)
+    record = await asyncio.to_thread(read_run_record, store, run_id)
+    rows = await asyncio.to_thread(failed_rows, store, run_id)
+    if not rows:
+        logger.info("run %s has no failed items: nothing to retry", run_id)
+        return {"run_id": None, "retried_run": run_id, "ok": 0, "skipped": 0, "failed": 0}
+    logger.info("retrying %d failed item(s) of run %s", len(rows), run_id)
+    summary = await refresh_catalog_audio(
+        source=record["source"],
+        out=out,
+        servers=servers or record["servers"],
+        settings=RunSettings(**record["settings"]),
+        api_key_secret=api_key_secret or record.get("api_key_secret"),
+        only_rows=rows,
+    )
+    return {**summary, "retried_run": run_id}
