@@ -58,8 +58,16 @@ def emulators(n: int, service_s: float, workers: int = 1) -> Iterator[list[subpr
     procs = []
     for _ in range(n):
         port = free_port()
-        cmd = [str(VENV_BIN / "fishflow"), "emulator", "--listen", f"127.0.0.1:{port}",
-               "--service-time", str(service_s), "--workers", str(workers)]  # fmt: skip
+        cmd = [
+            str(VENV_BIN / "fishflow"),
+            "emulator",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--service-time",
+            str(service_s),
+            "--workers",
+            str(workers),
+        ]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
         proc.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
         procs.append(proc)
@@ -107,10 +115,13 @@ def run_fishflow(source: Path, out: Path, servers: list[str], **settings: Any) -
 
     return asyncio.run(
         refresh_catalog_audio(
-            source=str(source), out=str(out), servers=servers,
-            settings=RunSettings(**settings), force=True,
+            source=str(source),
+            out=str(out),
+            servers=servers,
+            settings=RunSettings(**settings),
+            force=True,
         )
-    )  # fmt: skip
+    )
 
 
 async def baseline(url: str, texts: list[str], concurrency: int = 8) -> float:
@@ -158,9 +169,21 @@ def peak_rss_mb(items: int, tmpd: Path, server_urls: list[str]) -> tuple[float, 
         "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
     )
-    cmd = [sys.executable, "-c", script, str(VENV_BIN / "fishflow"), "run", str(source),
-           "--out", str(tmpd / f"rss-{items}"), "--quiet", "--max-in-flight", "4", "--force",
-           *(a for u in server_urls for a in ("--server", u))]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-c",
+        script,
+        str(VENV_BIN / "fishflow"),
+        "run",
+        str(source),
+        "--out",
+        str(tmpd / f"rss-{items}"),
+        "--quiet",
+        "--max-in-flight",
+        "4",
+        "--force",
+        *(a for u in server_urls for a in ("--server", u)),
+    ]
     started = time.monotonic()
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return int(out.strip().splitlines()[-1]) / 1024, time.monotonic() - started
@@ -188,9 +211,11 @@ def main() -> int:
             util = ", ".join(f"{v:.0%}" for v in summary["utilisation"].values())
             rows.append(("per-server utilisation (fishflow, 4 servers)", util))
             base_wall, _ = measured(
-                rows, f"baseline: Semaphore(8) + gather, one URL, {CHUNKS_POOL} chunks",
-                servers, lambda: asyncio.run(baseline(servers[0], texts)),
-            )  # fmt: skip
+                rows,
+                f"baseline: Semaphore(8) + gather, one URL, {CHUNKS_POOL} chunks",
+                servers,
+                lambda: asyncio.run(baseline(servers[0], texts)),
+            )
             rows.append(("fishflow speed-up over the baseline", f"{base_wall / wall4:.2f}x"))
 
         with emulators(4, SERVICE_S) as procs:
@@ -214,17 +239,23 @@ def main() -> int:
             elapsed_at_kill = at_kill["t"] - started
             ideal_rest = (total - at_kill["service"]) / 3
             ratio = (wall - elapsed_at_kill) / ideal_rest
-            rows.append((
-                "kill 1 of 4 servers a third in: remainder vs 3-server ideal",
-                f"{result['ok']}/{CHUNKS_POOL} ok, remainder {wall - elapsed_at_kill:.2f} s, "
-                f"ideal {ideal_rest:.2f} s, ratio {ratio:.3f}",
-            ))  # fmt: skip
+            rows.append(
+                (
+                    "kill 1 of 4 servers a third in: remainder vs 3-server ideal",
+                    f"{result['ok']}/{CHUNKS_POOL} ok, remainder {wall - elapsed_at_kill:.2f} s, "
+                    f"ideal {ideal_rest:.2f} s, ratio {ratio:.3f}",
+                )
+            )
 
         one_source = catalog(tmpd / "one.jsonl", CHUNKS_ONE)
         with emulators(1, SERVICE_S) as procs:
             servers = urls(procs)
-            measured(rows, f"fishflow, 1 server, {CHUNKS_ONE} chunks", servers,
-                     lambda: run_fishflow(one_source, tmpd / "o1", servers)["wall_seconds"])  # fmt: skip
+            measured(
+                rows,
+                f"fishflow, 1 server, {CHUNKS_ONE} chunks",
+                servers,
+                lambda: run_fishflow(one_source, tmpd / "o1", servers)["wall_seconds"],
+            )
 
         cpu_source = catalog(tmpd / "cpu.jsonl", CHUNKS_CPU)
         with emulators(1, 0.0, workers=4) as procs:
@@ -232,26 +263,45 @@ def main() -> int:
             before = cpu_s()
             summary = run_fishflow(cpu_source, tmpd / "cpu", servers, max_in_flight=4)
             per_chunk = (cpu_s() - before) / CHUNKS_CPU * 1000
-            rows.append((
-                f"client CPU per chunk, zero-latency server, {CHUNKS_CPU} chunks",
-                f"{per_chunk:.2f} ms (wall {summary['wall_seconds']:.1f} s)",
-            ))  # fmt: skip
+            rows.append(
+                (
+                    f"client CPU per chunk, zero-latency server, {CHUNKS_CPU} chunks",
+                    f"{per_chunk:.2f} ms (wall {summary['wall_seconds']:.1f} s)",
+                )
+            )
 
             single = catalog(tmpd / "single.jsonl", 1)
             started = time.monotonic()
             subprocess.run(
-                [str(VENV_BIN / "fishflow"), "run", str(single), "--out", str(tmpd / "single"),
-                 "--server", servers[0], "--quiet"],
-                check=True, capture_output=True,
-            )  # fmt: skip
-            rows.append(("one-item `fishflow run`, start to exit (ephemeral Prefect)",
-                         f"{time.monotonic() - started:.1f} s"))  # fmt: skip
+                [
+                    str(VENV_BIN / "fishflow"),
+                    "run",
+                    str(single),
+                    "--out",
+                    str(tmpd / "single"),
+                    "--server",
+                    servers[0],
+                    "--quiet",
+                ],
+                check=True,
+                capture_output=True,
+            )
+            rows.append(
+                (
+                    "one-item `fishflow run`, start to exit (ephemeral Prefect)",
+                    f"{time.monotonic() - started:.1f} s",
+                )
+            )
 
         with emulators(4, 0.0, workers=4) as procs:
             for items in RSS_SIZES:
                 rss, wall = peak_rss_mb(items, tmpd, urls(procs))
-                rows.append((f"peak RSS, `fishflow run` over {items:,} items",
-                             f"{rss:.0f} MB (wall {wall:.0f} s)"))  # fmt: skip
+                rows.append(
+                    (
+                        f"peak RSS, `fishflow run` over {items:,} items",
+                        f"{rss:.0f} MB (wall {wall:.0f} s)",
+                    )
+                )
 
     width = max(len(r[0]) for r in rows)
     print(f"\nservice time {SERVICE_S * 1000:.0f} ms per request, serial emulators\n")

@@ -194,6 +194,8 @@ def _interrupt(signum: int, frame: Any) -> None:
 def _with_flow(args: argparse.Namespace, run_id: str | None, out: str, call: Any) -> int:
     """Run a flow in this process with a progress bar, then print the summary."""
     _quiet_prefect()
+    from prefect.exceptions import TerminationSignal  # Prefect's own SIGTERM handler raises it
+
     import flows.refresh_catalog_audio
     import flows.retry_errors
     from tasks import runtime
@@ -210,7 +212,7 @@ def _with_flow(args: argparse.Namespace, run_id: str | None, out: str, call: Any
     started = time.monotonic()
     try:
         summary = asyncio.run(call(namespace))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, TerminationSignal):
         progress.close()
         hint = f"; finish it with: fishflow resume {run_id} --out {out}" if run_id else ""
         print(f"fishflow: stopped; finished items are recorded{hint}", file=sys.stderr)

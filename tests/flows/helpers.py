@@ -53,7 +53,11 @@ def manifest(out: str | Path, name: str, run_id: str) -> pd.DataFrame:
 
 
 def latest_run(out: str | Path) -> str:
-    return sorted(glob.glob(f"{out}/manifests/run=*"))[-1].rsplit("run=", 1)[1]
+    """The run whose manifests were written last."""
+    newest = max(
+        glob.glob(f"{out}/manifests/run=*/items.parquet"), key=lambda p: Path(p).stat().st_mtime_ns
+    )
+    return newest.rsplit("run=", 1)[1].split("/", 1)[0]
 
 
 def decode(data: bytes) -> tuple[int, float, int]:
