@@ -68,6 +68,7 @@ class EmulatorConfig:
     api_key: str | None = None
     max_text_length: int | None = None
     reference_ids: tuple[str, ...] = ()  # voices /v1/references/list reports
+    fail_status: int | None = None  # answer every /v1/tts with this status (402: no credit)
     tier_limit: int | None = None  # like the Fish Audio cloud: 429 beyond N requests in flight
     seed: int = 0
     faults: Faults = field(default_factory=Faults)
@@ -422,6 +423,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         with srv.stats.lock:
             srv.stats.texts[text] += 1
+        if srv.config.fail_status is not None:
+            self._error(srv.config.fail_status, HTTPStatus(srv.config.fail_status).phrase)
+            return
         fault = srv.draw_fault()
         if srv.config.faults.latency_s:
             time.sleep(srv.config.faults.latency_s)

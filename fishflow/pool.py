@@ -27,6 +27,7 @@ import httpx
 from fishflow.audio import Audio
 from fishflow.errors import (
     AllServersDown,
+    FishflowError,
     ServerBusy,
     ServerError,
     ServerUnavailable,
@@ -141,7 +142,7 @@ class ServerPool:
         # FIFO of chunks waiting for a slot; a freed slot is handed to exactly one waiter
         # (a Condition's notify_all woke every waiter on every release: a thundering herd).
         self._waiters: collections.deque[asyncio.Future[ServerState]] = collections.deque()
-        self._stopped: AllServersDown | None = None
+        self._stopped: FishflowError | None = None
         self.leaser = leaser
         self.lease_idle_s = lease_idle_s
         self.lease_wait_s = lease_wait_s
@@ -286,6 +287,16 @@ class ServerPool:
         finally:
             self._release(server)
 
+    def stop(self, exc: FishflowError) -> None:
+        """Refuse all further work with `exc` (a run-stopping error): waiting chunks get it
+        at once instead of each sending a request that must fail the same way."""
+        if self._stopped is None:
+            self._stopped = exc
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(self._stopped)
+
     async def _watch_all_down(self) -> None:
         """While no server is up: after the grace period, fail every waiting chunk."""
         since = time.monotonic()
@@ -293,13 +304,9 @@ class ServerPool:
             if time.monotonic() - since > self.retry.all_down_grace_s:
                 urls = ", ".join(s.url for s in self.servers)
                 grace = self.retry.all_down_grace_s
-                self._stopped = AllServersDown(
-                    f"no Fish Speech server answered for {grace:.0f} s ({urls})"
+                self.stop(
+                    AllServersDown(f"no Fish Speech server answered for {grace:.0f} s ({urls})")
                 )
-                while self._waiters:
-                    waiter = self._waiters.popleft()
-                    if not waiter.done():
-                        waiter.set_exception(self._stopped)
                 return
             await asyncio.sleep(min(0.5, self.retry.all_down_grace_s / 4 + 0.01))
         self._watchdog = None
@@ -378,6 +385,8 @@ class ServerPool:
                 continue
             attempts += 1
             error.attempts = attempts
+            if error.fatal:
+                self.stop(error)
             if isinstance(error, ServerError):
                 server_errors += 1
             if (

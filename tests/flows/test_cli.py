@@ -157,3 +157,81 @@ def test_demo_catalog_has_what_the_readme_promises() -> None:
     frame = pd.read_csv(Path(__file__).parents[2] / "examples" / "catalog.csv")
     assert len(frame) >= 12
     assert {"en", "zh", "ja", "de"} <= set(frame["language"].dropna())
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (EmulatorConfig(fail_status=402), "out of credit"),
+        (EmulatorConfig(fail_status=403), "API key"),
+    ],
+)
+def test_no_credit_or_forbidden_stops_the_run_early(
+    tmp_path: Path, capsys, config, message
+) -> None:
+    rows = "id,text\n" + "".join(f"i{i},Row number {i} says hello.\n" for i in range(40))
+    with Emulator(config) as emu:
+        out = tmp_path / "o"
+        code = main(["run", catalog(tmp_path, rows), "--out", str(out), "--server", emu.url])
+        requests = emu.stats["requests"]
+    assert code == 1 and message in capsys.readouterr().err
+    assert requests <= 4
+    items = manifest(out, "items", latest_run(out))
+    assert len(items) == 40 and (items["status"] == "failed").all()
+
+
+def test_a_request_wide_422_stops_the_run(tmp_path: Path, capsys, monkeypatch) -> None:
+    """A sampling field the server refuses fails every chunk alike (checked before sending
+    too; this is the server's word for it, e.g. an older server with tighter bounds)."""
+    from fishflow import emulator as emulator_module
+
+    real = emulator_module.validate_tts
+
+    def stricter(body):
+        req = real(body)
+        if req["top_p"] > 0.5:
+            raise emulator_module._Validation(
+                [
+                    {
+                        "type": "less_than_equal",
+                        "loc": ["body", "top_p"],
+                        "msg": "Input should be <= 0.5",
+                        "input": 0.8,
+                    }
+                ]
+            )
+        return req
+
+    monkeypatch.setattr(emulator_module, "validate_tts", stricter)
+    rows = "id,text\n" + "".join(f"i{i},Row number {i} says hello.\n" for i in range(30))
+    with Emulator() as emu:
+        code = main(
+            ["run", catalog(tmp_path, rows), "--out", str(tmp_path / "o"), "--server", emu.url]
+        )
+        requests = emu.stats["requests"]
+    assert code == 1 and "top_p" in capsys.readouterr().err and requests <= 4
+
+
+def test_server_side_encryption_is_requested(
+    bucket: str, emulator: Emulator, tmp_path: Path
+) -> None:
+    import boto3
+
+    code = main(
+        [
+            "run",
+            catalog(tmp_path),
+            "--out",
+            f"s3://{bucket}/enc",
+            "--server",
+            emulator.url,
+            "--sse",
+            "AES256",
+        ]
+    )
+    assert code == 0
+    s3 = boto3.client("s3")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="enc/audio/")["Contents"]]
+    assert keys and all(
+        s3.head_object(Bucket=bucket, Key=k)["ServerSideEncryption"] == "AES256" for k in keys
+    )

@@ -194,3 +194,32 @@ def test_retry_errors_reruns_only_the_failed_items(tmp_path: Path, capsys) -> No
     assert (retried["status"] == "ok").all() and requests == len(failed)
     assert main(["retry-errors", str(out)]) == 0
     assert "nothing to do" in capsys.readouterr().out
+
+
+def test_an_edited_sentence_is_the_only_chunk_synthesised_again(tmp_path: Path) -> None:
+    paragraphs = [
+        f"Paragraph {i} of the lesson explains one idea in enough words to fill it."
+        for i in range(5)
+    ]
+    source, out = tmp_path / "c.jsonl", tmp_path / "out"
+    source.write_text(json.dumps({"id": "lesson", "text": "\n\n".join(paragraphs)}))
+    with Emulator() as emu:
+        assert (
+            main(
+                ["run", str(source), "--out", str(out), "--server", emu.url, "--chunk-bytes", "100"]
+            )
+            == 0
+        )
+        first = emu.stats["requests"]
+        paragraphs[2] = "Paragraph 2 now says something else entirely, in new words."
+        source.write_text(json.dumps({"id": "lesson", "text": "\n\n".join(paragraphs)}))
+        assert (
+            main(
+                ["run", str(source), "--out", str(out), "--server", emu.url, "--chunk-bytes", "100"]
+            )
+            == 0
+        )
+        second = emu.stats["requests"] - first
+    chunks = manifest(out, "chunks", latest_run(out))
+    assert first == 5 and second == 1
+    assert chunks["reused"].sum() == 4 and len(chunks) == 5
