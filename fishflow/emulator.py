@@ -31,7 +31,7 @@ import socket
 import struct
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
@@ -661,10 +661,3 @@ class Emulator:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def config_dict(config: EmulatorConfig) -> dict[str, Any]:
-    data = asdict(config)
-    if data.get("api_key"):
-        data["api_key"] = "***"
-    return data

@@ -10,7 +10,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.settings import get_current_settings
 
-from fishflow.errors import ConfigError, FishflowError
+from fishflow.errors import FishflowError
 from fishflow.manifest import recover, write_run_record
 from fishflow.pipeline import internal_failure
 from fishflow.run import RunTotals, entry_batches, new_run_id, open_run, run_spec
@@ -196,5 +196,3 @@ async def refresh_catalog_audio(
         raise RunFailed(f"{fatal.message} (manifests: {manifests['items']})")
     return summary
 
-
-__all__ = ["ConfigError", "refresh_catalog_audio"]
