@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import tempfile
@@ -26,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fishflow.errors import ConfigError, StorageError
-from fishflow.storage import Store
+from fishflow.storage import Store, state_dir
 
 TS = pa.timestamp("us", tz="UTC")
 
@@ -235,13 +234,8 @@ def _read_store_table(store: Store, key: str, tmp: str) -> pa.Table:
 
 
 def journal_dir(store: Store) -> str:
-    """Where journals live: inside a local output, or in the user's cache for an S3 output
-    (appending to an S3 object is not possible; a resume then needs the same machine)."""
-    if not store.root.startswith("s3://"):
-        return os.path.join(store.root, "manifests", ".journal")
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    digest = hashlib.sha256(store.root.encode()).hexdigest()[:16]
-    return os.path.join(cache, "fishflow", "journal", digest)
+    """Journals live in the output's local state folder (see ``storage.state_dir``)."""
+    return os.path.join(state_dir(store), "journal")
 
 
 def _row_json(row: Any) -> dict[str, Any]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import shutil
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -26,7 +24,7 @@ from fishflow.pipeline import (
 from fishflow.pool import ServerPool, SlotLeaser
 from fishflow.settings import AudioSettings, ChunkSettings, RunSettings
 from fishflow.sources import Columns, read_source
-from fishflow.storage import open_store
+from fishflow.storage import open_store, state_dir
 
 
 def new_run_id() -> str:
@@ -107,13 +105,8 @@ async def open_run(
     """Build everything a run's batches share, and close it when the run ends."""
     store = await asyncio.to_thread(open_store, out, settings.sse)
     spec = run_spec(settings)
-    temp_cache = None
-    cache_dir = settings.chunk_cache
-    if cache_dir is None:
-        if out.startswith("s3://"):
-            cache_dir = temp_cache = tempfile.mkdtemp(prefix="fishflow-chunks-")
-        else:
-            cache_dir = os.path.join(store.root, ".fishflow", "chunks")
+    # Next to a local output; for an S3 output on this machine, so the next run here re-uses it.
+    cache_dir = settings.chunk_cache or os.path.join(state_dir(store), "chunks")
     previous = {} if force else await asyncio.to_thread(load_previous, store, run_id)
     existing = await asyncio.to_thread(existing_audio, store) if previous else set()
     pool = ServerPool(
@@ -142,5 +135,3 @@ async def open_run(
             yield ctx, ManifestWriter(store, run_id)
     finally:
         journal.close()
-        if temp_cache:
-            shutil.rmtree(temp_cache, ignore_errors=True)

@@ -165,7 +165,7 @@ class RunSettings(_Frozen):
     sse: Literal["AES256", "aws:kms"] | None = Field(None, description="S3 server-side encryption")
     chunk_cache: str | None = Field(
         None,
-        description="Folder of chunk audio (default: <out>/.fishflow/chunks, or a temp dir for S3)",
+        description="Folder of chunk audio (default: <out>/.fishflow/chunks; ~/.cache for S3)",
     )
 
     def synthesis_options(self) -> SynthesisOptions:

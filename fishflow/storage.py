@@ -243,5 +243,15 @@ class S3Store:
             self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects})
 
 
+def state_dir(store: Store) -> str:
+    """Local working state of an output (journals, chunk audio): inside a local output, or in
+    the user's cache for an S3 output (S3 cannot be appended to; a resume then needs the same
+    machine, or falls back to the per-batch manifest parts on S3)."""
+    if not store.root.startswith("s3://"):
+        return os.path.join(store.root, ".fishflow")
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "fishflow", hashlib.sha256(store.root.encode()).hexdigest()[:16])
+
+
 def open_store(out: str, sse: str | None = None) -> Store:
     return S3Store(out, sse=sse) if out.startswith("s3://") else LocalStore(out)

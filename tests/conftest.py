@@ -43,3 +43,9 @@ def bucket(aws: None) -> str:
 
     boto3.client("s3").create_bucket(Bucket="audio-bucket")
     return "audio-bucket"
+
+
+@pytest.fixture(autouse=True)
+def _local_state_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """S3 outputs keep journals and chunk audio under XDG_CACHE_HOME: never the developer's."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
