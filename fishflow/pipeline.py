@@ -235,8 +235,10 @@ class RunContext:
         return datetime.now(UTC)
 
     def stop(self, exc: FishflowError) -> None:
+        """Stop the run: items not yet started fail with `exc`, waiting chunks are refused."""
         if self.fatal_error is None:
             self.fatal_error = exc
+        self.pool.stop(exc)
 
 
 def _error_row(
@@ -263,34 +265,17 @@ def _error_row(
     )
 
 
-def rejected_outcome(ctx: RunContext, rejection: Rejection) -> ItemOutcome:
+def _unprocessed(
+    ctx: RunContext,
+    entry: Item | Rejection,
+    stage: str,
+    error_type: str,
+    message: str,
+    *,
+    retryable: bool,
+) -> ItemOutcome:
+    """A failed row that never reached synthesis, with its one error row."""
     now = ctx.now()
-    return ItemOutcome(
-        ItemRow(
-            ctx.run_id, rejection.item_id, rejection.row, "failed", now, error=rejection.reason
-        ),
-        errors=[
-            ErrorRow(
-                ctx.run_id,
-                rejection.item_id,
-                rejection.row,
-                None,
-                "source",
-                "InvalidRow",
-                rejection.reason,
-                None,
-                False,
-                0,
-                now,
-            )
-        ],
-    )
-
-
-def internal_failure(ctx: RunContext, entry: Item | Rejection, exc: BaseException) -> ItemOutcome:
-    """An item lost to a bug in fishflow itself: failed, retryable, with the exception named."""
-    now = ctx.now()
-    message = f"internal error: {type(exc).__name__}: {exc}"
     return ItemOutcome(
         ItemRow(ctx.run_id, entry.item_id, entry.row, "failed", now, error=message),
         errors=[
@@ -299,16 +284,26 @@ def internal_failure(ctx: RunContext, entry: Item | Rejection, exc: BaseExceptio
                 entry.item_id,
                 entry.row,
                 None,
-                "run",
-                type(exc).__name__,
+                stage,
+                error_type,
                 message,
                 None,
-                True,
-                1,
+                retryable,
+                0,
                 now,
             )
         ],
     )
+
+
+def rejected_outcome(ctx: RunContext, rejection: Rejection) -> ItemOutcome:
+    return _unprocessed(ctx, rejection, "source", "InvalidRow", rejection.reason, retryable=False)
+
+
+def internal_failure(ctx: RunContext, entry: Item | Rejection, exc: BaseException) -> ItemOutcome:
+    """An item lost to a bug in fishflow itself: failed, retryable, with the exception named."""
+    message = f"internal error: {type(exc).__name__}: {exc}"
+    return _unprocessed(ctx, entry, "run", type(exc).__name__, message, retryable=True)
 
 
 def _failed(

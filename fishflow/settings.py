@@ -158,7 +158,7 @@ class RunSettings(_Frozen):
     max_new_tokens: int = Field(1024, ge=1, le=8192, description="Token cap per generation")
     chunk_bytes: int = Field(200, ge=20, le=4000, description="Chunk budget in UTF-8 bytes")
     pause_ms: int = Field(250, ge=0, le=5000, description="Silence between chunks")
-    batch_size: int = Field(100, ge=1, le=100_000, description="Items per Prefect task run")
+    batch_size: int = Field(250, ge=1, le=100_000, description="Items per Prefect task run")
     max_attempts: int = Field(6, ge=1, le=50, description="Attempts per chunk")
     request_timeout_s: float = Field(120.0, gt=0, description="Read timeout per queued generation")
     all_down_grace_s: float = Field(60.0, ge=0, description="Stop when no server answers this long")

@@ -1,7 +1,7 @@
 """The unit of a Prefect task run: one batch of items.
 
 A task run costs 8-10 ms of client CPU and a per-item `task.map` ran 11x over the ideal here
-(../shared/prefect-facts.md), so a task handles a batch of items (100 by default) and per-chunk
+(../shared/prefect-facts.md), so a task handles a batch of items (250 by default) and per-chunk
 detail goes to the manifests instead. Batch tasks are awaited concurrently on the flow's event
 loop, which lets them share one server pool; Prefect does not retry them, because the pool
 already retries each chunk and a batch retry would redo finished items.
