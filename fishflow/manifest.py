@@ -335,11 +335,15 @@ def read_run_record(store: Store, run_id: str) -> dict[str, Any]:
 
 
 def latest_run_id(store: Store) -> str:
-    runs = sorted(k.split("/")[1].removeprefix("run=") for k in store.list("manifests/")
-                  if k.endswith("/run.json"))  # fmt: skip
-    if not runs:
+    """The run that started last (by its run record), whatever its id looks like."""
+    keys = [k for k in store.list("manifests/") if k.endswith("/run.json")]
+    if not keys:
         raise ConfigError(f"no fishflow runs in {store.root}")
-    return runs[-1]
+
+    def started(key: str) -> str:
+        return str(json.loads(store.get(key)).get("started_at", ""))
+
+    return max(keys, key=lambda k: (started(k), k)).split("/")[1].removeprefix("run=")
 
 
 def failed_rows(store: Store, run_id: str) -> list[int]:

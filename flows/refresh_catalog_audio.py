@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -122,6 +123,7 @@ async def refresh_catalog_audio(
                     "settings": settings.model_dump(),
                     "only_rows": only_rows,
                     "api_key_secret": api_key_secret,
+                    "started_at": datetime.now(UTC).isoformat(),
                 }
                 await asyncio.to_thread(write_run_record, ctx.store, run_id, record)
             # A few batches in flight keep every server fed across batch boundaries.
@@ -195,4 +197,3 @@ async def refresh_catalog_audio(
     if fatal is not None:
         raise RunFailed(f"{fatal.message} (manifests: {manifests['items']})")
     return summary
-
