@@ -20,6 +20,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.incremental
 
 check: $(STAMP)
 	$(BIN)/ruff format --check fishflow tasks flows tests bench

@@ -93,6 +93,8 @@ def stitch(parts: list[Audio], *, pause_ms: int, fade_ms: int) -> Audio:
     so raw joins click)."""
     if not parts:
         raise ValueError("nothing to stitch")
+    if len(parts) == 1:
+        return parts[0]  # no join, nothing to fade
     rate = parts[0].sample_rate
     fade = int(rate * fade_ms / 1000)
     pause = np.zeros(int(rate * pause_ms / 1000), dtype=np.float32)

@@ -112,7 +112,14 @@ def _build_parser() -> argparse.ArgumentParser:
         help="require this Bearer key (or FISHFLOW_EMULATOR_API_KEY)",
     )
     emu.add_argument("--max-text-length", type=int, default=None, help="400 above this length")
-    for fault in ("error_rate", "reset_rate", "truncate_rate", "busy_rate", "short_audio_rate"):
+    for fault in (
+        "error_rate",
+        "reset_rate",
+        "truncate_rate",
+        "busy_rate",
+        "short_audio_rate",
+        "slow_rate",
+    ):
         emu.add_argument(
             "--" + fault.replace("_", "-"),
             type=float,
@@ -120,6 +127,13 @@ def _build_parser() -> argparse.ArgumentParser:
             help=f"fault: share of requests answered with {fault.split('_')[0]}",
         )
     emu.add_argument("--retry-after", type=float, default=1.0, help="Retry-After of 429s")
+    emu.add_argument("--slow-s", type=float, default=5.0, help="how long a slow generation hangs")
+    emu.add_argument(
+        "--tier-limit",
+        type=int,
+        default=None,
+        help="answer 429 beyond this many requests in flight (like the cloud)",
+    )
     emu.add_argument("--latency", type=float, default=0.0, help="extra seconds per request")
     return parser
 
@@ -274,6 +288,8 @@ def _emulator(args: argparse.Namespace) -> int:
         truncate_rate=args.truncate_rate,
         busy_rate=args.busy_rate,
         short_audio_rate=args.short_audio_rate,
+        slow_rate=args.slow_rate,
+        slow_s=args.slow_s,
         retry_after_s=args.retry_after,
         latency_s=args.latency,
     )
@@ -283,6 +299,7 @@ def _emulator(args: argparse.Namespace) -> int:
         service_time_s=args.service_time,
         api_key=args.api_key,
         max_text_length=args.max_text_length,
+        tier_limit=args.tier_limit,
         faults=faults,
     )
     emulator = Emulator(config, host=host or "127.0.0.1", port=int(port))

@@ -68,6 +68,7 @@ class LocalStore:
 
     def __post_init__(self) -> None:
         self.root = os.path.abspath(self.root)
+        self._made: set[str] = set()  # folders known to exist: one makedirs each, not per file
         try:
             os.makedirs(self.root, exist_ok=True)
         except OSError as exc:
@@ -82,8 +83,11 @@ class LocalStore:
 
     def _atomic(self, key: str, write: Any) -> str:
         path = self.uri(key)
+        folder = os.path.dirname(path)
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            if folder not in self._made:
+                os.makedirs(folder, exist_ok=True)
+                self._made.add(folder)
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
             try:
                 with os.fdopen(fd, "wb") as fh:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import socket
 from pathlib import Path
 
@@ -235,3 +236,32 @@ def test_server_side_encryption_is_requested(
     assert keys and all(
         s3.head_object(Bucket=bucket, Key=k)["ServerSideEncryption"] == "AES256" for k in keys
     )
+
+
+def test_a_successful_run_prints_no_prefect_noise(tmp_path: Path, emulator: Emulator) -> None:
+    """What a user sees from `fishflow run` with Prefect's ephemeral API: the summary only."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fishflow.cli",
+            "run",
+            catalog(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+            "--server",
+            emulator.url,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("fishflow: 2 ok, 0 skipped, 0 failed")
+    assert result.stderr == ""

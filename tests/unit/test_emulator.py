@@ -123,3 +123,36 @@ def test_fault_knobs() -> None:
         pytest.raises(httpx.TransportError),
     ):
         post(emu, ormsgpack.packb({"text": "Hi there."}))
+
+
+def test_the_emulator_command_serves_until_stopped() -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fishflow.cli",
+            "emulator",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--api-key",
+            "k",
+            "--tier-limit",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert "fishflow emulator on" in proc.stdout.readline()
+        r = httpx.get(f"http://127.0.0.1:{port}/v1/health", headers={"Authorization": "Bearer k"})
+        assert r.json() == {"status": "ok"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
