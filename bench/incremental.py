@@ -15,29 +15,11 @@ from pathlib import Path
 
 import httpx
 
-from bench.run import catalog, cpu_s, emulators, urls
+from bench.run import catalog, cpu_s, emulators, run_fishflow, urls
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 ITEMS = int(os.environ.get("BENCH_INCREMENTAL_ITEMS", "10000"))
-
-
-def run(source: Path, out: Path, servers: list[str], **kw: object) -> dict:
-    import asyncio
-
-    from fishflow.settings import RunSettings
-    from flows.refresh_catalog_audio import refresh_catalog_audio
-
-    force = bool(kw.pop("force", False))
-    return asyncio.run(
-        refresh_catalog_audio(
-            source=str(source),
-            out=str(out),
-            servers=servers,
-            settings=RunSettings(**kw),
-            force=force,
-        )
-    )  # type: ignore[arg-type]
 
 
 def main() -> int:
@@ -47,14 +29,14 @@ def main() -> int:
     ):
         tmpd = Path(tmp)
         servers = urls(procs)
-        run(catalog(tmpd / "warm.jsonl", 5), tmpd / "warm", servers)
+        run_fishflow(catalog(tmpd / "warm.jsonl", 5), tmpd / "warm", servers)
         source = catalog(tmpd / "c.jsonl", ITEMS)
         started = time.monotonic()
-        first = run(source, tmpd / "out", servers, max_in_flight=4)
+        first = run_fishflow(source, tmpd / "out", servers, force=False, max_in_flight=4)
         first_s = time.monotonic() - started
         before = httpx.get(servers[0] + "/_emulator/stats").json()["requests"]
         started = time.monotonic()
-        second = run(source, tmpd / "out", servers, max_in_flight=4)
+        second = run_fishflow(source, tmpd / "out", servers, force=False, max_in_flight=4)
         second_s = time.monotonic() - started
         requests = httpx.get(servers[0] + "/_emulator/stats").json()["requests"] - before
         print(f"| first run, {ITEMS:,} items | {first['ok']} ok, {first_s:.1f} s |")
@@ -66,7 +48,7 @@ def main() -> int:
         small = catalog(tmpd / "s.jsonl", 2000)
         for batch in (1, 250):
             c0, t0 = cpu_s(), time.monotonic()
-            run(small, tmpd / f"b{batch}", servers, max_in_flight=4, batch_size=batch, force=True)
+            run_fishflow(small, tmpd / f"b{batch}", servers, max_in_flight=4, batch_size=batch)
             wall, cpu = time.monotonic() - t0, cpu_s() - c0
             print(
                 f"| 2,000 items, one task run per {batch} item(s) | wall {wall:.1f} s, "

@@ -109,7 +109,10 @@ def catalog(path: Path, n: int) -> Path:
     return path
 
 
-def run_fishflow(source: Path, out: Path, servers: list[str], **settings: Any) -> dict[str, Any]:
+def run_fishflow(
+    source: Path, out: Path, servers: list[str], *, force: bool = True, **settings: Any
+) -> dict[str, Any]:
+    """The catalog flow in this process (`force` by default: benchmarks measure synthesis)."""
     from fishflow.settings import RunSettings
     from flows.refresh_catalog_audio import refresh_catalog_audio
 
@@ -119,7 +122,7 @@ def run_fishflow(source: Path, out: Path, servers: list[str], **settings: Any) -
             out=str(out),
             servers=servers,
             settings=RunSettings(**settings),
-            force=True,
+            force=force,
         )
     )
 
