@@ -49,6 +49,22 @@ def fishflow(*args: str) -> subprocess.Popen:
     )
 
 
+def start_run(source: Path, out: Path, emu: Emulator, run_id: str, *extra: str) -> subprocess.Popen:
+    """`fishflow run` in its own process, quiet, with a known run id."""
+    return fishflow(
+        "run",
+        str(source),
+        "--out",
+        str(out),
+        "--server",
+        emu.url,
+        "--quiet",
+        "--run-id",
+        run_id,
+        *extra,
+    )
+
+
 def wait_for_requests(emu: Emulator, count: int, proc: subprocess.Popen) -> None:
     while emu.stats["ok"] < count:
         assert proc.poll() is None, proc.communicate()
@@ -66,19 +82,7 @@ def test_sigkill_at_several_points_then_resume(tmp_path: Path) -> None:
     rng = random.Random(11)
     with Emulator(EmulatorConfig(service_time_s=0.03)) as emu:
         run_id = "killed-run"
-        proc = fishflow(
-            "run",
-            str(source),
-            "--out",
-            str(out),
-            "--server",
-            emu.url,
-            "--run-id",
-            run_id,
-            "--quiet",
-            "--batch-size",
-            "7",
-        )
+        proc = start_run(source, out, emu, run_id, "--batch-size", "7")
         finished: set[str] = set()
         requests_when_done: dict[str, int] = {}
         for point in sorted(rng.sample(range(4, N - 4), 3)):
@@ -120,17 +124,7 @@ def test_sigkill_at_several_points_then_resume(tmp_path: Path) -> None:
 def test_rerun_with_the_same_arguments_after_a_kill_skips_finished_items(tmp_path: Path) -> None:
     source, out = catalog(tmp_path), tmp_path / "out"
     with Emulator(EmulatorConfig(service_time_s=0.03)) as emu:
-        proc = fishflow(
-            "run",
-            str(source),
-            "--out",
-            str(out),
-            "--server",
-            emu.url,
-            "--quiet",
-            "--run-id",
-            "first",
-        )
+        proc = start_run(source, out, emu, "first")
         wait_for_requests(emu, N // 2, proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -146,19 +140,7 @@ def test_rerun_with_the_same_arguments_after_a_kill_skips_finished_items(tmp_pat
 def test_sigterm_stops_cleanly_and_resume_finishes(tmp_path: Path) -> None:
     source, out = catalog(tmp_path), tmp_path / "out"
     with Emulator(EmulatorConfig(service_time_s=0.03)) as emu:
-        proc = fishflow(
-            "run",
-            str(source),
-            "--out",
-            str(out),
-            "--server",
-            emu.url,
-            "--quiet",
-            "--run-id",
-            "termed",
-            "--batch-size",
-            "5",
-        )
+        proc = start_run(source, out, emu, "termed", "--batch-size", "5")
         wait_for_requests(emu, N // 3, proc)
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
