@@ -116,8 +116,15 @@ def stitch(parts: list[Audio], *, pause_ms: int, fade_ms: int) -> Audio:
 
 
 def encode(audio: Audio, fmt: str) -> bytes:
-    """Encode to wav, flac or mp3 through libsndfile."""
-    container, subtype, _ = _ENCODING[fmt]
+    """Encode to wav (stdlib: a header and the samples), flac or mp3 (libsndfile)."""
     buf = io.BytesIO()
+    if fmt == "wav":
+        with wave.open(buf, "wb") as wav:
+            wav.setnchannels(1)
+            wav.setsampwidth(2)
+            wav.setframerate(audio.sample_rate)
+            wav.writeframes(audio.samples.astype("<i2", copy=False))
+        return buf.getvalue()
+    container, subtype, _ = _ENCODING[fmt]
     sf.write(buf, audio.samples, audio.sample_rate, format=container, subtype=subtype)
     return buf.getvalue()

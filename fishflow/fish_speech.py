@@ -11,6 +11,8 @@ import email.utils
 import json
 import ssl
 import time
+import urllib.parse
+import urllib.request
 from types import TracebackType
 from typing import Any
 
@@ -91,8 +93,23 @@ def _raise_for_status(response: httpx.Response, server: str) -> None:
     raise RequestRejected(detail, server=server, http_status=status, fatal=fatal)
 
 
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment (HTTPS_PROXY, ALL_PROXY, NO_PROXY...) sets for `url`."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname is None or urllib.request.proxy_bypass(parts.hostname):
+        return None
+    proxies = urllib.request.getproxies()
+    return proxies.get(parts.scheme) or proxies.get("all")
+
+
 class FishSpeechClient:
-    """One server. ``async with FishSpeechClient(url) as fish: await fish.synthesize(...)``."""
+    """One server. ``async with FishSpeechClient(url) as fish: await fish.synthesize(...)``.
+
+    Synthesis requests go straight to the connection pool (httpx's transport): the client
+    layer around it (auth flow, redirects, cookies, hooks) cost ~0.25 ms of the ~0.85 ms of
+    CPU a request took here, for features a Fish Speech call never uses. Health and voice
+    lookups keep the client; both share one pool and one proxy decision.
+    """
 
     def __init__(
         self,
@@ -108,20 +125,30 @@ class FishSpeechClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.encoding = encoding
+        self.connect_timeout_s = connect_timeout_s
         headers = {"Accept": "audio/wav, application/json"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         if model:
             headers["model"] = model
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=headers,
-            transport=transport,
+        self._tts_url = httpx.URL(self.base_url + "/v1/tts")
+        self._tts_headers = {
+            "msgpack": httpx.Headers({**headers, "Content-Type": "application/msgpack"}),
+            "json": httpx.Headers({**headers, "Content-Type": "application/json"}),
+        }
+        self._transport = transport or httpx.AsyncHTTPTransport(
             verify=verify,
-            timeout=httpx.Timeout(120.0, connect=connect_timeout_s),
+            proxy=proxy_for(self.base_url),
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
+        )
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=headers,
+            transport=self._transport,
+            trust_env=False,  # proxy_for decided already
+            timeout=httpx.Timeout(120.0, connect=connect_timeout_s),
         )
 
     async def __aenter__(self) -> FishSpeechClient:
@@ -138,15 +165,36 @@ class FishSpeechClient:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    def _body(self, fields: dict[str, Any]) -> tuple[bytes, str]:
+    def _body(self, fields: dict[str, Any]) -> bytes:
         if self.encoding == "json":
             # JSON carries reference audio as base64 (servers 1.5+).
             refs = [
                 {"audio": base64.b64encode(r["audio"]).decode(), "text": r["text"]}
                 for r in fields["references"]
             ]
-            return json.dumps({**fields, "references": refs}).encode(), "application/json"
-        return ormsgpack.packb(fields), "application/msgpack"
+            return json.dumps({**fields, "references": refs}).encode()
+        return ormsgpack.packb(fields)
+
+    async def _post_tts(self, body: bytes, read_timeout_s: float) -> tuple[httpx.Response, bytes]:
+        request = httpx.Request(
+            "POST",
+            self._tts_url,
+            content=body,
+            headers=self._tts_headers[self.encoding],
+            extensions={
+                "timeout": {
+                    "connect": self.connect_timeout_s,
+                    "read": read_timeout_s,
+                    "write": read_timeout_s,
+                    "pool": read_timeout_s,
+                }
+            },
+        )
+        response = await self._transport.handle_async_request(request)
+        try:
+            return response, await response.aread()
+        finally:
+            await response.aclose()
 
     async def synthesize(
         self,
@@ -158,14 +206,9 @@ class FishSpeechClient:
         validate: bool = True,
     ) -> Audio:
         """Synthesise one chunk and return its decoded, validated audio."""
-        body, media_type = self._body(options.request_fields(text, reference_id))
+        body = self._body(options.request_fields(text, reference_id))
         try:
-            response = await self._client.post(
-                "/v1/tts",
-                content=body,
-                headers={"Content-Type": media_type},
-                timeout=httpx.Timeout(read_timeout_s, connect=self._client.timeout.connect),
-            )
+            response, content = await self._post_tts(body, read_timeout_s)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise ServerUnavailable(
                 f"cannot connect to {self.base_url}: {type(exc).__name__}",
@@ -184,7 +227,7 @@ class FishSpeechClient:
             ) from None
         _raise_for_status(response, self.base_url)
         try:
-            audio = decode(response.content)
+            audio = decode(content)
             if validate:
                 check_plausible(
                     audio, text, sample_rate=SAMPLE_RATE, max_new_tokens=options.max_new_tokens

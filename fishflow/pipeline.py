@@ -15,6 +15,7 @@ import os
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -210,6 +211,7 @@ class RunContext:
     on_item_done: Callable[[ItemRow], None] | None = None
     item_slots: asyncio.Semaphore | None = None
     journal: Journal | None = None
+    publisher: Executor | None = None  # runs stitch, encode and put (None: asyncio's default)
     warnings: list[str] = field(default_factory=list)  # said once each, in the run's log
     _voices: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
@@ -383,7 +385,7 @@ async def _chunk_audio(
     return audio, row
 
 
-def _publish(ctx: RunContext, item: Item, parts: list[Audio]) -> tuple[str, Audio, bytes]:
+def _publish(ctx: RunContext, item: Item, parts: list[Audio]) -> tuple[str, Audio, int, str]:
     settings = ctx.spec.audio
     audio = stitch(parts, pause_ms=settings.pause_ms, fade_ms=settings.fade_ms)
     data = encode(audio, settings.format)
@@ -393,7 +395,7 @@ def _publish(ctx: RunContext, item: Item, parts: list[Audio]) -> tuple[str, Audi
         content_type(settings.format),
         {"text-sha256": text_sha256(item.text), "content-key": item.content_key},
     )
-    return uri, audio, data
+    return uri, audio, len(data), hashlib.sha256(data).hexdigest()
 
 
 async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
@@ -456,7 +458,9 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
             synth_seconds=synth_seconds,
         )
     try:
-        uri, audio, data = await asyncio.to_thread(_publish, ctx, item, audio_parts)
+        uri, audio, size, digest = await asyncio.get_running_loop().run_in_executor(
+            ctx.publisher, _publish, ctx, item, audio_parts
+        )
     except StorageError as exc:
         if exc.fatal:
             ctx.stop(exc)
@@ -484,8 +488,8 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
         audio_format=ctx.spec.audio.format,
         sample_rate=audio.sample_rate,
         duration_s=audio.duration_s,
-        bytes=len(data),
-        audio_sha256=hashlib.sha256(data).hexdigest(),
+        bytes=size,
+        audio_sha256=digest,
         attempts=attempts,
         synth_seconds=synth_seconds,
     )

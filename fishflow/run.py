@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -117,6 +119,7 @@ async def open_run(
         leaser=leaser,
     )
     journal = Journal(journal_dir(store), run_id)
+    publisher = ThreadPoolExecutor(store.write_threads, thread_name_prefix="fishflow-publish")
     ctx = RunContext(
         journal=journal,
         run_id=run_id,
@@ -129,9 +132,16 @@ async def open_run(
         force=force,
         # Items in progress hold their chunks' audio: keep enough to fill every server twice.
         item_slots=asyncio.Semaphore(max(8, 2 * pool.capacity)),
+        publisher=publisher,
     )
+    # The process holds ~340,000 long-lived objects (Prefect, pydantic, its API's models) and
+    # every full collection walked them all: ~240 ms each, up to 0.36 ms per chunk measured.
+    # Frozen, they are left out of collections until the run ends.
+    gc.freeze()
     try:
         async with pool:
             yield ctx, ManifestWriter(store, run_id)
     finally:
+        gc.unfreeze()
+        publisher.shutdown()
         journal.close()

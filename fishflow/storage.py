@@ -13,7 +13,7 @@ import tempfile
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from fishflow.errors import StorageError
 
@@ -53,6 +53,7 @@ class Store(Protocol):
     """An output location. Keys are relative ('audio/x.wav'); URIs are what users read."""
 
     root: str
+    write_threads: int  # how many puts are worth running at once
 
     def uri(self, key: str) -> str: ...
     def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> str: ...
@@ -65,6 +66,9 @@ class Store(Protocol):
 @dataclass
 class LocalStore:
     root: str
+    # Files created at once in one folder contend for its lock: six writer threads cost
+    # 0.3-0.45 ms of system CPU per 176 kB file here, one thread 0.08 ms.
+    write_threads: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
         self.root = os.path.abspath(self.root)
@@ -175,6 +179,7 @@ def wrap_s3_error(exc: Exception, where: str) -> StorageError:
 class S3Store:
     root: str  # s3://bucket/prefix
     sse: str | None = None  # AES256 | aws:kms
+    write_threads: ClassVar[int] = 16  # uploads wait on the network, not the CPU
 
     def __post_init__(self) -> None:
         self.bucket, prefix = parse_s3_uri(self.root)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import http.server
 import json
+import threading
 
 import httpx
 import ormsgpack
@@ -21,7 +23,7 @@ from fishflow.errors import (
     ServerError,
     ServerUnavailable,
 )
-from fishflow.fish_speech import FishSpeechClient
+from fishflow.fish_speech import FishSpeechClient, proxy_for
 from fishflow.settings import Reference, SynthesisOptions
 
 TEXT = "Hello there, this is a test sentence."
@@ -161,3 +163,55 @@ def test_short_audio_with_200_is_rejected() -> None:
     short = encode(Audio(synth_samples(TEXT, 0.2, None), 44_100), "wav")
     with pytest.raises(BadAudio):
         call(lambda request: httpx.Response(200, content=short))
+
+
+@pytest.fixture
+def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    return monkeypatch
+
+
+def test_proxy_for_follows_the_environment(no_proxy_env: pytest.MonkeyPatch) -> None:
+    assert proxy_for("https://api.fish.audio") is None
+    no_proxy_env.setenv("HTTPS_PROXY", "http://proxy.corp:3128")
+    no_proxy_env.setenv("NO_PROXY", "fish-1.internal")
+    assert proxy_for("https://api.fish.audio") == "http://proxy.corp:3128"
+    assert proxy_for("http://fish-2.internal:8080") is None  # HTTPS_PROXY only covers https
+    assert proxy_for("https://fish-1.internal:8080") is None  # NO_PROXY
+    no_proxy_env.setenv("ALL_PROXY", "http://all.corp:3128")
+    assert proxy_for("http://fish-2.internal:8080") == "http://all.corp:3128"
+
+
+def test_synthesis_goes_through_the_proxy_the_environment_names(
+    no_proxy_env: pytest.MonkeyPatch,
+) -> None:
+    seen: list[str] = []
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            seen.append(self.path)  # a forward proxy gets the absolute URL
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = wav()
+            self.send_response(200)
+            self.send_header("Content-Type", "audio/wav")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy) as proxy:
+        threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        no_proxy_env.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
+
+        async def go() -> Audio:
+            async with FishSpeechClient("http://fish.example:8080") as client:
+                return await client.synthesize(TEXT, SynthesisOptions())
+
+        audio = asyncio.run(go())
+        proxy.shutdown()
+    assert seen == ["http://fish.example:8080/v1/tts"]
+    assert audio.duration_s == pytest.approx(speech_duration_s(TEXT), abs=0.05)
