@@ -12,7 +12,6 @@ they agree, because ``pa.Table.from_pylist`` silently drops, fills or truncates 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import tempfile
@@ -239,8 +238,10 @@ def journal_dir(store: Store) -> str:
 
 
 def _row_json(row: Any) -> dict[str, Any]:
-    data = {f.name: getattr(row, f.name) for f in dataclasses.fields(row)}
-    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in data.items()}
+    return {
+        name: v.isoformat() if isinstance(v := getattr(row, name), datetime) else v
+        for name in row.__slots__
+    }
 
 
 def _row_from_json(cls: type, data: dict[str, Any]) -> Any:

@@ -146,10 +146,12 @@ class ChunkCache:
             _, old = self._memory.popitem(last=False)
             self._memory_bytes -= old.samples.nbytes
 
-    def _load(self, key: str, rate: int) -> Audio | None:
+    def _load(self, key: str, rate: int, *, from_disk: bool) -> Audio | None:
         if (audio := self._memory.get(key)) is not None:
             self._memory.move_to_end(key)
             return audio
+        if not from_disk:
+            return None
         try:
             return Audio(np.fromfile(self._path(key, rate), dtype=np.int16), rate)
         except FileNotFoundError:
@@ -169,7 +171,9 @@ class ChunkCache:
         """The chunk's audio, and how it was made (None when it was reused)."""
         if (pending := self._pending.get(key)) is not None:
             return await asyncio.shield(pending), None
-        if (cached := self._load(key, rate)) is not None:
+        # Only chunks of multi-chunk items are kept on disk: a single-chunk item would look
+        # for a file that is, but for a chunk shared with a longer item, never there.
+        if (cached := self._load(key, rate, from_disk=persist)) is not None:
             return cached, None
         future: asyncio.Future[Audio] = asyncio.get_running_loop().create_future()
         self._pending[key] = future
