@@ -289,12 +289,16 @@ def main() -> int:
         cpu_source = catalog(tmpd / "cpu.jsonl", CHUNKS_CPU)
         with emulators(1, 0.0, workers=4) as procs:
             servers = urls(procs)
-            runs, floors = [], []
+            cpu_texts = [json.loads(line)["text"] for line in cpu_source.read_text().splitlines()]
+            runs, floors, bare = [], [], []
             for i in range(CPU_RUNS):
                 summary = run_fishflow(cpu_source, tmpd / f"cpu-{i}", servers, max_in_flight=4)
                 runs.append(summary["cpu"])
                 size = int(pq.read_table(summary["manifests"]["items"])["bytes"].to_numpy().mean())
                 floors.append(plain_write_cpu_ms(tmpd / f"floor-{i}", CHUNKS_CPU, size))
+                before = sum(cpu_user_system())
+                asyncio.run(baseline(servers[0], cpu_texts, concurrency=4))
+                bare.append((sum(cpu_user_system()) - before) / CHUNKS_CPU * 1000)
             user, system = sorted(runs, key=sum)[len(runs) // 2]
             rows.append(
                 (
@@ -308,6 +312,13 @@ def main() -> int:
                     "  the same files written by a plain loop (temp + rename), same disk",
                     f"{statistics.median(floors):.2f} ms per file "
                     f"({', '.join(f'{f:.2f}' for f in floors)})",
+                )
+            )
+            rows.append(
+                (
+                    "  the baseline client's requests alone (httpx post, no decoding, no files)",
+                    f"{statistics.median(bare):.2f} ms per request "
+                    f"({', '.join(f'{b:.2f}' for b in bare)})",
                 )
             )
 

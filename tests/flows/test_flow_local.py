@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import hashlib
 import json
 from pathlib import Path
 
@@ -49,6 +51,7 @@ def test_every_row_is_accounted_for_and_every_ok_item_is_real_audio(
         assert Path(row.audio_uri).is_absolute()
         assert (rate, channels) == (44_100, 1)
         assert row.bytes == len(data)
+        assert row.audio_sha256 == hashlib.sha256(data).hexdigest()
         assert duration == pytest.approx(row.duration_s, abs=1e-3)
         item_chunks = chunks[chunks.item_id == row.item_id]
         assert len(item_chunks) == row.chunk_count
@@ -57,6 +60,8 @@ def test_every_row_is_accounted_for_and_every_ok_item_is_real_audio(
             item_chunks["duration_s"].sum() + 0.25 * (row.chunk_count - 1), abs=0.01
         )
     assert items.set_index("item_id").loc["en-long", "chunk_count"].max() >= 3
+    # The run froze the objects it found for its duration: they must be collectable again.
+    assert gc.get_freeze_count() == 0
 
     stats = emulator.stats
     assert stats["requests"] == stats["ok"] == len(chunks)  # the server rejected nothing
