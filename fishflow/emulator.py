@@ -31,6 +31,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -295,7 +296,14 @@ class _Handler(BaseHTTPRequestHandler):
         body = {"statusCode": status, "message": message, "error": HTTPStatus(status).phrase}
         self._send(status, json.dumps(body).encode(), "application/json", headers)
 
-    def _send_chunked(self, status: int, body: bytes, ctype: str, truncate: bool = False) -> None:
+    def _send_chunked(
+        self,
+        status: int,
+        body: bytes,
+        ctype: str,
+        truncate: bool = False,
+        before_end: Callable[[], None] | None = None,
+    ) -> None:
         """Like the server: chunked transfer, no Content-Length."""
         self.send_response(status)
         self.send_header("Content-Type", ctype)
@@ -311,6 +319,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
             return
+        if before_end is not None:
+            before_end()
         self.wfile.write(b"0\r\n\r\n")
 
     def _reset_connection(self) -> None:
@@ -446,7 +456,7 @@ class _Handler(BaseHTTPRequestHandler):
         if over:
             self._error(429, "Too many requests in flight for your plan")
             return
-        with srv.tracked(), srv.worker():
+        with srv.tracked() as tracked, srv.worker():
             seconds = 0.0 if not text.strip() else speech_duration_s(text)
             seconds = min(seconds, req["max_new_tokens"] / TOKENS_PER_SECOND)
             if fault == "short":
@@ -455,9 +465,11 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(srv.config.faults.slow_s)
             srv.compute(seconds)
             if not text.strip():
+                tracked.done()
                 self._error(500, "No audio generated, please check the input text.")
                 return
             if fault == "error" or req["format"] in ("pcm", "opus"):
+                tracked.done()
                 self._error(500, "Failed to generate speech")
                 return
             voice = req["reference_id"] or (
@@ -465,12 +477,13 @@ class _Handler(BaseHTTPRequestHandler):
             )
             samples = synth_samples(text, seconds, voice)
             if req["streaming"]:
-                self._send_chunked(200, samples.tobytes(), "audio/wav", fault == "truncate")
+                data, ctype = samples.tobytes(), "audio/wav"
             else:
-                fmt = req["format"]
-                data = wav_bytes(samples, fmt)
-                ctype = "audio/mpeg" if fmt == "mp3" else "audio/wav"
-                self._send_chunked(200, data, ctype, truncate=fault == "truncate")
+                data = wav_bytes(samples, req["format"])
+                ctype = "audio/mpeg" if req["format"] == "mp3" else "audio/wav"
+            self._send_chunked(
+                200, data, ctype, truncate=fault == "truncate", before_end=tracked.done
+            )
             if fault != "truncate":
                 with srv.stats.lock:
                     srv.stats.ok += 1
@@ -606,15 +619,26 @@ class _WorkerSlot:
 class _InFlight:
     def __init__(self, stats: _Stats) -> None:
         self._stats = stats
+        self._counted = False
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> _InFlight:
         with self._stats.lock:
             self._stats.in_flight += 1
             self._stats.max_in_flight = max(self._stats.max_in_flight, self._stats.in_flight)
+        self._counted = True
+        return self
+
+    def done(self) -> None:
+        """Stop counting the request. Called before the response's last bytes go out: a client
+        that has read a whole response and sent its next request must never find the first
+        one still counted (the handler thread may not have run on yet)."""
+        if self._counted:
+            self._counted = False
+            with self._stats.lock:
+                self._stats.in_flight -= 1
 
     def __exit__(self, *exc: object) -> None:
-        with self._stats.lock:
-            self._stats.in_flight -= 1
+        self.done()
 
 
 class Emulator:

@@ -167,6 +167,13 @@ def run_prefix(run_id: str) -> str:
     return f"manifests/run={run_id}"
 
 
+# Parts hold one batch each; merged files get row groups of about this many rows. A row group
+# per part (400 for 100,000 items) made merging cost 16 MB more at 100,000 items than at 10,000
+# (the writer keeps every row group's metadata until the footer); with 2,500 rows it is 4 MB
+# more. Larger groups cost more while they are built: 50,000 rows took 84 MB.
+MERGED_ROW_GROUP_ROWS = 2_500
+
+
 class ManifestWriter:
     """Writes a run's manifests: part files per batch as it goes, merged files at the end."""
 
@@ -213,8 +220,14 @@ class ManifestWriter:
             with tempfile.TemporaryDirectory(prefix="fishflow-manifest-") as tmp:
                 path = os.path.join(tmp, f"{name}.parquet")
                 with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+                    pending: list[pa.Table] = []
                     for key in parts:
-                        writer.write_table(_read_store_table(self.store, key, tmp).cast(schema))
+                        pending.append(_read_store_table(self.store, key, tmp).cast(schema))
+                        if sum(t.num_rows for t in pending) >= MERGED_ROW_GROUP_ROWS:
+                            writer.write_table(pa.concat_tables(pending))
+                            pending = []
+                    if pending:
+                        writer.write_table(pa.concat_tables(pending))
                 uris[name] = self.store.put_file(
                     f"{self.prefix}/{name}.parquet", path, "application/vnd.apache.parquet"
                 )
@@ -226,7 +239,9 @@ def _read_store_table(store: Store, key: str, tmp: str) -> pa.Table:
     local = os.path.join(tmp, "part.parquet")
     with open(local, "wb") as fh:
         fh.write(store.get(key))
-    return pq.read_table(local)
+    # One small file at a time: ParquetFile without threads held 6 MB less than read_table.
+    with pq.ParquetFile(local) as part:
+        return part.read(use_threads=False)
 
 
 # -- durable progress: the journal and the run record --------------------------------------------

@@ -50,3 +50,20 @@ def test_parts_are_merged_and_errors_written_even_when_empty(tmp_path: Path) -> 
     errors = pq.read_table(uris["errors"])
     assert errors.num_rows == 0 and errors.schema.equals(MANIFESTS["errors"][0])
     assert not list((tmp_path / "manifests" / "run=r1").rglob("parts/*.parquet"))
+
+
+def test_merged_manifests_keep_every_row_in_order_in_few_row_groups(tmp_path: Path) -> None:
+    writer = ManifestWriter(LocalStore(str(tmp_path)), "r1")
+    now = datetime.now(UTC)
+    sizes = [1000, 1000, 1000, 700]  # merged: one group once 2,500 rows are read, then the rest
+    row = 0
+    for part, size in enumerate(sizes):
+        items = [ItemRow("r1", f"item-{row + i}", row + i, "ok", now) for i in range(size)]
+        writer.write_part(f"{part:06d}", items, [], [])
+        row += size
+    merged = pq.ParquetFile(writer.finalize()["items"])
+    assert merged.read(columns=["source_row"]).column(0).to_pylist() == list(range(row))
+    assert [merged.metadata.row_group(i).num_rows for i in range(merged.num_row_groups)] == [
+        3000,
+        700,
+    ]
