@@ -18,6 +18,7 @@ Sizes come from BENCH_* environment variables (see the constants below).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import resource
@@ -28,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -157,26 +158,36 @@ async def baseline(url: str, texts: list[str], concurrency: int = 8) -> float:
         return time.monotonic() - started
 
 
+def bare_requests(url: str, texts: list[str]) -> None:
+    """The baseline client's requests, 4 at a time: httpx's own cost per request."""
+    asyncio.run(baseline(url, texts, concurrency=4))
+
+
 def cpu_user_system() -> tuple[float, float]:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime, usage.ru_stime
 
 
-def plain_write_cpu_ms(folder: Path, files: int, size: int) -> float:
-    """CPU per file of writing `files` files of `size` bytes the plainest way (temp + rename).
+def cpu_ms_each(count: int, work: Callable[[], object]) -> float:
+    """This process's CPU (user + system) for `work`, in ms per one of its `count` pieces."""
+    before = sum(cpu_user_system())
+    work()
+    return (sum(cpu_user_system()) - before) / count * 1000
+
+
+def plain_write(folder: Path, files: int, size: int) -> None:
+    """Write `files` files of `size` bytes the plainest way (temp + rename).
 
     The kernel's share of that differs a lot from one moment to the next on this VM (new inodes
     and fresh guest memory), so it is measured next to each fishflow run instead of assumed.
     """
     folder.mkdir()
     data = os.urandom(size)
-    before = sum(cpu_user_system())
     for i in range(files):
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
         os.write(fd, data)
         os.close(fd)
         os.replace(tmp, folder / f"item-{i:06d}.wav")
-    return (sum(cpu_user_system()) - before) / files * 1000
 
 
 def measured(
@@ -295,10 +306,10 @@ def main() -> int:
                 summary = run_fishflow(cpu_source, tmpd / f"cpu-{i}", servers, max_in_flight=4)
                 runs.append(summary["cpu"])
                 size = int(pq.read_table(summary["manifests"]["items"])["bytes"].to_numpy().mean())
-                floors.append(plain_write_cpu_ms(tmpd / f"floor-{i}", CHUNKS_CPU, size))
-                before = sum(cpu_user_system())
-                asyncio.run(baseline(servers[0], cpu_texts, concurrency=4))
-                bare.append((sum(cpu_user_system()) - before) / CHUNKS_CPU * 1000)
+                write = functools.partial(plain_write, tmpd / f"floor-{i}", CHUNKS_CPU, size)
+                floors.append(cpu_ms_each(CHUNKS_CPU, write))
+                requests = functools.partial(bare_requests, servers[0], cpu_texts)
+                bare.append(cpu_ms_each(CHUNKS_CPU, requests))
             user, system = sorted(runs, key=sum)[len(runs) // 2]
             rows.append(
                 (

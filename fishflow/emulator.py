@@ -31,7 +31,6 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -266,11 +265,20 @@ class _Stats:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
+    _in_flight: _InFlight | None = None  # the generation this response answers, if any
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
     # -- plumbing ----------------------------------------------------------------------------
+    def _response_ending(self) -> None:
+        """Called before a response's last bytes go out: a client that has read a whole
+        response and sent its next request must never find the first one still counted in
+        flight (the handler thread may not have run on yet)."""
+        if self._in_flight is not None:
+            self._in_flight.done()
+            self._in_flight = None
+
     def _body(self) -> bytes:
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
@@ -287,6 +295,7 @@ class _Handler(BaseHTTPRequestHandler):
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.send_header("Content-Length", str(len(body)))
+        self._response_ending()
         self.end_headers()
         self.wfile.write(body)
 
@@ -302,7 +311,6 @@ class _Handler(BaseHTTPRequestHandler):
         body: bytes,
         ctype: str,
         truncate: bool = False,
-        before_end: Callable[[], None] | None = None,
     ) -> None:
         """Like the server: chunked transfer, no Content-Length."""
         self.send_response(status)
@@ -319,8 +327,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
             return
-        if before_end is not None:
-            before_end()
+        self._response_ending()
         self.wfile.write(b"0\r\n\r\n")
 
     def _reset_connection(self) -> None:
@@ -456,7 +463,7 @@ class _Handler(BaseHTTPRequestHandler):
         if over:
             self._error(429, "Too many requests in flight for your plan")
             return
-        with srv.tracked() as tracked, srv.worker():
+        with srv.tracked() as self._in_flight, srv.worker():
             seconds = 0.0 if not text.strip() else speech_duration_s(text)
             seconds = min(seconds, req["max_new_tokens"] / TOKENS_PER_SECOND)
             if fault == "short":
@@ -465,11 +472,9 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(srv.config.faults.slow_s)
             srv.compute(seconds)
             if not text.strip():
-                tracked.done()
                 self._error(500, "No audio generated, please check the input text.")
                 return
             if fault == "error" or req["format"] in ("pcm", "opus"):
-                tracked.done()
                 self._error(500, "Failed to generate speech")
                 return
             voice = req["reference_id"] or (
@@ -481,9 +486,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 data = wav_bytes(samples, req["format"])
                 ctype = "audio/mpeg" if req["format"] == "mp3" else "audio/wav"
-            self._send_chunked(
-                200, data, ctype, truncate=fault == "truncate", before_end=tracked.done
-            )
+            self._send_chunked(200, data, ctype, truncate=fault == "truncate")
             if fault != "truncate":
                 with srv.stats.lock:
                     srv.stats.ok += 1
@@ -629,9 +632,7 @@ class _InFlight:
         return self
 
     def done(self) -> None:
-        """Stop counting the request. Called before the response's last bytes go out: a client
-        that has read a whole response and sent its next request must never find the first
-        one still counted (the handler thread may not have run on yet)."""
+        """Stop counting the request (once, however often it is called)."""
         if self._counted:
             self._counted = False
             with self._stats.lock:
