@@ -1,48 +1,63 @@
 """A Fish Speech server emulator: the protocol of ../shared/fish-speech-api.md, without a GPU.
 
-What it reproduces, because clients must cope with it:
-- ``POST /v1/tts`` with msgpack or JSON bodies (415 for any other media type), strict fields
-  answered with a pydantic-style 422 array, unknown fields ignored, malformed JSON -> 400,
-  malformed msgpack -> 500, empty text -> 500, unknown ``reference_id`` -> 200 (default voice);
+What it reproduces, because clients must cope with it (the last section of that file is what
+the authors' own server code answers, and what this follows):
+- ``POST /v1/tts`` validated by a pydantic copy of the server's ``ServeTTSRequest``: 422 is
+  pydantic's own error array (``loc`` without a body prefix), lax where the server is lax;
+  msgpack, JSON or multipart bodies, media types compared case-sensitively, anything else 415
+  with ``message: null`` and ``Accept``; malformed JSON -> 400, malformed msgpack -> 500 with the
+  decoder's text, empty text -> 500;
+- voices: a reference_id outside ``^[a-zA-Z0-9\-_ ]+$`` (or over 255 characters) and reference
+  audio that does not decode are the bare ``500 Failed to generate speech`` (``check_reference_ids
+  =False`` for servers before March 2026, which take any id); an unknown valid id -> 200 in a
+  default voice; ``/v1/references/add|list|delete`` with the server's answers;
+- ``--max-text-length`` in characters (400 "Text is too long, max length is N");
 - chunked 200 responses with no Content-Length, mono 44.1 kHz 16-bit WAV (or MP3), audio cut at
-  ``max_new_tokens`` (about 21.5 tokens per second);
+  ``max_new_tokens`` (about 21.5 tokens per second; 0: no cap) with a normal 200;
 - ``--workers N`` serial workers, first in first out; ``/v1/health`` waits for a free worker,
   as the real server's blocked event loop does;
-- ``--api-key``: every route needs the Bearer key, else 401 with ``WWW-Authenticate``;
+- ``--api-key``: every route needs the Bearer key, checked before the method: no key -> 401
+  with ``WWW-Authenticate``, a wrong one -> 401 "Invalid token"; OPTIONS -> 200, HEAD -> 405;
 - the ``POST /generate {"text", "language"}`` -> WAV dialect of some packaged images.
 
 Audio is deterministic (a tone derived from the text) and lasts about as long as the text takes
 to speak. Generating takes ``rtf`` seconds per audio second (or a fixed ``service_time_s``).
 Fault knobs inject 500s, connection resets, truncated bodies, 429s with Retry-After, audio cut
 short and extra latency. ``GET /_emulator/stats`` reports requests per text and the most requests
-ever in flight at once, so tests count rather than time.
+ever in flight at once, so tests count rather than time; ``Emulator.received`` lists what each
+valid request asked for (text, voice, seed, reference audio by its sha256).
 """
 
 from __future__ import annotations
 
+import base64
 import collections
 import contextlib
+import email.parser
+import email.policy
 import hashlib
 import io
 import json
 import queue
 import random
+import re
 import socket
 import struct
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import ormsgpack
 import soundfile as sf
+from pydantic import BaseModel, Field, ValidationError, conint, model_validator
 
 SAMPLE_RATE = 44_100
 TOKENS_PER_SECOND = 21.5
-_FORMATS = ("wav", "pcm", "mp3", "opus")
 
 
 @dataclass
@@ -67,7 +82,11 @@ class EmulatorConfig:
     service_time_s: float | None = None  # fixed compute per request, for benchmarks
     api_key: str | None = None
     max_text_length: int | None = None
-    reference_ids: tuple[str, ...] = ()  # voices /v1/references/list reports
+    reference_ids: tuple[str, ...] = ()  # voices the server holds (references/<id>/ folders)
+    # Current servers refuse reference ids outside ^[a-zA-Z0-9\-_ ]+$ (or over 255 characters)
+    # with the generic 500; servers from before March 2026 take any id (unknown: default voice).
+    check_reference_ids: bool = True
+    request_model: type[BaseModel] = field(default_factory=lambda: ServeTTSRequest)
     fail_status: int | None = None  # answer every /v1/tts with this status (402: no credit)
     tier_limit: int | None = None  # like the Fish Audio cloud: 429 beyond N requests in flight
     seed: int = 0
@@ -106,129 +125,74 @@ def wav_bytes(samples: np.ndarray, fmt: str = "wav") -> bytes:
     return buf.getvalue()
 
 
-class _Validation(Exception):
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
-        self.errors = errors
+_ID_PATTERN = re.compile(r"^[a-zA-Z0-9\-_ ]+$")
+_INVALID_ID = (
+    "Reference ID contains invalid characters or is too long. "
+    "Only alphanumeric, hyphens, underscores, and spaces are allowed."
+)
 
 
-def _err(kind: str, name: str, msg: str, value: Any) -> dict[str, Any]:
-    shown = value if isinstance(value, str | int | float | bool | None) else repr(value)[:50]
-    return {"type": kind, "loc": ["body", name], "msg": msg, "input": shown}
+def valid_reference_id(reference_id: str) -> bool:
+    """The check current servers make (``ReferenceLoader._validate_id``, March 2026 on)."""
+    return bool(_ID_PATTERN.match(reference_id)) and len(reference_id) <= 255
 
 
-def validate_tts(body: Any) -> dict[str, Any]:
-    """Check a ServeTTSRequest the way the server's pydantic model does (strict fields)."""
-    if not isinstance(body, dict):
-        raise _Validation([_err("model_type", "", "Input should be an object", body)])
-    errors: list[dict[str, Any]] = []
-    req: dict[str, Any] = {
-        "chunk_length": 200,
-        "format": "wav",
-        "references": [],
-        "reference_id": None,
-        "seed": None,
-        "use_memory_cache": "off",
-        "normalize": True,
-        "streaming": False,
-        "max_new_tokens": 1024,
-        "top_p": 0.8,
-        "repetition_penalty": 1.1,
-        "temperature": 0.8,
-    }
-    if "text" not in body:
-        errors.append(_err("missing", "text", "Field required", None))
-    elif not isinstance(body["text"], str):
-        errors.append(_err("string_type", "text", "Input should be a valid string", body["text"]))
-    req["text"] = body.get("text")
+class ServeReferenceAudio(BaseModel):
+    """``fish_speech.utils.schema.ServeReferenceAudio``: audio in JSON is base64 (over 255
+    characters; a shorter string stays as it is and fails later, when it is decoded)."""
 
-    def number(name: str, lo: float, hi: float) -> None:
-        if name not in body:
-            return
-        v = body[name]
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            errors.append(_err("float_type", name, "Input should be a valid number", v))
-        elif not lo <= v <= hi:
-            errors.append(
-                _err(
-                    "less_than_equal" if v > hi else "greater_than_equal",
-                    name,
-                    f"Input should be between {lo} and {hi}",
-                    v,
-                )
-            )
-        else:
-            req[name] = float(v)
+    audio: bytes
+    text: str
 
-    def integer(name: str, nullable: bool = False) -> None:
-        if name not in body:
-            return
-        v = body[name]
-        if v is None and nullable:
-            req[name] = None
-        elif isinstance(v, bool) or not isinstance(v, int):
-            errors.append(_err("int_type", name, "Input should be a valid integer", v))
-        else:
-            req[name] = v
+    @model_validator(mode="before")
+    @classmethod
+    def _decode_audio(cls, values: Any) -> Any:
+        audio = values.get("audio") if isinstance(values, dict) else None
+        if isinstance(audio, str) and len(audio) > 255:
+            with contextlib.suppress(ValueError):
+                values = {**values, "audio": base64.b64decode(audio)}
+        return values
 
-    number("top_p", 0.1, 1.0)
-    number("temperature", 0.1, 1.0)
-    number("repetition_penalty", 0.9, 2.0)
-    integer("max_new_tokens")
-    integer("chunk_length")  # declared 100..300 but not enforced
-    integer("seed", nullable=True)
-    if "format" in body:
-        if body["format"] not in _FORMATS:
-            errors.append(
-                _err("enum", "format", f"Input should be {', '.join(_FORMATS)}", body["format"])
-            )
-        else:
-            req["format"] = body["format"]
-    if "use_memory_cache" in body:
-        if body["use_memory_cache"] not in ("on", "off"):
-            errors.append(
-                _err(
-                    "enum",
-                    "use_memory_cache",
-                    "Input should be 'on' or 'off'",
-                    body["use_memory_cache"],
-                )
-            )
-        else:
-            req["use_memory_cache"] = body["use_memory_cache"]
-    for name in ("normalize", "streaming"):
-        if name in body:
-            if not isinstance(body[name], bool):
-                errors.append(
-                    _err("bool_type", name, "Input should be a valid boolean", body[name])
-                )
-            else:
-                req[name] = body[name]
-    if "reference_id" in body:
-        if body["reference_id"] is not None and not isinstance(body["reference_id"], str):
-            errors.append(
-                _err(
-                    "string_type",
-                    "reference_id",
-                    "Input should be a valid string",
-                    body["reference_id"],
-                )
-            )
-        else:
-            req["reference_id"] = body["reference_id"]
-    if "references" in body:
-        refs = body["references"]
-        if not isinstance(refs, list) or not all(
-            isinstance(r, dict)
-            and isinstance(r.get("text"), str)
-            and isinstance(r.get("audio"), bytes | str)
-            for r in refs
-        ):
-            errors.append(_err("list_type", "references", "Input should be a valid list", refs))
-        else:
-            req["references"] = refs
-    if errors:
-        raise _Validation(errors)
-    return req
+
+class ServeTTSRequest(BaseModel):
+    """The server's request schema (``fish_speech/utils/schema.py``, 2026), field for field:
+    pydantic's own validation gives the 422s the server gives, lax where it is lax."""
+
+    text: str
+    # Declared 100..1000 but, nested in Annotated, the bounds are never applied.
+    chunk_length: Annotated[int, conint(ge=100, le=1000, strict=True)] = 200
+    format: Literal["wav", "pcm", "mp3", "opus"] = "wav"
+    latency: Literal["normal", "balanced"] = "normal"
+    references: list[ServeReferenceAudio] = []
+    reference_id: str | None = None
+    seed: int | None = None
+    use_memory_cache: Literal["on", "off"] = "off"
+    normalize: bool = True
+    streaming: bool = False
+    max_new_tokens: int = 1024
+    top_p: Annotated[float, Field(ge=0.1, le=1.0, strict=True)] = 0.8
+    repetition_penalty: Annotated[float, Field(ge=0.9, le=2.0, strict=True)] = 1.1
+    temperature: Annotated[float, Field(ge=0.1, le=1.0, strict=True)] = 0.8
+
+
+class _AddReference(BaseModel):
+    """The form fields of ``/v1/references/add`` (each ``Body(...)``, required)."""
+
+    id: str
+    audio: bytes
+    text: str
+
+
+class _DeleteReference(BaseModel):
+    reference_id: str
+
+
+def validation_errors(exc: ValidationError) -> bytes:
+    """A 422 body as the server writes it: pydantic's errors, ``loc`` without a body prefix."""
+    try:
+        return exc.json().encode()
+    except (ValueError, TypeError):  # an input pydantic cannot put in JSON (invalid UTF-8)
+        return json.dumps(exc.errors(include_input=False, include_context=False)).encode()
 
 
 class _Stats:
@@ -336,11 +300,19 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.close()
 
     def _authorized(self) -> bool:
+        """kui's bearer_auth as the server uses it: no key -> 401 with ``WWW-Authenticate`` and
+        ``message: null``; a wrong key -> 401 "Invalid token" without that header."""
         key = self.server.config.api_key
-        if key is None or self.headers.get("Authorization") == f"Bearer {key}":
+        if key is None:
             return True
-        self._error(401, "Invalid or missing API key", {"WWW-Authenticate": "Bearer"})
-        return False
+        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            self._error(401, None, {"WWW-Authenticate": "Bearer"})
+            return False
+        if token.strip() != key:
+            self._error(401, "Invalid token")
+            return False
+        return True
 
     # -- routes ------------------------------------------------------------------------------
     _ROUTES: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -360,10 +332,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._body()
             self._error(404, "Not Found")
             return
-        if method not in self._ROUTES[path]:
-            self._body()
-            self._send(405, b"", headers={"Allow": ", ".join(self._ROUTES[path])})
-            return
         if path.startswith("/_emulator/"):
             self._body()
             if path == "/_emulator/reset":
@@ -371,8 +339,23 @@ class _Handler(BaseHTTPRequestHandler):
                     self.server.stats.reset()
             self._send(200, json.dumps(self.server.stats.snapshot()).encode(), "application/json")
             return
+        if method == "OPTIONS":  # answered by the CORS middleware, before auth and routing
+            self._body()
+            self._send(
+                200,
+                headers={
+                    "Access-Control-Allow-Origin": "*",
+                    "Access-Control-Allow-Methods": ", ".join(self._ROUTES[path]),
+                },
+            )
+            return
+        # Auth wraps every route, method check included: GET /v1/tts without a key is a 401.
         if not self._authorized():
             self._body()
+            return
+        if method not in self._ROUTES[path]:
+            self._body()
+            self._send(405, b"", headers={"Allow": ", ".join(self._ROUTES[path])})
             return
         handler = {
             "/v1/tts": self._tts,
@@ -396,6 +379,12 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PUT(self) -> None:
         self._dispatch("PUT")
 
+    def do_HEAD(self) -> None:
+        self._dispatch("HEAD")
+
+    def do_OPTIONS(self) -> None:
+        self._dispatch("OPTIONS")
+
     def _health(self) -> None:
         self._body()
         with self.server.worker():  # a busy worker blocks the event loop, and health with it
@@ -403,7 +392,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, b'{"status":"ok"}', "application/json")
 
     def _parse(self, raw: bytes) -> Any:
-        ctype = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+        """The body as the server's MsgPackRequest reads it. Media types are compared as sent
+        (case-sensitive); parameters such as charset are dropped."""
+        header = self.headers.get("Content-Type") or ""
+        ctype = header.split(";", 1)[0].strip()
         if ctype == "application/json":
             try:
                 return json.loads(raw)
@@ -412,11 +404,30 @@ class _Handler(BaseHTTPRequestHandler):
         elif ctype == "application/msgpack":
             try:
                 return ormsgpack.unpackb(raw)
-            except (ormsgpack.MsgpackDecodeError, ValueError):
-                self._error(500, "Internal Server Error")
+            except (ormsgpack.MsgpackDecodeError, ValueError) as exc:
+                self._error(500, str(exc))  # the server's catch-all: the exception's text
+        elif ctype == "multipart/form-data":
+            form = _multipart(header, raw)
+            if form is not None:
+                return form
+            self._error(400, "Invalid multipart body")
         else:
-            self._error(415, f"Unsupported content type: {ctype or 'none'}")
+            self._error(415, None, {"Accept": _ACCEPT})
         return _INVALID
+
+    def _respond(self, status: int, body: dict[str, Any]) -> None:
+        """``format_response``: JSON when asked for (``?format=json`` or Accept), else msgpack."""
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        fmt = (query.get("format") or [""])[0].strip().lower()
+        accept = (self.headers.get("Accept") or "").strip().lower()
+        if fmt in {"json", "application/json", "msgpack", "application/msgpack"}:
+            as_json = fmt in ("json", "application/json")
+        else:
+            as_json = "application/json" in accept and "application/msgpack" not in accept
+        if as_json:
+            self._send(status, json.dumps(body).encode(), "application/json")
+        else:
+            self._send(status, ormsgpack.packb(body), "application/msgpack")
 
     def _tts(self) -> None:
         srv = self.server
@@ -427,15 +438,16 @@ class _Handler(BaseHTTPRequestHandler):
         if body is _INVALID:
             return
         try:
-            req = validate_tts(body)
-        except _Validation as exc:
-            self._send(422, json.dumps(exc.errors).encode(), "application/json")
+            req = srv.config.request_model.model_validate(body)
+        except ValidationError as exc:
+            self._send(422, validation_errors(exc), "application/json")
             return
-        text: str = req["text"]
+        text = req.text
+        srv.record(req)
         if srv.config.max_text_length is not None and len(text) > srv.config.max_text_length:
             self._error(400, f"Text is too long, max length is {srv.config.max_text_length}")
             return
-        if req["streaming"] and req["format"] != "wav":
+        if req.streaming and req.format != "wav":
             self._error(400, "Streaming only supports WAV format")
             return
         with srv.stats.lock:
@@ -464,8 +476,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(429, "Too many requests in flight for your plan")
             return
         with srv.tracked() as self._in_flight, srv.worker():
+            # The engine loads the voice first; whatever it raises becomes the generic 500,
+            # its reason only in the server's log.
+            voice = srv.load_voice(req)
+            if voice is _INVALID:
+                self._error(500, "Failed to generate speech")
+                return
             seconds = 0.0 if not text.strip() else speech_duration_s(text)
-            seconds = min(seconds, req["max_new_tokens"] / TOKENS_PER_SECOND)
+            if req.max_new_tokens > 0:  # 0: no cap
+                seconds = min(seconds, req.max_new_tokens / TOKENS_PER_SECOND)
             if fault == "short":
                 seconds /= 5
             if fault == "slow":
@@ -474,18 +493,15 @@ class _Handler(BaseHTTPRequestHandler):
             if not text.strip():
                 self._error(500, "No audio generated, please check the input text.")
                 return
-            if fault == "error" or req["format"] in ("pcm", "opus"):
+            if fault == "error" or req.format in ("pcm", "opus"):
                 self._error(500, "Failed to generate speech")
                 return
-            voice = req["reference_id"] or (
-                str(len(req["references"])) if req["references"] else None
-            )
             samples = synth_samples(text, seconds, voice)
-            if req["streaming"]:
+            if req.streaming:
                 data, ctype = samples.tobytes(), "audio/wav"
             else:
-                data = wav_bytes(samples, req["format"])
-                ctype = "audio/mpeg" if req["format"] == "mp3" else "audio/wav"
+                data = wav_bytes(samples, req.format)
+                ctype = "audio/mpeg" if req.format == "mp3" else "audio/wav"
             self._send_chunked(200, data, ctype, truncate=fault == "truncate")
             if fault != "truncate":
                 with srv.stats.lock:
@@ -508,32 +524,104 @@ class _Handler(BaseHTTPRequestHandler):
             data = wav_bytes(synth_samples(text, seconds, body.get("language")))
         self._send(200, data, "audio/wav")
 
+    def _form(self, model: type[BaseModel]) -> Any:
+        body = self._parse(self._body())
+        if body is _INVALID:
+            return None
+        try:
+            return model.model_validate(body)
+        except ValidationError as exc:
+            self._send(422, validation_errors(exc), "application/json")
+            return None
+
     def _ref_add(self) -> None:
-        self._body()  # multipart parsing is beyond what fishflow needs; accept and record nothing
-        self._error(501, "references/add is not emulated")
+        form = self._form(_AddReference)
+        if form is None:
+            return
+        ref_id = form.id
+        refs = self.server.references
+
+        def answer(status: int, message: str) -> None:
+            body = {"success": status == 200, "message": message, "reference_id": ref_id}
+            self._respond(status, body)
+
+        if not ref_id.strip():
+            return answer(400, "Reference ID cannot be empty")
+        if not form.text.strip():
+            return answer(400, "Reference text cannot be empty")
+        if not form.audio:
+            return answer(400, "Audio file is empty or could not be read")
+        if not valid_reference_id(ref_id):
+            return answer(400, _INVALID_ID)
+        with self.server.lock:
+            # Any id a TTS request named has a folder already, and a folder is what 409 checks.
+            if ref_id in refs or ref_id in self.server.folders:
+                return answer(409, f"Reference ID '{ref_id}' already exists")
+            refs[ref_id] = (form.audio, form.text)
+            self.server.folders.add(ref_id)
+        return answer(200, f"Reference voice '{ref_id}' added successfully")
 
     def _ref_list(self) -> None:
         self._body()
-        ids = sorted(self.server.references)
-        if "format=json" in self.path or "json" in (self.headers.get("Accept") or ""):
-            self._send(200, json.dumps({"reference_ids": ids}).encode(), "application/json")
-        else:
-            self._send(200, ormsgpack.packb({"reference_ids": ids}), "application/msgpack")
+        with self.server.lock:
+            ids = sorted(self.server.references)  # folders holding audio and its transcript
+        message = f"Found {len(ids)} reference voices"
+        self._respond(200, {"success": True, "reference_ids": ids, "message": message})
 
     def _ref_delete(self) -> None:
-        try:
-            ref = json.loads(self._body() or b"{}").get("reference_id")
-        except ValueError:
-            self._error(400, "Invalid JSON body")
+        form = self._form(_DeleteReference)
+        if form is None:
             return
-        if ref not in self.server.references:
-            self._error(404, f"Reference {ref!r} not found")
-            return
-        self.server.references.discard(ref)
-        self._send(200, b'{"success":true}', "application/json")
+        ref_id = form.reference_id
+
+        def answer(status: int, message: str) -> None:
+            body = {"success": status == 200, "message": message, "reference_id": ref_id}
+            self._respond(status, body)
+
+        if not ref_id.strip():
+            return answer(400, "Reference ID cannot be empty")
+        if not valid_reference_id(ref_id):
+            return answer(400, "Reference ID contains invalid characters or is too long")
+        with self.server.lock:
+            if ref_id not in self.server.folders:
+                return answer(404, f"Reference ID '{ref_id}' not found")
+            self.server.folders.discard(ref_id)
+            self.server.references.pop(ref_id, None)
+        return answer(200, f"Reference voice '{ref_id}' deleted successfully")
+
+
+_ACCEPT = "application/msgpack, application/json, multipart/form-data"
+
+
+def _multipart(content_type: str, raw: bytes) -> dict[str, Any] | None:
+    """Form fields of a multipart body: files as bytes, other fields as str."""
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + raw
+    )
+    if not message.is_multipart():
+        return None
+    form: dict[str, Any] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str):
+            continue
+        data = part.get_payload(decode=True) or b""
+        if part.get_filename() is not None:
+            form[name] = data
+        else:
+            form[name] = data.decode("utf-8", "replace")
+    return form
 
 
 _INVALID = object()
+
+
+def _decodable(audio: bytes) -> bool:
+    try:
+        sf.info(io.BytesIO(audio))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+        return False
+    return True
 
 
 class _Server(ThreadingHTTPServer):
@@ -544,7 +632,13 @@ class _Server(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.config = config
         self.stats = _Stats()
-        self.references: set[str] = set(config.reference_ids)
+        self.lock = threading.Lock()
+        # id -> (audio, transcript); audio None for the voices the config starts with
+        self.references: dict[str, tuple[bytes | None, str]] = {
+            i: (None, "") for i in config.reference_ids
+        }
+        self.folders: set[str] = set(config.reference_ids)  # references/<id>/ on disk
+        self.received: collections.deque[dict[str, Any]] = collections.deque(maxlen=10_000)
         self._rng = random.Random(config.seed)
         self._rng_lock = threading.Lock()
         self._workers: queue.Queue[int] = queue.Queue()
@@ -583,6 +677,46 @@ class _Server(ThreadingHTTPServer):
                 return name
             x -= rate
         return None
+
+    def record(self, req: Any) -> None:
+        """Keep what a valid /v1/tts request asked for (reference audio by its sha256)."""
+        self.received.append(
+            {
+                "text": req.text,
+                "reference_id": req.reference_id,
+                "references": [
+                    {"audio_sha256": hashlib.sha256(r.audio).hexdigest(), "text": r.text}
+                    for r in req.references
+                ],
+                "seed": req.seed,
+                "max_new_tokens": req.max_new_tokens,
+                "format": req.format,
+            }
+        )
+
+    def load_voice(self, req: Any) -> str | object | None:
+        """The voice the engine would speak in, or _INVALID where loading it raises.
+
+        A reference_id wins over inline references. A valid id the server does not hold is
+        spoken in a default voice (and leaves an empty folder behind, as the server does).
+        Without any reference the voice comes from the seed."""
+        if req.reference_id is not None:
+            ref_id = req.reference_id
+            if self.config.check_reference_ids and not valid_reference_id(ref_id):
+                return _INVALID
+            with self.lock:
+                self.folders.add(ref_id)
+                stored = self.references.get(ref_id)
+            if stored is None:
+                return f"seed:{req.seed}" if req.seed is not None else None
+            if stored[0] is not None and not _decodable(stored[0]):
+                return _INVALID
+            return f"id:{ref_id}"
+        if req.references:
+            if not all(_decodable(r.audio) for r in req.references):
+                return _INVALID
+            return "ref:" + hashlib.sha256(b"".join(r.audio for r in req.references)).hexdigest()
+        return f"seed:{req.seed}" if req.seed is not None else None
 
     def worker(self) -> _WorkerSlot:
         return _WorkerSlot(self._workers, self.stats)
@@ -660,6 +794,17 @@ class Emulator:
     @property
     def stats(self) -> dict[str, Any]:
         return self._server.stats.snapshot()
+
+    @property
+    def received(self) -> list[dict[str, Any]]:
+        """The valid /v1/tts requests so far (the last 10,000), reference audio as sha256."""
+        return list(self._server.received)
+
+    @property
+    def reference_ids(self) -> list[str]:
+        """The voices the server lists."""
+        with self._server.lock:
+            return sorted(self._server.references)
 
     def reset_stats(self) -> None:
         with self._server.stats.lock:

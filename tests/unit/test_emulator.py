@@ -50,13 +50,8 @@ def test_strict_fields_answer_a_pydantic_style_422_array(emulator: Emulator) -> 
     )
     assert r.status_code == 422
     locs = {tuple(e["loc"]) for e in r.json()}
-    assert locs == {
-        ("body", "text"),
-        ("body", "top_p"),
-        ("body", "repetition_penalty"),
-        ("body", "format"),
-    }
-    assert all({"type", "loc", "msg", "input"} <= set(e) for e in r.json())
+    assert locs == {("text",), ("top_p",), ("repetition_penalty",), ("format",)}
+    assert all({"type", "loc", "msg", "input", "url"} <= set(e) for e in r.json())
     # chunk_length is declared 100..300 but not enforced
     assert (
         post(emulator, ormsgpack.packb({"text": "Fine text.", "chunk_length": 5})).status_code
@@ -156,3 +151,172 @@ def test_the_emulator_command_serves_until_stopped() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# -- "Measured against the authors' own server code" (../shared/fish-speech-api.md) -----------
+
+
+def tts(emu: Emulator, **fields) -> httpx.Response:
+    return post(emu, ormsgpack.packb({"text": "Hello there, friend.", **fields}))
+
+
+def test_invalid_reference_ids_are_a_bare_500_and_older_servers_accept_them(
+    emulator: Emulator,
+) -> None:
+    """Row 'reference_id is validated, as a 500': ids outside ^[a-zA-Z0-9\\-_ ]+$ or over 255
+    characters get the generic message on every request; servers before March 2026 take any."""
+    for bad in ("narrator.v2", "a/b", "../x", "x" * 256, ""):
+        r = tts(emulator, reference_id=bad)
+        assert r.status_code == 500, bad
+        assert r.json() == {
+            "statusCode": 500,
+            "message": "Failed to generate speech",
+            "error": "Internal Server Error",
+        }
+    assert tts(emulator, reference_id="Anna the 2nd_-").status_code == 200  # unknown, valid: 200
+    with Emulator(EmulatorConfig(check_reference_ids=False)) as old:
+        assert tts(old, reference_id="narrator.v2").status_code == 200
+
+
+def test_every_id_asked_for_leaves_a_folder_that_add_then_finds(emulator: Emulator) -> None:
+    """Row 'Every id asked for creates an empty references/<id>/ folder': the id is not
+    listed, but adding it afterwards is a 409 and deleting it succeeds."""
+    assert tts(emulator, reference_id="ghost").status_code == 200
+    listed = httpx.get(f"{emulator.url}/v1/references/list?format=json").json()
+    assert listed["reference_ids"] == []
+    r = httpx.post(
+        f"{emulator.url}/v1/references/add?format=json",
+        data={"id": "ghost", "text": "Hi."},
+        files={"audio": ("a.wav", b"RIFF....WAVE")},
+    )
+    assert r.status_code == 409 and r.json()["message"] == "Reference ID 'ghost' already exists"
+    r = httpx.request(
+        "DELETE", f"{emulator.url}/v1/references/delete?format=json", json={"reference_id": "ghost"}
+    )
+    assert r.status_code == 200 and r.json()["success"] is True
+
+
+def test_references_list_add_and_delete_answer_as_the_server_does(emulator: Emulator) -> None:
+    """Row '/v1/references/list answers {success, reference_ids, message} ... delete of an
+    unknown id -> 404, of an invalid id -> 400 ... add of an existing id -> 409'."""
+    base = emulator.url + "/v1/references"
+    wav = io.BytesIO()
+    sf.write(wav, [0.0] * 4410, 44_100, format="WAV")
+
+    def add(ref_id: str) -> httpx.Response:
+        return httpx.post(
+            f"{base}/add",
+            data={"id": ref_id, "text": "What the sample says."},
+            files={"audio": ("sample.wav", wav.getvalue(), "audio/wav")},
+            headers={"Accept": "application/json"},
+        )
+
+    r = add("anna")
+    assert r.status_code == 200
+    assert r.json() == {
+        "success": True,
+        "message": "Reference voice 'anna' added successfully",
+        "reference_id": "anna",
+    }
+    assert add("anna").status_code == 409
+    r = add("anna.v2")
+    assert r.status_code == 400 and r.json()["success"] is False
+    listed = httpx.get(f"{base}/list")  # msgpack unless JSON is asked for
+    assert listed.headers["content-type"] == "application/msgpack"
+    assert ormsgpack.unpackb(listed.content) == {
+        "success": True,
+        "reference_ids": ["anna"],
+        "message": "Found 1 reference voices",
+    }
+    assert httpx.get(f"{base}/list", params={"format": "json"}).json()["reference_ids"] == ["anna"]
+
+    def delete(ref_id: str) -> httpx.Response:
+        return httpx.request(
+            "DELETE", f"{base}/delete?format=json", json={"reference_id": ref_id}, timeout=5
+        )
+
+    assert delete("nobody").status_code == 404 and delete("nobody").json()["success"] is False
+    assert delete("a/b").status_code == 400
+    assert delete("anna").status_code == 200
+    assert httpx.get(f"{base}/list?format=json").json()["reference_ids"] == []
+
+
+def test_max_text_length_counts_characters() -> None:
+    """Row '--max-text-length N counts characters': 40 CJK characters (120 UTF-8 bytes) pass
+    a limit of 40; 41 do not."""
+    with Emulator(EmulatorConfig(max_text_length=40)) as emu:
+        assert post(emu, ormsgpack.packb({"text": "你" * 40})).status_code == 200
+        r = post(emu, ormsgpack.packb({"text": "你" * 41}))
+        assert r.status_code == 400
+        assert r.json()["message"] == "Text is too long, max length is 40"
+
+
+def test_max_new_tokens_caps_the_audio_and_the_cut_is_a_normal_200(emulator: Emulator) -> None:
+    """Row 'max_new_tokens caps each generation (about 21.5 tokens per audio second); a
+    cut-off answer is a normal 200', and 'max_new_tokens=0 means no cap'."""
+    text = "This text would take a good many seconds to speak aloud in full. " * 3
+    r = tts(emulator, text=text, max_new_tokens=43)
+    assert r.status_code == 200
+    info = sf.info(io.BytesIO(r.content))
+    assert info.frames / info.samplerate == pytest.approx(2.0, abs=0.01)
+    uncapped = sf.info(io.BytesIO(tts(emulator, text=text, max_new_tokens=0).content))
+    assert uncapped.frames / uncapped.samplerate > 10
+
+
+def test_422_is_pydantics_own_array_without_a_body_prefix(emulator: Emulator) -> None:
+    """Row '422 bodies': loc ["text"], pydantic's type/msg/input/ctx/url; top_p=5 -> 'Input
+    should be less than or equal to 1'."""
+    r = tts(emulator, top_p=5)
+    assert r.status_code == 422
+    [error] = r.json()
+    assert error["loc"] == ["top_p"] and error["type"] == "less_than_equal"
+    assert error["msg"] == "Input should be less than or equal to 1"
+    assert error["input"] == 5 and error["ctx"] == {"le": 1.0}
+    assert error["url"].startswith("https://errors.pydantic.dev/")
+    [missing] = post(emulator, ormsgpack.packb({"top_p": 0.5})).json()
+    assert missing["loc"] == ["text"] and missing["type"] == "missing"
+
+
+def test_415_names_what_is_accepted_and_media_types_are_case_sensitive(
+    emulator: Emulator,
+) -> None:
+    """Row '415 for a wrong media type carries message: null and an Accept header; the media
+    type is matched case-sensitively; multipart/form-data is accepted'."""
+    r = post(emulator, ormsgpack.packb({"text": "Hi there."}), "APPLICATION/MSGPACK")
+    assert r.status_code == 415
+    assert r.json() == {"statusCode": 415, "message": None, "error": "Unsupported Media Type"}
+    assert r.headers["accept"] == "application/msgpack, application/json, multipart/form-data"
+    form = httpx.post(
+        f"{emulator.url}/v1/tts",
+        files={"text": (None, "Hi there."), "max_new_tokens": (None, "200")},
+    )
+    assert form.status_code == 200 and form.headers["content-type"] == "audio/wav"
+    assert emulator.received[-1]["max_new_tokens"] == 200  # lax int, as a form sends it
+
+
+def test_401_has_two_forms_and_comes_before_routing() -> None:
+    """Row '401: missing key -> WWW-Authenticate: Bearer, message null; wrong key -> "Invalid
+    token" without that header. Auth runs before routing (GET /v1/tts -> 401, not 405)'."""
+    with Emulator(EmulatorConfig(api_key="k")) as emu:
+        missing = httpx.post(f"{emu.url}/v1/tts", json={"text": "Hi."})
+        assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+        assert missing.json() == {"statusCode": 401, "message": None, "error": "Unauthorized"}
+        wrong = httpx.post(
+            f"{emu.url}/v1/tts", json={"text": "Hi."}, headers={"Authorization": "Bearer nope"}
+        )
+        assert wrong.status_code == 401 and "www-authenticate" not in wrong.headers
+        assert wrong.json()["message"] == "Invalid token"
+        assert httpx.get(f"{emu.url}/v1/tts").status_code == 401
+        r = httpx.get(f"{emu.url}/v1/tts", headers={"Authorization": "Bearer k"})
+        assert r.status_code == 405
+
+
+def test_msgpack_errors_lax_bools_head_and_options(emulator: Emulator) -> None:
+    """Row 'Malformed msgpack -> 500 whose message is the decoder's error text.
+    normalize="yes" is accepted (lax bool) ... HEAD on health -> 405; OPTIONS -> 200'."""
+    r = post(emulator, b"\xc1\xc1", "application/msgpack")
+    assert r.status_code == 500 and r.json()["message"] not in (None, "", "Internal Server Error")
+    assert tts(emulator, normalize="yes").status_code == 200
+    assert tts(emulator, normalize="perhaps").status_code == 422
+    assert httpx.head(f"{emulator.url}/v1/health").status_code == 405
+    assert httpx.options(f"{emulator.url}/v1/tts").status_code == 200
