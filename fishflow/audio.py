@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 
-from fishflow.errors import BadAudio
+from fishflow.errors import BadAudio, CutAtTokenCap
 from fishflow.text import is_cjk
 
 # Fish generates about 21.5 semantic tokens per second of audio.
@@ -75,8 +75,8 @@ def check_plausible(audio: Audio, text: str, *, sample_rate: int, max_new_tokens
             f"audio lasts {duration:.2f} s, far below the ~{expected:.1f} s its text needs"
         )
     cap = max_new_tokens / TOKENS_PER_SECOND
-    if duration >= 0.98 * cap:  # cut mid-text, or babbled until the cap: either way broken
-        raise BadAudio(
+    if max_new_tokens > 0 and duration >= 0.98 * cap:  # cut mid-text, or babbled to the cap
+        raise CutAtTokenCap(
             f"audio stops at the {cap:.0f} s token cap (max_new_tokens={max_new_tokens})"
         )
     if duration > 3 * expected + 5:

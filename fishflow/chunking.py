@@ -198,3 +198,64 @@ def _speakable(text: str) -> str:
 def chunk_key(text: str, voice_fingerprint: str) -> str:
     """Content key of one chunk's audio: same text, voice and synthesis fields, same audio."""
     return hashlib.sha256(f"{voice_fingerprint}\0{text}".encode()).hexdigest()[:32]
+
+
+# -- chunks that fit the server ------------------------------------------------------------------
+
+# Share of the token cap a chunk's expected speech may fill: speaking rates vary by voice and
+# text (numbers and abbreviations are read out longer than they are written).
+TOKEN_CAP_MARGIN = 0.6
+_SENTENCE_END = re.compile(r"[.!?…](?=\s)|[。！？]")
+
+
+def chunk_budget(
+    text: str, *, max_bytes: int, max_new_tokens: int, max_chars: int | None = None
+) -> int:
+    """The chunk budget in UTF-8 bytes for one item's text.
+
+    ``max_bytes`` lowered so that a chunk's expected speech fits one generation of
+    ``max_new_tokens`` (about 21.5 tokens per audio second; speaking rates per script from
+    ``fishflow.audio.expected_duration_s``: ~14 Latin or ~4.5 CJK characters a second), and so
+    that a chunk stays within a server's ``max_chars`` characters (its --max-text-length).
+    """
+    from fishflow.audio import TOKENS_PER_SECOND, expected_duration_s
+
+    budget = max_bytes
+    cap_s = max_new_tokens / TOKENS_PER_SECOND
+    # No script is written in fewer UTF-8 bytes per spoken second than ~13.5 (CJK; Latin ~14):
+    # below that rate the cap cannot bind, and the text need not be read.
+    seconds = 0.0 if cap_s * TOKEN_CAP_MARGIN * 13.5 >= max_bytes else expected_duration_s(text)
+    if seconds > 0:
+        bytes_per_second = _nbytes(text) / seconds
+        budget = min(budget, int(cap_s * TOKEN_CAP_MARGIN * bytes_per_second))
+    if max_chars is not None:
+        # Bytes per character is at least the text's narrowest character: within this many
+        # bytes, a chunk has at most max_chars characters (exactly so for text in one script).
+        narrowest = min((_nbytes(ch) for ch in text), default=1)
+        budget = min(budget, max_chars * narrowest)
+    return max(8, budget)
+
+
+def split_in_two(text: str) -> tuple[str, str] | None:
+    """Split a chunk's text in two near its middle, at the most natural boundary there:
+    a sentence end, else a clause mark, else a space, else between two characters.
+
+    For a chunk the server could not take whole (cut at the token cap, over its text limit).
+    None when the text is a single character."""
+    if len(text.strip()) < 2:
+        return None
+    n = len(text)
+    middle = n / 2
+    for pattern in (_SENTENCE_END, _CLAUSE_END, _SPACE):
+        cuts = [m.end() for m in pattern.finditer(text) if 0 < m.end() < n]
+        balanced = [c for c in cuts if n / 4 <= c <= 3 * n / 4]
+        if balanced:
+            cut = min(balanced, key=lambda c: abs(c - middle))
+            break
+    else:
+        cuts = [m.end() for m in _SPACE.finditer(text) if 0 < m.end() < n]
+        cut = min(cuts, key=lambda c: abs(c - middle)) if cuts else int(middle)
+    head, tail = text[:cut].strip(), text[cut:].strip()
+    if not head or not tail:
+        return None
+    return head, tail

@@ -11,7 +11,10 @@ whether the whole run must stop because every other item would fail the same way
     │   ├── ServerBusy           429 / 503, may carry Retry-After (retryable)
     │   ├── ServerError          other 5xx (retryable, a bounded number of times)
     │   ├── BadAudio             200, but undecodable, wrong rate or implausible length (retryable)
+    │   │   └── CutAtTokenCap    audio ends at max_new_tokens: split the chunk, do not resend it
     │   ├── RequestRejected      400 / 404 / 413 / 415 / 422: the same request fails again
+    │   │   └── TextTooLong      400 "Text is too long, max length is N": split below N
+    │   ├── VoiceRefused         every request with one voice failed alike: its items fail
     │   ├── AuthenticationFailed 401 / 403 (fatal)
     │   └── OutOfCredit          402 (fatal)
     ├── AllServersDown           no server answered for longer than the grace period (fatal)
@@ -99,8 +102,34 @@ class BadAudio(SynthesisError):
     stage = "validation"
 
 
+class CutAtTokenCap(BadAudio):
+    """The audio stops at the max_new_tokens cap: the text was too long for one generation.
+    Sending it again gets the same cut; its halves fit."""
+
+    retryable = False
+
+
 class RequestRejected(SynthesisError):
     retryable = False
+
+
+class TextTooLong(RequestRejected):
+    """The server's --max-text-length: ``limit`` characters per request."""
+
+    def __init__(self, message: str, *, limit: int, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)
+        self.limit = limit
+
+
+class VoiceRefused(SynthesisError):
+    """Requests with one voice all failed with the same answer and none succeeded: the server
+    cannot use that voice (an id it refuses, a reference it cannot load). Not retried."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, voice: str, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)
+        self.voice = voice
 
 
 class AuthenticationFailed(SynthesisError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import email.utils
 import json
+import re
 import ssl
 import time
 import urllib.parse
@@ -28,11 +29,14 @@ from fishflow.errors import (
     ServerError,
     ServerUnavailable,
     SynthesisError,
+    TextTooLong,
 )
-from fishflow.settings import SynthesisOptions, WireEncoding
+from fishflow.settings import Reference, SynthesisOptions, WireEncoding, reference_id_problem
 
 CLOUD_URL = "https://api.fish.audio"
 SAMPLE_RATE = 44_100
+# The server's --max-text-length answer; N counts characters.
+_TOO_LONG = re.compile(r"Text is too long, max length is (\d+)")
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -88,6 +92,8 @@ def _raise_for_status(response: httpx.Response, server: str) -> None:
         )
     if status >= 500:
         raise ServerError(detail, server=server, http_status=status)
+    if status == 400 and (match := _TOO_LONG.search(detail)):
+        raise TextTooLong(detail, limit=int(match.group(1)), server=server, http_status=400)
     # An invalid field that is not the text fails every chunk alike: stop the run.
     fatal = status == 422 and "text" not in _error_detail(response).split(":", 1)[0]
     raise RequestRejected(detail, server=server, http_status=status, fatal=fatal)
@@ -202,11 +208,15 @@ class FishSpeechClient:
         options: SynthesisOptions,
         *,
         reference_id: str | None = None,
+        references: tuple[Reference, ...] = (),
+        seed: int | None = None,
         read_timeout_s: float = 120.0,
         validate: bool = True,
     ) -> Audio:
-        """Synthesise one chunk and return its decoded, validated audio."""
-        body = self._body(options.request_fields(text, reference_id))
+        """Synthesise one chunk and return its decoded, validated audio. ``reference_id``,
+        ``references`` and ``seed`` override the options' own for this request."""
+        fields = options.request_fields(text, reference_id, references=references, seed=seed)
+        body = self._body(fields)
         try:
             response, content = await self._post_tts(body, read_timeout_s)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
@@ -253,6 +263,78 @@ class FishSpeechClient:
             return None
         ids = body.get("reference_ids") if isinstance(body, dict) else None
         return {str(i) for i in ids} if isinstance(ids, list) else None
+
+    # -- voices held by the server (/v1/references/*, servers from late 2025 on) ---------------
+    async def _references_call(
+        self, method: str, path: str, *, what: str, json_body: Any = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        headers = {"Accept": "application/json"}
+        if json_body is not None:
+            headers["Content-Type"] = "application/json"
+            kwargs["content"] = json.dumps(json_body).encode()
+        try:
+            response = await self._client.request(
+                method,
+                "/v1/references/" + path,
+                params={"format": "json"},
+                headers=headers,
+                timeout=60,
+                **kwargs,
+            )
+        except httpx.HTTPError as exc:
+            raise ServerUnavailable(
+                f"cannot {what} on {self.base_url}: {type(exc).__name__}", server=self.base_url
+            ) from exc
+        if response.status_code == 404 and path == "list":
+            raise RequestRejected(
+                f"{self.base_url} has no /v1/references API (servers before late 2025)",
+                server=self.base_url,
+                http_status=404,
+            )
+        _raise_for_status(response, self.base_url)
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise ServerError(
+                f"{self.base_url} answered {what} with a body that is not JSON",
+                server=self.base_url,
+                http_status=response.status_code,
+            ) from exc
+        return body if isinstance(body, dict) else {}
+
+    async def list_references(self) -> list[str]:
+        """The voice ids the server holds (``/v1/references/list``)."""
+        body = await self._references_call("GET", "list", what="list voices")
+        ids = body.get("reference_ids")
+        return sorted(str(i) for i in ids) if isinstance(ids, list) else []
+
+    async def add_reference(
+        self, reference_id: str, *, audio: bytes, text: str, filename: str = "sample.wav"
+    ) -> str:
+        """Store a voice on the server: a recording and its transcript. Returns its message.
+        An id the server would refuse is refused here, before the upload."""
+        if problem := reference_id_problem(reference_id):
+            raise RequestRejected(problem, server=self.base_url)
+        body = await self._references_call(
+            "POST",
+            "add",
+            what=f"add voice {reference_id!r}",
+            data={"id": reference_id, "text": text},
+            files={"audio": (filename, audio, "application/octet-stream")},
+        )
+        return str(body.get("message") or f"voice {reference_id!r} added")
+
+    async def delete_reference(self, reference_id: str) -> str:
+        """Remove a voice from the server. Returns its message."""
+        if problem := reference_id_problem(reference_id):
+            raise RequestRejected(problem, server=self.base_url)
+        body = await self._references_call(
+            "DELETE",
+            "delete",
+            what=f"delete voice {reference_id!r}",
+            json_body={"reference_id": reference_id},
+        )
+        return str(body.get("message") or f"voice {reference_id!r} deleted")
 
     async def health(self, timeout_s: float = 5.0) -> bool:
         """True when the server answers /v1/health (GET, then POST for servers before 1.5.1)."""

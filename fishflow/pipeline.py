@@ -22,14 +22,28 @@ from datetime import UTC, datetime
 import numpy as np
 
 from fishflow.audio import Audio, content_type, encode, stitch
-from fishflow.chunking import Chunk, chunk_key, chunk_text
-from fishflow.errors import FishflowError, StorageError
+from fishflow.chunking import Chunk, chunk_budget, chunk_key, chunk_text, split_in_two
+from fishflow.errors import (
+    CutAtTokenCap,
+    FishflowError,
+    SourceError,
+    StorageError,
+    TextTooLong,
+    VoiceRefused,
+)
 from fishflow.manifest import ChunkRow, ErrorRow, ItemRow, Journal
 from fishflow.pool import ServerPool, Synthesized
-from fishflow.settings import AudioSettings, ChunkSettings, SynthesisOptions
+from fishflow.settings import (
+    AudioSettings,
+    ChunkSettings,
+    Reference,
+    SynthesisOptions,
+    reference_id_problem,
+)
 from fishflow.sources import SourceRow
 from fishflow.storage import Store, safe_key
 from fishflow.text import detect_language, is_speakable, normalize, text_sha256
+from fishflow.voices import ReferenceFiles, item_seed
 
 # About 25 minutes of speech: the stitched audio is held in memory (~130 MB at 44.1 kHz).
 MAX_ITEM_CHARS = 20_000
@@ -41,8 +55,28 @@ class Item:
     item_id: str
     text: str  # normalised
     language: str
-    voice: str | None
+    voice: str | None  # the row's reference_id
     content_key: str
+    reference_audio: str | None = None  # the row's reference recording (path or URI)
+    reference_text: str | None = None  # ... and its transcript
+    reference_digest: str | None = None  # of both: part of the content and chunk keys
+    seed: int | None = None  # pinned when the item has no reference: one voice for its chunks
+
+    @property
+    def voice_identity(self) -> str:
+        return voice_identity(self.voice, self.reference_digest, self.seed)
+
+    @property
+    def voice_name(self) -> str | None:
+        """How messages name the item's own voice (None: the run's)."""
+        if self.reference_audio:
+            return f"reference audio {self.reference_audio}"
+        return self.voice
+
+
+def voice_identity(voice: str | None, reference_digest: str | None, seed: int | None) -> str:
+    """Everything of an item's voice that is not in the run's options, for its keys."""
+    return f"{voice or ''}|{reference_digest or ''}|{'' if seed is None else seed}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +122,18 @@ class RunSpec:
         return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 
-def validate_row(row: SourceRow, spec: RunSpec, seen_ids: set[str]) -> Item | Rejection:
-    """Turn a source row into an Item, or say why it cannot be one."""
+def validate_row(
+    row: SourceRow,
+    spec: RunSpec,
+    seen_ids: set[str],
+    *,
+    references: ReferenceFiles | None = None,
+) -> Item | Rejection:
+    """Turn a source row into an Item, or say why it cannot be one.
+
+    A reference recording is read here (once per run, through ``references``) to put its
+    digest in the content key; ``row.reference_audio`` is already resolved to a path or URI.
+    """
     item_id = row.item_id.strip() if row.item_id else None
     if row.problem:
         return Rejection(row.row, item_id, row.problem)
@@ -107,11 +151,47 @@ def validate_row(row: SourceRow, spec: RunSpec, seen_ids: set[str]) -> Item | Re
             f"text has {len(row.text):,} characters, over the {MAX_ITEM_CHARS:,} one item may "
             "hold: split it into several items",
         )
+    if row.voice and (problem := reference_id_problem(row.voice)):
+        return Rejection(row.row, item_id, problem)
+    digest = None
+    if row.reference_audio or row.reference_text:
+        if not row.reference_audio:
+            return Rejection(row.row, item_id, "reference_text given without reference_audio")
+        if not (row.reference_text or "").strip():
+            return Rejection(
+                row.row, item_id, "reference_audio needs its transcript in reference_text"
+            )
+        if row.voice:
+            return Rejection(
+                row.row,
+                item_id,
+                "both a reference_id and reference_audio: the server would use the id only",
+            )
+        try:
+            audio_digest = (references or ReferenceFiles()).digest(row.reference_audio)
+        except SourceError as exc:
+            return Rejection(row.row, item_id, exc.message)
+        digest = hashlib.sha256(f"{audio_digest}\0{row.reference_text}".encode()).hexdigest()[:16]
     text = normalize(row.text)
     if not is_speakable(text):
         return Rejection(row.row, item_id, "text has no letters or digits to speak")
     language = (row.language or "").strip().lower() or detect_language(text)
-    return Item(row.row, item_id, text, language, row.voice, spec.content_key(text, row.voice))
+    seed = None
+    options = spec.options
+    if not (row.voice or digest or options.reference_id or options.references):
+        seed = options.seed if options.seed is not None else item_seed(item_id)
+    return Item(
+        row.row,
+        item_id,
+        text,
+        language,
+        row.voice,
+        spec.content_key(text, voice_identity(row.voice, digest, seed)),
+        reference_audio=row.reference_audio if digest else None,
+        reference_text=row.reference_text if digest else None,
+        reference_digest=digest,
+        seed=seed,
+    )
 
 
 def audio_key(item_id: str, fmt: str) -> str:
@@ -217,10 +297,18 @@ class RunContext:
     journal: Journal | None = None
     publisher: Executor | None = None  # runs stitch, encode and put (None: asyncio's default)
     warnings: list[str] = field(default_factory=list)  # said once each, in the run's log
+    references: ReferenceFiles = field(default_factory=ReferenceFiles)
     _voices: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    _said: set[str] = field(default_factory=set)
+
+    def warn_once(self, topic: str, message: str) -> None:
+        if topic not in self._said:
+            self._said.add(topic)
+            self.warnings.append(message)
 
     async def check_voice(self, voice: str | None) -> None:
-        """Warn once per unknown reference_id: the server answers 200 in a default voice."""
+        """Warn once per reference_id the server does not list: current servers answer 200
+        and speak it in a default voice."""
         voice = voice or self.spec.options.reference_id
         if not voice:
             return
@@ -233,8 +321,9 @@ class RunContext:
         known = await server.client.reference_ids()
         if known is not None and voice not in known:
             self.warnings.append(
-                f"reference_id {voice!r} is not among the voices {server.url} lists: "
-                "the server will speak those items in its default voice"
+                f"reference_id {voice!r} is not among the voices {server.url} lists: current "
+                "servers answer 200 for it and speak those items in a default voice, chosen by "
+                "the seed (random without one); add it with `fishflow voices add`"
             )
 
     def now(self) -> datetime:
@@ -360,14 +449,57 @@ def _skip_if_unchanged(ctx: RunContext, item: Item) -> ItemOutcome | None:
     return ItemOutcome(row)
 
 
+async def _synthesize_fitting(
+    ctx: RunContext, item: Item, text: str, references: tuple[Reference, ...], depth: int = 0
+) -> Synthesized:
+    """Synthesise a chunk's text; where the server cannot take it whole, its halves.
+
+    Audio cut at the token cap is cut again if sent again, and a text over the server's
+    --max-text-length is refused again: either way the text is split in two at its most
+    natural boundary near the middle and each half sent (halved again if need be), then
+    joined with a short pause."""
+    try:
+        return await ctx.pool.synthesize(
+            text,
+            ctx.spec.options,
+            reference_id=item.voice,
+            references=references,
+            seed=item.seed,
+            voice=item.voice_name,
+        )
+    except (CutAtTokenCap, TextTooLong) as exc:
+        halves = split_in_two(text) if depth < 10 else None
+        if halves is None:
+            raise
+        spent = exc.attempts  # requests that told us to split (0: the known limit did)
+        parts = await asyncio.gather(
+            *(_synthesize_fitting(ctx, item, half, references, depth + 1) for half in halves)
+        )
+    settings = ctx.spec.audio
+    audio = stitch(
+        [p.audio for p in parts], pause_ms=settings.pause_ms // 2, fade_ms=settings.fade_ms
+    )
+    return Synthesized(
+        audio,
+        parts[0].server,
+        spent + sum(p.attempts for p in parts),
+        sum(p.latency_s for p in parts),
+    )
+
+
 async def _chunk_audio(
-    ctx: RunContext, item: Item, chunk: Chunk, *, persist: bool
+    ctx: RunContext,
+    item: Item,
+    chunk: Chunk,
+    references: tuple[Reference, ...],
+    *,
+    persist: bool,
 ) -> tuple[Audio, ChunkRow]:
-    key = chunk_key(chunk.text, ctx.spec.voice_fingerprint(item.voice))
+    key = chunk_key(chunk.text, ctx.spec.voice_fingerprint(item.voice_identity))
     rate = ctx.spec.audio.sample_rate
 
     def make() -> Awaitable[Synthesized]:
-        return ctx.pool.synthesize(chunk.text, ctx.spec.options, reference_id=item.voice)
+        return _synthesize_fitting(ctx, item, chunk.text, references)
 
     audio, made = await ctx.cache.get_or_make(key, rate, make, persist=persist)
     row = ChunkRow(
@@ -387,6 +519,15 @@ async def _chunk_audio(
         status="ok",
     )
     return audio, row
+
+
+async def _references(ctx: RunContext, item: Item) -> tuple[Reference, ...]:
+    if not item.reference_audio or item.reference_text is None:
+        return ()
+    uri, text = item.reference_audio, item.reference_text
+    if ctx.references.cached(uri):
+        return (ctx.references.reference(uri, text),)
+    return (await asyncio.to_thread(ctx.references.reference, uri, text),)
 
 
 def _publish(ctx: RunContext, item: Item, parts: list[Audio]) -> tuple[str, Audio, int, str]:
@@ -410,13 +551,30 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
         err = _error_row(ctx, item.row, item.item_id, ctx.fatal_error, stage="run")
         return _failed(ctx, item, [err], [])
     await ctx.check_voice(item.voice)
-    chunks = chunk_text(
-        item.text, item.language, ctx.spec.chunking.max_bytes, ctx.spec.chunking.min_bytes
+    if item.seed is not None:
+        ctx.warn_once(
+            "seed",
+            "no voice given (--reference-id, a reference_id column or reference audio): the "
+            "server picks a voice from the seed, so fishflow pins one per item (--seed, or one "
+            "derived from the item id) and all its chunks share it; items may differ in voice",
+        )
+    try:
+        references = await _references(ctx, item)
+    except SourceError as exc:
+        return _failed(ctx, item, [_error_row(ctx, item.row, item.item_id, exc)], [])
+    options = ctx.spec.options
+    budget = chunk_budget(
+        item.text,
+        max_bytes=ctx.spec.chunking.max_bytes,
+        max_new_tokens=options.max_new_tokens,
+        max_chars=ctx.pool.max_text_chars,
     )
+    chunks = chunk_text(item.text, item.language, budget, ctx.spec.chunking.min_bytes)
     started = time.monotonic()
     multi = len(chunks) > 1
     results = await asyncio.gather(
-        *(_chunk_audio(ctx, item, c, persist=multi) for c in chunks), return_exceptions=True
+        *(_chunk_audio(ctx, item, c, references, persist=multi) for c in chunks),
+        return_exceptions=True,
     )
     synth_seconds = time.monotonic() - started
     rows: list[ChunkRow] = []
@@ -428,6 +586,8 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
                 raise result  # cancellation: the run is stopping
             if isinstance(result, FishflowError) and result.fatal:
                 ctx.stop(result)
+            if isinstance(result, VoiceRefused):
+                ctx.warn_once(f"voice:{result.voice}", result.message)
             errors.append(_error_row(ctx, item.row, item.item_id, result, chunk.index))
             rows.append(
                 ChunkRow(
@@ -438,7 +598,7 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
                     chunk.start,
                     chunk.end,
                     chunk.utf8_bytes,
-                    chunk_key(chunk.text, ctx.spec.voice_fingerprint(item.voice)),
+                    chunk_key(chunk.text, ctx.spec.voice_fingerprint(item.voice_identity)),
                     getattr(result, "server", None),
                     getattr(result, "attempts", 1),
                     None,

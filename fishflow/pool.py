@@ -7,7 +7,10 @@ answers again. 429/503 halve the server's limit, successes raise it again slowly
 
 Retries live here and only here: the client sends once, the pipeline calls ``synthesize`` once
 per distinct chunk, Prefect does not retry batch tasks. A chunk is retried on another attempt
-(possibly another server) with exponential backoff and jitter, honouring Retry-After.
+(possibly another server) with exponential backoff and jitter, honouring Retry-After. Two
+answers are not retried but handed back for the pipeline to split the chunk: audio cut at the
+token cap, and the server's text-length limit (which the pool remembers, so later chunks are
+sized below it). A voice whose requests all fail alike is given up after a few (``VoiceRefused``).
 """
 
 from __future__ import annotations
@@ -28,13 +31,22 @@ from fishflow.audio import Audio
 from fishflow.errors import (
     AllServersDown,
     FishflowError,
+    RequestRejected,
     ServerBusy,
     ServerError,
     ServerUnavailable,
     SynthesisError,
+    TextTooLong,
+    VoiceRefused,
 )
 from fishflow.fish_speech import FishSpeechClient
-from fishflow.settings import RetryPolicy, ServerConfig, SynthesisOptions, WireEncoding
+from fishflow.settings import (
+    Reference,
+    RetryPolicy,
+    ServerConfig,
+    SynthesisOptions,
+    WireEncoding,
+)
 
 
 @dataclass
@@ -92,6 +104,17 @@ class SlotLeaser(Protocol):
         """One slot, or None when the server has no shared limit; TimeoutError if no slot
         came free within ``timeout_s``."""
         ...
+
+
+@dataclass
+class _VoiceRecord:
+    """What the run has seen of one voice: a success, or a streak of identical failures."""
+
+    succeeded: bool = False
+    signature: tuple[int | None, str] | None = None
+    failures: int = 0
+    texts: set[str] = field(default_factory=set)
+    refused: str | None = None  # why it was given up
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +177,9 @@ class ServerPool:
                 server.leases = []
         self._watchdog: asyncio.Task[None] | None = None
         self._rng = random.Random()
+        self._voices: dict[str, _VoiceRecord] = {}
+        # The smallest --max-text-length a server has told us (characters), once one has.
+        self.max_text_chars: int | None = None
 
     async def __aenter__(self) -> ServerPool:
         return self
@@ -353,29 +379,102 @@ class ServerPool:
         return base * (1 - self.retry.jitter * self._rng.random())
 
     # -- the one place that retries ---------------------------------------------------------------
+    def _voice_failed(
+        self, voice: str, record: _VoiceRecord, text: str, exc: SynthesisError
+    ) -> None:
+        """Count a failure against a voice that never worked; give it up after a streak.
+
+        Current servers refuse some voices (an id outside their pattern, a reference they cannot
+        load) with the same bare 500 on every request, which looks like a flaky server: retried
+        per chunk it cost 189 requests for 20 items. A streak of identical answers over at least
+        two different texts, with no success of that voice, is the voice's problem."""
+        if record.succeeded or record.refused:
+            return
+        if not isinstance(exc, ServerError | RequestRejected) or isinstance(exc, TextTooLong):
+            return  # connection trouble, busy servers and bad audio say nothing about the voice
+        detail = exc.message.replace(exc.server or "", "").split(": ", 1)[-1]
+        signature = (exc.http_status, detail)
+        if signature != record.signature:
+            record.signature, record.failures, record.texts = signature, 0, set()
+        record.failures += 1
+        if len(record.texts) < 2:
+            record.texts.add(text)
+        if record.failures >= self.retry.voice_refused_after and len(record.texts) >= 2:
+            record.refused = (
+                f"voice {voice!r} given up: its {record.failures} requests all failed with "
+                f"HTTP {exc.http_status} {detail!r} and none succeeded (a server refuses ids "
+                "outside letters, digits, '-', '_' and spaces, and reference audio it cannot "
+                "load, this way)"
+            )
+
+    def _refused(self, voice: str, record: _VoiceRecord, attempts: int) -> VoiceRefused:
+        assert record.refused is not None
+        error = VoiceRefused(
+            record.refused,
+            voice=voice,
+            http_status=record.signature[0] if record.signature else None,
+        )
+        error.attempts = attempts
+        return error
+
+    # -- the one place that retries ---------------------------------------------------------------
     async def synthesize(
-        self, text: str, options: SynthesisOptions, *, reference_id: str | None = None
+        self,
+        text: str,
+        options: SynthesisOptions,
+        *,
+        reference_id: str | None = None,
+        references: tuple[Reference, ...] = (),
+        seed: int | None = None,
+        voice: str | None = None,
     ) -> Synthesized:
         """Synthesise one chunk on the best server, retrying what can succeed.
 
-        Raises the last SynthesisError (with ``attempts`` set) when retrying cannot help or the
-        budget is spent; AllServersDown when no server answered for the grace period.
+        ``voice`` names the voice in messages and in the watch for refused voices (default: the
+        reference id). Raises the last SynthesisError (with ``attempts`` set) when retrying
+        cannot help or the budget is spent; CutAtTokenCap and TextTooLong at once, for the caller
+        to split the text; VoiceRefused once the voice has been given up; AllServersDown when no
+        server answered for the grace period.
         """
+        voice = voice or reference_id or options.reference_id
+        record = self._voices.setdefault(voice, _VoiceRecord()) if voice else None
         attempts = server_errors = refused = 0
         while True:
+            if record is not None and record.refused:
+                raise self._refused(voice or "", record, attempts)
             async with self.slot() as server:
+                if record is not None and record.refused:  # given up while this chunk waited
+                    raise self._refused(voice or "", record, attempts)
+                if self.max_text_chars is not None and len(text) > self.max_text_chars:
+                    error = TextTooLong(
+                        f"text of {len(text)} characters is over the servers' limit of "
+                        f"{self.max_text_chars}",
+                        limit=self.max_text_chars,
+                        http_status=400,
+                    )
+                    error.attempts = attempts
+                    raise error
                 started = time.monotonic()
                 # A serial server answers in queue order: allow one generation per request ahead.
                 timeout = self.retry.request_timeout_s * server.in_flight
                 try:
                     audio = await server.client.synthesize(
-                        text, options, reference_id=reference_id, read_timeout_s=timeout
+                        text,
+                        options,
+                        reference_id=reference_id,
+                        references=references,
+                        seed=seed,
+                        read_timeout_s=timeout,
                     )
                 except SynthesisError as exc:
                     self._on_failure(server, exc, started)
                     error = exc
+                    if record is not None:
+                        self._voice_failed(voice or "", record, text, exc)
                 else:
                     self._on_success(server)
+                    if record is not None:
+                        record.succeeded = True
                     return Synthesized(audio, server.url, attempts + 1, time.monotonic() - started)
             if isinstance(error, ServerUnavailable) and error.connection_failed and refused < 100:
                 # A refused connection cost no generation: the pool ejects the server after a
@@ -385,6 +484,11 @@ class ServerPool:
                 continue
             attempts += 1
             error.attempts = attempts
+            if isinstance(error, TextTooLong):
+                limit = error.limit
+                self.max_text_chars = min(self.max_text_chars or limit, limit)
+            if record is not None and record.refused:
+                raise self._refused(voice or "", record, attempts)
             if error.fatal:
                 self.stop(error)
             if isinstance(error, ServerError):

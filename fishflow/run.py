@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import os
 import secrets
@@ -27,6 +28,7 @@ from fishflow.pool import ServerPool, SlotLeaser
 from fishflow.settings import AudioSettings, ChunkSettings, RunSettings
 from fishflow.sources import Columns, read_source
 from fishflow.storage import open_store, state_dir
+from fishflow.voices import ReferenceFiles, resolve
 
 
 def new_run_id() -> str:
@@ -43,7 +45,12 @@ def run_spec(settings: RunSettings) -> RunSpec:
 
 def columns(settings: RunSettings) -> Columns:
     return Columns(
-        settings.id_column, settings.text_column, settings.language_column, settings.voice_column
+        settings.id_column,
+        settings.text_column,
+        settings.language_column,
+        settings.voice_column,
+        reference_audio=settings.reference_audio_column,
+        reference_text=settings.reference_text_column,
     )
 
 
@@ -54,15 +61,25 @@ def entry_batches(
     *,
     skip_rows: set[int] | None = None,
     only_rows: set[int] | None = None,
+    references: ReferenceFiles | None = None,
 ) -> Iterator[list[Item | Rejection]]:
     """Validated batches of the source, in order; duplicate ids are caught across batches.
 
     ``skip_rows`` (already recorded by this run) and rows outside ``only_rows`` (a retry of
     failed rows) are validated, so ids stay checked for duplicates, but not returned.
+    Reference recordings are read through ``references`` (pass the run's, so that each is
+    read once); relative paths are relative to the source's folder.
     """
     seen: set[str] = set()
+    references = references if references is not None else ReferenceFiles()
     for rows in read_source(source, columns(settings), batch_rows=settings.batch_size):
-        entries = [validate_row(row, spec, seen) for row in rows]
+        rows = [
+            dataclasses.replace(row, reference_audio=resolve(row.reference_audio, source))
+            if row.reference_audio
+            else row
+            for row in rows
+        ]
+        entries = [validate_row(row, spec, seen, references=references) for row in rows]
         if skip_rows or only_rows is not None:
             entries = [
                 e for e in entries

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -17,6 +18,30 @@ from fishflow.errors import ConfigError
 
 AudioFormat = Literal["wav", "flac", "mp3"]
 WireEncoding = Literal["msgpack", "json"]
+
+
+# The ids current Fish Speech servers accept (ReferenceLoader._validate_id, March 2026 on).
+# Any other id is refused inside the engine, so the client only ever sees a bare 500.
+_REFERENCE_ID = re.compile(r"[a-zA-Z0-9\-_ ]+")
+
+
+def reference_id_problem(reference_id: str) -> str | None:
+    """Why a Fish Speech server would refuse this voice id, or None when it accepts it."""
+    if len(reference_id) > 255:
+        return f"reference_id {reference_id[:40]!r}... is over the 255 characters servers accept"
+    if not _REFERENCE_ID.fullmatch(reference_id):
+        return (
+            f"reference_id {reference_id!r} is not an id Fish Speech servers accept: only "
+            "letters, digits, '-', '_' and spaces (current servers answer any other with "
+            "500 'Failed to generate speech')"
+        )
+    return None
+
+
+def _check_reference_id(value: str | None) -> str | None:
+    if value is not None and (problem := reference_id_problem(value)):
+        raise ValueError(problem)
+    return value
 
 
 class _Frozen(BaseModel):
@@ -47,15 +72,27 @@ class SynthesisOptions(_Frozen):
     normalize: bool = Field(True, description="Text normalisation (ignored by 1.5+ servers)")
     use_memory_cache: Literal["on", "off"] = Field("off", description="Cache encoded references")
 
-    def request_fields(self, text: str, reference_id: str | None = None) -> dict[str, object]:
-        """The body of one /v1/tts request; a per-item voice overrides the run's."""
+    _reference_id = field_validator("reference_id")(_check_reference_id)
+
+    def request_fields(
+        self,
+        text: str,
+        reference_id: str | None = None,
+        *,
+        references: tuple[Reference, ...] = (),
+        seed: int | None = None,
+    ) -> dict[str, object]:
+        """The body of one /v1/tts request; a per-item voice and seed override the run's.
+
+        Inline references go without a reference_id: the server would use the id instead."""
+        refs = references or self.references
         return {
             "text": text,
             "chunk_length": self.chunk_length,
             "format": "wav",  # batch clients ask for wav and encode other formats themselves
-            "references": [{"audio": r.audio, "text": r.text} for r in self.references],
-            "reference_id": reference_id or self.reference_id,
-            "seed": self.seed,
+            "references": [{"audio": r.audio, "text": r.text} for r in refs],
+            "reference_id": None if references else (reference_id or self.reference_id),
+            "seed": self.seed if seed is None else seed,
             "use_memory_cache": self.use_memory_cache,
             "normalize": self.normalize,
             "streaming": False,
@@ -117,6 +154,12 @@ class RetryPolicy(_Frozen):
     all_down_grace_s: float = Field(
         60.0, ge=0, description="How long every server may be down before the run stops"
     )
+    voice_refused_after: int = Field(
+        4,
+        ge=2,
+        le=100,
+        description="Failed requests of one voice, all alike and none ok, before it is given up",
+    )
 
 
 class EnvSettings(BaseSettings):
@@ -133,7 +176,8 @@ def validated(model_class: type[BaseModel], /, **values: object) -> BaseModel:
         return model_class(**values)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or model_class.__name__}: {err['msg']}"
+            f"{'.'.join(str(p) for p in err['loc']) or model_class.__name__}: "
+            + err["msg"].removeprefix("Value error, ")
             for err in exc.errors()
         )
         raise ConfigError(f"invalid {model_class.__name__}: {problems}") from None
@@ -146,6 +190,13 @@ class RunSettings(_Frozen):
     text_column: str = Field("text", description="Column holding the text")
     language_column: str = Field("language", description="Optional column with a language code")
     voice_column: str = Field("reference_id", description="Optional column with a per-row voice")
+    reference_audio_column: str = Field(
+        "reference_audio",
+        description="Optional column: a reference recording per row (path or s3:// URI)",
+    )
+    reference_text_column: str = Field(
+        "reference_text", description="Optional column: the transcript of that recording"
+    )
     audio_format: AudioFormat = Field("wav", description="Output audio format: wav, flac or mp3")
     max_in_flight: int = Field(2, ge=1, le=256, description="Requests in flight per server")
     encoding: WireEncoding = Field("msgpack", description="Request body encoding")
@@ -167,6 +218,8 @@ class RunSettings(_Frozen):
         None,
         description="Folder of chunk audio (default: <out>/.fishflow/chunks; ~/.cache for S3)",
     )
+
+    _reference_id = field_validator("reference_id")(_check_reference_id)
 
     def synthesis_options(self) -> SynthesisOptions:
         return SynthesisOptions(

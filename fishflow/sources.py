@@ -7,6 +7,7 @@ A row that cannot be read (bad JSON line, invalid UTF-8) still yields a ``Source
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -33,6 +34,8 @@ class Columns:
     text: str = "text"
     language: str = "language"  # optional in the source
     voice: str = "reference_id"  # optional in the source
+    reference_audio: str = "reference_audio"  # optional: a recording (path or s3:// URI)
+    reference_text: str = "reference_text"  # optional: what is said in it
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +46,8 @@ class SourceRow:
     language: str | None = None
     voice: str | None = None
     problem: str | None = None
+    reference_audio: str | None = None
+    reference_text: str | None = None
 
 
 def _clean(value: Any) -> str | None:
@@ -59,6 +64,8 @@ def _rows_from_records(records: list[dict[str, Any]], start: int, cols: Columns)
             text=_clean(r.get(cols.text)),
             language=_clean(r.get(cols.language)) or None,
             voice=_clean(r.get(cols.voice)) or None,
+            reference_audio=(_clean(r.get(cols.reference_audio)) or "").strip() or None,
+            reference_text=_clean(r.get(cols.reference_text)) or None,
         )
         for i, r in enumerate(records)
     ]
@@ -89,7 +96,7 @@ def read_csv(path: str, cols: Columns, batch_rows: int) -> Iterator[list[SourceR
                 _check_columns(list(frame.columns), cols, path)
             rows = _rows_from_records(frame.to_dict("records"), start, cols)
             yield [
-                SourceRow(r.row, r.item_id, r.text, r.language, r.voice, "text is not valid UTF-8")
+                dataclasses.replace(r, problem="text is not valid UTF-8")
                 if r.text and "\ufffd" in r.text
                 else r
                 for r in rows
@@ -141,7 +148,8 @@ def read_parquet(path: str, cols: Columns, batch_rows: int) -> Iterator[list[Sou
     text_type = pf.schema_arrow.field(cols.text).type
     if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
         raise SourceError(f"{path}: column {cols.text!r} is {text_type}, expected strings")
-    wanted = [c for c in (cols.id, cols.text, cols.language, cols.voice) if c in names]
+    optional = (cols.language, cols.voice, cols.reference_audio, cols.reference_text)
+    wanted = [c for c in (cols.id, cols.text, *optional) if c in names]
     start = 0
     for record_batch in pf.iter_batches(batch_size=batch_rows, columns=wanted):
         records = record_batch.to_pylist()

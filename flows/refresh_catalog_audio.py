@@ -135,6 +135,7 @@ async def refresh_catalog_audio(
                 spec,
                 skip_rows=recorded,
                 only_rows=set(only_rows) if only_rows is not None else None,
+                references=ctx.references,
             )
             session = new_run_id()  # part names stay unique when a run is resumed
 
