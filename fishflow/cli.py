@@ -99,6 +99,20 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     limits.add_argument("--max-in-flight", type=int, default=2, help="default limit per server")
 
+    voices = sub.add_parser(
+        "voices", help="list, add or delete the voices a Fish Speech server holds"
+    )
+    voices.add_argument("action", choices=["list", "add", "delete"], help="what to do")
+    voices.add_argument("id", nargs="?", help="voice id (add, delete): letters, digits, - _ space")
+    voices.add_argument("--audio", metavar="FILE", help="add: reference recording (10-30 s)")
+    voices.add_argument("--text", help="add: what is said in the recording")
+    voices.add_argument(
+        "--server",
+        default="http://127.0.0.1:8080",
+        metavar="URL",
+        help="the server (default http://127.0.0.1:8080); key from FISHFLOW_API_KEY",
+    )
+
     emu = sub.add_parser("emulator", help="serve the bundled Fish Speech emulator")
     emu.add_argument(
         "--listen", default="127.0.0.1:8080", help="host:port (default 127.0.0.1:8080)"
@@ -112,6 +126,11 @@ def _build_parser() -> argparse.ArgumentParser:
         help="require this Bearer key (or FISHFLOW_EMULATOR_API_KEY)",
     )
     emu.add_argument("--max-text-length", type=int, default=None, help="400 above this length")
+    emu.add_argument(
+        "--accept-any-reference-id",
+        action="store_true",
+        help="answer ids outside [a-zA-Z0-9 _-] like servers before March 2026 (default voice)",
+    )
     for fault in (
         "error_rate",
         "reset_rate",
@@ -299,6 +318,7 @@ def _emulator(args: argparse.Namespace) -> int:
         service_time_s=args.service_time,
         api_key=args.api_key,
         max_text_length=args.max_text_length,
+        check_reference_ids=not args.accept_any_reference_id,
         tier_limit=args.tier_limit,
         faults=faults,
     )
@@ -327,6 +347,43 @@ def _limits(args: argparse.Namespace) -> int:
     return 0
 
 
+def _voices(args: argparse.Namespace) -> int:
+    """`fishflow voices list|add|delete` over the server's /v1/references API."""
+    from fishflow.fish_speech import FishSpeechClient
+    from fishflow.settings import EnvSettings, ServerConfig
+
+    if args.action != "list" and not args.id:
+        raise ConfigError(
+            f"voices {args.action} needs a voice id: fishflow voices {args.action} ID"
+        )
+    audio = b""
+    if args.action == "add":
+        if not args.audio or not (args.text or "").strip():
+            raise ConfigError("voices add needs --audio FILE and --text 'what the file says'")
+        try:
+            with open(args.audio, "rb") as fh:
+                audio = fh.read()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {args.audio}: {exc.strerror}") from None
+    url = validated(ServerConfig, url=args.server).url  # type: ignore[attr-defined]
+    key = EnvSettings().api_key
+
+    async def call() -> int:
+        api_key = key.get_secret_value() if key else None
+        async with FishSpeechClient(url, api_key=api_key) as fish:
+            if args.action == "list":
+                ids = await fish.list_references()
+                print("\n".join(ids) if ids else f"fishflow: {url} holds no voices")
+            elif args.action == "add":
+                name = os.path.basename(args.audio)
+                print(await fish.add_reference(args.id, audio=audio, text=args.text, filename=name))
+            else:
+                print(await fish.delete_reference(args.id))
+        return 0
+
+    return asyncio.run(call())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
@@ -338,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
             return _resume(args)
         if args.command == "retry-errors":
             return _retry_errors(args)
+        if args.command == "voices":
+            return _voices(args)
         return _emulator(args)
     except FishflowError as exc:
         print(f"fishflow: error: {exc.message}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""A Fish Speech server emulator: the protocol of ../shared/fish-speech-api.md, without a GPU.
+r"""A Fish Speech server emulator: the protocol of ../shared/fish-speech-api.md, without a GPU.
 
 What it reproduces, because clients must cope with it (the last section of that file is what
 the authors' own server code answers, and what this follows):
@@ -86,6 +86,7 @@ class EmulatorConfig:
     # Current servers refuse reference ids outside ^[a-zA-Z0-9\-_ ]+$ (or over 255 characters)
     # with the generic 500; servers from before March 2026 take any id (unknown: default voice).
     check_reference_ids: bool = True
+    speech_slowdown: float = 1.0  # a slower voice: audio this many times longer per text
     request_model: type[BaseModel] = field(default_factory=lambda: ServeTTSRequest)
     fail_status: int | None = None  # answer every /v1/tts with this status (402: no credit)
     tier_limit: int | None = None  # like the Fish Audio cloud: 429 beyond N requests in flight
@@ -207,6 +208,7 @@ class _Stats:
         self.in_flight = 0
         self.max_in_flight = 0
         self.faults: collections.Counter[str] = collections.Counter()
+        self.capped = 0  # answers cut at max_new_tokens
         self.busy_s = 0.0
         self.service_s = 0.0  # time workers were held: compute plus making the audio
         self.started = time.monotonic()
@@ -220,6 +222,7 @@ class _Stats:
                 "in_flight": self.in_flight,
                 "max_in_flight": self.max_in_flight,
                 "faults": dict(self.faults),
+                "capped": self.capped,
                 "busy_s": self.busy_s,
                 "service_s": self.service_s,
                 "uptime_s": time.monotonic() - self.started,
@@ -483,8 +486,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self._error(500, "Failed to generate speech")
                 return
             seconds = 0.0 if not text.strip() else speech_duration_s(text)
-            if req.max_new_tokens > 0:  # 0: no cap
-                seconds = min(seconds, req.max_new_tokens / TOKENS_PER_SECOND)
+            seconds *= srv.config.speech_slowdown
+            cap = req.max_new_tokens / TOKENS_PER_SECOND
+            if req.max_new_tokens > 0 and seconds > cap:  # 0: no cap
+                seconds = cap
+                with srv.stats.lock:
+                    srv.stats.capped += 1
             if fault == "short":
                 seconds /= 5
             if fault == "slow":

@@ -181,31 +181,20 @@ def test_no_credit_or_forbidden_stops_the_run_early(
     assert len(items) == 40 and (items["status"] == "failed").all()
 
 
-def test_a_request_wide_422_stops_the_run(tmp_path: Path, capsys, monkeypatch) -> None:
+def test_a_request_wide_422_stops_the_run(tmp_path: Path, capsys) -> None:
     """A sampling field the server refuses fails every chunk alike (checked before sending
     too; this is the server's word for it, e.g. an older server with tighter bounds)."""
-    from fishflow import emulator as emulator_module
+    from typing import Annotated
 
-    real = emulator_module.validate_tts
+    from pydantic import Field
 
-    def stricter(body):
-        req = real(body)
-        if req["top_p"] > 0.5:
-            raise emulator_module._Validation(
-                [
-                    {
-                        "type": "less_than_equal",
-                        "loc": ["body", "top_p"],
-                        "msg": "Input should be <= 0.5",
-                        "input": 0.8,
-                    }
-                ]
-            )
-        return req
+    from fishflow.emulator import ServeTTSRequest
 
-    monkeypatch.setattr(emulator_module, "validate_tts", stricter)
+    class Stricter(ServeTTSRequest):
+        top_p: Annotated[float, Field(ge=0.1, le=0.5, strict=True)] = 0.5
+
     rows = "id,text\n" + "".join(f"i{i},Row number {i} says hello.\n" for i in range(30))
-    with Emulator() as emu:
+    with Emulator(EmulatorConfig(request_model=Stricter)) as emu:
         code = main(
             ["run", catalog(tmp_path, rows), "--out", str(tmp_path / "o"), "--server", emu.url]
         )
