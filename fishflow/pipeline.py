@@ -472,18 +472,26 @@ async def _synthesize_fitting(
         if halves is None:
             raise
         spent = exc.attempts  # requests that told us to split (0: the known limit did)
-        parts = await asyncio.gather(
-            *(_synthesize_fitting(ctx, item, half, references, depth + 1) for half in halves)
-        )
+        fingerprint = ctx.spec.voice_fingerprint(item.voice_identity)
+
+        def half_of(half: str) -> Awaitable[tuple[Audio, Synthesized | None]]:
+            # Through the chunk cache: a repeated clause of one item is sent once.
+            return ctx.cache.get_or_make(
+                chunk_key(half, fingerprint),
+                ctx.spec.audio.sample_rate,
+                lambda: _synthesize_fitting(ctx, item, half, references, depth + 1),
+                persist=False,
+            )
+
+        parts = await asyncio.gather(*(half_of(h) for h in halves))
     settings = ctx.spec.audio
-    audio = stitch(
-        [p.audio for p in parts], pause_ms=settings.pause_ms // 2, fade_ms=settings.fade_ms
-    )
+    audio = stitch([a for a, _ in parts], pause_ms=settings.pause_ms // 2, fade_ms=settings.fade_ms)
+    made = [m for _, m in parts if m is not None]
     return Synthesized(
         audio,
-        parts[0].server,
-        spent + sum(p.attempts for p in parts),
-        sum(p.latency_s for p in parts),
+        made[0].server if made else "",
+        spent + sum(m.attempts for m in made),
+        sum(m.latency_s for m in made),
     )
 
 
