@@ -215,3 +215,41 @@ def test_synthesis_goes_through_the_proxy_the_environment_names(
         proxy.shutdown()
     assert seen == ["http://fish.example:8080/v1/tts"]
     assert audio.duration_s == pytest.approx(speech_duration_s(TEXT), abs=0.05)
+
+
+def test_the_servers_text_limit_is_told_with_its_number() -> None:
+    """Row '--max-text-length N counts characters: longer text -> 400 "Text is too long, max
+    length is N"': the error carries N, for the pool to re-chunk below it."""
+    from fishflow.errors import TextTooLong
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        message = "Text is too long, max length is 150"
+        return httpx.Response(400, json={"statusCode": 400, "message": message, "error": "x"})
+
+    with pytest.raises(TextTooLong) as info:
+        call(handler)
+    assert info.value.limit == 150 and not info.value.retryable
+
+
+def test_an_items_references_and_seed_override_the_runs_and_drop_the_id() -> None:
+    """Row 'reference_id ... wins': a request with inline references carries no reference_id,
+    or the server would speak the id's voice instead."""
+    seen = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen["body"] = ormsgpack.unpackb(request.content)
+        return httpx.Response(200, content=wav())
+
+    async def go():
+        async with FishSpeechClient("http://fish", transport=httpx.MockTransport(handler)) as c:
+            await c.synthesize(
+                TEXT,
+                SynthesisOptions(reference_id="narrator", seed=1),
+                references=(Reference(audio=b"RIFF-anna", text="I am Anna."),),
+                seed=42,
+            )
+
+    asyncio.run(go())
+    body = seen["body"]
+    assert body["reference_id"] is None and body["seed"] == 42
+    assert body["references"] == [{"audio": b"RIFF-anna", "text": "I am Anna."}]

@@ -169,3 +169,43 @@ def test_aimd_settles_at_a_cloud_tiers_limit_without_a_storm_of_429s() -> None:
         rejected = emu.stats["faults"]["tier"]
         assert rejected < 0.1 * 300  # the limit came down instead of hammering the tier
         assert limit < 8  # it came down from the configured 8 and stayed near the tier
+
+
+def test_a_voice_the_server_refuses_is_given_up_after_a_few_requests() -> None:
+    """Row 'reference_id is validated, as a 500 ... treat the same 500 on every chunk of one
+    voice as that voice's problem': an old-style id on a current server."""
+    from fishflow.errors import VoiceRefused
+
+    with Emulator() as emu:
+
+        async def go():
+            async with ServerPool([ServerConfig(url=emu.url)], retry=FAST) as pool:
+                calls = [
+                    pool.synthesize(t, SynthesisOptions(), reference_id="narrator.v2")
+                    for t in texts(20)
+                ]
+                ok = await pool.synthesize("And the default voice.", SynthesisOptions())
+                return await asyncio.gather(*calls, return_exceptions=True), ok
+
+        results, ok = asyncio.run(go())
+        assert all(isinstance(r, VoiceRefused) for r in results)
+        assert "voice 'narrator.v2' given up" in results[0].message
+        assert "HTTP 500 'Failed to generate speech'" in results[0].message
+        assert emu.stats["requests"] <= 1 + 6 and ok.attempts == 1
+
+
+def test_the_pool_learns_a_servers_text_limit_and_sends_nothing_over_it() -> None:
+    from fishflow.errors import TextTooLong
+
+    with Emulator(EmulatorConfig(max_text_length=12)) as emu:
+
+        async def go():
+            async with ServerPool([ServerConfig(url=emu.url)], retry=FAST) as pool:
+                for text in ("Far too long a text.", "Also far too long."):
+                    with pytest.raises(TextTooLong):
+                        await pool.synthesize(text, SynthesisOptions())
+                await pool.synthesize("Short text.", SynthesisOptions())
+                return pool.max_text_chars
+
+        assert asyncio.run(go()) == 12
+        assert emu.stats["requests"] == 2  # the second long text was never sent

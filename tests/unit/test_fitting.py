@@ -1,0 +1,81 @@
+"""Chunks that fit the server: the budget from max_new_tokens and a server's text limit, and
+the split of a chunk the server could not take whole. Voice ids, seeds and reference paths."""
+
+from __future__ import annotations
+
+import pytest
+
+from fishflow.audio import TOKENS_PER_SECOND, expected_duration_s
+from fishflow.chunking import TOKEN_CAP_MARGIN, chunk_budget, chunk_text, split_in_two
+from fishflow.settings import reference_id_problem
+from fishflow.text import normalize
+from fishflow.voices import item_seed, resolve
+
+
+def test_chunk_budget_follows_max_new_tokens_and_the_servers_text_limit() -> None:
+    """A chunk's expected speech fits the token cap with margin (~21.5 tokens per second,
+    fish-speech-api.md 'max_new_tokens caps each generation'); a server's character limit
+    becomes bytes at the text's narrowest character ('--max-text-length N counts characters')."""
+    english = "The long lesson explains one more idea, slowly and in detail. " * 10
+    chinese = "这款绿茶产自杭州，香气清高，口感鲜爽，每罐二百五十克。" * 10
+    assert chunk_budget(english, max_bytes=200, max_new_tokens=1024) == 200
+    for text, lang in ((english, "en"), (chinese, "zh")):
+        budget = chunk_budget(text, max_bytes=200, max_new_tokens=200)
+        assert budget < 200
+        cap_s = 200 / TOKENS_PER_SECOND
+        for chunk in chunk_text(normalize(text), lang, budget):
+            assert expected_duration_s(chunk.text) <= cap_s * TOKEN_CAP_MARGIN * 1.05
+    assert chunk_budget(chinese, max_bytes=400, max_new_tokens=1024, max_chars=40) == 120
+    assert chunk_budget(english, max_bytes=400, max_new_tokens=1024, max_chars=120) == 120
+    mixed = "绿茶 green tea " * 10
+    assert chunk_budget(mixed, max_bytes=400, max_new_tokens=1024, max_chars=50) == 50
+
+
+@pytest.mark.parametrize(
+    ("text", "halves"),
+    [
+        (
+            "The first sentence is here. The second one, with a clause, is longer than that.",
+            ("The first sentence is here.", "The second one, with a clause, is longer than that."),
+        ),
+        (
+            "One long sentence, with a clause in its middle, and words on either side of it",
+            ("One long sentence, with a clause in its middle,", "and words on either side of it"),
+        ),
+        (
+            "这款绿茶产自杭州，香气清高，每罐二百五十克，另有礼盒",
+            ("这款绿茶产自杭州，香气清高，", "每罐二百五十克，另有礼盒"),
+        ),
+        ("abcdefgh", ("abcd", "efgh")),
+    ],
+)
+def test_split_in_two_cuts_near_the_middle_at_the_most_natural_boundary(
+    text: str, halves: tuple[str, str]
+) -> None:
+    assert split_in_two(text) == halves
+    assert "".join(split_in_two(text) or ()).replace(" ", "") == text.replace(" ", "")
+
+
+def test_split_in_two_gives_up_on_a_single_character() -> None:
+    assert split_in_two("字") is None and split_in_two(" a ") is None
+
+
+def test_reference_ids_follow_the_servers_pattern() -> None:
+    """Row 'reference_id is validated, as a 500': ^[a-zA-Z0-9\\-_ ]+$, at most 255."""
+    for good in ("anna", "Anna the 2nd", "narrator_v2-b", "x" * 255):
+        assert reference_id_problem(good) is None
+    for bad in ("narrator.v2", "a/b", "../x", "", "zoë", "x" * 256, "anna\n"):
+        assert reference_id_problem(bad) is not None, bad
+
+
+def test_item_seeds_are_stable_per_id_and_fit_every_rng() -> None:
+    assert item_seed("sku-1") == item_seed("sku-1") != item_seed("sku-2")
+    assert all(0 <= item_seed(f"i{i}") < 2**31 for i in range(100))
+
+
+def test_reference_paths_are_relative_to_the_source(tmp_path) -> None:
+    source = tmp_path / "catalog.csv"
+    assert resolve("voices/a.wav", str(source)) == str(tmp_path / "voices" / "a.wav")
+    assert resolve("/abs/a.wav", str(source)) == "/abs/a.wav"
+    assert resolve("v/a.wav", "s3://bucket/exports/c.csv") == "s3://bucket/exports/v/a.wav"
+    assert resolve("s3://b/a.wav", str(source)) == "s3://b/a.wav"
