@@ -98,6 +98,8 @@ def test_second_run_skips_unchanged_items_and_redoes_changed_ones(
 
 
 def test_identical_chunks_are_synthesised_once(tmp_path: Path, emulator: Emulator) -> None:
+    """In one voice (here the run's seed; without any voice each item has its own seed, and
+    so its own audio for the same words), a chunk shared by items is synthesised once."""
     shared = "Free shipping on every order over fifty euros. Returns are free for thirty days."
     rows = [
         {"id": f"p{i}", "text": f"Product {i} is a fine thing to own.\n\n{shared}"}
@@ -106,7 +108,7 @@ def test_identical_chunks_are_synthesised_once(tmp_path: Path, emulator: Emulato
     source = tmp_path / "c.jsonl"
     source.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "out"
-    summary = run(source, out, [emulator.url])
+    summary = run(source, out, [emulator.url], settings_kw={"seed": 11})
     chunks = manifest(out, "chunks", summary["run_id"])
     assert summary["ok"] == 6
     assert emulator.stats["requests"] == chunks["chunk_key"].nunique() == 7
