@@ -75,10 +75,13 @@ def check_plausible(audio: Audio, text: str, *, sample_rate: int, max_new_tokens
             f"audio lasts {duration:.2f} s, far below the ~{expected:.1f} s its text needs"
         )
     cap = max_new_tokens / TOKENS_PER_SECOND
-    if max_new_tokens > 0 and duration >= 0.98 * cap:  # cut mid-text, or babbled to the cap
-        raise CutAtTokenCap(
-            f"audio stops at the {cap:.0f} s token cap (max_new_tokens={max_new_tokens})"
-        )
+    if max_new_tokens > 0 and duration >= 0.98 * cap:
+        if expected >= 0.3 * cap:  # the text did not fit one generation: split it, not resend
+            raise CutAtTokenCap(
+                f"audio stops at the {cap:.0f} s token cap (max_new_tokens={max_new_tokens})"
+            )
+        # A short text that ran to the cap is babble, which a new sampling may not repeat.
+        raise BadAudio(f"audio runs to the {cap:.0f} s token cap for a text of ~{expected:.1f} s")
     if duration > 3 * expected + 5:
         raise BadAudio(
             f"audio lasts {duration:.2f} s, far beyond the ~{expected:.1f} s its text needs"

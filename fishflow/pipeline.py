@@ -558,7 +558,8 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
     if ctx.fatal_error is not None:
         err = _error_row(ctx, item.row, item.item_id, ctx.fatal_error, stage="run")
         return _failed(ctx, item, [err], [])
-    await ctx.check_voice(item.voice)
+    if not item.reference_audio:  # a recording, not an id, is this item's voice
+        await ctx.check_voice(item.voice)
     if item.seed is not None:
         ctx.warn_once(
             "seed",

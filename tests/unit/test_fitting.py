@@ -79,3 +79,23 @@ def test_reference_paths_are_relative_to_the_source(tmp_path) -> None:
     assert resolve("/abs/a.wav", str(source)) == "/abs/a.wav"
     assert resolve("v/a.wav", "s3://bucket/exports/c.csv") == "s3://bucket/exports/v/a.wav"
     assert resolve("s3://b/a.wav", str(source)) == "s3://b/a.wav"
+
+
+def test_audio_at_the_cap_is_a_text_too_long_for_one_generation_or_babble() -> None:
+    """Row 'max_new_tokens caps each generation ... a cut-off answer is a normal 200': a long
+    text cut at the cap is split (CutAtTokenCap, not retried); a short text that ran to the cap
+    is babble, retried like other bad audio."""
+    import numpy as np
+
+    from fishflow.audio import Audio, check_plausible
+    from fishflow.errors import BadAudio, CutAtTokenCap
+
+    cap_tokens = 215  # 10 s
+    at_cap = Audio((3000 * np.sin(np.arange(441_000) / 5)).astype(np.int16), 44_100)
+    long_text = "This sentence takes a few seconds to say out loud. " * 6
+    with pytest.raises(CutAtTokenCap) as cut:
+        check_plausible(at_cap, long_text, sample_rate=44_100, max_new_tokens=cap_tokens)
+    assert not cut.value.retryable
+    with pytest.raises(BadAudio) as babble:
+        check_plausible(at_cap, "Hi.", sample_rate=44_100, max_new_tokens=cap_tokens)
+    assert babble.type is BadAudio and babble.value.retryable
