@@ -376,10 +376,20 @@ def _submit(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     _require_prefect_api("--deployment submits the run to the Prefect server your workers use")
     from prefect.deployments import run_deployment
 
+    from fishflow.run import new_run_id
+
     name = args.deployment
     if "/" not in name:
         name = f"refresh-catalog-audio/{name}"
-    parameters: dict[str, Any] = {"source": args.source, "out": args.out, "shards": args.shards}
+    # The worker runs in the project's folder, not here: local paths must not be relative.
+    source, out = (p if "://" in p else os.path.abspath(p) for p in (args.source, args.out))
+    run_id = args.run_id or new_run_id()
+    parameters: dict[str, Any] = {
+        "source": source,
+        "out": out,
+        "shards": args.shards,
+        "run_id": run_id,
+    }
     if args.servers:
         parameters["servers"] = args.servers
     if overrides:
@@ -388,13 +398,13 @@ def _submit(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         parameters["force"] = True
     if args.api_key_secret:
         parameters["api_key_secret"] = args.api_key_secret
-    if args.run_id:
-        parameters["run_id"] = args.run_id
     try:
-        flow_run = run_deployment(name, parameters=parameters, timeout=0, as_subflow=False)
+        flow_run = run_deployment(
+            name, parameters=parameters, flow_run_name=run_id, timeout=0, as_subflow=False
+        )
     except Exception as exc:
         raise ConfigError(f"could not start a run of deployment {name!r}: {exc}") from exc
-    print(f"fishflow: submitted flow run {flow_run.name} ({flow_run.id}) of {name}")
+    print(f"fishflow: submitted run {run_id} (flow run {flow_run.id}) of {name}")
     return 0
 
 

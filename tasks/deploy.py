@@ -9,6 +9,8 @@ run Crashed when its heartbeats stop (a worker machine that died).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -132,18 +134,20 @@ def deploy(
             **job_variables.get("env", {}),
             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat_s),
         }
-        flow.deploy(  # type: ignore[union-attr]
-            name=d["name"],
-            work_pool_name=pool,
-            parameters=d.get("parameters") or {},
-            description=d.get("description"),
-            tags=d.get("tags"),
-            schedules=_schedules(d.get("schedules")),
-            job_variables={**job_variables, "env": env},
-            build=False,
-            push=False,
-            print_next_steps=False,
-        )
+        with contextlib.redirect_stdout(io.StringIO()):  # Prefect's own tables and tips
+            flow.deploy(  # type: ignore[union-attr]
+                name=d["name"],
+                work_pool_name=pool,
+                parameters=d.get("parameters") or {},
+                description=d.get("description"),
+                tags=d.get("tags"),
+                schedules=_schedules(d.get("schedules")),
+                job_variables={**job_variables, "env": env},
+                build=False,
+                push=False,
+                print_next_steps=False,
+                ignore_warnings=True,
+            )
         names.append(f"{flow.name}/{d['name']}")
     limits = asyncio.run(create_limits(server_limits(deployments, servers)))
     asyncio.run(ensure_crash_automation(heartbeat_s))
