@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,6 @@ from prefect import Flow
 from prefect.automations import Automation
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
-from prefect.client.schemas.objects import StateType
-from prefect.events.actions import ChangeFlowRunState
-from prefect.events.schemas.automations import EventTrigger, Posture
 from prefect.exceptions import ObjectNotFound
 from prefect.schedules import Cron
 
@@ -31,8 +27,7 @@ from tasks.limits import create_limits
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT_FILE = ROOT / "deployments" / "prefect.yaml"
-CRASH_AUTOMATION = "fishflow-mark-lost-runs-crashed"
-RUN_TAG = "fishflow"
+AUTOMATION_FILE = ROOT / "deployments" / "crashed-runs.yaml"
 
 
 async def ensure_work_pool(name: str) -> bool:
@@ -52,43 +47,20 @@ async def ensure_work_pool(name: str) -> bool:
 
 
 def crash_automation(heartbeat_s: int) -> Automation:
-    """A fishflow flow run (tag `fishflow`) that sent a heartbeat and then neither another one
-    nor a final state within three heartbeats is marked Crashed: its machine is gone."""
-    return Automation(
-        name=CRASH_AUTOMATION,
-        description="fishflow runs whose heartbeats stopped: their worker machine died.",
-        trigger=EventTrigger(
-            posture=Posture.Proactive,
-            after={"prefect.flow-run.heartbeat"},
-            expect={
-                "prefect.flow-run.heartbeat",
-                "prefect.flow-run.Completed",
-                "prefect.flow-run.Failed",
-                "prefect.flow-run.Cancelled",
-                "prefect.flow-run.Crashed",
-            },
-            match={"prefect.resource.id": "prefect.flow-run.*"},
-            match_related={  # type: ignore[arg-type]
-                "prefect.resource.role": "tag",
-                "prefect.resource.id": f"prefect.tag.{RUN_TAG}",
-            },
-            for_each={"prefect.resource.id"},
-            threshold=1,
-            within=timedelta(seconds=3 * heartbeat_s),
-        ),
-        actions=[
-            ChangeFlowRunState(
-                state=StateType.CRASHED,
-                message=f"no heartbeat for {3 * heartbeat_s} s: the worker running it is gone",
-            )
-        ],
+    """deployments/crashed-runs.yaml (what `prefect automation create` takes too), waiting
+    three heartbeats of `heartbeat_s`."""
+    spec = yaml.safe_load(AUTOMATION_FILE.read_text())
+    spec["trigger"]["within"] = 3 * heartbeat_s
+    spec["actions"][0]["message"] = (
+        f"no heartbeat for {3 * heartbeat_s} s: the worker running it is gone"
     )
+    return Automation.model_validate(spec)
 
 
 async def ensure_crash_automation(heartbeat_s: int) -> None:
     wanted = crash_automation(heartbeat_s)
     try:
-        existing = await Automation.aread(name=CRASH_AUTOMATION)
+        existing = await Automation.aread(name=wanted.name)
     except ValueError:
         await wanted.acreate()
         return

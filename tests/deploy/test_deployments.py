@@ -24,7 +24,9 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 
-from tests.deploy.conftest import API_KEY, PrefectSite
+from fishflow.emulator import Emulator
+from tests.deploy.conftest import API_KEY
+from tests.deploy.site import PrefectSite
 
 FINAL = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
 
@@ -138,9 +140,9 @@ def test_the_nightly_cron_produces_scheduled_runs(site: PrefectSite) -> None:
 
 
 def test_two_concurrent_runs_never_put_more_than_the_shared_limit_on_a_server(
-    site: PrefectSite, worker: None, tmp_path: Path
+    site: PrefectSite, emulator: Emulator, worker: None, tmp_path: Path
 ) -> None:
-    site.emulator.reset_stats()
+    emulator.reset_stats()
     # Each run has 4 batches and its own limit of 4; the shared limit is 2.
     flags = ("--batch-size", "10", "--max-in-flight", "4")
     runs = [
@@ -150,8 +152,8 @@ def test_two_concurrent_runs_never_put_more_than_the_shared_limit_on_a_server(
     for _, flow_run_id in runs:
         state = asyncio.run(final_state(flow_run_id)).state
         assert state.type == StateType.COMPLETED, state.message
-    assert site.emulator.stats["max_in_flight"] <= 2
-    assert site.emulator.stats["requests"] == 80
+    assert emulator.stats["max_in_flight"] <= 2
+    assert emulator.stats["requests"] == 80
 
 
 def test_a_sharded_run_on_two_workers_writes_one_manifest_with_every_row_once(
@@ -175,15 +177,15 @@ def test_a_sharded_run_on_two_workers_writes_one_manifest_with_every_row_once(
 
 
 def test_a_killed_workers_run_ends_crashed_and_a_retry_loses_nothing(
-    site: PrefectSite, tmp_path: Path
+    site: PrefectSite, emulator: Emulator, tmp_path: Path
 ) -> None:
-    site.emulator.reset_stats()
+    emulator.reset_stats()
     site.start_worker("doomed")
     out = tmp_path / "out"
     source = catalog(tmp_path / "c.csv", 400)
     run_id, flow_run_id = submit(site, source, out, "--batch-size", "20")
     deadline = time.monotonic() + 120
-    while site.emulator.stats["ok"] < 40:  # some items finished, many still to do
+    while emulator.stats["ok"] < 40:  # some items finished, many still to do
         assert time.monotonic() < deadline, "the run never got going"
         time.sleep(0.1)
     site.stop_worker("doomed", signal.SIGKILL)  # the machine is gone: worker and flow run
@@ -203,4 +205,4 @@ def test_a_killed_workers_run_ends_crashed_and_a_retry_loses_nothing(
     assert set(table["status"]) == {"ok"}
     # Items are one chunk each: only those in flight at the kill (2 requests on the server,
     # an item or two being written) were sent twice.
-    assert site.emulator.stats["requests"] <= 400 + 4
+    assert emulator.stats["requests"] <= 400 + 4
