@@ -42,6 +42,7 @@ CATALOG_ROWS = [
 
 def run(source: str | Path, out: str | Path, servers: list[str], **kwargs: Any) -> dict[str, Any]:
     settings = kwargs.pop("settings", None) or RunSettings(**kwargs.pop("settings_kw", {}))
+
     async def call() -> dict[str, Any]:
         state = await refresh_catalog_audio(
             source=str(source),
