@@ -297,14 +297,15 @@ class RunContext:
     journal: Journal | None = None
     publisher: Executor | None = None  # runs stitch, encode and put (None: asyncio's default)
     warnings: list[str] = field(default_factory=list)  # said once each, in the run's log
+    notes: list[str] = field(default_factory=list)  # the same, at info level
     references: ReferenceFiles = field(default_factory=ReferenceFiles)
     _voices: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     _said: set[str] = field(default_factory=set)
 
-    def warn_once(self, topic: str, message: str) -> None:
+    def warn_once(self, topic: str, message: str, *, note: bool = False) -> None:
         if topic not in self._said:
             self._said.add(topic)
-            self.warnings.append(message)
+            (self.notes if note else self.warnings).append(message)
 
     async def check_voice(self, voice: str | None) -> None:
         """Warn once per reference_id the server does not list: current servers answer 200
@@ -566,6 +567,7 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
             "no voice given (--reference-id, a reference_id column or reference audio): the "
             "server picks a voice from the seed, so fishflow pins one per item (--seed, or one "
             "derived from the item id) and all its chunks share it; items may differ in voice",
+            note=True,
         )
     try:
         references = await _references(ctx, item)

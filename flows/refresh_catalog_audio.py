@@ -195,6 +195,8 @@ async def refresh_catalog_audio(
             fatal = fatal or ctx.fatal_error
             for warning in ctx.warnings:
                 logger.warning(warning)
+            for note in ctx.notes:
+                logger.info(note)
             manifests = await asyncio.to_thread(writer.finalize)
             if ctx.journal is not None:
                 ctx.journal.close(remove=True)

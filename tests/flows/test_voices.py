@@ -229,7 +229,7 @@ def test_all_chunks_of_an_item_without_a_voice_share_one_seed(
     """Without a reference, the voice comes from the seed (row 'seed' of the request table):
     every chunk of an item carries the item's seed, items differ, and the run says so once."""
     rows = long_rows()
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         run(jsonl(tmp_path, rows), tmp_path / "o", [emulator.url])
     seeds: dict[str, set[int | None]] = {}
     for request in emulator.received:
