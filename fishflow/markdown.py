@@ -103,7 +103,10 @@ _MAILTO = regex.compile(r"\bmailto:", regex.IGNORECASE)
 # A placeholder or a stray tag left as text ("<APP_NAME>", an escaped "&lt;div&gt;").
 _ANGLED = regex.compile(r"<[^\s<>][^<>\n]{0,80}>")
 _TRAILING = ".,;:!?)]}'\"”’"
-_WORDLIKE = regex.compile(r"[\p{L}\p{N}][\p{L}\p{N}\p{M}_\-]{0,39}")
+# A word, or a dotted name ("app.py", "os.path"); no slash, so never a path.
+_WORDLIKE = regex.compile(
+    r"[\p{L}\p{N}][\p{L}\p{N}\p{M}_\-]{0,39}(?:\.[\p{L}_][\p{L}\p{N}\p{M}_\-]{0,19}){0,2}"
+)
 _LABEL = regex.compile(r"[A-Za-z0-9\-]+")
 _ALT = regex.compile(r"""\balt\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", regex.IGNORECASE)
 _BR = regex.compile(r"<br\s*/?>", regex.IGNORECASE)
@@ -213,9 +216,9 @@ _SPACE_BEFORE_PUNCT = regex.compile(r"\s+([,.;:!?。，、；：！？)\]）】]
 _EMPTY_BRACKETS = regex.compile(r"\(\s*\)|（\s*）|\[\s*\]")
 
 
-def _uses_ideographic_stop(ch: str) -> bool:
-    name = unicodedata.name(ch, "")
-    return name.startswith(("CJK", "HIRAGANA", "KATAKANA"))
+def _is_ideograph(ch: str) -> bool:
+    """Han or kana: scripts whose sentences end in "。" and take full-width punctuation."""
+    return unicodedata.name(ch, "").startswith(("CJK", "HIRAGANA", "KATAKANA"))
 
 
 def _last_letter(text: str) -> str:
@@ -229,8 +232,8 @@ def _resolve_breaks(text: str) -> str:
         if not piece:
             continue
         if out and out[-1] not in _FULL_STOPS + _SOFT_ENDS:
-            out += "，" if _uses_ideographic_stop(out[-1]) else ","
-        out += ("" if not out or _uses_ideographic_stop(piece[0]) else " ") + piece
+            out += "，" if _is_ideograph(out[-1]) else ","
+        out += ("" if not out or _is_ideograph(piece[0]) else " ") + piece
     return out
 
 
@@ -243,9 +246,10 @@ def _tidy(text: str) -> str:
     return unicodedata.normalize("NFC", text.strip())
 
 
-def terminate(text: str) -> str:
+def terminate(text: str, *, ideographic: bool = False) -> str:
     """End a block with sentence punctuation of its script, unless it already has one: "。"
-    after Chinese or Japanese, "." otherwise. A trailing comma or colon becomes the stop."""
+    after Chinese or Japanese (or anywhere with ``ideographic``), "." otherwise. A trailing
+    comma or colon becomes the stop."""
     text = text.rstrip()
     body = text.rstrip(_CLOSERS)
     if not body or body[-1] in _FULL_STOPS:
@@ -254,7 +258,7 @@ def terminate(text: str) -> str:
     body = body.rstrip(_SOFT_ENDS).rstrip()
     if not body:
         return text
-    stop = "。" if _uses_ideographic_stop(_last_letter(body) or " ") else "."
+    stop = "。" if ideographic or _is_ideograph(_last_letter(body) or " ") else "."
     return body + closers + stop
 
 
@@ -263,11 +267,19 @@ def _comparable(text: str) -> str:
 
 
 class _Builder:
-    """Collects blocks, applying the rules that look at neighbours."""
+    """Collects blocks, applying the rules that look at neighbours.
 
-    def __init__(self) -> None:
+    ``ideographic``: the document is Chinese or Japanese, so a block with Han or kana in it
+    takes full-width punctuation even where it ends in a Latin word ("安装 Python。").
+    """
+
+    def __init__(self, *, ideographic: bool) -> None:
+        self.ideographic = ideographic
         self.blocks: list[Block] = []
         self.last_heading = ""  # comparable text of a heading just emitted, until other text
+
+    def wide(self, text: str) -> bool:
+        return self.ideographic and any(_is_ideograph(ch) for ch in text)
 
     def add(self, text: str, kind: BlockKind, level: int = 0, *, lone_link: bool = False) -> None:
         # Cleaned again as a whole: dropping a piece can join its neighbours into a URL or tag.
@@ -284,46 +296,40 @@ class _Builder:
         if comparable == self.last_heading and (lone_link or kind == "heading"):
             return  # "## Quiz" then "[Quiz](url)", or a title repeated as the first heading
         self.last_heading = comparable if kind == "heading" else ""
-        self.blocks.append(Block(terminate(text), kind, level))
+        self.blocks.append(Block(terminate(text, ideographic=self.wide(text)), kind, level))
+
+    def table(self, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        """Body rows as "header: value, header: value." Pairs are parted by semicolons
+        throughout a table where a cell holds a comma of its own (a <br>)."""
+        headers = [_tidy(_clean(h)) for h in headers]
+        rows = [[_tidy(_clean(cell)) for cell in row] for row in rows]
+        commas = any("," in c or "，" in c for row in rows for c in row)
+        for row in rows:
+            pairs = []
+            for i, value in enumerate(row):
+                if not is_speakable(value):
+                    continue
+                header = headers[i] if i < len(headers) else ""
+                if not is_speakable(header) or _comparable(header) == _comparable(value):
+                    pairs.append(value)
+                else:
+                    pairs.append(header + ("：" if self.wide(header) else ": ") + value)
+            wide = self.wide(" ".join(pairs))
+            joiner = ("；" if wide else "; ") if commas else ("，" if wide else ", ")
+            self.add(joiner.join(p.rstrip(_SOFT_ENDS) for p in pairs), "table_row")
 
 
 class _Html(HTMLParser):
     """Text of an HTML block, as blocks: tags never spoken, their text kept."""
 
     _BLOCK_TAGS = frozenset(
-        [
-            "address",
-            "article",
-            "aside",
-            "blockquote",
-            "center",
-            "dd",
-            "details",
-            "dialog",
-            "div",
-            "dl",
-            "dt",
-            "fieldset",
-            "figcaption",
-            "figure",
-            "footer",
-            "form",
-            "header",
-            "hr",
-            "li",
-            "main",
-            "nav",
-            "ol",
-            "p",
-            "section",
-            "summary",
-            "table",
-            "tbody",
-            "thead",
-            "tfoot",
-            "ul",
-        ]
-    )
+        (
+            "address", "article", "aside", "blockquote", "center", "dd", "details", "dialog",
+            "div", "dl", "dt", "fieldset", "figcaption", "figure", "footer", "form", "header",
+            "hr", "li", "main", "nav", "ol", "p", "section", "summary", "table", "tbody",
+            "thead", "tfoot", "ul",
+        )
+    )  # fmt: skip
     _SILENT = frozenset(("script", "style", "template", "svg", "math"))
 
     def __init__(self, builder: _Builder, *, images: Images, tables: Tables) -> None:
@@ -337,6 +343,7 @@ class _Html(HTMLParser):
         self.code: list[str] | None = None
         self.cells: list[tuple[bool, str]] | None = None  # (is header, text) of the open row
         self.headers: list[str] = []
+        self.rows: list[list[str]] = []
 
     def _flush(self) -> None:
         if self.cells is not None:  # a block inside a table cell: a break within the cell
@@ -386,14 +393,19 @@ class _Html(HTMLParser):
             self.parts = []
         elif tag == "tr" and self.cells is not None:
             cells, self.cells = self.cells, None
-            if cells and all(is_header for is_header, _ in cells):
-                self.headers = [_tidy(_clean(c)) for _, c in cells]
-            elif self.tables == "rows":
-                self.builder.add(_row_text(self.headers, [c for _, c in cells]), "table_row")
+            if cells and all(is_header for is_header, _ in cells) and not self.rows:
+                self.headers = [c for _, c in cells]
+            else:
+                self.rows.append([c for _, c in cells])
         elif tag == "table":
-            self.headers = []
+            self._end_table()
         elif tag in ("h1", "h2", "h3", "h4", "h5", "h6") or tag in self._BLOCK_TAGS:
             self._flush()
+
+    def _end_table(self) -> None:
+        if self.tables == "rows" and self.rows:
+            self.builder.table(self.headers, self.rows)
+        self.headers, self.rows = [], []
 
     def handle_data(self, data: str) -> None:
         if self.silent or self.pre:
@@ -405,32 +417,8 @@ class _Html(HTMLParser):
 
     def close(self) -> None:
         super().close()
+        self._end_table()
         self._flush()
-
-
-def _row_text(headers: Sequence[str], cells: Sequence[str]) -> str:
-    """ "header: value, header: value" for one table row; cells without a value are left out."""
-    pairs = []
-    for i, raw in enumerate(cells):
-        value = _tidy(raw)
-        if not is_speakable(value):
-            continue
-        header = headers[i] if i < len(headers) else ""
-        ideographic = _uses_ideographic_stop(_last_letter(header or value) or " ")
-        pairs.append(
-            f"{header}{'：' if ideographic else ': '}{value}"
-            if is_speakable(header) and _comparable(header) != _comparable(value)
-            else value
-        )
-    # A value with a comma of its own (a <br> in the cell) needs a longer stop between pairs.
-    latin, ideographic = ("; ", "；") if any("," in p or "，" in p for p in pairs) else (", ", "，")
-    out = ""
-    for pair in pairs:
-        if out:
-            out = out.rstrip(_SOFT_ENDS)
-            out += ideographic if _uses_ideographic_stop(out[-1]) else latin
-        out += pair
-    return out
 
 
 def _front_matter_title(content: str) -> str:
@@ -456,12 +444,16 @@ def markdown_blocks(
     ``language`` picks the code cue's language; by default the language of the prose.
     """
     markdown = markdown.replace("\r\n", "\n").replace(_BREAK, " ")
-    builder = _Builder()
     inline = _Inline(images=images)
     tokens = _parser().parse(markdown)
+    # The prose's language sets the punctuation (and the code cue) of every block.
+    prose = " ".join(t.content for t in tokens if t.type == "inline")
+    language = language or detect_language(drop_emoji(prose))
+    builder = _Builder(ideographic=language.lower()[:2] in ("zh", "ja"))
     stack: list[str] = []  # open block tokens
     number: str | None = None  # an ordered list item's number, for its first paragraph
     headers: list[str] = []
+    rows: list[list[str]] = []
     row: list[str] | None = None
     footnotes = 0
     for i, token in enumerate(tokens):
@@ -484,12 +476,14 @@ def markdown_blocks(
                 stack.pop()
             if kind == "tr_close" and row is not None:
                 if "thead_open" in stack:
-                    headers = [_tidy(cell) for cell in row]
-                elif tables == "rows":
-                    builder.add(_row_text(headers, row), "table_row")
+                    headers = row
+                else:
+                    rows.append(row)
                 row = None
             elif kind == "table_close":
-                headers = []
+                if tables == "rows":
+                    builder.table(headers, rows)
+                headers, rows = [], []
             continue
         if kind == "front_matter":
             builder.add(_clean(_front_matter_title(token.content)), "heading", 1)
@@ -515,14 +509,9 @@ def markdown_blocks(
             else:
                 builder.add(text, "paragraph", lone_link=_is_lone_link(token.children or []))
         # hr, html in other places: nothing to say
-    return _with_code_cues(builder.blocks, language, code)
-
-
-def _with_code_cues(
-    blocks: Sequence[Block], language: str | None, code: CodeBlocks
-) -> tuple[Block, ...]:
-    if code == "silent" or all(b.kind != "code" for b in blocks):
-        return tuple(b for b in blocks if b.kind != "code")
-    prose = " ".join(b.text for b in blocks if b.kind != "code")
-    cue = code_cue(language or detect_language(prose))
-    return tuple(Block(cue, "code") if b.kind == "code" else b for b in blocks)
+    cue = code_cue(language)
+    return tuple(
+        Block(cue, "code") if b.kind == "code" else b
+        for b in builder.blocks
+        if b.kind != "code" or code == "cue"
+    )
