@@ -93,15 +93,18 @@ _BREAK = "\ue000"  # private use: not whitespace, so it survives splitting
 _PLACEHOLDER = r"<[\w\-.: ]{1,60}>"
 # URLs with a scheme or "www.", placeholders inside them included ("https://<APP>.x.net/...").
 _URL = regex.compile(
-    rf"(?:\b[a-zA-Z][a-zA-Z0-9+.\-]{{1,15}}://|\bwww\.)(?:{_PLACEHOLDER}|[^\s<>\"'`|\ue000])+"
+    rf"(?:[a-zA-Z][a-zA-Z0-9+.\-]{{1,15}}://|www\.)(?:{_PLACEHOLDER}|[^\s<>\"'`|\ue000])+"
 )
 # Scheme-less "host.tld/path" (github.com/org/repo): the host alone, as for URLs.
 _HOST_PATH = regex.compile(
     r"\b((?:[a-zA-Z0-9\-]+\.)+[a-zA-Z]{2,})(?:/[^\s<>\"'`|\ue000]*)", regex.ASCII
 )
-_MAILTO = regex.compile(r"\bmailto:", regex.IGNORECASE)
+# What is left of a URL glued to other text, after the above: never spoken.
+_URL_RESIDUE = regex.compile(r"(?:https?|ftp|file|mailto):|:/+|www\.", regex.IGNORECASE)
 # A placeholder or a stray tag left as text ("<APP_NAME>", an escaped "&lt;div&gt;").
 _ANGLED = regex.compile(r"<[^\s<>][^<>\n]{0,80}>")
+# An angle bracket touching a word is markup residue; a spaced one ("a < b") is prose.
+_LOOSE_ANGLE = regex.compile(r"<(?=\S)|(?<=\S)>")
 _TRAILING = ".,;:!?)]}'\"”’"
 # A word, or a dotted name ("app.py", "os.path"); no slash, so never a path.
 _WORDLIKE = regex.compile(
@@ -135,11 +138,12 @@ def _replace_url(match: regex.Match[str]) -> str:
 def _clean(text: str) -> str:
     """Inline text made safe to speak: URLs as host names; no placeholders, tags, backticks,
     pipes or emoji."""
-    text = _URL.sub(_replace_url, text)
-    text = _HOST_PATH.sub(lambda m: m.group(1).lower(), text)
-    text = _MAILTO.sub("", text)
+    text = _URL.sub(_replace_url, drop_emoji(text))
+    text = _HOST_PATH.sub(_replace_url, text)
+    text = _URL_RESIDUE.sub("", text)
     text = _ANGLED.sub(" ", text)
-    return drop_emoji(text.replace("`", "").replace("|", " "))
+    text = _LOOSE_ANGLE.sub(" ", text)
+    return text.replace("`", "").replace("|", " ")
 
 
 def _inline_code(code: str) -> str:
@@ -214,6 +218,9 @@ _COMPARABLE = regex.compile(r"[\p{P}\p{S}\s]+")
 _MARKER = regex.compile(r"^\s*\[(?:!\w+|[ xX])\]\s+")  # "[!NOTE]" alerts, "[ ]" task boxes
 _SPACE_BEFORE_PUNCT = regex.compile(r"\s+([,.;:!?。，、；：！？)\]）】])")
 _EMPTY_BRACKETS = regex.compile(r"\(\s*\)|（\s*）|\[\s*\]")
+# What dropping pieces leaves: ", , ," or ", ." or a block starting with a comma.
+_SOFT_RUN = regex.compile(r"([,;:，；：、])(?:\s*[,;:，；：、])+")
+_SOFT_BEFORE_STOP = regex.compile(r"[,;:，；：、]\s*([.!?。！？])")
 
 
 def _is_ideograph(ch: str) -> bool:
@@ -243,7 +250,8 @@ def _tidy(text: str) -> str:
     text = _resolve_breaks(" ".join(text.split()))
     text = _EMPTY_BRACKETS.sub(" ", text)
     text = _SPACE_BEFORE_PUNCT.sub(r"\1", " ".join(text.split()))
-    return unicodedata.normalize("NFC", text.strip())
+    text = _SOFT_BEFORE_STOP.sub(r"\1", _SOFT_RUN.sub(r"\1", text))
+    return unicodedata.normalize("NFC", text.strip().lstrip(_SOFT_ENDS).lstrip())
 
 
 def terminate(text: str, *, ideographic: bool = False) -> str:
@@ -295,8 +303,13 @@ class _Builder:
         comparable = _comparable(text)
         if comparable == self.last_heading and (lone_link or kind == "heading"):
             return  # "## Quiz" then "[Quiz](url)", or a title repeated as the first heading
+        text = terminate(text, ideographic=self.wide(text))
+        if _URL_RESIDUE.search(text):  # a bare "www" given its full stop
+            text = terminate(_tidy(_URL_RESIDUE.sub("", text)), ideographic=self.wide(text))
+            if not is_speakable(text):
+                return
         self.last_heading = comparable if kind == "heading" else ""
-        self.blocks.append(Block(terminate(text, ideographic=self.wide(text)), kind, level))
+        self.blocks.append(Block(text, kind, level))
 
     def table(self, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         """Body rows as "header: value, header: value." Pairs are parted by semicolons
