@@ -313,7 +313,7 @@ def _preview(args: argparse.Namespace) -> int:
             parts = item_chunks(entry, spec)
             print(
                 f"== {entry.item_id} (row {entry.row}, {entry.language}, "
-                f"{len(entry.text):,} characters, {len(parts)} chunks)"
+                f"{len(entry.text):,} characters, {len(parts)} chunk{'s' * (len(parts) != 1)})"
             )
             for c in parts:
                 join = (
