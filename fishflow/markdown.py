@@ -31,6 +31,7 @@ chunker, which ends chunks at headings and sets pauses by boundary kind.
 from __future__ import annotations
 
 import functools
+import re
 import unicodedata
 from collections.abc import Sequence
 from html.parser import HTMLParser
@@ -92,27 +93,25 @@ def _parser() -> MarkdownIt:
 _BREAK = "\ue000"  # private use: not whitespace, so it survives splitting
 _PLACEHOLDER = r"<[\w\-.: ]{1,60}>"
 # URLs with a scheme or "www.", placeholders inside them included ("https://<APP>.x.net/...").
-_URL = regex.compile(
+_URL = re.compile(
     rf"(?:[a-zA-Z][a-zA-Z0-9+.\-]{{1,15}}://|www\.)(?:{_PLACEHOLDER}|[^\s<>\"'`|\ue000])+"
 )
 # Scheme-less "host.tld/path" (github.com/org/repo): the host alone, as for URLs.
-_HOST_PATH = regex.compile(
-    r"\b((?:[a-zA-Z0-9\-]+\.)+[a-zA-Z]{2,})(?:/[^\s<>\"'`|\ue000]*)", regex.ASCII
-)
+_HOST_PATH = re.compile(r"\b((?:[a-zA-Z0-9\-]+\.)+[a-zA-Z]{2,})(?:/[^\s<>\"'`|\ue000]*)", re.ASCII)
 # What is left of a URL glued to other text, after the above: never spoken.
-_URL_RESIDUE = regex.compile(r"(?:https?|ftp|file|mailto):|:/+|www\.", regex.IGNORECASE)
+_URL_RESIDUE = re.compile(r"(?:https?|ftp|file|mailto):|:/+|www\.", re.IGNORECASE)
 # A placeholder or a stray tag left as text ("<APP_NAME>", an escaped "&lt;div&gt;").
-_ANGLED = regex.compile(r"<[^\s<>][^<>\n]{0,80}>")
+_ANGLED = re.compile(r"<[^\s<>][^<>\n]{0,80}>")
 # An angle bracket touching a word is markup residue; a spaced one ("a < b") is prose.
-_LOOSE_ANGLE = regex.compile(r"<(?=\S)|(?<=\S)>")
+_LOOSE_ANGLE = re.compile(r"<(?=\S)|(?<=\S)>")
 _TRAILING = ".,;:!?)]}'\"”’"
 # A word, or a dotted name ("app.py", "os.path"); no slash, so never a path.
 _WORDLIKE = regex.compile(
     r"[\p{L}\p{N}][\p{L}\p{N}\p{M}_\-]{0,39}(?:\.[\p{L}_][\p{L}\p{N}\p{M}_\-]{0,19}){0,2}"
 )
-_LABEL = regex.compile(r"[A-Za-z0-9\-]+")
-_ALT = regex.compile(r"""\balt\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", regex.IGNORECASE)
-_BR = regex.compile(r"<br\s*/?>", regex.IGNORECASE)
+_LABEL = re.compile(r"[A-Za-z0-9\-]+")
+_ALT = re.compile(r"""\balt\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.IGNORECASE)
+_BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
 
 
 def _host(url: str) -> str:
@@ -128,7 +127,7 @@ def _host(url: str) -> str:
     return ".".join(labels).lower()
 
 
-def _replace_url(match: regex.Match[str]) -> str:
+def _replace_url(match: re.Match[str]) -> str:
     url = match.group(0)
     tail = len(url) - len(url.rstrip(_TRAILING))
     url, rest = url[: len(url) - tail], url[len(url) - tail :]
@@ -138,11 +137,15 @@ def _replace_url(match: regex.Match[str]) -> str:
 def _clean(text: str) -> str:
     """Inline text made safe to speak: URLs as host names; no placeholders, tags, backticks,
     pipes or emoji."""
-    text = _URL.sub(_replace_url, drop_emoji(text))
-    text = _HOST_PATH.sub(_replace_url, text)
-    text = _URL_RESIDUE.sub("", text)
-    text = _ANGLED.sub(" ", text)
-    text = _LOOSE_ANGLE.sub(" ", text)
+    text = drop_emoji(text)
+    # Each pattern only where it can match: on a course, these substitutions were most of
+    # the time spent reading Markdown.
+    if "/" in text or "www." in text.lower():
+        text = _HOST_PATH.sub(_replace_url, _URL.sub(_replace_url, text))
+    if ":" in text or "www." in text.lower():
+        text = _URL_RESIDUE.sub("", text)
+    if "<" in text or ">" in text:
+        text = _LOOSE_ANGLE.sub(" ", _ANGLED.sub(" ", text))
     return text.replace("`", "").replace("|", " ")
 
 
@@ -214,13 +217,12 @@ def _is_lone_link(children: Sequence[Token]) -> bool:
 _FULL_STOPS = ".!?。！？…‼⁇⁈⁉؟।॥"
 _CLOSERS = "\"'”’」』）)]】»"
 _SOFT_ENDS = ",;:，；：、"
-_COMPARABLE = regex.compile(r"[\p{P}\p{S}\s]+")
-_MARKER = regex.compile(r"^\s*\[(?:!\w+|[ xX])\]\s+")  # "[!NOTE]" alerts, "[ ]" task boxes
-_SPACE_BEFORE_PUNCT = regex.compile(r"\s+([,.;:!?。，、；：！？)\]）】])")
-_EMPTY_BRACKETS = regex.compile(r"\(\s*\)|（\s*）|\[\s*\]")
+_MARKER = re.compile(r"^\s*\[(?:!\w+|[ xX])\]\s+")  # "[!NOTE]" alerts, "[ ]" task boxes
+_SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.;:!?。，、；：！？)\]）】])")
+_EMPTY_BRACKETS = re.compile(r"\(\s*\)|（\s*）|\[\s*\]")
 # What dropping pieces leaves: ", , ," or ", ." or a block starting with a comma.
-_SOFT_RUN = regex.compile(r"([,;:，；：、])(?:\s*[,;:，；：、])+")
-_SOFT_BEFORE_STOP = regex.compile(r"[,;:，；：、]\s*([.!?。！？])")
+_SOFT_RUN = re.compile(r"([,;:，；：、])(?:\s*[,;:，；：、])+")
+_SOFT_BEFORE_STOP = re.compile(r"[,;:，；：、]\s*([.!?。！？])")
 
 
 def _is_ideograph(ch: str) -> bool:
@@ -271,7 +273,8 @@ def terminate(text: str, *, ideographic: bool = False) -> str:
 
 
 def _comparable(text: str) -> str:
-    return _COMPARABLE.sub("", text).casefold()
+    """Letters and digits only, case folded: "Pre-lecture quiz" == "Pre-lecture Quiz!"."""
+    return "".join(ch for ch in text if ch.isalnum()).casefold()
 
 
 class _Builder:
@@ -435,7 +438,7 @@ class _Html(HTMLParser):
 
 
 def _front_matter_title(content: str) -> str:
-    match = regex.search(r"(?m)^title\s*:\s*(.*?)\s*$", content)
+    match = re.search(r"(?m)^title\s*:\s*(.*?)\s*$", content)
     if not match:
         return ""
     title = match.group(1).strip()
