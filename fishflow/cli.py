@@ -295,11 +295,11 @@ def _preview(args: argparse.Namespace) -> int:
     from fishflow.run import entry_batches, run_spec
 
     overrides = {k: v for k in RunSettings.model_fields if (v := getattr(args, k)) is not None}
-    settings = validated(RunSettings, **overrides)
+    settings: RunSettings = validated(RunSettings, **overrides)  # type: ignore[assignment]
     spec = run_spec(settings)
     wanted = set(args.item_ids or ())
     items = chunks = mid_sentence = 0
-    for batch in entry_batches(args.source, settings, spec):  # type: ignore[arg-type]
+    for batch in entry_batches(args.source, settings, spec):
         for entry in batch:
             if wanted and entry.item_id not in wanted:
                 continue

@@ -96,9 +96,9 @@ class RunSpec:
     def content_key(self, normalized: str, voice: str | None, layout: str = "") -> str:
         """Changes whenever the audio would: text, voice, synthesis fields, format, joins.
         ``layout`` (``fishflow.text.layout_key``) names the block kinds, which set pauses."""
-        parts = (normalized, self.voice_fingerprint(voice), self._fingerprints[1])
-        if layout:  # plain text keeps the keys it had before Markdown had structure
-            parts = (*parts, layout)
+        parts = [normalized, self.voice_fingerprint(voice), self._fingerprints[1]]
+        if layout:  # all paragraphs (plain text): nothing to add
+            parts.append(layout)
         return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 
