@@ -102,6 +102,7 @@ _HOST_PATH = re.compile(r"\b((?:[a-zA-Z0-9\-]+\.)+[a-zA-Z]{2,})(?:/[^\s<>\"'`|\u
 _URL_RESIDUE = re.compile(r"(?:https?|ftp|file|mailto):|:/+|www\.", re.IGNORECASE)
 # A placeholder or a stray tag left as text ("<APP_NAME>", an escaped "&lt;div&gt;").
 _ANGLED = re.compile(r"<[^\s<>][^<>\n]{0,80}>")
+_EMPHASIS = re.compile(r"(?:\*{1,3}|_{2,3}|~~)(?=\S)|(?<=\S)(?:\*{1,3}|_{2,3}|~~)")
 # An angle bracket touching a word is markup residue; a spaced one ("a < b") is prose.
 _LOOSE_ANGLE = re.compile(r"<(?=\S)|(?<=\S)>")
 _TRAILING = ".,;:!?)]}'\"”’"
@@ -428,8 +429,8 @@ class _Html(HTMLParser):
             return
         if self.code is not None:
             self.code.append(data)
-        else:
-            self.parts.append(_clean(data))
+        else:  # Markdown is not parsed inside an HTML block: its emphasis marks are literal
+            self.parts.append(_clean(_EMPHASIS.sub("", data)))
 
     def close(self) -> None:
         super().close()

@@ -116,6 +116,8 @@ def test_html_text_is_kept_tags_never_spoken_details_read_whole() -> None:
         "The body is read too.",
         "Press Ctrl+C and see main, not.",
     ]
+    # Inside an HTML block Markdown is not parsed: its emphasis marks are not read either.
+    assert spoken("<div>\n**Bold** and __strong__ words\n</div>") == ["Bold and strong words."]
 
 
 def test_front_matter_gives_only_its_title_said_once() -> None:
