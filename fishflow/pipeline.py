@@ -14,7 +14,7 @@ import hashlib
 import os
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,7 +35,6 @@ from fishflow.text import (
     blocks_text,
     detect_language,
     is_speakable,
-    layout_key,
     plain_blocks,
     text_sha256,
 )
@@ -52,7 +51,9 @@ class Item:
     language: str
     voice: str | None
     content_key: str
-    blocks: tuple[Block, ...] = ()  # text is blocks_text(blocks); what kind each block is
+    # What is sent, request by request, with the join after each; made when the row is
+    # validated because the content key is computed from it.
+    chunks: tuple[Chunk, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,20 +87,22 @@ class RunSpec:
     @functools.cached_property
     def _fingerprints(self) -> tuple[str, str]:
         # Computed once: model dumps and hashes per chunk showed up in the CPU profile.
-        return self.options.fingerprint(), "\0".join(
-            (self.audio.fingerprint(), self.chunking.model_dump_json())
-        )
+        return self.options.fingerprint(), self.audio.fingerprint()
 
     def voice_fingerprint(self, voice: str | None) -> str:
         return f"{self._fingerprints[0]}:{voice or ''}"
 
-    def content_key(self, normalized: str, voice: str | None, layout: str = "") -> str:
-        """Changes whenever the audio would: text, voice, synthesis fields, format, joins.
-        ``layout`` (``fishflow.text.layout_key``) names the block kinds, which set pauses."""
-        parts = [normalized, self.voice_fingerprint(voice), self._fingerprints[1]]
-        if layout:  # all paragraphs (plain text): nothing to add
-            parts.append(layout)
-        return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+    def content_key(self, chunks: Sequence[Chunk], voice: str | None) -> str:
+        """Changes whenever the audio would: what each request says and the pause after it,
+        the voice, the synthesis fields, the output format. A setting that changes neither
+        (the budget of a one-chunk item, the pause at a join an item does not have) leaves
+        the item's key, and so its audio, alone."""
+        digest = hashlib.sha256(
+            f"{self.voice_fingerprint(voice)}\0{self._fingerprints[1]}".encode()
+        )
+        for chunk in chunks:
+            digest.update(f"\0{chunk.text}\0{self.audio.pause_after_ms(chunk.boundary)}".encode())
+        return digest.hexdigest()[:32]
 
 
 def validate_row(row: SourceRow, spec: RunSpec, seen_ids: set[str]) -> Item | Rejection:
@@ -126,8 +129,10 @@ def validate_row(row: SourceRow, spec: RunSpec, seen_ids: set[str]) -> Item | Re
     text = blocks_text(blocks)
     if not is_speakable(text):
         return Rejection(row.row, item_id, "text has no letters or digits to speak")
-    key = spec.content_key(text, row.voice, layout_key(blocks))
-    return Item(row.row, item_id, text, language or detect_language(text), row.voice, key, blocks)
+    language = language or detect_language(text)
+    chunks = tuple(chunk_blocks(blocks, language, spec.chunking.max_bytes, spec.chunking.min_bytes))
+    key = spec.content_key(chunks, row.voice)
+    return Item(row.row, item_id, text, language, row.voice, key, chunks)
 
 
 def speech_blocks(
@@ -154,7 +159,9 @@ def speech_blocks(
 
 def item_chunks(item: Item, spec: RunSpec) -> list[Chunk]:
     """An item's chunks, each with the boundary (and so the pause) after it."""
-    blocks = item.blocks or plain_blocks(item.text)
+    if item.chunks:
+        return list(item.chunks)
+    blocks = plain_blocks(item.text)
     return chunk_blocks(blocks, item.language, spec.chunking.max_bytes, spec.chunking.min_bytes)
 
 

@@ -138,7 +138,10 @@ class AudioSettings(_Frozen):
         }[boundary]
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+        """Digest of what changes every item's audio alike; the pauses enter each item's
+        content key join by join (see ``RunSpec.content_key``)."""
+        joins = {"pause_clause_ms", "pause_sentence_ms", "pause_paragraph_ms", "pause_section_ms"}
+        return hashlib.sha256(self.model_dump_json(exclude=joins).encode()).hexdigest()[:16]
 
 
 class ServerConfig(_Frozen):

@@ -85,14 +85,6 @@ def blocks_text(blocks: Sequence[Block]) -> str:
     return PARAGRAPH_SEPARATOR.join(b.text for b in blocks)
 
 
-def layout_key(blocks: Sequence[Block]) -> str:
-    """The blocks' kinds in one string, empty for plain paragraphs: pauses depend on them, so
-    the content key must too."""
-    if all(b.kind == "paragraph" for b in blocks):
-        return ""
-    return ",".join(f"{b.kind}{b.level or ''}" for b in blocks)
-
-
 def text_sha256(normalized: str) -> str:
     return hashlib.sha256(normalized.encode()).hexdigest()
 

@@ -9,7 +9,10 @@ from fishflow.run import run_spec
 from fishflow.settings import RunSettings
 from fishflow.sources import SourceRow
 
-MARKDOWN = "# Welcome\n\nThis course is **short**. See [the notes](http://x.y).\n\n```\nx\n```"
+MARKDOWN = (
+    "# Welcome\n\nThis course is **short**. See [the notes](http://x.y).\n\n```\nx\n```\n\n"
+    "That is all for today."
+)
 
 
 def item(text: str, file_format: str | None = None, **settings: object) -> Item:
@@ -21,34 +24,53 @@ def item(text: str, file_format: str | None = None, **settings: object) -> Item:
 
 def test_md_files_are_read_as_markdown_and_other_text_as_plain_under_auto() -> None:
     md = item(MARKDOWN, "markdown")
-    assert md.text == "Welcome.\n\nThis course is short. See the notes.\n\nCode example."
-    assert [b.kind for b in md.blocks] == ["heading", "paragraph", "code"]
+    assert md.text == (
+        "Welcome.\n\nThis course is short. See the notes.\n\nCode example.\n\n"
+        "That is all for today."
+    )
+    assert [(c.text, c.boundary, c.heading_level) for c in md.chunks] == [
+        ("Welcome.", "section", 1),
+        ("This course is short. See the notes. Code example.", "paragraph", 0),
+        ("That is all for today.", "end", 0),
+    ]
     plain = item(MARKDOWN)  # a CSV cell under auto: plain text, as before
     assert plain.text.startswith("# Welcome\n\nThis course is **short**.")
-    assert [b.kind for b in plain.blocks] == ["paragraph"] * 3
+    assert {c.heading_level for c in plain.chunks} == {0}
     # The run's text_format overrides the file type either way.
     assert item(MARKDOWN, None, text_format="markdown").text == md.text
     assert item(MARKDOWN, "markdown", text_format="plain").text == plain.text
 
 
-def test_the_content_key_follows_pauses_budget_and_block_kinds() -> None:
+def test_the_content_key_follows_what_is_sent_and_the_pauses_between() -> None:
     base = item(MARKDOWN, "markdown").content_key
     assert item(MARKDOWN, "markdown").content_key == base
     for changed in (
-        {"pause_paragraph_ms": 900},
-        {"pause_section_ms": 2000},
-        {"pause_sentence_ms": 100},
-        {"pause_clause_ms": 50},
-        {"chunk_bytes": 200},
-        {"max_new_tokens": 512},  # a smaller token cap makes a smaller budget
+        {"pause_paragraph_ms": 900},  # the join after "See the notes."
+        {"pause_section_ms": 2000},  # after the heading
+        {"chunk_bytes": 30},  # the paragraph no longer fits one chunk
+        {"markdown_code": "silent"},  # the cue is not sent
+        {"audio_format": "mp3"},
+        {"temperature": 0.5},
     ):
         assert item(MARKDOWN, "markdown", **changed).content_key != base, changed
-    # Same words, one a heading and one a paragraph: pauses differ, so do the keys.
-    heading = item("# Welcome home.", "markdown")
-    paragraph = item("Welcome home.", "markdown")
+    # Settings that change nothing this item sends or how it is joined leave it alone: its
+    # audio is not made again.
+    for unchanged in (
+        {"pause_sentence_ms": 100},
+        {"pause_clause_ms": 50},
+        {"chunk_bytes": 300},
+        {"batch_size": 10},
+        {"markdown_tables": "skip"},  # it has no table
+    ):
+        assert item(MARKDOWN, "markdown", **unchanged).content_key == base, unchanged
+    short = item("One short plain sentence.")
+    assert item("One short plain sentence.", pause_paragraph_ms=10).content_key == (
+        short.content_key
+    )
+    # Same words, one a heading and one a paragraph: the pause after differs, so do the keys.
+    heading = item("# Welcome home.\n\nThe lesson starts here.", "markdown")
+    paragraph = item("Welcome home.\n\nThe lesson starts here.", "markdown")
     assert heading.text == paragraph.text and heading.content_key != paragraph.content_key
-    # Markdown options show in the spoken text, which the key hashes.
-    assert item(MARKDOWN, "markdown", markdown_code="silent").content_key != base
 
 
 def test_chunks_carry_the_pause_after_them() -> None:
