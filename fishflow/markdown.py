@@ -99,7 +99,7 @@ _URL = re.compile(
 # Scheme-less "host.tld/path" (github.com/org/repo): the host alone, as for URLs.
 _HOST_PATH = re.compile(r"\b((?:[a-zA-Z0-9\-]+\.)+[a-zA-Z]{2,})(?:/[^\s<>\"'`|\ue000]*)", re.ASCII)
 # What is left of a URL glued to other text, after the above: never spoken.
-_URL_RESIDUE = re.compile(r"(?:https?|ftp|file|mailto):|:/+|www\.", re.IGNORECASE)
+_URL_RESIDUE = re.compile(r"(?<![A-Za-z])(?:https?|ftp|file|mailto):|:/+|www\.", re.IGNORECASE)
 # A placeholder or a stray tag left as text ("<APP_NAME>", an escaped "&lt;div&gt;").
 _ANGLED = re.compile(r"<[^\s<>][^<>\n]{0,80}>")
 _EMPHASIS = re.compile(r"(?:\*{1,3}|_{2,3}|~~)(?=\S)|(?<=\S)(?:\*{1,3}|_{2,3}|~~)")

@@ -70,6 +70,7 @@ def test_links_say_their_text_and_urls_only_their_host() -> None:
         "See the docs or example.com. Deploy to azurewebsites.net. "
         "Code is at github.com, mail team@example.com."
     ]
+    assert spoken("Open your profile: settings.") == ["Open your profile: settings."]
 
 
 def test_images_read_their_alt_text_unless_skipped() -> None:
