@@ -15,7 +15,7 @@ when to give it back. The rules, and why:
   its slots come back when the lease expires (60 s, the shortest Prefect allows, plus up to
   15 s until Prefect's repossessor runs).
 - **Waiting costs no log line and no per-request call.** A full limit answers "none free" and
-  the run asks again after about 1 s (3 s while it already holds a slot). A waiting run also
+  the run asks again after about 1 s (0.7-1.3 s, jittered). A waiting run also
   takes a lease on the server's *waiting* limit, which is how other runs learn that someone
   waits: Prefect keeps no queue of waiters.
 - **Hand-over, not starvation.** A run that has held a slot for ``tenure_s`` and sees other runs
@@ -240,13 +240,12 @@ class ServerSlots:
                             exc,
                         )
                         got = False
-                        delay = min(delay, min(10.0, 0.5 * 2**failures))
+                        delay = min(delay, 0.5 * 2**failures, limit.lease_s / 6)
                     if got:
                         continue  # take the next one at once while chunks still wait
                     if failures == 0:
-                        # Full: ask again soon, and sooner while this run has no slot at all.
-                        base = 1.0 if not self.active else 3.0
-                        delay = min(delay, self._rng.uniform(0.7 * base, 1.3 * base))
+                        # Full: ask again in about a second (a hand-over pause is longer).
+                        delay = min(delay, self._rng.uniform(0.7, 1.3))
             elif self._waiter is not None:
                 waiter, self._waiter = self._waiter, None
                 self._give_back(waiter)
@@ -278,27 +277,34 @@ class ServerSlots:
         leases = [*self.active, *self.retiring, *([self._waiter] if self._waiter else [])]
         if not leases:
             return 60.0
-        due = min(max(lease.sent_at + limit.lease_s / 3, lease.retry_at) for lease in leases)
-        return max(0.05, due - time.monotonic())
+        due = min(
+            min(max(lease.sent_at + limit.lease_s / 3, lease.retry_at), self._deadline(lease))
+            for lease in leases
+        )
+        return max(0.01, due - time.monotonic())
+
+    def _deadline(self, lease: _Lease) -> float:
+        """When an unrenewed lease stops being used: a third of its life before it expires."""
+        assert self.limit is not None
+        return lease.sent_at + 2 * self.limit.lease_s / 3
 
     async def _renew_due(self, limit: SharedLimit, now: float) -> None:
         for lease in [*self.active, *self.retiring, *([self._waiter] if self._waiter else [])]:
+            if now >= self._deadline(lease):
+                self._drop(lease)  # stop using it well before it can expire unseen
+                continue
             if now - lease.sent_at < limit.lease_s / 3 or now < lease.retry_at:
                 continue
             sent = time.monotonic()
             try:
                 alive = await limit.renew(lease.lease_id)
             except Exception as exc:
-                alive = True
-                lease.retry_at = time.monotonic() + 2.0
+                lease.retry_at = time.monotonic() + min(2.0, limit.lease_s / 10)
                 self._warn_once("renew", "cannot renew slots of %s (%s); retrying", self.url, exc)
-                # Stop using it well before it can expire unseen on the other side.
-                if time.monotonic() - lease.sent_at >= 2 * limit.lease_s / 3:
-                    alive = False
+                continue
+            if alive:
+                lease.sent_at = sent
             else:
-                if alive:
-                    lease.sent_at = sent
-            if not alive:
                 self._drop(lease)
 
     def _drop(self, lease: _Lease) -> None:
