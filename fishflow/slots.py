@@ -211,6 +211,7 @@ class ServerSlots:
         limit = self.limit
         failures = 0
         while not self._closing:
+            self._kick.clear()  # a want() from here on wakes the wait below at once
             now = time.monotonic()
             await self._renew_due(limit, now)
             await self._hand_over_if_waited_for(limit, now)
@@ -253,7 +254,6 @@ class ServerSlots:
                 oldest = min(lease.taken_at for lease in self.active)
                 check = max(self._next_check, oldest + self.tenure_s)
                 delay = min(delay, max(0.1, check - now))
-            self._kick.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), timeout=max(0.01, delay))
 
