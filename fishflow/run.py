@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import hashlib
+import logging
 import os
 import re
 import secrets
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from fishflow.errors import FishflowError
 from fishflow.incremental import existing_audio, load_previous
 from fishflow.lock import held_output_lock
 from fishflow.manifest import Journal, ManifestWriter, journal_dir
@@ -31,6 +34,8 @@ from fishflow.pool import ServerPool, SlotLeaser
 from fishflow.settings import AudioSettings, ChunkSettings, RunSettings
 from fishflow.sources import Columns, read_source
 from fishflow.storage import Store, open_store, state_dir
+
+logger = logging.getLogger("fishflow.run")
 
 _RUN_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}(-s[0-9]+)?$")
 
@@ -154,11 +159,13 @@ async def open_run(
     force: bool,
     api_key: str | None,
     leaser: SlotLeaser | None = None,
+    hold_output: bool = True,
 ) -> AsyncIterator[tuple[RunContext, ManifestWriter]]:
     """Build everything a run's batches share, and close it when the run ends.
 
     The output's lock is taken first, before anything is written or read for change detection:
     a second run on the same output stops here (or waits `settings.wait_for_lock` seconds).
+    `hold_output=False` is for a shard of a sharded run, whose parent holds the output.
     """
     store = await asyncio.to_thread(open_store, out, settings.sse)
     pool_ref: list[ServerPool] = []
@@ -169,7 +176,9 @@ async def open_run(
             ttl_s=settings.lock_ttl_s,
             wait_s=settings.wait_for_lock,
             on_lost=lambda exc: [pool.stop(exc) for pool in pool_ref],
-        ),
+        )
+        if hold_output
+        else contextlib.nullcontext(),
         _open_run(
             store=store,
             run_id=run_id,
@@ -182,6 +191,25 @@ async def open_run(
         ) as opened,
     ):
         yield opened
+
+
+@asynccontextmanager
+async def held_output(*, out: str, settings: RunSettings, run_id: str) -> AsyncIterator[None]:
+    """Hold `out` for a run that does not open one itself (the parent of a sharded run, whose
+    children write the output under its lock)."""
+    store = await asyncio.to_thread(open_store, out, settings.sse)
+
+    def lost(exc: FishflowError) -> None:
+        logger.error("%s", exc.message)  # the children cannot be stopped from here
+
+    async with held_output_lock(
+        store,
+        run_id=run_id,
+        ttl_s=settings.lock_ttl_s,
+        wait_s=settings.wait_for_lock,
+        on_lost=lost,
+    ):
+        yield
 
 
 @asynccontextmanager
