@@ -136,6 +136,7 @@ class ServerPool:
                     leaser,
                     server.url,
                     wants_more=functools.partial(self._wants_slots, server),
+                    chunks_waiting=lambda: bool(self._waiters),
                     in_flight=functools.partial(getattr, server, "in_flight"),
                     on_change=self._wake,
                     tenure_s=slot_tenure_s,

@@ -106,6 +106,7 @@ class ServerSlots:
         server_url: str,
         *,
         wants_more: Callable[[], bool],
+        chunks_waiting: Callable[[], bool],
         in_flight: Callable[[], int],
         on_change: Callable[[], None],
         tenure_s: float = 10.0,
@@ -115,6 +116,7 @@ class ServerSlots:
         self.url = server_url
         self.tenure_s = tenure_s
         self._wants_more = wants_more
+        self._chunks_waiting = chunks_waiting
         self._in_flight = in_flight
         self._on_change = on_change
         self._rng = rng or random.Random()
@@ -130,6 +132,7 @@ class ServerSlots:
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
         self._warned: set[str] = set()
+        self.others_waiting = 0  # at the last look
         self.handed_over = 0
         self.lost = 0
 
@@ -153,11 +156,15 @@ class ServerSlots:
         self._kick.set()
 
     def request_done(self) -> None:
-        """A request ended: free handed-over slots nobody is using any more."""
+        """A request ended: free handed-over slots nobody is using any more, and, while other
+        runs wait, idle ones too (rather than after the pool's idle delay)."""
         while self.retiring and self._in_flight() <= self.held - 1:
             lease = self.retiring.pop(0)
             self._give_back(lease)
             self._pause_until = time.monotonic() + self._rng.uniform(1.5, 3.0)
+        if self.others_waiting and not self._chunks_waiting():
+            while self.active and self.held > self._in_flight():
+                self._give_back(self.active.pop())
 
     def trim(self) -> None:
         """Give back slots nobody here is using, so other runs can have them."""
@@ -330,6 +337,7 @@ class ServerSlots:
             others = await limit.waiting() - (1 if self._waiter is not None else 0)
         except Exception:
             return  # the renewals report an unreachable API
+        self.others_waiting = others
         if others <= 0:
             return
         fair_share = limit.size // (others + 1)  # 0 when runs outnumber slots: all rotate
