@@ -175,6 +175,11 @@ class ServerSlots:
     async def aclose(self) -> None:
         self._closing = True
         if self._task is not None:
+            # Let a take in progress finish (a lease granted to a cancelled call would hold its
+            # slot for nobody until it expires); the task gives it back and ends.
+            self._kick.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=5.0)
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         for lease in [*self.active, *self.retiring, *([self._waiter] if self._waiter else [])]:
