@@ -14,6 +14,7 @@ now" here: the core asks again on its own schedule, so waiting logs nothing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 from uuid import UUID
@@ -130,12 +131,14 @@ class PrefectSlotLeaser:
         self.logger = logger
         self.holder = _holder()
         self._client: PrefectClient | None = None
+        self._opening = asyncio.Lock()  # every server's leasing task asks for it at once
 
     async def client(self) -> PrefectClient:
-        if self._client is None:
-            client = get_client()
-            await client.__aenter__()
-            self._client = client
+        async with self._opening:
+            if self._client is None:
+                client = get_client()
+                await client.__aenter__()
+                self._client = client
         return self._client
 
     async def shared_limit(self, server_url: str) -> PrefectLimit | None:
