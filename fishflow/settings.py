@@ -246,6 +246,25 @@ class RunSettings(_Frozen):
         None,
         description="Folder of chunk audio (default: <out>/.fishflow/chunks; ~/.cache for S3)",
     )
+    slot_tenure_s: float = Field(
+        10.0,
+        ge=1,
+        le=3600,
+        description="Seconds a run keeps a shared server slot above its fair share while other "
+        "runs wait for one",
+    )
+    wait_for_lock: float = Field(
+        0.0,
+        ge=0,
+        le=86_400,
+        description="Seconds to wait while another run writes the same output (0: stop at once)",
+    )
+    lock_ttl_s: float = Field(
+        180.0,
+        ge=30,
+        le=3600,
+        description="How long the output lock of a run that stopped renewing it (crashed) holds",
+    )
 
     @model_validator(mode="before")
     @classmethod
