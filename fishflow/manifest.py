@@ -91,7 +91,7 @@ ERRORS_SCHEMA = pa.schema(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ItemRow:
     run_id: str
     item_id: str | None
@@ -115,7 +115,7 @@ class ItemRow:
     error: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ChunkRow:
     run_id: str
     item_id: str
@@ -133,7 +133,7 @@ class ChunkRow:
     status: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ErrorRow:
     run_id: str
     item_id: str | None
