@@ -254,6 +254,20 @@ class FishSpeechClient:
         ids = body.get("reference_ids") if isinstance(body, dict) else None
         return {str(i) for i in ids} if isinstance(ids, list) else None
 
+    async def connection_problem(self, timeout_s: float = 3.0) -> str | None:
+        """Why the server cannot be reached (refused, timed out), or None when it took the
+        connection: any answer counts, and so does none in time (a busy serial server answers
+        /v1/health only when its generation ends)."""
+        try:
+            await self._client.get("/v1/health", timeout=httpx.Timeout(timeout_s, read=1.0))
+        except httpx.ConnectTimeout:
+            return f"no connection within {timeout_s:.0f} s"
+        except httpx.ConnectError as exc:
+            return str(exc) or type(exc).__name__
+        except httpx.HTTPError:
+            pass
+        return None
+
     async def health(self, timeout_s: float = 5.0) -> bool:
         """True when the server answers /v1/health (GET, then POST for servers before 1.5.1)."""
         for method in ("GET", "POST"):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -117,6 +117,15 @@ class RetryPolicy(_Frozen):
     all_down_grace_s: float = Field(
         60.0, ge=0, description="How long every server may be down before the run stops"
     )
+    start_grace_s: float = Field(
+        5.0,
+        ge=0,
+        description="The same while no server has answered yet in this run (a wrong URL or a "
+        "server not started fails fast; one lost mid-run gets all_down_grace_s)",
+    )
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
 
 
 class EnvSettings(BaseSettings):
@@ -127,7 +136,7 @@ class EnvSettings(BaseSettings):
     api_key: SecretStr | None = Field(None, description="Bearer key for the Fish Speech servers")
 
 
-def validated(model_class: type[BaseModel], /, **values: object) -> BaseModel:
+def validated(model_class: type[_Model], /, **values: object) -> _Model:
     """Build a settings model, turning pydantic's report into one readable ConfigError."""
     try:
         return model_class(**values)
@@ -201,4 +210,4 @@ class RunSettings(_Frozen):
             )
         if not configs:
             raise ConfigError("no server given: pass --server URL")
-        return configs  # type: ignore[return-value]
+        return configs

@@ -222,6 +222,51 @@ def read_table(path: str, cols: Columns, batch_rows: int) -> Iterator[list[Sourc
     raise SourceError(f"{path}: unknown source type; use .csv, .jsonl, .parquet or a folder")
 
 
+def check_source(uri: str) -> None:
+    """Raise SourceError now when `uri` cannot be read at all, before a run writes anything.
+
+    Cheap on purpose (a stat, or one S3 request): what is inside is read_source's business.
+    Kinds of source it does not know (``scheme://`` other than s3) pass: read_source decides.
+    """
+    if uri.startswith("s3://"):
+        _check_s3(uri)
+        return
+    if "://" in uri:
+        return
+    path = Path(uri)
+    if not path.exists():
+        raise SourceError(f"{uri}: no such file or folder")
+    if path.is_dir():
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise SourceError(f"{uri}: cannot read this folder (permission denied)")
+        return
+    if not os.access(path, os.R_OK):
+        raise SourceError(f"{uri}: cannot read this file (permission denied)")
+    suffix = path.suffix.lower()
+    if suffix not in TEXT_SUFFIXES + TABLE_SUFFIXES:
+        raise SourceError(f"{uri}: unknown source type; use .csv, .jsonl, .parquet or a folder")
+    if suffix in TABLE_SUFFIXES and path.stat().st_size == 0:
+        raise SourceError(f"{uri}: the file is empty")
+
+
+def _check_s3(uri: str) -> None:
+    bucket, key = parse_s3_uri(uri)
+    try:
+        s3 = s3_client()
+        if PurePosixPath(key).suffix.lower() in TABLE_SUFFIXES:
+            s3.head_object(Bucket=bucket, Key=key)
+            return
+        prefix = key if not key or key.endswith("/") else key + "/"
+        listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+    except Exception as exc:  # botocore errors: name the object, never the credentials
+        error = wrap_s3_error(exc, uri)
+        if error.http_status == 404 and "NoSuchBucket" not in error.message:
+            raise SourceError(f"{uri}: no such object") from exc
+        raise SourceError(error.message) from exc
+    if not listed.get("KeyCount"):
+        raise SourceError(f"{uri}: no objects under this prefix")
+
+
 def read_source(
     uri: str, cols: Columns = Columns(), batch_rows: int = 1000
 ) -> Iterator[list[SourceRow]]:

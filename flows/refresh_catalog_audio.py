@@ -16,6 +16,7 @@ from fishflow.manifest import recover, write_run_record
 from fishflow.pipeline import internal_failure
 from fishflow.run import RunTotals, entry_batches, new_run_id, open_run, run_spec
 from fishflow.settings import EnvSettings, RunSettings, validated
+from fishflow.sources import check_source
 from tasks import runtime
 from tasks.limits import PrefectSlotLeaser
 from tasks.synthesis import batch_argument, synthesize_batch
@@ -98,6 +99,7 @@ async def refresh_catalog_audio(
     # Limits shared with other runs live on a Prefect API that outlives this process; the
     # ephemeral one started for a lone `fishflow run` has nobody to share with.
     leaser = PrefectSlotLeaser(logger) if get_current_settings().api.url else None
+    await asyncio.to_thread(check_source, source)  # fails before anything is written
     async with open_run(
         leaser=leaser,
         run_id=run_id,
