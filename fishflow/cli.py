@@ -275,17 +275,18 @@ class _OwnWarningsOnly(logging.Filter):
 
 
 def _filter_prefect_console() -> None:
-    """Attach `_OwnWarningsOnly` to Prefect's console handler."""
+    """Attach `_OwnWarningsOnly` to the handlers Prefect writes to the terminal with."""
     import prefect
     from prefect.logging.configuration import ensure_logging_setup
-    from prefect.logging.handlers import PrefectConsoleHandler
 
     ensure_logging_setup()  # a no-op once done; later set-ups are incremental and keep filters
-
     prefect_dir = os.path.dirname(prefect.__file__)
-    loggers = [logging.getLogger(), logging.getLogger("uvicorn"), logging.getLogger("fastapi")]
-    for handler in {h for lg in loggers for h in lg.handlers}:
-        if isinstance(handler, PrefectConsoleHandler) and not any(
+    # The root's console handler, and the one of Prefect's internal machinery (its services
+    # log ERROR lines there, e.g. while a concurrency slot is awaited).
+    names = ["", "uvicorn", "fastapi", "prefect._internal"]
+    handlers = {h for name in names for h in logging.getLogger(name).handlers}
+    for handler in handlers:
+        if isinstance(handler, logging.StreamHandler) and not any(
             isinstance(f, _OwnWarningsOnly) for f in handler.filters
         ):
             handler.addFilter(_OwnWarningsOnly(prefect_dir))

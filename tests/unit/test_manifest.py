@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
-from fishflow.manifest import MANIFESTS, ItemRow, ManifestWriter
+from fishflow.manifest import MANIFESTS, ChunkRow, ErrorRow, ItemRow, ManifestWriter
 from fishflow.storage import LocalStore
 
 _ARROW = {
@@ -90,3 +91,13 @@ def test_merged_manifests_keep_every_row_in_order_in_few_row_groups(tmp_path: Pa
         3000,
         700,
     ]
+
+
+def test_rows_are_built_by_keyword_only() -> None:
+    """Rows have 11-20 fields: a positional slip would put a value in the wrong column."""
+    now = datetime.now(UTC)
+    with pytest.raises(TypeError):
+        ItemRow("r1", "a", 0, "ok", now)  # type: ignore[misc]
+    for cls in (ChunkRow, ErrorRow):
+        with pytest.raises(TypeError):
+            cls(*range(len(dataclasses.fields(cls))))
