@@ -123,7 +123,7 @@ def encode(audio: Audio, fmt: str) -> bytes:
             wav.setnchannels(1)
             wav.setsampwidth(2)
             wav.setframerate(audio.sample_rate)
-            wav.writeframes(audio.samples.astype("<i2", copy=False))
+            wav.writeframes(audio.samples.astype("<i2", copy=False).tobytes())
         return buf.getvalue()
     container, subtype, _ = _ENCODING[fmt]
     sf.write(buf, audio.samples, audio.sample_rate, format=container, subtype=subtype)

@@ -50,10 +50,9 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> typing.NoReturn:
         self.exit(EX_USAGE, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
 
-    def parse_args(  # type: ignore[override]
-        self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
-    ) -> argparse.Namespace:
-        parsed, extras = self.parse_known_args(args, namespace)
+    def parse(self, args: list[str] | None) -> argparse.Namespace:
+        """parse_args, with unknown options reported by the subcommand that was given."""
+        parsed, extras = self.parse_known_args(args)
         if extras:
             # argparse reports these against the top-level parser; the subcommand's options
             # are the ones to suggest from.
@@ -73,7 +72,7 @@ class _Parser(argparse.ArgumentParser):
 
     def _check_value(self, action: argparse.Action, value: Any) -> None:
         try:
-            super()._check_value(action, value)  # type: ignore[misc]
+            super()._check_value(action, value)
         except argparse.ArgumentError as exc:
             choices = [str(c) for c in action.choices or ()]
             close = difflib.get_close_matches(str(value), choices, n=1)
@@ -120,7 +119,7 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _build_parser() -> _Parser:
     parser = _Parser(prog="fishflow", description=__doc__.splitlines()[0], epilog=EXIT_STATUS)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -238,7 +237,7 @@ def _build_parser() -> argparse.ArgumentParser:
     emu.add_argument(
         "--latency", type=float, default=0.0, help="extra seconds per request (default: 0)"
     )
-    parser.commands = {name: typing.cast(_Parser, p) for name, p in sub.choices.items()}
+    parser.commands = dict(sub.choices)
     return parser
 
 
@@ -492,7 +491,7 @@ def _limits(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    args = _build_parser().parse(argv)
     try:
         if args.command == "run":
             return _run(args)

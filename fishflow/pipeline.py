@@ -255,17 +255,17 @@ def _error_row(
     chunk_index: int | None = None,
     stage: str | None = None,
 ) -> ErrorRow:
-    is_ours = isinstance(exc, FishflowError)
+    ours = exc if isinstance(exc, FishflowError) else None
     return ErrorRow(
         run_id=ctx.run_id,
         item_id=item_id,
         source_row=row,
         chunk_index=chunk_index,
-        stage=stage or (exc.stage if is_ours else "run"),
+        stage=stage or (ours.stage if ours else "run"),
         error_type=type(exc).__name__,
-        error_message=(exc.message if is_ours else str(exc)) or type(exc).__name__,
-        http_status=exc.http_status if is_ours else None,
-        retryable=bool(exc.retryable) if is_ours else False,
+        error_message=(ours.message if ours else str(exc)) or type(exc).__name__,
+        http_status=ours.http_status if ours else None,
+        retryable=bool(ours.retryable) if ours else False,
         attempts=getattr(exc, "attempts", 1),
         created_at=ctx.now(),
     )

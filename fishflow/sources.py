@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -51,7 +51,9 @@ def _clean(value: Any) -> str | None:
     return value if isinstance(value, str) else str(value)
 
 
-def _rows_from_records(records: list[dict[str, Any]], start: int, cols: Columns) -> list[SourceRow]:
+def _rows_from_records(
+    records: Sequence[Mapping[Any, Any]], start: int, cols: Columns
+) -> list[SourceRow]:
     return [
         SourceRow(
             row=start + i,

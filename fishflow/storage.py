@@ -6,6 +6,7 @@ Keys are pure functions of the item id. Blocking boto3 and file calls run in wor
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import os
 import re
@@ -53,14 +54,14 @@ class Store(Protocol):
     """An output location. Keys are relative ('audio/x.wav'); URIs are what users read."""
 
     root: str
-    write_threads: int  # how many puts are worth running at once
+    write_threads: ClassVar[int]  # how many puts are worth running at once
 
     def uri(self, key: str) -> str: ...
     def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> str: ...
     def put_file(self, key: str, path: str, content_type: str) -> str: ...
     def get(self, key: str) -> bytes: ...
-    def list(self, prefix: str) -> list[str]: ...
-    def delete(self, keys: list[str]) -> None: ...
+    def list(self, prefix: str) -> builtins.list[str]: ...
+    def delete(self, keys: builtins.list[str]) -> None: ...
 
 
 @dataclass
@@ -119,7 +120,7 @@ class LocalStore:
     def get(self, key: str) -> bytes:
         return Path(self.uri(key)).read_bytes()
 
-    def list(self, prefix: str) -> list[str]:
+    def list(self, prefix: str) -> builtins.list[str]:
         base = Path(self.uri(prefix))
         if not base.exists():
             return []
@@ -129,7 +130,7 @@ class LocalStore:
             if p.is_file() and not p.name.startswith(".tmp-")
         )
 
-    def delete(self, keys: list[str]) -> None:
+    def delete(self, keys: builtins.list[str]) -> None:
         for key in keys:
             Path(self.uri(key)).unlink(missing_ok=True)
 
@@ -236,7 +237,7 @@ class S3Store:
         except Exception as exc:
             raise wrap_s3_error(exc, self.uri(key)) from None
 
-    def list(self, prefix: str) -> list[str]:
+    def list(self, prefix: str) -> builtins.list[str]:
         start = len(self._key(""))
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(
@@ -246,7 +247,7 @@ class S3Store:
         except Exception as exc:
             raise wrap_s3_error(exc, self.uri(prefix)) from None
 
-    def delete(self, keys: list[str]) -> None:
+    def delete(self, keys: builtins.list[str]) -> None:
         for i in range(0, len(keys), 1000):
             objects = [{"Key": self._key(k)} for k in keys[i : i + 1000]]
             self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects})

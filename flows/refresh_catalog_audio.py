@@ -34,7 +34,8 @@ def _api_key(secret_block: str | None) -> str | None:
     if secret_block:
         from prefect.blocks.system import Secret
 
-        return Secret.load(secret_block).get()
+        # The lead rewrites this (Secret.load returns a coroutine in an async flow, issue 5).
+        return Secret.load(secret_block).get()  # type: ignore[union-attr]
     key = EnvSettings().api_key
     return key.get_secret_value() if key else None
 
@@ -90,7 +91,7 @@ async def refresh_catalog_audio(
     logger = get_run_logger()
     settings = settings or RunSettings()
     if isinstance(settings, dict):
-        settings = validated(RunSettings, **settings)  # type: ignore[assignment]
+        settings = validated(RunSettings, **settings)
     servers = servers or DEFAULT_SERVERS
     run_id = run_id or new_run_id()
     spec = run_spec(settings)
@@ -114,6 +115,7 @@ async def refresh_catalog_audio(
             logger.info("run %s: %s -> %s on %d server(s)", run_id, source, out, len(servers))
             recorded: set[int] = set()
             if resume:
+                assert ctx.journal is not None  # open_run always keeps one
                 recorded = await asyncio.to_thread(recover, ctx.store, writer, ctx.journal)
                 logger.info("run %s: resuming, %d rows already recorded", run_id, len(recorded))
             else:
