@@ -51,7 +51,7 @@ def decode(data: bytes) -> Audio:
     try:
         samples, rate = sf.read(io.BytesIO(data), dtype="int16", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        raise BadAudio(f"response is not decodable audio ({len(data)} bytes): {exc}") from None
+        raise BadAudio(f"response is not decodable audio ({len(data)} bytes): {exc}") from exc
     mono = samples.mean(axis=1).astype(np.int16) if samples.shape[1] > 1 else samples[:, 0]
     return Audio(mono, rate)
 

@@ -214,17 +214,17 @@ class FishSpeechClient:
                 f"cannot connect to {self.base_url}: {type(exc).__name__}",
                 server=self.base_url,
                 connection_failed=True,
-            ) from None
+            ) from exc
         except httpx.TimeoutException as exc:
             raise ServerUnavailable(
                 f"{type(exc).__name__} after {read_timeout_s:.0f} s from {self.base_url}",
                 server=self.base_url,
                 timed_out=True,
-            ) from None
+            ) from exc
         except httpx.TransportError as exc:  # reset, truncated body, protocol error
             raise ServerUnavailable(
                 f"{type(exc).__name__} from {self.base_url}: {exc}", server=self.base_url
-            ) from None
+            ) from exc
         _raise_for_status(response, self.base_url)
         try:
             audio = decode(content)

@@ -344,10 +344,8 @@ def write_run_record(store: Store, run_id: str, record: dict[str, Any]) -> None:
 def read_run_record(store: Store, run_id: str) -> dict[str, Any]:
     try:
         return json.loads(store.get(run_record_key(run_id)))
-    except (FileNotFoundError, StorageError):
-        raise ConfigError(
-            f"no run {run_id} in {store.root} (no {run_record_key(run_id)})"
-        ) from None
+    except (FileNotFoundError, StorageError) as exc:
+        raise ConfigError(f"no run {run_id} in {store.root} (no {run_record_key(run_id)})") from exc
 
 
 def latest_run_id(store: Store) -> str:
@@ -367,10 +365,10 @@ def failed_rows(store: Store, run_id: str) -> list[int]:
     key = f"{run_prefix(run_id)}/items.parquet"
     try:
         data = store.get(key)
-    except (FileNotFoundError, StorageError):
+    except (FileNotFoundError, StorageError) as exc:
         raise ConfigError(
             f"run {run_id} has no final manifest ({key}): resume it first (fishflow resume)"
-        ) from None
+        ) from exc
     table = pq.read_table(pa.BufferReader(data), columns=["source_row", "status"])
     return sorted(r for r, s in zip(*(table[c].to_pylist() for c in ("source_row", "status")),
                                     strict=True) if s == "failed")  # fmt: skip

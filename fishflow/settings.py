@@ -145,7 +145,7 @@ def validated(model_class: type[_Model], /, **values: object) -> _Model:
             f"{'.'.join(str(p) for p in err['loc']) or model_class.__name__}: {err['msg']}"
             for err in exc.errors()
         )
-        raise ConfigError(f"invalid {model_class.__name__}: {problems}") from None
+        raise ConfigError(f"invalid {model_class.__name__}: {problems}") from exc
 
 
 class RunSettings(_Frozen):
@@ -203,8 +203,8 @@ class RunSettings(_Frozen):
             if fragment.startswith("limit="):
                 try:
                     limit = int(fragment.removeprefix("limit="))
-                except ValueError:
-                    raise ConfigError(f"bad server limit in {url!r}: use URL#limit=N") from None
+                except ValueError as exc:
+                    raise ConfigError(f"bad server limit in {url!r}: use URL#limit=N") from exc
             configs.append(
                 validated(ServerConfig, url=base, max_in_flight=limit, model=self.cloud_model)
             )

@@ -97,10 +97,10 @@ def read_csv(path: str, cols: Columns, batch_rows: int) -> Iterator[list[SourceR
                 for r in rows
             ]
             start += len(frame)
-    except pd.errors.EmptyDataError:
-        raise SourceError(f"{path}: the file is empty") from None
+    except pd.errors.EmptyDataError as exc:
+        raise SourceError(f"{path}: the file is empty") from exc
     except pd.errors.ParserError as exc:
-        raise SourceError(f"{path}: not valid CSV: {exc}".strip()) from None
+        raise SourceError(f"{path}: not valid CSV: {exc}".strip()) from exc
 
 
 def read_jsonl(path: str, cols: Columns, batch_rows: int) -> Iterator[list[SourceRow]]:
@@ -137,7 +137,7 @@ def read_parquet(path: str, cols: Columns, batch_rows: int) -> Iterator[list[Sou
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise SourceError(f"{path}: not a Parquet file ({exc})") from None
+        raise SourceError(f"{path}: not a Parquet file ({exc})") from exc
     names = pf.schema_arrow.names
     _check_columns(names, cols, path)
     text_type = pf.schema_arrow.field(cols.text).type
@@ -210,7 +210,7 @@ def _read_s3(uri: str, cols: Columns, batch_rows: int) -> Iterator[list[SourceRo
     except SourceError:
         raise
     except Exception as exc:  # botocore errors: name the bucket, never the credentials
-        raise SourceError(str(wrap_s3_error(exc, uri))) from None
+        raise SourceError(str(wrap_s3_error(exc, uri))) from exc
 
 
 def read_table(path: str, cols: Columns, batch_rows: int) -> Iterator[list[SourceRow]]:

@@ -79,7 +79,7 @@ class LocalStore:
         except OSError as exc:
             raise StorageError(
                 f"cannot create output folder {self.root}: {exc.strerror}", fatal=True
-            ) from None
+            ) from exc
         if not os.access(self.root, os.W_OK):
             raise StorageError(f"output folder {self.root} is not writable", fatal=True)
 
@@ -103,7 +103,7 @@ class LocalStore:
                 raise
         except OSError as exc:
             # Disk full or read-only: every later item fails alike, so stop the run.
-            raise StorageError(f"cannot write {path}: {exc.strerror}", fatal=True) from None
+            raise StorageError(f"cannot write {path}: {exc.strerror}", fatal=True) from exc
         return path
 
     def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> str:
@@ -191,7 +191,7 @@ class S3Store:
         except Exception as exc:
             err = wrap_s3_error(exc, f"s3://{self.bucket}")
             err.fatal = True
-            raise err from None
+            raise err from exc
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -219,7 +219,7 @@ class S3Store:
                 ExtraArgs=self._extra(content_type, metadata),
             )
         except Exception as exc:
-            raise wrap_s3_error(exc, self.uri(key)) from None
+            raise wrap_s3_error(exc, self.uri(key)) from exc
         return self.uri(key)
 
     def put_file(self, key: str, path: str, content_type: str) -> str:
@@ -228,14 +228,14 @@ class S3Store:
                 path, self.bucket, self._key(key), ExtraArgs=self._extra(content_type)
             )
         except Exception as exc:
-            raise wrap_s3_error(exc, self.uri(key)) from None
+            raise wrap_s3_error(exc, self.uri(key)) from exc
         return self.uri(key)
 
     def get(self, key: str) -> bytes:
         try:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
         except Exception as exc:
-            raise wrap_s3_error(exc, self.uri(key)) from None
+            raise wrap_s3_error(exc, self.uri(key)) from exc
 
     def list(self, prefix: str) -> builtins.list[str]:
         start = len(self._key(""))
@@ -245,7 +245,7 @@ class S3Store:
             )
             return sorted(o["Key"][start:] for page in pages for o in page.get("Contents", []))
         except Exception as exc:
-            raise wrap_s3_error(exc, self.uri(prefix)) from None
+            raise wrap_s3_error(exc, self.uri(prefix)) from exc
 
     def delete(self, keys: builtins.list[str]) -> None:
         for i in range(0, len(keys), 1000):

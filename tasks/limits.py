@@ -70,8 +70,8 @@ class PrefectSlotLeaser:
         holder = asyncio.create_task(hold())
         try:
             await granted
-        except AcquireConcurrencySlotTimeoutError:
-            raise TimeoutError(f"no free slot on {name} within {timeout_s} s") from None
+        except AcquireConcurrencySlotTimeoutError as exc:
+            raise TimeoutError(f"no free slot on {name} within {timeout_s} s") from exc
         return _HeldSlot(release, holder)
 
 
