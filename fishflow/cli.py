@@ -392,6 +392,15 @@ def _with_flow(args: argparse.Namespace, run_id: str | None, out: str, call: Any
         hint = f"; finish it with: fishflow resume {run_id} --out {out}" if run_id else ""
         print(f"fishflow: stopped; finished items are recorded{hint}", file=sys.stderr)
         return 130
+    except RuntimeError as exc:
+        if "ephemeral Prefect API" not in str(exc):
+            raise
+        # Its message carries the server's whole stdout and stderr: not a line to print.
+        raise ConfigError(
+            "Prefect's temporary API did not start in time: start one with `prefect server "
+            "start` and set PREFECT_API_URL (or raise "
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)"
+        ) from exc
     finally:
         signal.signal(signal.SIGTERM, previous)
         progress.close()
