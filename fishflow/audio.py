@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import wave
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,7 +52,7 @@ def decode(data: bytes) -> Audio:
     try:
         samples, rate = sf.read(io.BytesIO(data), dtype="int16", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        raise BadAudio(f"response is not decodable audio ({len(data)} bytes): {exc}") from None
+        raise BadAudio(f"response is not decodable audio ({len(data)} bytes): {exc}") from exc
     mono = samples.mean(axis=1).astype(np.int16) if samples.shape[1] > 1 else samples[:, 0]
     return Audio(mono, rate)
 
@@ -91,16 +92,19 @@ def check_plausible(audio: Audio, text: str, *, sample_rate: int, max_new_tokens
         raise BadAudio("audio is near-silent")
 
 
-def stitch(parts: list[Audio], *, pause_ms: int, fade_ms: int) -> Audio:
-    """Join chunk audio with a short pause and fades at each join (Fish decodes chunks apart,
-    so raw joins click)."""
+def stitch(parts: list[Audio], *, pause_ms: int | Sequence[int], fade_ms: int) -> Audio:
+    """Join chunk audio with a pause and fades at each join (Fish decodes chunks apart, so raw
+    joins click). ``pause_ms``: one length for every join, or one per join (``len(parts) - 1``,
+    see ``Chunk.boundary``)."""
     if not parts:
         raise ValueError("nothing to stitch")
+    pauses = [pause_ms] * (len(parts) - 1) if isinstance(pause_ms, int) else list(pause_ms)
+    if len(pauses) != len(parts) - 1:
+        raise ValueError(f"{len(pauses)} pauses for {len(parts) - 1} joins")
     if len(parts) == 1:
         return parts[0]  # no join, nothing to fade
     rate = parts[0].sample_rate
     fade = int(rate * fade_ms / 1000)
-    pause = np.zeros(int(rate * pause_ms / 1000), dtype=np.float32)
     pieces: list[np.ndarray] = []
     for i, part in enumerate(parts):
         x = part.samples.astype(np.float32)
@@ -112,7 +116,7 @@ def stitch(parts: list[Audio], *, pause_ms: int, fade_ms: int) -> Audio:
             if i < len(parts) - 1:
                 x[-n:] *= ramp[::-1]
         if i:
-            pieces.append(pause)
+            pieces.append(np.zeros(int(rate * pauses[i - 1] / 1000), dtype=np.float32))
         pieces.append(x)
     joined = np.concatenate(pieces)
     return Audio(np.clip(joined, -32768, 32767).astype(np.int16), rate)
@@ -126,7 +130,7 @@ def encode(audio: Audio, fmt: str) -> bytes:
             wav.setnchannels(1)
             wav.setsampwidth(2)
             wav.setframerate(audio.sample_rate)
-            wav.writeframes(audio.samples.astype("<i2", copy=False))
+            wav.writeframes(audio.samples.astype("<i2", copy=False).tobytes())
         return buf.getvalue()
     container, subtype, _ = _ENCODING[fmt]
     sf.write(buf, audio.samples, audio.sample_rate, format=container, subtype=subtype)

@@ -445,7 +445,8 @@ class _Handler(BaseHTTPRequestHandler):
         if body is _INVALID:
             return
         try:
-            req = srv.config.request_model.model_validate(body)
+            # Fields of ServerTTSRequest, whichever model this server checks requests with.
+            req: Any = srv.config.request_model.model_validate(body)
         except ValidationError as exc:
             self._send(422, validation_errors(exc), "application/json")
             return
@@ -507,7 +508,7 @@ class _Handler(BaseHTTPRequestHandler):
             if fault == "error" or req.format in ("pcm", "opus"):
                 self._error(500, "Failed to generate speech")
                 return
-            samples = synth_samples(text, seconds, voice)
+            samples = synth_samples(text, seconds, voice if isinstance(voice, str) else None)
             if req.streaming:
                 data, ctype = samples.tobytes(), "audio/wav"
             else:
@@ -617,6 +618,8 @@ def _multipart(content_type: str, raw: bytes) -> dict[str, Any] | None:
         if not isinstance(name, str):
             continue
         data = part.get_payload(decode=True) or b""
+        if not isinstance(data, bytes):  # a nested multipart: no field of this form
+            continue
         if part.get_filename() is not None:
             form[name] = data
         else:
@@ -801,7 +804,7 @@ class Emulator:
     ):
         self.config = config or EmulatorConfig()
         self._server = _Server((host, port), self.config)
-        self.host, self.port = self._server.server_address[:2]
+        self.host, self.port = host, self._server.server_address[1]
         self._thread: threading.Thread | None = None
 
     @property

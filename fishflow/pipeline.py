@@ -14,7 +14,7 @@ import hashlib
 import os
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,27 +22,44 @@ from datetime import UTC, datetime
 import numpy as np
 
 from fishflow.audio import Audio, content_type, encode, stitch
-from fishflow.chunking import Chunk, chunk_budget, chunk_key, chunk_text, split_in_two
+from fishflow.chunking import (
+    Chunk,
+    chunk_blocks,
+    chunk_budget,
+    chunk_key,
+    split_at_clause,
+    split_in_two,
+)
 from fishflow.errors import (
     CutAtTokenCap,
     FishflowError,
     SourceError,
     StorageError,
+    SynthesisError,
     TextTooLong,
     VoiceRefused,
 )
 from fishflow.manifest import ChunkRow, ErrorRow, ItemRow, Journal
+from fishflow.markdown import markdown_blocks
 from fishflow.pool import ServerPool, Synthesized
 from fishflow.settings import (
     AudioSettings,
     ChunkSettings,
     Reference,
     SynthesisOptions,
+    TextSettings,
     reference_id_problem,
 )
 from fishflow.sources import SourceRow
 from fishflow.storage import Store, safe_key
-from fishflow.text import detect_language, is_speakable, normalize, text_sha256
+from fishflow.text import (
+    Block,
+    blocks_text,
+    detect_language,
+    is_speakable,
+    plain_blocks,
+    text_sha256,
+)
 from fishflow.voices import ReferenceFiles, item_seed
 
 # About 25 minutes of speech: the stitched audio is held in memory (~130 MB at 44.1 kHz).
@@ -57,6 +74,9 @@ class Item:
     language: str
     voice: str | None  # the row's reference_id
     content_key: str
+    # What is sent, request by request, with the join after each; made when the row is
+    # validated because the content key is computed from it.
+    chunks: tuple[Chunk, ...] = ()
     reference_audio: str | None = None  # the row's reference recording (path or URI)
     reference_text: str | None = None  # ... and its transcript
     reference_digest: str | None = None  # of both: part of the content and chunk keys
@@ -105,21 +125,27 @@ class RunSpec:
     options: SynthesisOptions = field(default_factory=SynthesisOptions)
     audio: AudioSettings = field(default_factory=AudioSettings)
     chunking: ChunkSettings = field(default_factory=ChunkSettings)
+    text: TextSettings = field(default_factory=TextSettings)
 
     @functools.cached_property
     def _fingerprints(self) -> tuple[str, str]:
         # Computed once: model dumps and hashes per chunk showed up in the CPU profile.
-        return self.options.fingerprint(), "\0".join(
-            (self.audio.fingerprint(), self.chunking.model_dump_json())
-        )
+        return self.options.fingerprint(), self.audio.fingerprint()
 
     def voice_fingerprint(self, voice: str | None) -> str:
         return f"{self._fingerprints[0]}:{voice or ''}"
 
-    def content_key(self, normalized: str, voice: str | None) -> str:
-        """Changes whenever the audio would: text, voice, synthesis fields, format, joins."""
-        parts = (normalized, self.voice_fingerprint(voice), self._fingerprints[1])
-        return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+    def content_key(self, chunks: Sequence[Chunk], voice: str | None) -> str:
+        """Changes whenever the audio would: what each request says and the pause after it,
+        the voice, the synthesis fields, the output format. A setting that changes neither
+        (the budget of a one-chunk item, the pause at a join an item does not have) leaves
+        the item's key, and so its audio, alone."""
+        digest = hashlib.sha256(
+            f"{self.voice_fingerprint(voice)}\0{self._fingerprints[1]}".encode()
+        )
+        for chunk in chunks:
+            digest.update(f"\0{chunk.text}\0{self.audio.pause_after_ms(chunk.boundary)}".encode())
+        return digest.hexdigest()[:32]
 
 
 def validate_row(
@@ -172,26 +198,61 @@ def validate_row(
         except SourceError as exc:
             return Rejection(row.row, item_id, exc.message)
         digest = hashlib.sha256(f"{audio_digest}\0{row.reference_text}".encode()).hexdigest()[:16]
-    text = normalize(row.text)
+    language = (row.language or "").strip().lower() or None
+    blocks = speech_blocks(row, spec.text, language=language)
+    text = blocks_text(blocks)
     if not is_speakable(text):
         return Rejection(row.row, item_id, "text has no letters or digits to speak")
-    language = (row.language or "").strip().lower() or detect_language(text)
+    language = language or detect_language(text)
+    chunks = tuple(chunk_blocks(blocks, language, spec.chunking.max_bytes, spec.chunking.min_bytes))
     seed = None
     options = spec.options
     if not (row.voice or digest or options.reference_id or options.references):
         seed = options.seed if options.seed is not None else item_seed(item_id)
+    key = spec.content_key(chunks, voice_identity(row.voice, digest, seed))
     return Item(
         row.row,
         item_id,
         text,
         language,
         row.voice,
-        spec.content_key(text, voice_identity(row.voice, digest, seed)),
+        key,
+        chunks,
         reference_audio=row.reference_audio if digest else None,
         reference_text=row.reference_text if digest else None,
         reference_digest=digest,
         seed=seed,
     )
+
+
+def speech_blocks(
+    row: SourceRow, settings: TextSettings, *, language: str | None = None
+) -> tuple[Block, ...]:
+    """What will be spoken of a row's text: Markdown read construct by construct (when the run
+    says so, or for .md files under ``auto``), plain text as paragraphs."""
+    text = row.text or ""
+    markdown = (
+        settings.format == "markdown"
+        if settings.format != "auto"
+        else row.text_format == "markdown"
+    )
+    if not markdown:
+        return plain_blocks(text)
+    return markdown_blocks(
+        text,
+        language=language,
+        code=settings.code,
+        images=settings.images,
+        tables=settings.tables,
+    )
+
+
+def item_chunks(item: Item, spec: RunSpec) -> list[Chunk]:
+    """An item's chunks, each with the boundary (and so the pause) after it."""
+    if item.chunks:
+        return list(item.chunks)
+    blocks = plain_blocks(item.text)
+    return chunk_blocks(blocks, item.language, spec.chunking.max_bytes, spec.chunking.min_bytes)
 
 
 def audio_key(item_id: str, fmt: str) -> str:
@@ -345,17 +406,17 @@ def _error_row(
     chunk_index: int | None = None,
     stage: str | None = None,
 ) -> ErrorRow:
-    is_ours = isinstance(exc, FishflowError)
+    ours = exc if isinstance(exc, FishflowError) else None
     return ErrorRow(
         run_id=ctx.run_id,
         item_id=item_id,
         source_row=row,
         chunk_index=chunk_index,
-        stage=stage or (exc.stage if is_ours else "run"),
+        stage=stage or (ours.stage if ours else "run"),
         error_type=type(exc).__name__,
-        error_message=(exc.message if is_ours else str(exc)) or type(exc).__name__,
-        http_status=exc.http_status if is_ours else None,
-        retryable=bool(exc.retryable) if is_ours else False,
+        error_message=(ours.message if ours else str(exc)) or type(exc).__name__,
+        http_status=ours.http_status if ours else None,
+        retryable=bool(ours.retryable) if ours else False,
         attempts=getattr(exc, "attempts", 1),
         created_at=ctx.now(),
     )
@@ -373,20 +434,27 @@ def _unprocessed(
     """A failed row that never reached synthesis, with its one error row."""
     now = ctx.now()
     return ItemOutcome(
-        ItemRow(ctx.run_id, entry.item_id, entry.row, "failed", now, error=message),
+        ItemRow(
+            run_id=ctx.run_id,
+            item_id=entry.item_id,
+            source_row=entry.row,
+            status="failed",
+            created_at=now,
+            error=message,
+        ),
         errors=[
             ErrorRow(
-                ctx.run_id,
-                entry.item_id,
-                entry.row,
-                None,
-                stage,
-                error_type,
-                message,
-                None,
-                retryable,
-                0,
-                now,
+                run_id=ctx.run_id,
+                item_id=entry.item_id,
+                source_row=entry.row,
+                chunk_index=None,
+                stage=stage,
+                error_type=error_type,
+                error_message=message,
+                http_status=None,
+                retryable=retryable,
+                attempts=0,
+                created_at=now,
             )
         ],
     )
@@ -403,22 +471,31 @@ def internal_failure(ctx: RunContext, entry: Item | Rejection, exc: BaseExceptio
 
 
 def _failed(
-    ctx: RunContext, item: Item, errors: list[ErrorRow], chunks: list[ChunkRow], **fields: object
+    ctx: RunContext,
+    item: Item,
+    errors: list[ErrorRow],
+    chunks: list[ChunkRow],
+    *,
+    chunk_count: int | None = None,
+    attempts: int | None = None,
+    synth_seconds: float | None = None,
 ) -> ItemOutcome:
     return ItemOutcome(
         ItemRow(
-            ctx.run_id,
-            item.item_id,
-            item.row,
-            "failed",
-            ctx.now(),
+            run_id=ctx.run_id,
+            item_id=item.item_id,
+            source_row=item.row,
+            status="failed",
+            created_at=ctx.now(),
             language=item.language,
             text_sha256=text_sha256(item.text),
             content_key=item.content_key,
             chars=len(item.text),
+            chunk_count=chunk_count,
+            attempts=attempts,
+            synth_seconds=synth_seconds,
             error=errors[0].error_message,
-            **fields,
-        ),  # type: ignore[arg-type]
+        ),
         chunks,
         errors,
     )
@@ -431,11 +508,11 @@ def _skip_if_unchanged(ctx: RunContext, item: Item) -> ItemOutcome | None:
     if prev.audio_key not in ctx.existing_audio:
         return None
     row = ItemRow(
-        ctx.run_id,
-        item.item_id,
-        item.row,
-        "skipped",
-        ctx.now(),
+        run_id=ctx.run_id,
+        item_id=item.item_id,
+        source_row=item.row,
+        status="skipped",
+        created_at=ctx.now(),
         language=item.language,
         text_sha256=text_sha256(item.text),
         content_key=item.content_key,
@@ -450,15 +527,31 @@ def _skip_if_unchanged(ctx: RunContext, item: Item) -> ItemOutcome | None:
     return ItemOutcome(row)
 
 
+def _split(ctx: RunContext, item: Item, text: str, exc: SynthesisError) -> list[str] | None:
+    """The parts to send instead of ``text``: within the server's text limit, cut at sentence
+    and clause ends (evenly sized); for audio cut at the token cap, in two near the middle."""
+    if isinstance(exc, TextTooLong):
+        budget = chunk_budget(
+            max_new_tokens=ctx.spec.options.max_new_tokens,
+            chunk_bytes=ctx.spec.chunking.max_bytes,
+            max_chars=exc.limit,
+            text=text,
+        )
+        parts = split_at_clause(text, budget, language=item.language)
+        if len(parts) > 1:
+            return parts
+    halves = split_in_two(text)
+    return list(halves) if halves else None
+
+
 async def _synthesize_fitting(
     ctx: RunContext, item: Item, text: str, references: tuple[Reference, ...], depth: int = 0
 ) -> Synthesized:
-    """Synthesise a chunk's text; where the server cannot take it whole, its halves.
+    """Synthesise a chunk's text; where the server cannot take it whole, its parts.
 
     Audio cut at the token cap is cut again if sent again, and a text over the server's
-    --max-text-length is refused again: either way the text is split in two at its most
-    natural boundary near the middle and each half sent (halved again if need be), then
-    joined with a short pause."""
+    --max-text-length is refused again: the text is split (see ``_split``) and each part
+    sent (split again if need be), then joined with the pause of a cut clause."""
     try:
         return await ctx.pool.synthesize(
             text,
@@ -469,24 +562,26 @@ async def _synthesize_fitting(
             voice=item.voice_name,
         )
     except (CutAtTokenCap, TextTooLong) as exc:
-        halves = split_in_two(text) if depth < 10 else None
-        if halves is None:
+        pieces = _split(ctx, item, text, exc) if depth < 10 else None
+        if not pieces:
             raise
         spent = exc.attempts  # requests that told us to split (0: the known limit did)
         fingerprint = ctx.spec.voice_fingerprint(item.voice_identity)
 
-        def half_of(half: str) -> Awaitable[tuple[Audio, Synthesized | None]]:
-            # Through the chunk cache: a repeated clause of one item is sent once.
+        def part_of(piece: str) -> Awaitable[tuple[Audio, Synthesized | None]]:
+            # Through the chunk cache: a repeated piece of one item is sent once.
             return ctx.cache.get_or_make(
-                chunk_key(half, fingerprint),
+                chunk_key(piece, fingerprint),
                 ctx.spec.audio.sample_rate,
-                lambda: _synthesize_fitting(ctx, item, half, references, depth + 1),
+                lambda: _synthesize_fitting(ctx, item, piece, references, depth + 1),
                 persist=False,
             )
 
-        parts = await asyncio.gather(*(half_of(h) for h in halves))
+        parts = await asyncio.gather(*(part_of(p) for p in pieces))
     settings = ctx.spec.audio
-    audio = stitch([a for a, _ in parts], pause_ms=settings.pause_ms // 2, fade_ms=settings.fade_ms)
+    audio = stitch(
+        [a for a, _ in parts], pause_ms=settings.pause_after_ms("clause"), fade_ms=settings.fade_ms
+    )
     made = [m for _, m in parts if m is not None]
     return Synthesized(
         audio,
@@ -539,9 +634,12 @@ async def _references(ctx: RunContext, item: Item) -> tuple[Reference, ...]:
     return (await asyncio.to_thread(ctx.references.reference, uri, text),)
 
 
-def _publish(ctx: RunContext, item: Item, parts: list[Audio]) -> tuple[str, Audio, int, str]:
+def _publish(
+    ctx: RunContext, item: Item, chunks: list[Chunk], parts: list[Audio]
+) -> tuple[str, Audio, int, str]:
     settings = ctx.spec.audio
-    audio = stitch(parts, pause_ms=settings.pause_ms, fade_ms=settings.fade_ms)
+    pauses = [settings.pause_after_ms(c.boundary) for c in chunks[:-1]]
+    audio = stitch(parts, pause_ms=pauses, fade_ms=settings.fade_ms)
     data = encode(audio, settings.format)
     uri = ctx.store.put(
         audio_key(item.item_id, settings.format),
@@ -573,14 +671,7 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
         references = await _references(ctx, item)
     except SourceError as exc:
         return _failed(ctx, item, [_error_row(ctx, item.row, item.item_id, exc)], [])
-    options = ctx.spec.options
-    budget = chunk_budget(
-        item.text,
-        max_bytes=ctx.spec.chunking.max_bytes,
-        max_new_tokens=options.max_new_tokens,
-        max_chars=ctx.pool.max_text_chars,
-    )
-    chunks = chunk_text(item.text, item.language, budget, ctx.spec.chunking.min_bytes)
+    chunks = item_chunks(item, ctx.spec)
     started = time.monotonic()
     multi = len(chunks) > 1
     results = await asyncio.gather(
@@ -602,20 +693,22 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
             errors.append(_error_row(ctx, item.row, item.item_id, result, chunk.index))
             rows.append(
                 ChunkRow(
-                    ctx.run_id,
-                    item.item_id,
-                    item.row,
-                    chunk.index,
-                    chunk.start,
-                    chunk.end,
-                    chunk.utf8_bytes,
-                    chunk_key(chunk.text, ctx.spec.voice_fingerprint(item.voice_identity)),
-                    getattr(result, "server", None),
-                    getattr(result, "attempts", 1),
-                    None,
-                    None,
-                    False,
-                    "failed",
+                    run_id=ctx.run_id,
+                    item_id=item.item_id,
+                    source_row=item.row,
+                    chunk_index=chunk.index,
+                    start_char=chunk.start,
+                    end_char=chunk.end,
+                    utf8_bytes=chunk.utf8_bytes,
+                    chunk_key=chunk_key(
+                        chunk.text, ctx.spec.voice_fingerprint(item.voice_identity)
+                    ),
+                    server=getattr(result, "server", None),
+                    attempts=getattr(result, "attempts", 1),
+                    latency_s=None,
+                    duration_s=None,
+                    reused=False,
+                    status="failed",
                 )
             )
         else:
@@ -634,7 +727,7 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
         )
     try:
         uri, audio, size, digest = await asyncio.get_running_loop().run_in_executor(
-            ctx.publisher, _publish, ctx, item, audio_parts
+            ctx.publisher, _publish, ctx, item, chunks, audio_parts
         )
     except StorageError as exc:
         if exc.fatal:
@@ -648,11 +741,11 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
             attempts=attempts,
         )
     row = ItemRow(
-        ctx.run_id,
-        item.item_id,
-        item.row,
-        "ok",
-        ctx.now(),
+        run_id=ctx.run_id,
+        item_id=item.item_id,
+        source_row=item.row,
+        status="ok",
+        created_at=ctx.now(),
         language=item.language,
         text_sha256=text_sha256(item.text),
         content_key=item.content_key,

@@ -5,30 +5,28 @@ from __future__ import annotations
 
 import pytest
 
-from fishflow.audio import TOKENS_PER_SECOND, expected_duration_s
-from fishflow.chunking import TOKEN_CAP_MARGIN, chunk_budget, chunk_text, split_in_two
+from fishflow.chunking import DEFAULT_CHUNK_BYTES, chunk_budget, split_at_clause, split_in_two
 from fishflow.settings import reference_id_problem
 from fishflow.text import normalize
 from fishflow.voices import item_seed, resolve
 
 
-def test_chunk_budget_follows_max_new_tokens_and_the_servers_text_limit() -> None:
-    """A chunk's expected speech fits the token cap with margin (~21.5 tokens per second,
-    fish-speech-api.md 'max_new_tokens caps each generation'); a server's character limit
-    becomes bytes at the text's narrowest character ('--max-text-length N counts characters')."""
+def test_chunk_budget_keeps_a_text_within_the_servers_text_limit() -> None:
+    """A server's character limit becomes bytes at the text's narrowest character
+    (fish-speech-api.md '--max-text-length N counts characters'): the pieces of a text split
+    at that budget each hold at most N characters, in one script or mixed."""
     english = "The long lesson explains one more idea, slowly and in detail. " * 10
     chinese = "这款绿茶产自杭州，香气清高，口感鲜爽，每罐二百五十克。" * 10
-    assert chunk_budget(english, max_bytes=200, max_new_tokens=1024) == 200
-    for text, lang in ((english, "en"), (chinese, "zh")):
-        budget = chunk_budget(text, max_bytes=200, max_new_tokens=200)
-        assert budget < 200
-        cap_s = 200 / TOKENS_PER_SECOND
-        for chunk in chunk_text(normalize(text), lang, budget):
-            assert expected_duration_s(chunk.text) <= cap_s * TOKEN_CAP_MARGIN * 1.05
-    assert chunk_budget(chinese, max_bytes=400, max_new_tokens=1024, max_chars=40) == 120
-    assert chunk_budget(english, max_bytes=400, max_new_tokens=1024, max_chars=120) == 120
-    mixed = "绿茶 green tea " * 10
-    assert chunk_budget(mixed, max_bytes=400, max_new_tokens=1024, max_chars=50) == 50
+    mixed = "绿茶 green tea, 口感鲜爽. " * 10
+    assert chunk_budget(max_new_tokens=1024, chunk_bytes=400, max_chars=40, text=chinese) == 120
+    assert chunk_budget(max_new_tokens=1024, chunk_bytes=400, max_chars=120, text=english) == 120
+    assert chunk_budget(max_new_tokens=1024, chunk_bytes=400, max_chars=50, text=mixed) == 50
+    assert chunk_budget(max_new_tokens=1024, max_chars=1000, text=english) == DEFAULT_CHUNK_BYTES
+    for text, lang, limit in ((english, "en", 120), (chinese, "zh", 40), (mixed, "zh", 50)):
+        budget = chunk_budget(max_new_tokens=1024, chunk_bytes=400, max_chars=limit, text=text)
+        pieces = split_at_clause(normalize(text), budget, language=lang)
+        assert len(pieces) > 1
+        assert all(0 < len(p) <= limit for p in pieces)
 
 
 @pytest.mark.parametrize(
