@@ -38,13 +38,15 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("run settings (also the flow's `settings` parameter)")
     for name, info in RunSettings.model_fields.items():
         kind, choices = _field_type(info.annotation)
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{info.description} (default: {info.default})"
+        if kind is bool:  # --x / --no-x: argparse's type=bool would read "False" as True
+            group.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, help=help_text
+            )
+            continue
         group.add_argument(
-            "--" + name.replace("_", "-"),
-            dest=name,
-            type=kind,
-            choices=choices,
-            default=None,
-            help=f"{info.description} (default: {info.default})",
+            flag, dest=name, type=kind, choices=choices, default=None, help=help_text
         )
 
 
@@ -53,7 +55,11 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="synthesise a catalog and publish audio + manifests")
-    run.add_argument("source", help="CSV/JSONL/Parquet file, folder of .txt/.md, or s3:// URI")
+    run.add_argument(
+        "source",
+        help="CSV/JSONL/Parquet file, folder of .txt/.md, s3:// URI, database URL (with --table "
+        "or --query), env:NAME or secret:NAME (a Prefect Secret block)",
+    )
     run.add_argument("--out", required=True, help="output folder or s3://bucket/prefix")
     run.add_argument(
         "--server",
@@ -153,12 +159,19 @@ def _run(args: argparse.Namespace) -> int:
     from fishflow.run import new_run_id
 
     run_id = args.run_id or new_run_id()
+    from fishflow.database import PASSWORD_ENV, split_password
+
+    # A password typed in the URL stays in this process: the flow, its parameters and the run
+    # record see the masked URL, and the core reads the password from the environment.
+    source, password = split_password(args.source)
+    if password:
+        os.environ[PASSWORD_ENV] = password
     return _with_flow(
         args,
         run_id,
         args.out,
         lambda flows: flows.refresh_catalog_audio(
-            source=args.source,
+            source=source,
             out=args.out,
             servers=servers,
             settings=settings,

@@ -61,7 +61,13 @@ def entry_batches(
     failed rows) are validated, so ids stay checked for duplicates, but not returned.
     """
     seen: set[str] = set()
-    for rows in read_source(source, columns(settings), batch_rows=settings.batch_size):
+    for rows in read_source(
+        source,
+        columns(settings),
+        batch_rows=settings.batch_size,
+        table=settings.table,
+        query=settings.query,
+    ):
         entries = [validate_row(row, spec, seen) for row in rows]
         if skip_rows or only_rows is not None:
             entries = [
@@ -118,7 +124,11 @@ async def open_run(
         retry=settings.retry_policy(),
         leaser=leaser,
     )
-    journal = Journal(journal_dir(store), run_id)
+    # An S3 output keeps the run's state (journal, chunk audio) in itself too, so that a run
+    # resumed or re-run on a fresh machine redoes only what was in flight; the local copies
+    # stay in front as the fast layer. A local output already holds it (<out>/.fishflow).
+    remote = store if store.root.startswith("s3://") and settings.state_in_output else None
+    journal = Journal(journal_dir(store), run_id, remote=remote)
     publisher = ThreadPoolExecutor(store.write_threads, thread_name_prefix="fishflow-publish")
     ctx = RunContext(
         journal=journal,
@@ -126,7 +136,7 @@ async def open_run(
         spec=spec,
         pool=pool,
         store=store,
-        cache=ChunkCache(cache_dir),
+        cache=ChunkCache(cache_dir, remote=remote),
         previous=previous,
         existing_audio=existing,
         force=force,

@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fishflow.errors import SourceError
+from fishflow.errors import ConfigError, SourceError
 from fishflow.storage import parse_s3_uri, s3_client, wrap_s3_error
 from fishflow.text import markdown_to_text
 
@@ -223,9 +223,24 @@ def read_table(path: str, cols: Columns, batch_rows: int) -> Iterator[list[Sourc
 
 
 def read_source(
-    uri: str, cols: Columns = Columns(), batch_rows: int = 1000
+    uri: str,
+    cols: Columns = Columns(),
+    batch_rows: int = 1000,
+    *,
+    table: str | None = None,
+    query: str | None = None,
 ) -> Iterator[list[SourceRow]]:
-    """Batches of rows from any supported source (local path or s3:// URI)."""
+    """Batches of rows from any supported source: a local path, an s3:// URI, or a database URL
+    with ``table`` or ``query`` (see ``fishflow.database``); ``env:NAME`` names any of them."""
+    from fishflow import database  # SQLAlchemy is imported only when a database is read
+
+    uri = database.resolve_env(uri)
+    if database.is_database_url(uri):
+        return database.read_database(uri, cols, batch_rows, table=table, query=query)
+    if table or query:
+        raise ConfigError(
+            f"{uri}: --table and --query read a database; give a database URL as the source"
+        )
     if uri.startswith("s3://"):
         return _read_s3(uri, cols, batch_rows)
     if os.path.isdir(uri):

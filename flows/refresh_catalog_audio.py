@@ -11,6 +11,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.settings import get_current_settings
 
+from fishflow.database import mask
 from fishflow.errors import FishflowError
 from fishflow.manifest import recover, write_run_record
 from fishflow.pipeline import internal_failure
@@ -18,6 +19,7 @@ from fishflow.run import RunTotals, entry_batches, new_run_id, open_run, run_spe
 from fishflow.settings import EnvSettings, RunSettings, validated
 from tasks import runtime
 from tasks.limits import PrefectSlotLeaser
+from tasks.sources import resolve_source
 from tasks.synthesis import batch_argument, synthesize_batch
 
 DEFAULT_SERVERS = ["http://127.0.0.1:8080"]
@@ -85,6 +87,9 @@ async def refresh_catalog_audio(
     comes from the Prefect Secret block `api_key_secret`, or FISHFLOW_API_KEY.
     `resume` continues run `run_id` where it stopped; `only_rows` limits the run to those
     source rows (what `retry-errors` uses).
+    `source` may be a database URL read with `settings.table` or `settings.query`, `env:NAME`
+    (the source held by an environment variable) or `secret:NAME` (by a Prefect Secret block);
+    a URL's password is masked in logs and in the run record.
     """
     logger = get_run_logger()
     settings = settings or RunSettings()
@@ -109,14 +114,17 @@ async def refresh_catalog_audio(
     ) as (ctx, writer):
         totals = runtime.register(ctx, writer).totals
         try:
-            logger.info("run %s: %s -> %s on %d server(s)", run_id, source, out, len(servers))
+            # What logs and the run record show: a database URL without its password, or the
+            # env:/secret: reference that `resume` and `retry-errors` resolve again.
+            shown = mask(source)
+            logger.info("run %s: %s -> %s on %d server(s)", run_id, shown, out, len(servers))
             recorded: set[int] = set()
             if resume:
                 recorded = await asyncio.to_thread(recover, ctx.store, writer, ctx.journal)
                 logger.info("run %s: resuming, %d rows already recorded", run_id, len(recorded))
             else:
                 record = {
-                    "source": source,
+                    "source": shown,
                     "out": out,
                     "servers": servers,
                     "force": force,
@@ -130,7 +138,7 @@ async def refresh_catalog_audio(
             window = asyncio.Semaphore(3)
             pending: set[asyncio.Task[Any]] = set()
             batches = entry_batches(
-                source,
+                await resolve_source(source),
                 settings,
                 spec,
                 skip_rows=recorded,
@@ -165,6 +173,8 @@ async def refresh_catalog_audio(
             if pending:
                 await asyncio.gather(*pending)
             fatal = fatal or ctx.fatal_error
+            if ctx.journal is not None and ctx.journal.remote_error:
+                logger.warning("run state not kept in %s: %s", out, ctx.journal.remote_error)
             for warning in ctx.warnings:
                 logger.warning(warning)
             manifests = await asyncio.to_thread(writer.finalize)
