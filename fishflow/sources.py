@@ -11,6 +11,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -186,29 +187,45 @@ def _read_s3(uri: str, cols: Columns, batch_rows: int) -> Iterator[list[SourceRo
                 yield from read_table(local, cols, batch_rows)
             return
         prefix = key if not key or key.endswith("/") else key + "/"
-        paginator = s3.get_paginator("list_objects_v2")
-        keys = [
-            obj["Key"]
-            for page in paginator.paginate(Bucket=bucket, Prefix=prefix)
-            for obj in page.get("Contents", [])
-            if PurePosixPath(obj["Key"]).suffix.lower() in TEXT_SUFFIXES
-        ]
-        if not keys:
-            raise SourceError(f"{uri}: no .txt or .md objects under this prefix")
-        for start in range(0, len(keys), batch_rows):
-            batch = []
-            for i, k in enumerate(sorted(keys)[start : start + batch_rows]):
-                body = s3.get_object(Bucket=bucket, Key=k)["Body"].read()
-                batch.append(
-                    _text_file_row(
-                        start + i, k[len(prefix) :], body, PurePosixPath(k).suffix.lower()
-                    )
-                )
-            yield batch
+        yield from _read_s3_prefix(s3, bucket, prefix, uri, batch_rows)
     except SourceError:
         raise
     except Exception as exc:  # botocore errors: name the bucket, never the credentials
         raise SourceError(str(wrap_s3_error(exc, uri))) from None
+
+
+def _read_s3_prefix(
+    s3: Any, bucket: str, prefix: str, uri: str, batch_rows: int
+) -> Iterator[list[SourceRow]]:
+    """Like a folder: one row per .txt/.md object, id = key below the prefix. Listed page by
+    page (S3 lists keys in order, so rows keep their positions from run to run) and read a
+    batch at a time, never the whole listing or every body at once."""
+
+    def read(key: str) -> bytes:
+        return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+    def rows(keys: list[str], start: int) -> list[SourceRow]:
+        return [
+            _text_file_row(start + i, k[len(prefix) :], body, PurePosixPath(k).suffix.lower())
+            for i, (k, body) in enumerate(zip(keys, readers.map(read, keys), strict=True))
+        ]
+
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    keys: list[str] = []
+    start = 0
+    # GETs wait on the network: a few at once keep a batch of small documents quick.
+    with ThreadPoolExecutor(8, thread_name_prefix="fishflow-s3-read") as readers:
+        for page in pages:
+            for obj in page.get("Contents", []):
+                if PurePosixPath(obj["Key"]).suffix.lower() in TEXT_SUFFIXES:
+                    keys.append(obj["Key"])
+                if len(keys) >= batch_rows:
+                    yield rows(keys, start)
+                    start, keys = start + len(keys), []
+        if keys:
+            yield rows(keys, start)
+        elif start == 0:
+            raise SourceError(f"{uri}: no .txt or .md objects under this prefix")
 
 
 def read_table(path: str, cols: Columns, batch_rows: int) -> Iterator[list[SourceRow]]:
