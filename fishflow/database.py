@@ -132,18 +132,14 @@ def _engine(url: URL) -> Any:
         ) from None
 
 
-def _value_problem(column: str, value: Any) -> str | None:
-    if value is None or isinstance(value, str):
-        return None
+def _value_problem(column: str, value: Any) -> str:
+    if value is None:
+        return f"column {column!r} is NULL"
     return f"column {column!r} holds {type(value).__name__}, not text"
 
 
 def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value
-    return str(value)
+    return value if value is None or type(value) is str else str(value)
 
 
 def read_database(
@@ -193,17 +189,14 @@ def read_database(
                 batch = []
                 for offset, r in enumerate(partition):
                     text = r[i_text]
-                    problem = _value_problem(cols.text, text) or (
-                        f"column {cols.text!r} is NULL" if text is None else None
-                    )
                     batch.append(
                         SourceRow(
-                            row=start + offset,
-                            item_id=_text(r[i_id]),
-                            text=text if isinstance(text, str) else None,
-                            language=_text(r[i_lang]) if i_lang is not None else None,
-                            voice=_text(r[i_voice]) if i_voice is not None else None,
-                            problem=problem,
+                            start + offset,
+                            _text(r[i_id]),
+                            text if type(text) is str else None,
+                            _text(r[i_lang]) if i_lang is not None else None,
+                            _text(r[i_voice]) if i_voice is not None else None,
+                            None if type(text) is str else _value_problem(cols.text, text),
                         )
                     )
                 start += len(batch)
