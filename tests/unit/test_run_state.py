@@ -7,9 +7,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from fishflow.audio import Audio
-from fishflow.manifest import ItemRow, Journal, remote_journal_prefix
+from fishflow.manifest import ItemRow, Journal, ManifestWriter, recover, remote_journal_prefix
 from fishflow.pipeline import RemoteChunks
 from fishflow.storage import LocalStore
 
@@ -78,3 +79,15 @@ def test_chunk_audio_round_trips_losslessly_and_misses_are_none(tmp_path: Path) 
     assert chunks.fetch("ab" * 16, 24_000) is None  # made at another rate
     stored = (tmp_path / "output" / ".fishflow" / "chunks" / "ab").iterdir()
     assert [p.suffix for p in stored] == [".flac"] and chunks.errors == 0
+
+
+def test_resume_on_another_machine_recovers_the_rows_in_the_output(tmp_path: Path) -> None:
+    output = LocalStore(str(tmp_path / "output"))
+    writer = ManifestWriter(output, "r1")
+    killed = Journal(str(tmp_path / "machine-1"), "r1", remote=output)
+    for row in range(3):
+        killed.append(item(row), [], [])
+    asyncio.run(killed.durable())
+    fresh = Journal(str(tmp_path / "machine-2"), "r1", remote=output)
+    assert recover(output, writer, fresh) == {0, 1, 2}
+    assert sum(pq.read_table(output.uri(k)).num_rows for k in writer.part_keys("items")) == 3
