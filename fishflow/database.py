@@ -172,7 +172,9 @@ def read_database(
             else:
                 assert query is not None
                 # The user's own SQL, read in order of the id column for stable row positions.
-                inner = sa.text(query.strip().rstrip(";")).columns().subquery("fishflow_rows")
+                # Every colon is literal (text() would take ':x' in 'a:x' for a parameter).
+                sql = query.strip().rstrip(";").replace(":", "\\:")
+                inner = sa.text(sql).columns().subquery("fishflow_rows")
                 stmt = (
                     sa.select(sa.text("*"))
                     .select_from(inner)

@@ -80,3 +80,19 @@ def test_missing_columns_name_the_ones_there(tmp_path: Path) -> None:
         conn.execute("CREATE TABLE t (sku TEXT, body TEXT)")
     with pytest.raises(SourceError, match="no column 'id', 'text'; columns are"):
         list(read_source(f"sqlite:///{db}", Columns(), 10, table="t"))
+
+
+def test_a_query_is_taken_as_written_and_read_in_id_order(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE t (sku TEXT, body TEXT)")
+        conn.executemany(
+            "INSERT INTO t VALUES (?, ?)", [("b", "Ratio 1:2."), ("a", "Time 10:30."), ("c", "x")]
+        )
+    query = "SELECT sku, body FROM t WHERE body LIKE '%:%' ORDER BY body DESC;"
+    got = [
+        (r.row, r.item_id, r.text)
+        for batch in read_source(f"sqlite:///{db}", Columns("sku", "body"), 10, query=query)
+        for r in batch
+    ]
+    assert got == [(0, "a", "Time 10:30."), (1, "b", "Ratio 1:2.")]
