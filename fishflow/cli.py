@@ -195,7 +195,17 @@ def _quiet_prefect() -> None:
 def _run(args: argparse.Namespace) -> int:
     overrides = {k: v for k in RunSettings.model_fields if (v := getattr(args, k)) is not None}
     settings = validated(RunSettings, **overrides)
+    from fishflow.database import PASSWORD_ENV, split_password
+
+    # A password typed in the URL stays in this process: the flow, its parameters and the run
+    # record see the masked URL, and the core reads the password from the environment.
+    source, password = split_password(args.source)
     if args.deployment:
+        if password:
+            raise ConfigError(
+                "a password in the source URL would travel in the flow run's parameters: "
+                "give the source as secret:NAME (a Prefect Secret block) or env:NAME"
+            )
         return _submit(args, overrides)
     if args.shards != 1:
         raise ConfigError("--shards needs --deployment: child runs are runs of a deployment")
@@ -204,11 +214,6 @@ def _run(args: argparse.Namespace) -> int:
     from fishflow.run import new_run_id
 
     run_id = args.run_id or new_run_id()
-    from fishflow.database import PASSWORD_ENV, split_password
-
-    # A password typed in the URL stays in this process: the flow, its parameters and the run
-    # record see the masked URL, and the core reads the password from the environment.
-    source, password = split_password(args.source)
     if password:
         os.environ[PASSWORD_ENV] = password
     return _with_flow(

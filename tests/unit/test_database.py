@@ -96,3 +96,12 @@ def test_a_query_is_taken_as_written_and_read_in_id_order(tmp_path: Path) -> Non
         for r in batch
     ]
     assert got == [(0, "a", "Time 10:30."), (1, "b", "Ratio 1:2.")]
+
+
+def test_a_password_never_travels_to_a_deployment(tmp_path: Path, capsys) -> None:
+    from fishflow.cli import main
+
+    args = ["run", "postgresql://app:s3cret@db/shop", "--table", "t", "--out", str(tmp_path)]
+    assert main([*args, "--deployment", "refresh-catalog-audio/manual"]) == 1
+    err = capsys.readouterr().err
+    assert "secret:NAME" in err and "s3cret" not in err and len(err.splitlines()) == 1
