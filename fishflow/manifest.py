@@ -344,7 +344,8 @@ class Journal:
         assert self.remote is not None
         self.remote.put(key, b"".join(line for _, line in lines), "application/x-ndjson", {})
         if done:
-            self.remote.delete(done)
+            with contextlib.suppress(Exception):  # a segment left over costs one GET, later
+                self.remote.delete(done)
 
     def settle(self, rows: Iterable[int]) -> None:
         """These rows are in a manifest part now: their segments may go (at the next write)."""

@@ -237,7 +237,11 @@ class RemoteChunks:
             if exc.http_status != 404:
                 self.errors += 1
             return None
-        samples, found_rate = sf.read(io.BytesIO(data), dtype="int16")
+        try:
+            samples, found_rate = sf.read(io.BytesIO(data), dtype="int16")
+        except (RuntimeError, ValueError):  # damaged: made again, like a miss
+            self.errors += 1
+            return None
         return Audio(samples, found_rate) if found_rate == rate else None
 
     def keep(self, key: str, audio: Audio) -> None:

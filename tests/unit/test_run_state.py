@@ -79,6 +79,8 @@ def test_chunk_audio_round_trips_losslessly_and_misses_are_none(tmp_path: Path) 
     assert chunks.fetch("ab" * 16, 24_000) is None  # made at another rate
     stored = (tmp_path / "output" / ".fishflow" / "chunks" / "ab").iterdir()
     assert [p.suffix for p in stored] == [".flac"] and chunks.errors == 0
+    chunks.store.put(chunks.key("ef" * 16, 44_100), b"not flac", "audio/flac", {})
+    assert chunks.fetch("ef" * 16, 44_100) is None and chunks.errors == 1  # made again
 
 
 def test_resume_on_another_machine_recovers_the_rows_in_the_output(tmp_path: Path) -> None:
