@@ -26,6 +26,7 @@ from fishflow.text import markdown_to_text
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
 TABLE_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".parquet")
+LIST_PAGE_SIZE = 1000  # keys per S3 listing request (S3's own maximum)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +211,9 @@ def _read_s3_prefix(
             for i, (k, body) in enumerate(zip(keys, readers.map(read, keys), strict=True))
         ]
 
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    pages = s3.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": LIST_PAGE_SIZE}
+    )
     keys: list[str] = []
     start = 0
     # GETs wait on the network: a few at once keep a batch of small documents quick.
