@@ -109,7 +109,9 @@ async def refresh_catalog_audio(
 
     started = time.monotonic()
     fatal: FishflowError | None = None
-    total_rows = await asyncio.to_thread(estimate_rows, source)
+    # secret:NAME becomes the URL it holds here, before anything is written for the run.
+    readable = await resolve_source(source)
+    total_rows = await asyncio.to_thread(estimate_rows, readable)
     await artifacts.start(total_rows)
     # Limits shared with other runs live on a Prefect API that outlives this process; the
     # ephemeral one started for a lone `fishflow run` has nobody to share with.
@@ -154,7 +156,7 @@ async def refresh_catalog_audio(
             window = asyncio.Semaphore(3)
             pending: set[asyncio.Task[Any]] = set()
             batches = entry_batches(
-                await resolve_source(source),
+                readable,
                 settings,
                 spec=run_spec(settings),
                 skip_rows=recorded,
