@@ -110,8 +110,14 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         description = info.description or ""
         if "default:" not in description:
             description += f" (default: {default})"
+        flag = "--" + name.replace("_", "-")
+        if kind is bool:  # --x / --no-x: argparse's type=bool would read "False" as True
+            group.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, help=description
+            )
+            continue
         group.add_argument(
-            "--" + name.replace("_", "-"),
+            flag,
             dest=name,
             type=kind,
             choices=choices,
@@ -128,7 +134,11 @@ def _build_parser() -> _Parser:
     run = sub.add_parser(
         "run", help="synthesise a catalog and publish audio + manifests", epilog=EXIT_STATUS
     )
-    run.add_argument("source", help="CSV/JSONL/Parquet file, folder of .txt/.md, or s3:// URI")
+    run.add_argument(
+        "source",
+        help="CSV/JSONL/Parquet file, folder of .txt/.md, s3:// URI, database URL (with --table "
+        "or --query), env:NAME or secret:NAME (a Prefect Secret block)",
+    )
     run.add_argument("--out", required=True, help="output folder or s3://bucket/prefix")
     run.add_argument(
         "--server",
@@ -354,7 +364,17 @@ def _preflight(source: str, servers: list[ServerConfig]) -> None:
 def _run(args: argparse.Namespace) -> int:
     overrides = {k: v for k in RunSettings.model_fields if (v := getattr(args, k)) is not None}
     settings = validated(RunSettings, **overrides)
+    from fishflow.database import PASSWORD_ENV, split_password
+
+    # A password typed in the URL stays in this process: the flow, its parameters and the run
+    # record see the masked URL, and the core reads the password from the environment.
+    source, password = split_password(args.source)
     if args.deployment:
+        if password:
+            raise ConfigError(
+                "a password in the source URL would travel in the flow run's parameters: "
+                "give the source as secret:NAME (a Prefect Secret block) or env:NAME"
+            )
         return _submit(args, overrides)
     if args.shards != 1:
         raise ConfigError("--shards needs --deployment: child runs are runs of a deployment")
@@ -364,12 +384,14 @@ def _run(args: argparse.Namespace) -> int:
     from fishflow.run import new_run_id
 
     run_id = args.run_id or new_run_id()
+    if password:
+        os.environ[PASSWORD_ENV] = password
     return _with_flow(
         args,
         run_id,
         args.out,
         lambda flows: flows.refresh_catalog_audio(
-            source=args.source,
+            source=source,
             out=args.out,
             servers=servers,
             settings=settings,

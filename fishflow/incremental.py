@@ -15,7 +15,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from fishflow.manifest import ITEMS_SCHEMA, Journal, journal_dir, to_table
+from fishflow.manifest import (
+    ITEMS_SCHEMA,
+    Journal,
+    journal_dir,
+    read_remote,
+    remote_journal_runs,
+    to_table,
+)
 from fishflow.pipeline import PreviousItem
 from fishflow.storage import Store
 
@@ -70,15 +77,20 @@ def _project(table: pa.Table) -> pa.Table:
 def _journal_tables(store: Store, exclude_run: str | None) -> list[pa.Table]:
     """Items finished by runs that never wrote their manifests (killed), from their journals."""
     directory = journal_dir(store)
-    if not os.path.isdir(directory):
-        return []
-    rows = [
-        entry[0]
-        for name in sorted(os.listdir(directory))
+    entries = [
+        entry
+        for name in (sorted(os.listdir(directory)) if os.path.isdir(directory) else [])
         if name.endswith(".jsonl") and name != f"run={exclude_run}.jsonl"
         for entry in Journal.read(os.path.join(directory, name))
-        if entry[0].status in ("ok", "skipped")
     ]
+    if store.root.startswith("s3://"):  # journals kept in the output by runs on other machines
+        entries += [
+            entry
+            for run in remote_journal_runs(store)
+            if run != exclude_run
+            for entry in read_remote(store, run)
+        ]
+    rows = [entry[0] for entry in entries if entry[0].status in ("ok", "skipped")]
     return [_project(to_table(rows, ITEMS_SCHEMA))] if rows else []
 
 

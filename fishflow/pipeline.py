@@ -11,6 +11,7 @@ import asyncio
 import collections
 import functools
 import hashlib
+import io
 import os
 import tempfile
 import time
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
+import soundfile as sf
 
 from fishflow.audio import Audio, content_type, encode, stitch
 from fishflow.chunking import Chunk, chunk_blocks, chunk_key
@@ -179,8 +181,13 @@ class ChunkCache:
     once share one request.
     """
 
-    def __init__(self, directory: str, memory_bytes: int = 64 << 20) -> None:
+    def __init__(
+        self, directory: str, memory_bytes: int = 64 << 20, *, remote: Store | None = None
+    ) -> None:
         self.directory = directory
+        # The output's copy (see RemoteChunks), behind the local folder: another machine's
+        # run reuses the chunks this one made.
+        self.remote = RemoteChunks(remote) if remote is not None else None
         os.makedirs(directory, exist_ok=True)
         self._pending: dict[str, asyncio.Future[Audio]] = {}
         self._memory: collections.OrderedDict[str, Audio] = collections.OrderedDict()
@@ -229,10 +236,20 @@ class ChunkCache:
         future: asyncio.Future[Audio] = asyncio.get_running_loop().create_future()
         self._pending[key] = future
         try:
+            if persist and self.remote is not None:
+                fetched = await asyncio.to_thread(self.remote.fetch, key, rate)
+                if fetched is not None:
+                    self._remember(key, fetched)
+                    self._save(key, fetched)
+                    future.set_result(fetched)
+                    return fetched, None
             made = await make()
             self._remember(key, made.audio)
             if persist:
                 self._save(key, made.audio)
+                if self.remote is not None:
+                    # Awaited: a chunk counts as made once a run elsewhere could reuse it.
+                    await asyncio.to_thread(self.remote.keep, key, made.audio)
             future.set_result(made.audio)
             return made.audio, made
         except BaseException as exc:
@@ -241,6 +258,50 @@ class ChunkCache:
             raise
         finally:
             del self._pending[key]
+
+
+class RemoteChunks:
+    """Chunk audio kept under the output (``.fishflow/chunks/``), FLAC-compressed.
+
+    One GET when a chunk of a multi-chunk item is not in the local cache (a 404 when it is
+    new), one PUT when it is made. FLAC is lossless, so a reused chunk is the same samples:
+    a 5 s chunk took ~4 ms to encode here (its synthesis takes seconds) and 22% of the raw
+    16-bit bytes on the emulator's audio, where a generic compressor (zlib -1) kept 79% and
+    took 12 ms. Failures only cost reuse: they are counted, never raised.
+    """
+
+    PREFIX = ".fishflow/chunks"
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.errors = 0
+
+    def key(self, key: str, rate: int) -> str:
+        return f"{self.PREFIX}/{key[:2]}/{key}.{rate}.flac"
+
+    def fetch(self, key: str, rate: int) -> Audio | None:
+        try:
+            data = self.store.get(self.key(key, rate))
+        except FileNotFoundError:
+            return None
+        except StorageError as exc:
+            if exc.http_status != 404:
+                self.errors += 1
+            return None
+        try:
+            samples, found_rate = sf.read(io.BytesIO(data), dtype="int16")
+        except (RuntimeError, ValueError):  # damaged: made again, like a miss
+            self.errors += 1
+            return None
+        return Audio(samples, found_rate) if found_rate == rate else None
+
+    def keep(self, key: str, audio: Audio) -> None:
+        buf = io.BytesIO()
+        sf.write(buf, audio.samples, audio.sample_rate, format="FLAC", subtype="PCM_16")
+        try:
+            self.store.put(self.key(key, audio.sample_rate), buf.getvalue(), "audio/flac", {})
+        except StorageError:
+            self.errors += 1
 
 
 @dataclass
@@ -582,6 +643,7 @@ async def process_batch(ctx: RunContext, entries: list[Item | Rejection]) -> lis
                 outcome = await process_item(ctx, entry)
         if ctx.journal is not None:
             ctx.journal.append(outcome.item, outcome.chunks, outcome.errors)
+            await ctx.journal.durable()  # in the output too (an S3 output's run state)
         if ctx.on_item_done is not None:
             ctx.on_item_done(outcome.item)
         return outcome

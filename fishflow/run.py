@@ -107,7 +107,13 @@ def entry_batches(
     ``shard`` = (index, count) keeps only the rows of that partition (by id, else row number).
     """
     seen: set[str] = set()
-    for rows in read_source(source, columns(settings), batch_rows=settings.batch_size):
+    for rows in read_source(
+        source,
+        columns(settings),
+        batch_rows=settings.batch_size,
+        table=settings.table,
+        query=settings.query,
+    ):
         if shard is not None:
             index, count = shard
             rows = [
@@ -262,7 +268,11 @@ async def _open_run(
         slot_tenure_s=settings.slot_tenure_s,
     )
     pool_ref.append(pool)
-    journal = Journal(journal_dir(store), run_id)
+    # An S3 output keeps the run's state (journal, chunk audio) in itself too, so that a run
+    # resumed or re-run on a fresh machine redoes only what was in flight; the local copies
+    # stay in front as the fast layer. A local output already holds it (<out>/.fishflow).
+    remote = store if store.root.startswith("s3://") and settings.state_in_output else None
+    journal = Journal(journal_dir(store), run_id, remote=remote)
     publisher = ThreadPoolExecutor(store.write_threads, thread_name_prefix="fishflow-publish")
     ctx = RunContext(
         journal=journal,
@@ -270,7 +280,7 @@ async def _open_run(
         spec=spec,
         pool=pool,
         store=store,
-        cache=ChunkCache(cache_dir),
+        cache=ChunkCache(cache_dir, remote=remote),
         previous=previous,
         existing_audio=existing,
         force=force,

@@ -251,6 +251,17 @@ class RunSettings(_Frozen):
     request_timeout_s: float = Field(120.0, gt=0, description="Read timeout per queued generation")
     all_down_grace_s: float = Field(60.0, ge=0, description="Stop when no server answers this long")
     sse: Literal["AES256", "aws:kms"] | None = Field(None, description="S3 server-side encryption")
+    table: str | None = Field(
+        None, description="Table to read when the source is a database URL (schema.name)"
+    )
+    query: str | None = Field(
+        None, description="SELECT to read when the source is a database URL (instead of --table)"
+    )
+    state_in_output: bool = Field(
+        True,
+        description="Keep an S3 output's journal and chunk audio under <out>/.fishflow, so a "
+        "run resumed or re-run on another machine redoes only what was in flight",
+    )
     chunk_cache: str | None = Field(
         None,
         description="Folder of chunk audio (default: <out>/.fishflow/chunks; ~/.cache for S3)",
