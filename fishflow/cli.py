@@ -64,6 +64,11 @@ def _build_parser() -> argparse.ArgumentParser:
         help="Fish Speech server; repeat for a pool; URL#limit=N sets its limit",
     )
     run.add_argument("--force", action="store_true", help="redo items unchanged since a run")
+    run.add_argument(
+        "--prune",
+        action="store_true",
+        help="delete audio no current item uses: items gone from the source, older formats",
+    )
     run.add_argument("--run-id", help="run id (default: time-based)")
     run.add_argument("--api-key-secret", help="Prefect Secret block holding the API key")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -208,6 +213,7 @@ def _run(args: argparse.Namespace) -> int:
             servers=servers,
             settings=settings,
             force=args.force,
+            prune=args.prune,
             run_id=run_id,
             api_key_secret=args.api_key_secret,
         ),
@@ -229,6 +235,7 @@ def _resume(args: argparse.Namespace) -> int:
             servers=record["servers"],
             settings=validated(RunSettings, **record["settings"]),
             force=record["force"],
+            prune=record.get("prune", False),
             run_id=args.run_id,
             api_key_secret=record.get("api_key_secret"),
             resume=True,
@@ -292,9 +299,15 @@ def _with_flow(args: argparse.Namespace, run_id: str | None, out: str, call: Any
     if summary.get("run_id") is None:
         print(f"fishflow: run {summary.get('retried_run')} has no failed items: nothing to do")
         return 0
+    # Removed items are extra manifest rows (gone from the source), not among the run's items.
+    hygiene = "".join(
+        f", {n} {what}"
+        for n, what in ((summary.get("removed", 0), "removed"), (summary.get("pruned", 0), "pruned"))
+        if n
+    )
     print(
-        f"fishflow: {summary['ok']} ok, {summary['skipped']} skipped, {summary['failed']} failed; "
-        f"{summary['audio_seconds']:.1f} s of audio in {wall:.1f} s\n"
+        f"fishflow: {summary['ok']} ok, {summary['skipped']} skipped, {summary['failed']} failed"
+        f"{hygiene}; {summary['audio_seconds']:.1f} s of audio in {wall:.1f} s\n"
         f"manifests: {summary['manifests']['items'].rsplit('/', 1)[0]}"
     )
     return 2 if summary["failed"] else 0
@@ -396,6 +409,8 @@ def _submit(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         parameters["settings"] = overrides
     if args.force:
         parameters["force"] = True
+    if args.prune:
+        parameters["prune"] = True
     if args.api_key_secret:
         parameters["api_key_secret"] = args.api_key_secret
     try:

@@ -13,6 +13,7 @@ from prefect.settings import get_current_settings
 from prefect.states import Failed, State
 
 from fishflow.errors import FishflowError
+from fishflow.hygiene import tidy_output
 from fishflow.manifest import recover, run_record_exists, write_run_record
 from fishflow.pipeline import internal_failure
 from fishflow.run import (
@@ -47,6 +48,7 @@ async def refresh_catalog_audio(
     servers: list[str] | None = None,
     settings: RunSettings | None = None,
     force: bool = False,
+    prune: bool = False,
     max_failed_share: float = 0.0,
     shards: int = 1,
     api_key_secret: str | None = None,
@@ -68,6 +70,7 @@ async def refresh_catalog_audio(
         servers: Fish Speech server URLs; `URL#limit=N` sets a server's in-flight limit.
         settings: Run settings; the fields given here override the deployment's own.
         force: Redo every item, even those unchanged since an earlier run.
+        prune: Delete audio no current item uses: items gone from the source, older formats.
         max_failed_share: Share of items (0..1) that may fail before the run ends Failed.
         shards: Split the run into this many child runs of the same deployment.
         api_key_secret: Name of a Prefect Secret block holding the servers' API key.
@@ -132,6 +135,7 @@ async def refresh_catalog_audio(
                     "out": out,
                     "servers": servers,
                     "force": force,
+                    "prune": prune,
                     "settings": settings.model_dump(),
                     "only_rows": only_rows,
                     "api_key_secret": api_key_secret,
@@ -145,6 +149,7 @@ async def refresh_catalog_audio(
             # A few batches in flight keep every server fed across batch boundaries.
             window = asyncio.Semaphore(3)
             pending: set[asyncio.Task[Any]] = set()
+            present: set[str] = set()  # every id read: what is not here is gone
             batches = entry_batches(
                 source,
                 settings,
@@ -152,6 +157,7 @@ async def refresh_catalog_audio(
                 skip_rows=recorded,
                 only_rows=set(only_rows) if only_rows is not None else None,
                 shard=(shard, shards) if shard is not None else None,
+                present=present,
             )
             session = new_run_id()  # part names stay unique when a run is resumed
             done_before = len(recorded)
@@ -194,6 +200,32 @@ async def refresh_catalog_audio(
             fatal = fatal or ctx.fatal_error
             for warning in ctx.warnings:
                 logger.warning(warning)
+            # Output hygiene (issue 9): only a run that read the whole source knows what is
+            # gone from it; a retry of some rows or one shard sees only part of it.
+            if fatal is None and only_rows is None and shard is None:
+                tidied = await asyncio.to_thread(
+                    tidy_output,
+                    ctx.store,
+                    writer,
+                    run_id=run_id,
+                    part=f"{session}-removed",
+                    present=present,
+                    previous=None if force else ctx.previous,
+                    prune=prune,
+                    now=ctx.now(),
+                )
+                totals.removed, totals.pruned = len(tidied.removed), len(tidied.pruned)
+                if tidied.removed:
+                    logger.info(
+                        "run %s: %d item(s) gone from the source since the last run "
+                        "(status removed in the items manifest)",
+                        run_id,
+                        len(tidied.removed),
+                    )
+                for uri in tidied.pruned:
+                    logger.info("run %s: pruned %s", run_id, uri)
+            elif prune:
+                logger.warning("run %s: --prune needs a run over the whole source", run_id)
             manifests = await asyncio.to_thread(writer.finalize)
             if ctx.journal is not None:
                 ctx.journal.close(remove=True)
