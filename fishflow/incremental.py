@@ -3,7 +3,8 @@
 The manifests are the system of record (not Prefect's cache: a cache hit still costs a task
 run). All earlier ``items`` tables of the output, finished or left as part files by a run that
 crashed, are read with pyarrow, column-projected, and reduced to the newest ``ok``/``skipped``
-row per item id; an item whose newest row is ``removed`` (gone from the source) has none. Audio existence comes from one listing of the output, not a call per item.
+row per item id; an item whose newest row is ``removed`` (gone from the source) has none.
+Audio existence comes from one listing of the output, not a call per item.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ def _item_tables(store: Store, exclude_run: str | None) -> list[pa.Table]:
                 with open(local, "wb") as fh:
                     fh.write(store.get(key))
             table = _project(pq.read_table(local))
-            tables.append(table.filter(pc.is_in(table["status"], pa.array(["ok", "skipped", "removed"]))))
+            tables.append(
+                table.filter(pc.is_in(table["status"], pa.array(["ok", "skipped", "removed"])))
+            )
     return tables
 
 
