@@ -203,27 +203,31 @@ async def refresh_catalog_audio(
             # Output hygiene (issue 9): only a run that read the whole source knows what is
             # gone from it; a retry of some rows or one shard sees only part of it.
             if fatal is None and only_rows is None and shard is None:
-                tidied = await asyncio.to_thread(
-                    tidy_output,
-                    ctx.store,
-                    writer,
-                    run_id=run_id,
-                    part=f"{session}-removed",
-                    present=present,
-                    previous=None if force else ctx.previous,
-                    prune=prune,
-                    now=ctx.now(),
-                )
-                totals.removed, totals.pruned = len(tidied.removed), len(tidied.pruned)
-                if tidied.removed:
-                    logger.info(
-                        "run %s: %d item(s) gone from the source since the last run "
-                        "(status removed in the items manifest)",
-                        run_id,
-                        len(tidied.removed),
+                try:
+                    tidied = await asyncio.to_thread(
+                        tidy_output,
+                        ctx.store,
+                        writer,
+                        run_id=run_id,
+                        part=f"{session}-removed",
+                        present=present,
+                        previous=None if force else ctx.previous,
+                        prune=prune,
+                        now=ctx.now(),
                     )
-                for uri in tidied.pruned:
-                    logger.info("run %s: pruned %s", run_id, uri)
+                except Exception:  # the run's items are done: tidying must not lose them
+                    logger.exception("run %s: could not record removed items or prune", run_id)
+                else:
+                    totals.removed, totals.pruned = len(tidied.removed), len(tidied.pruned)
+                    if tidied.removed:
+                        logger.info(
+                            "run %s: %d item(s) gone from the source since the last run "
+                            "(status removed in the items manifest)",
+                            run_id,
+                            len(tidied.removed),
+                        )
+                    for uri in tidied.pruned:
+                        logger.info("run %s: pruned %s", run_id, uri)
             elif prune:
                 logger.warning("run %s: --prune needs a run over the whole source", run_id)
             manifests = await asyncio.to_thread(writer.finalize)
