@@ -144,3 +144,17 @@ def test_durations_read_as_people_write_them() -> None:
     assert [format_duration(s) for s in (0, 35.4, 250, 3600 + 120 + 5)] == [
         "0s", "35s", "4m10s", "1h02m",
     ]  # fmt: skip
+
+
+def test_prune_on_s3_deletes_the_same_way(bucket: str) -> None:
+    from fishflow.storage import S3Store
+
+    store = S3Store(f"s3://{bucket}/catalog")
+    for name in ["a.mp3", "a.wav", "a.vtt", "b.mp3", "b.srt"]:
+        store.put(f"audio/{name}", b"x", "audio/mpeg", {})
+    store.put("manifests/run=r1/items.parquet", b"x", "application/octet-stream", {})
+    latest = {"a": PreviousItem("k", store.uri("audio/a.mp3"), "audio/a.mp3", 1.0, 1)}
+    pruned = prune_outputs(store, present={"a"}, latest=latest)
+    assert store.list("audio/") == ["audio/a.mp3", "audio/a.vtt"]
+    assert sorted(pruned) == [store.uri(f"audio/{n}") for n in ["a.wav", "b.mp3", "b.srt"]]
+    assert store.list("manifests/") == ["manifests/run=r1/items.parquet"]
