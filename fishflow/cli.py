@@ -328,9 +328,17 @@ def _with_flow(
     # finished items stay recorded in the journal and manifest parts.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
+    stops = (KeyboardInterrupt, TerminationSignal)
     try:
         summary = asyncio.run(call(namespace))
-    except (KeyboardInterrupt, TerminationSignal):
+    except BaseException as exc:
+        # The signal may land inside anyio's task group (an HTTP connect to Prefect's API),
+        # which wraps it in an exception group.
+        stopped = isinstance(exc, stops) or (
+            isinstance(exc, BaseExceptionGroup) and exc.subgroup(stops) is not None
+        )
+        if not stopped:
+            raise
         progress.close()
         hint = f"; finish it with: fishflow resume {run_id} --out {out}" if run_id else ""
         print(f"fishflow: stopped; finished items are recorded{hint}", file=sys.stderr)

@@ -261,5 +261,5 @@ def estimate_rows(uri: str) -> int | None:
                     lines += block.count(b"\n")
             return max(0, lines - (suffix == ".csv"))
         return 1 if suffix in TEXT_SUFFIXES else None
-    except OSError:
+    except (OSError, ValueError):  # pyarrow's ArrowInvalid is a ValueError
         return None  # the reader says what is wrong with the source

@@ -185,18 +185,26 @@ async def refresh_catalog_audio(
 
             index = 0
             try:
-                while True:
-                    await window.acquire()
-                    entries = await asyncio.to_thread(next, batches, None)
-                    if entries is None:
-                        window.release()
-                        break
-                    pending.add(asyncio.create_task(run_batch(index, entries)))
-                    index += 1
-            except FishflowError as exc:  # the source broke off: finish what was read
-                fatal = exc
-            if pending:
-                await asyncio.gather(*pending)
+                try:
+                    while True:
+                        await window.acquire()
+                        entries = await asyncio.to_thread(next, batches, None)
+                        if entries is None:
+                            window.release()
+                            break
+                        pending.add(asyncio.create_task(run_batch(index, entries)))
+                        index += 1
+                except FishflowError as exc:  # the source broke off: finish what was read
+                    fatal = exc
+                if pending:
+                    await asyncio.gather(*pending)
+            except BaseException:
+                # Stopped (SIGTERM, Ctrl-C): batches in flight end here, not after the run's
+                # pool and publisher are closed. What finished is in the journal.
+                for batch in pending:
+                    batch.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                raise
             fatal = fatal or ctx.fatal_error
             for warning in ctx.warnings:
                 logger.warning(warning)

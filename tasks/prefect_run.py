@@ -80,10 +80,12 @@ def _source_tag(source: str) -> str:
 
 
 async def tag_flow_run(*, source: str, deployment: str | None, shard: int | None) -> None:
-    """Tags to find runs by in the UI: `fishflow`, the deployment, the source, the shard."""
+    """Tags to find runs by in the UI: the deployment, the source, the shard. (`fishflow`
+    comes with the deployments: the crashed-run automation matches it, and only deployed runs
+    send heartbeats often enough for it.)"""
     if not flow_run.id:
         return
-    tags = {"fishflow", _source_tag(source)}
+    tags = {_source_tag(source)}
     if deployment:
         tags.add(f"deployment:{deployment}")
     if shard is not None:
