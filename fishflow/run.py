@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from fishflow.chunking import chunk_budget
 from fishflow.incremental import existing_audio, load_previous
 from fishflow.manifest import Journal, ManifestWriter, journal_dir
 from fishflow.pipeline import (
@@ -27,7 +28,7 @@ from fishflow.pipeline import (
     validate_row,
 )
 from fishflow.pool import ServerPool, SlotLeaser
-from fishflow.settings import AudioSettings, ChunkSettings, RunSettings
+from fishflow.settings import AudioSettings, ChunkSettings, RunSettings, TextSettings
 from fishflow.sources import Columns, read_source
 from fishflow.storage import open_store, state_dir
 
@@ -57,8 +58,24 @@ def shard_of(key: str, shards: int) -> int:
 def run_spec(settings: RunSettings) -> RunSpec:
     return RunSpec(
         options=settings.synthesis_options(),
-        audio=AudioSettings(format=settings.audio_format, pause_ms=settings.pause_ms),
-        chunking=ChunkSettings(max_bytes=settings.chunk_bytes),
+        audio=AudioSettings(
+            format=settings.audio_format,
+            pause_clause_ms=settings.pause_clause_ms,
+            pause_sentence_ms=settings.pause_sentence_ms,
+            pause_paragraph_ms=settings.pause_paragraph_ms,
+            pause_section_ms=settings.pause_section_ms,
+        ),
+        chunking=ChunkSettings(
+            max_bytes=chunk_budget(
+                max_new_tokens=settings.max_new_tokens, chunk_bytes=settings.chunk_bytes
+            )
+        ),
+        text=TextSettings(
+            format=settings.text_format,
+            code=settings.markdown_code,
+            images=settings.markdown_images,
+            tables=settings.markdown_tables,
+        ),
     )
 
 
