@@ -15,6 +15,7 @@ whether the whole run must stop because every other item would fail the same way
     │   ├── AuthenticationFailed 401 / 403 (fatal)
     │   └── OutOfCredit          402 (fatal)
     ├── AllServersDown           no server answered for longer than the grace period (fatal)
+    ├── OutputInUse              another run holds the output's lock (fatal)
     └── StorageError             writing audio or manifests failed (retryable or fatal)
 
 Messages never contain credentials: request headers are not attached, only ids.
@@ -61,8 +62,16 @@ class SourceError(FishflowError):
 class SynthesisError(FishflowError):
     stage = "synthesis"
 
-    def __init__(self, message: str, *, server: str | None = None, **kwargs: object) -> None:
-        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        message: str,
+        *,
+        server: str | None = None,
+        http_status: int | None = None,
+        retryable: bool | None = None,
+        fatal: bool | None = None,
+    ) -> None:
+        super().__init__(message, http_status=http_status, retryable=retryable, fatal=fatal)
         self.server = server
 
 
@@ -75,9 +84,10 @@ class ServerUnavailable(SynthesisError):
         *,
         connection_failed: bool = False,
         timed_out: bool = False,
-        **kwargs: object,
+        server: str | None = None,
+        http_status: int | None = None,
     ) -> None:
-        super().__init__(message, **kwargs)
+        super().__init__(message, server=server, http_status=http_status)
         self.connection_failed = connection_failed  # refused: the server never saw the request
         self.timed_out = timed_out
 
@@ -85,8 +95,15 @@ class ServerUnavailable(SynthesisError):
 class ServerBusy(SynthesisError):
     retryable = True
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object) -> None:
-        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        server: str | None = None,
+        http_status: int | None = None,
+    ) -> None:
+        super().__init__(message, server=server, http_status=http_status)
         self.retry_after = retry_after
 
 
@@ -114,6 +131,16 @@ class OutOfCredit(SynthesisError):
 class AllServersDown(FishflowError):
     fatal = True
     stage = "synthesis"
+
+
+class OutputInUse(FishflowError):
+    """Another run writes the same output: two writers would synthesise the same items."""
+
+    fatal = True
+
+    def __init__(self, message: str, *, holder_run_id: str | None = None) -> None:
+        super().__init__(message)
+        self.holder_run_id = holder_run_id
 
 
 class StorageError(FishflowError):

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 import httpx
 
@@ -35,6 +35,9 @@ from fishflow.errors import (
 )
 from fishflow.fish_speech import FishSpeechClient
 from fishflow.settings import RetryPolicy, ServerConfig, SynthesisOptions, WireEncoding
+from fishflow.slots import ServerSlots, SlotLeaser
+
+__all__ = ["ServerPool", "ServerState", "SlotLeaser", "Synthesized", "limit_name"]
 
 
 @dataclass
@@ -50,9 +53,8 @@ class ServerState:
     busy_s: float = 0.0  # seconds with at least one request in flight
     _busy_since: float | None = None
     probe: asyncio.Task[None] | None = field(default=None, repr=False)
-    # Slots leased from a limit shared with other runs (None: no shared limit, local only).
-    leases: list[Lease] | None = None
-    leasing: int = 0
+    # Slots of a limit shared with other runs (None: this run's own limit only).
+    shared: ServerSlots | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -65,7 +67,7 @@ class ServerState:
     @property
     def usable(self) -> int:
         """Requests this run may have in flight now: its limit, within the slots it leased."""
-        return self.capacity if self.leases is None else min(self.capacity, len(self.leases))
+        return self.capacity if self.shared is None else min(self.capacity, self.shared.usable)
 
 
 def limit_name(server_url: str) -> str:
@@ -75,23 +77,24 @@ def limit_name(server_url: str) -> str:
     return f"fishflow-server-{url.host}-{port}".replace(".", "-").replace(":", "-")
 
 
-class Lease(Protocol):
-    async def release(self) -> None: ...
+async def check_servers(servers: list[ServerConfig], *, timeout_s: float = 3.0) -> None:
+    """Raise AllServersDown, naming each server and why, when none of them takes a connection.
 
-
-class SlotLeaser(Protocol):
-    """A limit on requests in flight per server shared across runs and machines.
-
-    ``lease`` waits for one slot of the server's limit and returns it, or returns None when the
-    server has no shared limit (the run then keeps to its local limit only). The pool leases
-    slots when it has work waiting and gives back those it no longer uses, so one lease costs
-    one round trip per slot, never one per request.
+    One request per server, before a run starts, so a wrong URL or a server not started is
+    reported in seconds. A run's pool then copes with servers that come and go on its own.
     """
 
-    async def lease(self, server_url: str, *, timeout_s: float) -> Lease | None:
-        """One slot, or None when the server has no shared limit; TimeoutError if no slot
-        came free within ``timeout_s``."""
-        ...
+    async def problem(config: ServerConfig) -> str | None:
+        async with FishSpeechClient(config.url) as client:
+            return await client.connection_problem(timeout_s)
+
+    problems = await asyncio.gather(*(problem(s) for s in servers))
+    if all(problems):
+        where = "; ".join(f"{s.url}: {p}" for s, p in zip(servers, problems, strict=True))
+        raise AllServersDown(
+            f"no Fish Speech server answers ({where}): "
+            "check that they are running and the --server URLs"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +119,7 @@ class ServerPool:
         probe_interval_s: float = 1.0,
         leaser: SlotLeaser | None = None,
         lease_idle_s: float = 2.0,
-        lease_wait_s: float = 2.0,
+        slot_tenure_s: float = 10.0,
     ) -> None:
         if not servers:
             raise ValueError("a pool needs at least one server")
@@ -145,15 +148,25 @@ class ServerPool:
         self._stopped: FishflowError | None = None
         self.leaser = leaser
         self.lease_idle_s = lease_idle_s
-        self.lease_wait_s = lease_wait_s
         self._closing = False
         self._trim: asyncio.TimerHandle | None = None
-        self._background: set[asyncio.Task[None]] = set()
         if leaser is not None:
             for server in self.servers:
-                server.leases = []
+                server.shared = ServerSlots(
+                    leaser,
+                    server.url,
+                    wants_more=functools.partial(self._wants_slots, server),
+                    chunks_waiting=lambda: bool(self._waiters),
+                    in_flight=functools.partial(getattr, server, "in_flight"),
+                    on_change=self._wake,
+                    tenure_s=slot_tenure_s,
+                )
         self._watchdog: asyncio.Task[None] | None = None
         self._rng = random.Random()
+        # Whether any server has answered in this run (a response of any kind, or a probe):
+        # until one has, every server being down means a wrong URL or nothing started, and
+        # waiting the full grace period only delays saying so.
+        self._answered = False
 
     async def __aenter__(self) -> ServerPool:
         return self
@@ -166,14 +179,14 @@ class ServerPool:
         for task in [s.probe for s in self.servers] + [self._watchdog]:
             if task is not None:
                 task.cancel()
-        # Lease attempts end on their own within lease_wait_s; releases must finish.
-        await asyncio.gather(*self._background, return_exceptions=True)
         if self._trim is not None:
             self._trim.cancel()
         for s in self.servers:
-            while s.leases:
-                await s.leases.pop().release()
+            if s.shared is not None:
+                await s.shared.aclose()  # gives every slot back
             await s.client.aclose()
+        if self.leaser is not None:
+            await self.leaser.aclose()
 
     @property
     def capacity(self) -> int:
@@ -202,6 +215,8 @@ class ServerPool:
         if server.in_flight == 0 and server._busy_since is not None:
             server.busy_s += time.monotonic() - server._busy_since
             server._busy_since = None
+        if server.shared is not None:
+            server.shared.request_done()
         self._wake()
         if self.leaser is not None and not self._waiters and self._trim is None:
             self._trim = asyncio.get_running_loop().call_later(self.lease_idle_s, self._trim_leases)
@@ -211,39 +226,18 @@ class ServerPool:
         if self.leaser is None or self._closing:
             return
         for s in self.servers:
-            if s.up and s.leases is not None and not s.leasing and len(s.leases) < s.capacity:
-                s.leasing = 1
-                self._spawn(self._lease_slots(s))
+            if s.shared is not None:
+                s.shared.want()
 
-    async def _lease_slots(self, server: ServerState) -> None:
-        """Lease one slot at a time while chunks wait. Attempts time out rather than being
-        cancelled: a cancelled acquisition can be granted later and hold a slot for nobody."""
-        assert self.leaser is not None
-        try:
-            while (
-                not self._closing
-                and self._waiters
-                and server.leases is not None
-                and len(server.leases) < server.capacity
-            ):
-                try:
-                    lease = await self.leaser.lease(server.url, timeout_s=self.lease_wait_s)
-                except TimeoutError:
-                    continue  # another run holds the slots: ask again while we still need one
-                if lease is None:
-                    server.leases = None  # no shared limit for this server: local limit only
-                elif self._closing:
-                    await lease.release()
-                else:
-                    server.leases.append(lease)
-                self._wake()
-        finally:
-            server.leasing = 0
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    def _wants_slots(self, server: ServerState) -> bool:
+        """Whether `server`'s leasing task should take another slot now."""
+        return (
+            not self._closing
+            and bool(self._waiters)
+            and server.up
+            and server.shared is not None
+            and server.shared.held < server.capacity
+        )
 
     def _trim_leases(self) -> None:
         """Give back slots nobody here is using, so other runs on the server can have them."""
@@ -251,8 +245,8 @@ class ServerPool:
         if self._waiters:
             return
         for s in self.servers:
-            while s.leases and len(s.leases) > s.in_flight:
-                self._spawn(s.leases.pop().release())
+            if s.shared is not None:
+                s.shared.trim()
 
     def _wake(self) -> None:
         while self._waiters:
@@ -297,22 +291,33 @@ class ServerPool:
             if not waiter.done():
                 waiter.set_exception(self._stopped)
 
+    def _all_down_grace_s(self) -> float:
+        if self._answered:
+            return self.retry.all_down_grace_s
+        return min(self.retry.start_grace_s, self.retry.all_down_grace_s)
+
     async def _watch_all_down(self) -> None:
         """While no server is up: after the grace period, fail every waiting chunk."""
         since = time.monotonic()
         while not any(s.up for s in self.servers):
-            if time.monotonic() - since > self.retry.all_down_grace_s:
+            grace = self._all_down_grace_s()
+            if time.monotonic() - since > grace:
                 urls = ", ".join(s.url for s in self.servers)
-                grace = self.retry.all_down_grace_s
-                self.stop(
-                    AllServersDown(f"no Fish Speech server answered for {grace:.0f} s ({urls})")
-                )
+                if self._answered:
+                    message = f"no Fish Speech server answered for {grace:.0f} s ({urls})"
+                else:
+                    message = (
+                        f"no Fish Speech server answers at {urls}: "
+                        "check that they are running and the --server URLs"
+                    )
+                self.stop(AllServersDown(message))
                 return
-            await asyncio.sleep(min(0.5, self.retry.all_down_grace_s / 4 + 0.01))
+            await asyncio.sleep(min(0.5, grace / 4 + 0.01))
         self._watchdog = None
 
     # -- health and limits ----------------------------------------------------------------------
     def _on_success(self, server: ServerState) -> None:
+        self._answered = True
         server.failures = 0
         server.requests += 1
         # Additive increase, slowly: +1 per two full windows, and only while the limit is used.
@@ -324,6 +329,8 @@ class ServerPool:
 
     def _on_failure(self, server: ServerState, exc: SynthesisError, sent_at: float) -> None:
         server.requests += 1
+        if not (isinstance(exc, ServerUnavailable) and exc.connection_failed):
+            self._answered = True  # it took the connection, whatever it then said
         if isinstance(exc, ServerBusy):
             # Multiplicative decrease, once per window: a 429 for a request sent before the
             # last decrease says nothing about the new limit.
@@ -344,6 +351,7 @@ class ServerPool:
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 10.0)
         server.up, server.failures, server.probe = True, 0, None
+        self._answered = True
         self._wake()
 
     def _backoff(self, attempt: int, exc: SynthesisError) -> float:
@@ -359,7 +367,8 @@ class ServerPool:
         """Synthesise one chunk on the best server, retrying what can succeed.
 
         Raises the last SynthesisError (with ``attempts`` set) when retrying cannot help or the
-        budget is spent; AllServersDown when no server answered for the grace period.
+        budget is spent; AllServersDown when no server answered for the grace period
+        (``start_grace_s`` while none has answered yet in this run, else ``all_down_grace_s``).
         """
         attempts = server_errors = refused = 0
         while True:

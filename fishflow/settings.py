@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -172,6 +172,15 @@ class RetryPolicy(_Frozen):
     all_down_grace_s: float = Field(
         60.0, ge=0, description="How long every server may be down before the run stops"
     )
+    start_grace_s: float = Field(
+        5.0,
+        ge=0,
+        description="The same while no server has answered yet in this run (a wrong URL or a "
+        "server not started fails fast; one lost mid-run gets all_down_grace_s)",
+    )
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
 
 
 class EnvSettings(BaseSettings):
@@ -185,7 +194,7 @@ class EnvSettings(BaseSettings):
     )
 
 
-def validated(model_class: type[BaseModel], /, **values: object) -> BaseModel:
+def validated(model_class: type[_Model], /, **values: object) -> _Model:
     """Build a settings model, turning pydantic's report into one readable ConfigError."""
     try:
         return model_class(**values)
@@ -194,7 +203,7 @@ def validated(model_class: type[BaseModel], /, **values: object) -> BaseModel:
             f"{'.'.join(str(p) for p in err['loc']) or model_class.__name__}: {err['msg']}"
             for err in exc.errors()
         )
-        raise ConfigError(f"invalid {model_class.__name__}: {problems}") from None
+        raise ConfigError(f"invalid {model_class.__name__}: {problems}") from exc
 
 
 class RunSettings(_Frozen):
@@ -249,6 +258,25 @@ class RunSettings(_Frozen):
         None,
         description="Folder of chunk audio (default: <out>/.fishflow/chunks; ~/.cache for S3)",
     )
+    slot_tenure_s: float = Field(
+        10.0,
+        ge=1,
+        le=3600,
+        description="Seconds a run keeps a shared server slot above its fair share while other "
+        "runs wait for one",
+    )
+    wait_for_lock: float = Field(
+        0.0,
+        ge=0,
+        le=86_400,
+        description="Seconds to wait while another run writes the same output (0: stop at once)",
+    )
+    lock_ttl_s: float = Field(
+        180.0,
+        ge=30,
+        le=3600,
+        description="How long the output lock of a run that stopped renewing it (crashed) holds",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -286,11 +314,11 @@ class RunSettings(_Frozen):
             if fragment.startswith("limit="):
                 try:
                     limit = int(fragment.removeprefix("limit="))
-                except ValueError:
-                    raise ConfigError(f"bad server limit in {url!r}: use URL#limit=N") from None
+                except ValueError as exc:
+                    raise ConfigError(f"bad server limit in {url!r}: use URL#limit=N") from exc
             configs.append(
                 validated(ServerConfig, url=base, max_in_flight=limit, model=self.cloud_model)
             )
         if not configs:
             raise ConfigError("no server given: pass --server URL")
-        return configs  # type: ignore[return-value]
+        return configs

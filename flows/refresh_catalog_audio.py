@@ -18,13 +18,14 @@ from fishflow.manifest import recover, run_record_exists, write_run_record
 from fishflow.pipeline import internal_failure
 from fishflow.run import (
     entry_batches,
+    held_output,
     is_run_id,
     new_run_id,
     open_run,
     run_spec,
 )
 from fishflow.settings import RunSettings, validated
-from fishflow.sources import estimate_rows
+from fishflow.sources import check_source, estimate_rows
 from tasks import reporting, runtime
 from tasks.limits import PrefectSlotLeaser
 from tasks.prefect_run import RunFailed, api_key, deployment_context, tag_flow_run
@@ -83,26 +84,28 @@ async def refresh_catalog_audio(
     logger = get_run_logger()
     deployment = await deployment_context()
     if isinstance(settings, dict):  # a direct call with a plain dict
-        settings = validated(RunSettings, **settings)  # type: ignore[assignment]
+        settings = validated(RunSettings, **settings)
     settings = deployment.merged_settings(settings)
     servers = servers or DEFAULT_SERVERS
     run_id = run_id or (flow_run.name if is_run_id(flow_run.name) else new_run_id())
     if not 0.0 <= max_failed_share <= 1.0:
         raise RunFailed(f"max_failed_share must be between 0 and 1, not {max_failed_share}")
+    await asyncio.to_thread(check_source, source)  # fails before anything is written
     await tag_flow_run(source=source, deployment=deployment.name, shard=shard)
     artifacts = reporting.Reporter(deployment.name, run_id)
     if shards > 1 and shard is None:
-        summary = await run_shards(
-            deployment=deployment,
-            run_id=run_id,
-            source=source,
-            out=out,
-            servers=servers,
-            settings=settings,
-            force=force,
-            api_key_secret=api_key_secret,
-            shards=shards,
-        )
+        async with held_output(out=out, settings=settings, run_id=run_id):  # for its children
+            summary = await run_shards(
+                deployment=deployment,
+                run_id=run_id,
+                source=source,
+                out=out,
+                servers=servers,
+                settings=settings,
+                force=force,
+                api_key_secret=api_key_secret,
+                shards=shards,
+            )
         return await _finish(summary, artifacts, max_failed_share)
 
     started = time.monotonic()
@@ -113,6 +116,7 @@ async def refresh_catalog_audio(
     # ephemeral one started for a lone `fishflow run` has nobody to share with.
     leaser = PrefectSlotLeaser(logger) if get_current_settings().api.url else None
     async with open_run(
+        hold_output=shard is None,  # a shard writes under its parent's lock
         leaser=leaser,
         run_id=run_id,
         out=out,
@@ -127,6 +131,7 @@ async def refresh_catalog_audio(
             recorded: set[int] = set()
             resume = resume or await asyncio.to_thread(run_record_exists, ctx.store, run_id)
             if resume:
+                assert ctx.journal is not None  # open_run always keeps one
                 recorded = await asyncio.to_thread(recover, ctx.store, writer, ctx.journal)
                 logger.info("run %s: resuming, %d rows already recorded", run_id, len(recorded))
             else:

@@ -21,12 +21,15 @@ T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 def ok(run: str, item: str, at: int, fmt: str = "wav", status: str = "ok") -> ItemRow:
-    return ItemRow(run, item, 0, status, T0 + timedelta(minutes=at), content_key=f"k-{item}",
+    return ItemRow(run_id=run, item_id=item, source_row=0, status=status,
+                   created_at=T0 + timedelta(minutes=at), content_key=f"k-{item}",
                    audio_uri=f"/o/audio/{item}.{fmt}", duration_s=1.0)  # fmt: skip
 
 
 def chunk(run: str, item: str, key: str, status: str = "ok") -> ChunkRow:
-    return ChunkRow(run, item, 0, 0, 0, 1, 1, key, None, 1, 0.1, 1.0, False, status)
+    return ChunkRow(run_id=run, item_id=item, source_row=0, chunk_index=0, start_char=0,
+                    end_char=1, utf8_bytes=1, chunk_key=key, server=None, attempts=1,
+                    latency_s=0.1, duration_s=1.0, reused=False, status=status)  # fmt: skip
 
 
 def test_removed_rows_carry_the_previous_audio_and_match_no_source_row() -> None:
@@ -47,15 +50,25 @@ def test_an_item_whose_newest_row_is_removed_has_no_published_state(tmp_path: Pa
     store = LocalStore(str(tmp_path))
     root = store.uri("")
     rows = [
-        ItemRow("r1", i, n, "ok", T0, content_key=f"k{i}", audio_uri=f"{root}audio/{i}.wav")
+        ItemRow(
+            run_id="r1",
+            item_id=i,
+            source_row=n,
+            status="ok",
+            created_at=T0,
+            content_key=f"k{i}",
+            audio_uri=f"{root}audio/{i}.wav",
+        )
         for n, i in enumerate(["a", "b"])
     ]
     ManifestWriter(store, "r1").write_part("p", rows, [], [])
     assert set(load_previous(store)) == {"a", "b"}
-    gone = ItemRow("r2", "b", -1, "removed", T0 + timedelta(hours=1), audio_uri=rows[1].audio_uri)
+    gone = ItemRow(run_id="r2", item_id="b", source_row=-1, status="removed",
+                   created_at=T0 + timedelta(hours=1), audio_uri=rows[1].audio_uri)  # fmt: skip
     ManifestWriter(store, "r2").write_part("p", [gone], [], [])
     assert set(load_previous(store)) == {"a"}
-    back = ItemRow("r3", "b", 0, "ok", T0 + timedelta(hours=2), content_key="kb2",
+    back = ItemRow(run_id="r3", item_id="b", source_row=0, status="ok",
+                   created_at=T0 + timedelta(hours=2), content_key="kb2",
                    audio_uri=f"{root}audio/b.wav")  # fmt: skip
     ManifestWriter(store, "r3").write_part("p", [back], [], [])
     assert load_previous(store)["b"].content_key == "kb2"
@@ -96,7 +109,8 @@ def test_gc_keeps_chunks_of_each_current_items_newest_ok_and_later_failed_rows(
                [chunk("r1", "a", "a-old"), chunk("r1", "b", "b-1"), chunk("r1", "c", "c-1")]),
         # a edited: new ok row; b edited and failed (one chunk made, one failed); c gone.
         "r2": ([ok("r2", "a", 2), ok("r2", "b", 2, status="failed"),
-                ItemRow("r2", "c", -1, "removed", T0 + timedelta(minutes=2))],
+                ItemRow(run_id="r2", item_id="c", source_row=-1, status="removed",
+                        created_at=T0 + timedelta(minutes=2))],
                [chunk("r2", "a", "a-new"), chunk("r2", "b", "b-2"),
                 chunk("r2", "b", "b-x", status="failed")]),
         "r3": ([ok("r3", "a", 3, status="skipped")], []),
