@@ -151,7 +151,7 @@ def make_plan(
     spec = run_spec(settings)
     store = _open_existing(out, settings)
     previous = load_previous(store) if store is not None and not force else {}
-    existing = existing_audio(store) if previous else set()
+    existing = existing_audio(store) if store is not None and previous else set()
     if settings.chunk_cache:
         cache_dir = settings.chunk_cache
     elif store is not None:
