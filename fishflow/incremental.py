@@ -3,7 +3,8 @@
 The manifests are the system of record (not Prefect's cache: a cache hit still costs a task
 run). All earlier ``items`` tables of the output, finished or left as part files by a run that
 crashed, are read with pyarrow, column-projected, and reduced to the newest ``ok``/``skipped``
-row per item id. Audio existence comes from one listing of the output, not a call per item.
+row per item id; an item whose newest row is ``removed`` (gone from the source) has none.
+Audio existence comes from one listing of the output, not a call per item.
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ def _item_tables(store: Store, exclude_run: str | None) -> list[pa.Table]:
                 with open(local, "wb") as fh:
                     fh.write(store.get(key))
             table = _project(pq.read_table(local))
-            tables.append(table.filter(pc.is_in(table["status"], pa.array(["ok", "skipped"]))))
+            tables.append(
+                table.filter(pc.is_in(table["status"], pa.array(["ok", "skipped", "removed"])))
+            )
     return tables
 
 
@@ -106,14 +109,14 @@ def load_previous(store: Store, exclude_run: str | None = None) -> dict[str, Pre
     table = pa.concat_tables(tables).sort_by([("created_at", "ascending")])
     prefix = store.uri("")
     latest: dict[str, PreviousItem] = {}
-    for item_id, key, uri, duration, size, sha in zip(
-        *(
-            table[c].to_pylist()
-            for c in ("item_id", "content_key", "audio_uri", "duration_s", "bytes", "audio_sha256")
-        ),
-        strict=True,
+    columns = ("item_id", "status", "content_key", "audio_uri", "duration_s", "bytes",
+               "audio_sha256")  # fmt: skip
+    for item_id, status, key, uri, duration, size, sha in zip(
+        *(table[c].to_pylist() for c in columns), strict=True
     ):
-        if item_id and key and uri and uri.startswith(prefix):
+        if status == "removed":
+            latest.pop(item_id, None)
+        elif item_id and key and uri and uri.startswith(prefix):
             latest[item_id] = PreviousItem(key, uri, uri[len(prefix) :], duration, size, sha)
     return latest
 

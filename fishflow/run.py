@@ -99,12 +99,15 @@ def entry_batches(
     skip_rows: set[int] | None = None,
     only_rows: set[int] | None = None,
     shard: tuple[int, int] | None = None,
+    present: set[str] | None = None,
 ) -> Iterator[list[Item | Rejection]]:
     """Validated batches of the source, in order; duplicate ids are caught across batches.
 
     ``skip_rows`` (already recorded by this run) and rows outside ``only_rows`` (a retry of
     failed rows) are validated, so ids stay checked for duplicates, but not returned.
     ``shard`` = (index, count) keeps only the rows of that partition (by id, else row number).
+    ``present``, when given, collects the id of every row read (valid or not), so that the
+    caller knows, once the source is read to its end, which earlier items are gone.
     """
     seen: set[str] = set()
     for rows in read_source(
@@ -120,6 +123,8 @@ def entry_batches(
                 r for r in rows
                 if shard_of((r.item_id or "").strip() or f"row:{r.row}", count) == index
             ]  # fmt: skip
+        if present is not None:
+            present.update(i for r in rows if (i := (r.item_id or "").strip()))
         entries = [validate_row(row, spec, seen) for row in rows]
         if skip_rows or only_rows is not None:
             entries = [
@@ -136,6 +141,8 @@ class RunTotals:
     ok: int = 0
     skipped: int = 0
     failed: int = 0
+    removed: int = 0  # items gone from the source: extra manifest rows, not among `items`
+    pruned: int = 0  # files deleted by --prune
     audio_seconds: float = 0.0
     failures: list[tuple[str | None, int, str]] = field(
         default_factory=list

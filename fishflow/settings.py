@@ -189,6 +189,9 @@ class EnvSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FISHFLOW_", extra="ignore")
 
     api_key: SecretStr | None = Field(None, description="Bearer key for the Fish Speech servers")
+    progress_interval_s: float = Field(
+        30.0, gt=0, le=3600, description="Seconds between progress lines when not on a terminal"
+    )
 
 
 def validated(model_class: type[_Model], /, **values: object) -> _Model:

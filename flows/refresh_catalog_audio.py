@@ -14,6 +14,7 @@ from prefect.states import Failed, State
 
 from fishflow.database import mask
 from fishflow.errors import FishflowError
+from fishflow.hygiene import tidy_output
 from fishflow.manifest import recover, run_record_exists, write_run_record
 from fishflow.pipeline import internal_failure
 from fishflow.run import (
@@ -50,6 +51,7 @@ async def refresh_catalog_audio(
     servers: list[str] | None = None,
     settings: RunSettings | None = None,
     force: bool = False,
+    prune: bool = False,
     max_failed_share: float = 0.0,
     shards: int = 1,
     api_key_secret: str | None = None,
@@ -74,6 +76,7 @@ async def refresh_catalog_audio(
         servers: Fish Speech server URLs; `URL#limit=N` sets a server's in-flight limit.
         settings: Run settings; the fields given here override the deployment's own.
         force: Redo every item, even those unchanged since an earlier run.
+        prune: Delete audio no current item uses: items gone from the source, older formats.
         max_failed_share: Share of items (0..1) that may fail before the run ends Failed.
         shards: Split the run into this many child runs of the same deployment.
         api_key_secret: Name of a Prefect Secret block holding the servers' API key.
@@ -148,6 +151,7 @@ async def refresh_catalog_audio(
                     "out": out,
                     "servers": servers,
                     "force": force,
+                    "prune": prune,
                     "settings": settings.model_dump(),
                     "only_rows": only_rows,
                     "api_key_secret": api_key_secret,
@@ -161,6 +165,7 @@ async def refresh_catalog_audio(
             # A few batches in flight keep every server fed across batch boundaries.
             window = asyncio.Semaphore(3)
             pending: set[asyncio.Task[Any]] = set()
+            present: set[str] = set()  # every id read: what is not here is gone
             batches = entry_batches(
                 readable,
                 settings,
@@ -168,6 +173,7 @@ async def refresh_catalog_audio(
                 skip_rows=recorded,
                 only_rows=set(only_rows) if only_rows is not None else None,
                 shard=(shard, shards) if shard is not None else None,
+                present=present,
             )
             session = new_run_id()  # part names stay unique when a run is resumed
             done_before = len(recorded)
@@ -220,6 +226,36 @@ async def refresh_catalog_audio(
                 logger.warning("run state not kept in %s: %s", out, ctx.journal.remote_error)
             for warning in ctx.warnings:
                 logger.warning(warning)
+            # Output hygiene (issue 9): only a run that read the whole source knows what is
+            # gone from it; a retry of some rows or one shard sees only part of it.
+            if fatal is None and only_rows is None and shard is None:
+                try:
+                    tidied = await asyncio.to_thread(
+                        tidy_output,
+                        ctx.store,
+                        writer,
+                        run_id=run_id,
+                        part=f"{session}-removed",
+                        present=present,
+                        previous=None if force else ctx.previous,
+                        prune=prune,
+                        now=ctx.now(),
+                    )
+                except Exception:  # the run's items are done: tidying must not lose them
+                    logger.exception("run %s: could not record removed items or prune", run_id)
+                else:
+                    totals.removed, totals.pruned = len(tidied.removed), len(tidied.pruned)
+                    if tidied.removed:
+                        logger.info(
+                            "run %s: %d item(s) gone from the source since the last run "
+                            "(status removed in the items manifest)",
+                            run_id,
+                            len(tidied.removed),
+                        )
+                    for uri in tidied.pruned:
+                        logger.info("run %s: pruned %s", run_id, uri)
+            elif prune:
+                logger.warning("run %s: --prune needs a run over the whole source", run_id)
             manifests = await asyncio.to_thread(writer.finalize)
             if ctx.journal is not None:
                 ctx.journal.close(remove=True)
