@@ -24,7 +24,14 @@ class CountingStore(LocalStore):
 
 
 def item(row: int) -> ItemRow:
-    return ItemRow("r1", f"i{row}", row, "ok", datetime.now(UTC), chunk_count=1)
+    return ItemRow(
+        run_id="r1",
+        item_id=f"i{row}",
+        source_row=row,
+        status="ok",
+        created_at=datetime.now(UTC),
+        chunk_count=1,
+    )
 
 
 def test_journal_in_the_output_survives_the_machine(tmp_path: Path) -> None:
