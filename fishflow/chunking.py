@@ -32,6 +32,10 @@ class Chunk:
     text: str
     start: int  # character offsets in the item's normalised text;
     end: int  # text is normalized[start:end] with whitespace collapsed
+    # Set by readers that know the text's structure (Markdown): the title of the section this
+    # chunk opens (it becomes a chapter), and the pause after it (None: AudioSettings.pause_ms).
+    heading: str | None = None
+    pause_after_ms: int | None = None
 
     @property
     def utf8_bytes(self) -> int:

@@ -105,6 +105,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     emu.add_argument("--workers", type=int, default=1, help="serial workers (default 1)")
     emu.add_argument("--rtf", type=float, default=0.0, help="compute seconds per audio second")
+    emu.add_argument(
+        "--level-db", type=float, default=None, help="peak level of the voice, dBFS (e.g. -30)"
+    )
     emu.add_argument("--service-time", type=float, default=None, help="fixed seconds per request")
     emu.add_argument(
         "--api-key",
@@ -296,6 +299,7 @@ def _emulator(args: argparse.Namespace) -> int:
     config = EmulatorConfig(
         workers=args.workers,
         rtf=args.rtf,
+        level_db=args.level_db,
         service_time_s=args.service_time,
         api_key=args.api_key,
         max_text_length=args.max_text_length,

@@ -24,7 +24,7 @@ from fishflow.pipeline import (
     validate_row,
 )
 from fishflow.pool import ServerPool, SlotLeaser
-from fishflow.settings import AudioSettings, ChunkSettings, RunSettings
+from fishflow.settings import AudioSettings, CaptionSettings, ChunkSettings, RunSettings
 from fishflow.sources import Columns, read_source
 from fishflow.storage import open_store, state_dir
 
@@ -36,8 +36,14 @@ def new_run_id() -> str:
 def run_spec(settings: RunSettings) -> RunSpec:
     return RunSpec(
         options=settings.synthesis_options(),
-        audio=AudioSettings(format=settings.audio_format, pause_ms=settings.pause_ms),
+        audio=AudioSettings(
+            format=settings.audio_format,
+            pause_ms=settings.pause_ms,
+            loudness=settings.loudness,
+            loudness_target=settings.loudness_target,
+        ),
         chunking=ChunkSettings(max_bytes=settings.chunk_bytes),
+        captions=CaptionSettings(captions=settings.captions, chapters=settings.chapters),
     )
 
 

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from fishflow.errors import ConfigError
 
 AudioFormat = Literal["wav", "flac", "mp3"]
+OnOff = Literal["on", "off"]
 WireEncoding = Literal["msgpack", "json"]
 
 
@@ -84,9 +85,23 @@ class AudioSettings(_Frozen):
     sample_rate: int = Field(44_100, description="Sample rate the servers produce")
     pause_ms: int = Field(250, ge=0, le=5000, description="Silence between chunks")
     fade_ms: int = Field(8, ge=0, le=200, description="Fade at each join, against clicks")
+    loudness: OnOff = Field("on", description="Normalise each item's loudness (BS.1770)")
+    loudness_target: float = Field(
+        -16.0, ge=-40, le=-5, description="Target integrated loudness, LUFS"
+    )
+    true_peak_db: float = Field(-1.0, ge=-12, le=0, description="Peak ceiling, dBTP")
 
     def fingerprint(self) -> str:
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+
+class CaptionSettings(_Frozen):
+    """Files published beside each item's audio. Not part of the content key: turning them on
+    makes items without them be redone from cached chunk audio, turning them off changes
+    nothing already published."""
+
+    captions: OnOff = Field("on", description="WebVTT and SRT captions beside the audio")
+    chapters: OnOff = Field("on", description="Chapters from headings: WebVTT, ID3 in mp3")
 
 
 class ServerConfig(_Frozen):
@@ -158,6 +173,12 @@ class RunSettings(_Frozen):
     max_new_tokens: int = Field(1024, ge=1, le=8192, description="Token cap per generation")
     chunk_bytes: int = Field(200, ge=20, le=4000, description="Chunk budget in UTF-8 bytes")
     pause_ms: int = Field(250, ge=0, le=5000, description="Silence between chunks")
+    loudness: OnOff = Field("on", description="Normalise each item to --loudness-target")
+    loudness_target: float = Field(
+        -16.0, ge=-40, le=-5, description="Target integrated loudness, LUFS (BS.1770)"
+    )
+    captions: OnOff = Field("on", description="WebVTT and SRT captions beside each audio file")
+    chapters: OnOff = Field("on", description="Chapters from headings (WebVTT; ID3 in mp3)")
     batch_size: int = Field(250, ge=1, le=100_000, description="Items per Prefect task run")
     max_attempts: int = Field(6, ge=1, le=50, description="Attempts per chunk")
     request_timeout_s: float = Field(120.0, gt=0, description="Read timeout per queued generation")
