@@ -500,9 +500,14 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
                 continue  # the item fails: collect the other chunks' rows, write nothing
             if audio is None and (audio := ctx.cache.load(row.chunk_key, rate)) is None:
                 raise StorageError(f"chunk audio {row.chunk_key} vanished from the chunk cache")
-            level, published = await loop.run_in_executor(
-                ctx.publisher, publisher.add, chunk, audio
-            )
+            try:
+                level, published = await loop.run_in_executor(
+                    ctx.publisher, publisher.add, chunk, audio
+                )
+            except RuntimeError as exc:
+                # The run's threads are shut down: it is stopping (Ctrl-C, SIGTERM) and its
+                # tasks are being cancelled; this item is abandoned like the others.
+                raise asyncio.CancelledError from exc
             if level is not None:
                 ctx.cache.keep_level(row.chunk_key, level)
     except StorageError as exc:
@@ -524,7 +529,7 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
         for task in tasks:
             task.cancel()  # only those still running: the item is being cancelled
         if published is None:
-            await loop.run_in_executor(ctx.publisher, publisher.abort)
+            publisher.abort()  # not in the publisher threads: they may be shut down already
     synth_seconds = time.monotonic() - started
     attempts = sum(r.attempts for r in rows)
     if errors or published is None:

@@ -18,6 +18,7 @@ import hashlib
 import io
 import math
 import os
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,6 +84,8 @@ class ItemPublisher:
     _segments: list[np.ndarray] = field(default_factory=list)
     _placed: list[Placed] = field(default_factory=list)
     _pause_ms: int = 0  # before the next chunk
+    # abort() may come from the event loop (a cancelled run) while add() runs in a thread.
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _open(self) -> AudioWriter:
         if self.chunk_count == 1:
@@ -95,6 +98,10 @@ class ItemPublisher:
     def add(self, chunk: Chunk, audio: Audio) -> tuple[Level | None, Published | None]:
         """Append the next chunk. Returns the chunk's level when it was measured here (to keep
         with the chunk's audio), and, after the last chunk, what was published."""
+        with self._lock:
+            return self._add(chunk, audio)
+
+    def _add(self, chunk: Chunk, audio: Audio) -> tuple[Level | None, Published | None]:
         level = None
         gain = 0.0
         ceiling = None
@@ -168,7 +175,11 @@ class ItemPublisher:
         )
 
     def abort(self) -> None:
-        """Drop what was written (the item failed)."""
+        """Drop what was written (the item failed or the run is stopping)."""
+        with self._lock:
+            self._abort()
+
+    def _abort(self) -> None:
         if self._writer is not None:
             with contextlib.suppress(Exception):
                 self._writer.close()
@@ -176,3 +187,4 @@ class ItemPublisher:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._staging)
             self._staging = None
+        self._writer = None
