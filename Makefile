@@ -21,6 +21,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.incremental
+	$(BIN)/python -m bench.longform
 
 check: $(STAMP)
 	$(BIN)/ruff format --check fishflow tasks flows tests bench
