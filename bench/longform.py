@@ -24,6 +24,8 @@ import pyarrow.parquet as pq
 
 from bench.run import VENV_BIN, emulators, service_s, stats, urls
 
+# A busy machine can take longer than Prefect's default 20 s to start the child's ephemeral API.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 COURSE_BYTES = int(os.environ.get("BENCH_LONGFORM_BYTES", "1000000"))
 CHAPTER_BYTES = int(os.environ.get("BENCH_LONGFORM_CHAPTER", "50000"))
 ITEM_CHARS = int(os.environ.get("BENCH_LONGFORM_ITEM", "200000"))

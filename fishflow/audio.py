@@ -193,7 +193,9 @@ class AudioWriter:
         if not n and not gain_db and ceiling is None:
             self._write(samples)  # nothing to change: no float round trip
             return start
-        x = samples.astype(np.float32) * np.float32(10 ** (gain_db / 20) / 32768)
+        x = samples.astype(np.float32)  # int16 scale throughout: no extra passes to rescale
+        if gain_db:
+            x *= np.float32(10 ** (gain_db / 20))
         if n:
             ramp = np.linspace(0.0, 1.0, n, dtype=np.float32)
             if fade_in:
@@ -201,8 +203,9 @@ class AudioWriter:
             if fade_out:
                 x[-n:] *= ramp[::-1]
         if ceiling is not None:
-            x = limit(x, ceiling, self.sample_rate)
-        self._write(np.clip(x * 32768, -32768, 32767).astype(np.int16))
+            x = limit(x, ceiling * 32768, self.sample_rate)
+        np.clip(x, -32768, 32767, out=x)
+        self._write(x.astype(np.int16))
         return start
 
     def close(self) -> None:

@@ -82,13 +82,15 @@ def k_weighting(sample_rate: int) -> np.ndarray:
 
 def measure(samples: np.ndarray, sample_rate: int) -> Level:
     """Measure int16 mono samples."""
-    x = samples.astype(np.float32) * np.float32(1 / 32768)
-    peak = float(np.abs(x).max()) if len(x) else 0.0
-    weighted = sosfilt(k_weighting(sample_rate), x)
+    if not len(samples):
+        return Level(np.zeros(0), 0.0)
+    peak = max(int(samples.max()), -int(samples.min())) / 32768
+    # The filter is linear: it runs on the int16 scale and the energies are scaled once.
+    weighted = sosfilt(k_weighting(sample_rate), samples.astype(np.float32))
     hop = round(sample_rate * SEGMENT_S)
-    whole = len(weighted) // hop * hop
-    squared = np.square(weighted[:whole], dtype=np.float64)
-    return Level(squared.reshape(-1, hop).mean(axis=1), peak)
+    blocks = weighted[: len(weighted) // hop * hop].reshape(-1, hop)
+    energy = np.einsum("ij,ij->i", blocks, blocks).astype(np.float64)
+    return Level(energy / (hop * 32768.0**2), peak)
 
 
 def integrated_loudness(segments: np.ndarray) -> float:
@@ -118,7 +120,7 @@ def chunk_gain_db(level: Level, target_lufs: float, fallback_db: float) -> float
 
 
 def limit(x: np.ndarray, ceiling: float, sample_rate: int) -> np.ndarray:
-    """Hold float samples (full scale 1.0) under ``ceiling`` with a look-ahead gain curve.
+    """Hold float samples under ``ceiling`` (same scale) with a look-ahead gain curve.
 
     The gain needed at each sample is spread over +/-5 ms by a running minimum and then
     smoothed by a 5 ms moving average; each averaged value is a mean of minima over windows
