@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -66,6 +67,17 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-id", help="run id (default: time-based)")
     run.add_argument("--api-key-secret", help="Prefect Secret block holding the API key")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--deployment",
+        metavar="NAME",
+        help="submit the run to this Prefect deployment instead of running it here",
+    )
+    run.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        help="with --deployment: split the run into N child runs any worker may take",
+    )
     _add_settings_flags(run)
 
     resume = sub.add_parser("resume", help="finish a run that was stopped or killed")
@@ -98,6 +110,32 @@ def _build_parser() -> argparse.ArgumentParser:
         help="server URL; URL#limit=N sets its limit",
     )
     limits.add_argument("--max-in-flight", type=int, default=2, help="default limit per server")
+
+    dep = sub.add_parser(
+        "deploy",
+        help="register the work pool, deployments, shared limits and crash automation "
+        "on the Prefect API (PREFECT_API_URL)",
+    )
+    dep.add_argument("--pool", default="fishflow", help="process work pool (default fishflow)")
+    dep.add_argument(
+        "--server",
+        action="append",
+        dest="servers",
+        metavar="URL",
+        help="create shared limits for these servers instead of the deployments' own",
+    )
+    dep.add_argument(
+        "--heartbeat-s",
+        type=int,
+        default=30,
+        help="flow-run heartbeat interval; a run silent for 3 of them is marked Crashed "
+        "(default 30, Prefect's minimum)",
+    )
+    dep.add_argument(
+        "--prefect-file",
+        default=None,
+        help="deployments file (default: deployments/prefect.yaml of this checkout)",
+    )
 
     emu = sub.add_parser("emulator", help="serve the bundled Fish Speech emulator")
     emu.add_argument(
@@ -146,11 +184,18 @@ def _quiet_prefect() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+    # The ephemeral API takes 10-25 s to start here, more on a busy machine; the default
+    # 20 s limit turned a slow start into a failed run.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 
 def _run(args: argparse.Namespace) -> int:
     overrides = {k: v for k in RunSettings.model_fields if (v := getattr(args, k)) is not None}
     settings = validated(RunSettings, **overrides)
+    if args.deployment:
+        return _submit(args, overrides)
+    if args.shards != 1:
+        raise ConfigError("--shards needs --deployment: child runs are runs of a deployment")
     servers = args.servers or ["http://127.0.0.1:8080"]
     settings.server_configs(servers)  # refuse bad URLs before paying for Prefect's start-up
     from fishflow.run import new_run_id
@@ -216,10 +261,18 @@ def _with_flow(args: argparse.Namespace, run_id: str | None, out: str, call: Any
     import flows.refresh_catalog_audio
     import flows.retry_errors
     from tasks import runtime
+    from tasks.prefect_run import run_result
+
+    async def summary_of(flow_fn: Any, **kwargs: Any) -> dict[str, Any]:
+        # A run with too many failed items ends Failed in Prefect; the CLI still prints its
+        # summary and exits 2, as it always has.
+        return await run_result(await flow_fn(**kwargs, return_state=True))
 
     namespace = types.SimpleNamespace(
-        refresh_catalog_audio=flows.refresh_catalog_audio.refresh_catalog_audio,
-        retry_errors=flows.retry_errors.retry_errors,
+        refresh_catalog_audio=functools.partial(
+            summary_of, flows.refresh_catalog_audio.refresh_catalog_audio
+        ),
+        retry_errors=functools.partial(summary_of, flows.retry_errors.retry_errors),
     )
     progress = _Progress(enabled=not args.quiet and sys.stderr.isatty())
     runtime.set_progress_listener(progress.update)
@@ -227,9 +280,17 @@ def _with_flow(args: argparse.Namespace, run_id: str | None, out: str, call: Any
     # finished items stay recorded in the journal and manifest parts.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
+    stops = (KeyboardInterrupt, TerminationSignal)
     try:
         summary = asyncio.run(call(namespace))
-    except (KeyboardInterrupt, TerminationSignal):
+    except BaseException as exc:
+        # The signal may land inside anyio's task group (an HTTP connect to Prefect's API),
+        # which wraps it in an exception group.
+        stopped = isinstance(exc, stops) or (
+            isinstance(exc, BaseExceptionGroup) and exc.subgroup(stops) is not None
+        )
+        if not stopped:
+            raise
         progress.close()
         hint = f"; finish it with: fishflow resume {run_id} --out {out}" if run_id else ""
         print(f"fishflow: stopped; finished items are recorded{hint}", file=sys.stderr)
@@ -313,6 +374,77 @@ def _emulator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_prefect_api(what: str) -> None:
+    _quiet_prefect()
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        raise ConfigError(f"PREFECT_API_URL is not set: {what}")
+
+
+def _submit(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    """Start a run of a deployment with this command's source, output and options (only the
+    options given: the rest come from the deployment), and say where to follow it."""
+    _require_prefect_api("--deployment submits the run to the Prefect server your workers use")
+    from prefect.deployments import run_deployment
+
+    from fishflow.run import new_run_id
+
+    name = args.deployment
+    if "/" not in name:
+        name = f"refresh-catalog-audio/{name}"
+    # The worker runs in the project's folder, not here: local paths must not be relative.
+    source, out = (p if "://" in p else os.path.abspath(p) for p in (args.source, args.out))
+    run_id = args.run_id or new_run_id()
+    parameters: dict[str, Any] = {
+        "source": source,
+        "out": out,
+        "shards": args.shards,
+        "run_id": run_id,
+    }
+    if args.servers:
+        parameters["servers"] = args.servers
+    if overrides:
+        parameters["settings"] = overrides
+    if args.force:
+        parameters["force"] = True
+    if args.api_key_secret:
+        parameters["api_key_secret"] = args.api_key_secret
+    try:
+        flow_run = run_deployment(
+            name, parameters=parameters, flow_run_name=run_id, timeout=0, as_subflow=False
+        )
+    except Exception as exc:
+        raise ConfigError(f"could not start a run of deployment {name!r}: {exc}") from exc
+    print(f"fishflow: submitted run {run_id} (flow run {flow_run.id}) of {name}")
+    return 0
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    _require_prefect_api("deployments live on the Prefect server your workers use")
+    from pathlib import Path
+
+    from tasks.deploy import PREFECT_FILE, deploy
+
+    done = deploy(
+        pool=args.pool,
+        servers=args.servers,
+        heartbeat_s=args.heartbeat_s,
+        prefect_file=Path(args.prefect_file) if args.prefect_file else PREFECT_FILE,
+    )
+    state = "created" if done["pool_created"] else "exists"
+    print(f"fishflow: work pool {done['pool']} ({state})")
+    for name in done["deployments"]:
+        print(f"fishflow: deployment {name}")
+    for name, limit in done["limits"].items():
+        print(f"fishflow: limit {name} = {limit}")
+    print(
+        f"fishflow: start a worker with: prefect worker start --pool {done['pool']} "
+        "(from this project's environment)"
+    )
+    return 0
+
+
 def _limits(args: argparse.Namespace) -> int:
     settings = validated(RunSettings, max_in_flight=args.max_in_flight)
     configs = settings.server_configs(args.servers)
@@ -338,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "limits":
             return _limits(args)
+        if args.command == "deploy":
+            return _deploy(args)
         if args.command == "resume":
             return _resume(args)
         if args.command == "retry-errors":

@@ -246,6 +246,8 @@ class _Stats:
         self.faults: collections.Counter[str] = collections.Counter()
         self.busy_s = 0.0
         self.service_s = 0.0  # time workers were held: compute plus making the audio
+        self.first_service_at: float | None = None  # time.time() a worker was first taken
+        self.last_service_at: float | None = None  # and last given back
         self.started = time.monotonic()
 
     def snapshot(self) -> dict[str, Any]:
@@ -259,6 +261,8 @@ class _Stats:
                 "faults": dict(self.faults),
                 "busy_s": self.busy_s,
                 "service_s": self.service_s,
+                "first_service_at": self.first_service_at,
+                "last_service_at": self.last_service_at,
                 "uptime_s": time.monotonic() - self.started,
             }
 
@@ -621,6 +625,12 @@ class _WorkerSlot:
         self._workers.put(self._id)
         with self._stats.lock:
             self._stats.service_s += held
+            # Wall-clock bounds of the work, comparable across emulator processes (a bench's
+            # busy span over several servers).
+            self._stats.first_service_at = min(
+                self._stats.first_service_at or time.time() - held, time.time() - held
+            )
+            self._stats.last_service_at = time.time()
 
 
 class _InFlight:

@@ -347,6 +347,10 @@ def write_run_record(store: Store, run_id: str, record: dict[str, Any]) -> None:
               "application/json", {})  # fmt: skip
 
 
+def run_record_exists(store: Store, run_id: str) -> bool:
+    return run_record_key(run_id) in store.list(run_prefix(run_id) + "/")
+
+
 def read_run_record(store: Store, run_id: str) -> dict[str, Any]:
     try:
         return json.loads(store.get(run_record_key(run_id)))
@@ -357,15 +361,36 @@ def read_run_record(store: Store, run_id: str) -> dict[str, Any]:
 
 
 def latest_run_id(store: Store) -> str:
-    """The run that started last (by its run record), whatever its id looks like."""
-    keys = [k for k in store.list("manifests/") if k.endswith("/run.json")]
-    if not keys:
+    """The run that started last (by its run record), whatever its id looks like. The shards
+    of a sharded run start after it but are parts of it, not runs of their own."""
+    records = {
+        k: json.loads(store.get(k)) for k in store.list("manifests/") if k.endswith("/run.json")
+    }
+    records = {k: r for k, r in records.items() if not r.get("parent_run_id")}
+    if not records:
         raise ConfigError(f"no fishflow runs in {store.root}")
+    newest = max(records, key=lambda k: (str(records[k].get("started_at", "")), k))
+    return newest.split("/")[1].removeprefix("run=")
 
-    def started(key: str) -> str:
-        return str(json.loads(store.get(key)).get("started_at", ""))
 
-    return max(keys, key=lambda k: (started(k), k)).split("/")[1].removeprefix("run=")
+def merge_runs(store: Store, run_id: str, shard_run_ids: list[str]) -> dict[str, str]:
+    """One manifest for a sharded run: the shards' final manifests, as rows of `run_id`.
+    Each shard keeps its own manifests too; the run record says which shard ran where."""
+    writer = ManifestWriter(store, run_id)
+    with tempfile.TemporaryDirectory(prefix="fishflow-manifest-") as tmp:
+        for shard_id in shard_run_ids:
+            for name in MANIFESTS:
+                table = _read_store_table(store, f"{run_prefix(shard_id)}/{name}.parquet", tmp)
+                column = pa.array([run_id] * table.num_rows, pa.string())
+                table = table.set_column(table.schema.get_field_index("run_id"), "run_id", column)
+                writer._write(f"{writer.prefix}/parts/{name}-{shard_id}.parquet", table)
+    return writer.finalize()
+
+
+def read_items(store: Store, run_id: str, columns: list[str]) -> list[dict[str, Any]]:
+    """Rows of a finished run's items manifest (only `columns`)."""
+    data = store.get(f"{run_prefix(run_id)}/items.parquet")
+    return pq.read_table(pa.BufferReader(data), columns=columns).to_pylist()
 
 
 def failed_rows(store: Store, run_id: str) -> list[int]:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import os
+import re
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from fishflow.incremental import existing_audio, load_previous
 from fishflow.manifest import Journal, ManifestWriter, journal_dir
@@ -28,9 +31,27 @@ from fishflow.settings import AudioSettings, CaptionSettings, ChunkSettings, Run
 from fishflow.sources import Columns, read_source
 from fishflow.storage import open_store, state_dir
 
+_RUN_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}(-s[0-9]+)?$")
+
 
 def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def is_run_id(name: str | None) -> bool:
+    """Whether `name` has the shape of a run id (a flow run named after its fishflow run)."""
+    return bool(name and _RUN_ID.match(name))
+
+
+def shard_run_id(run_id: str, shard: int) -> str:
+    return f"{run_id}-s{shard}"
+
+
+def shard_of(key: str, shards: int) -> int:
+    """A stable partition of source rows: the same id lands in the same shard on every run and
+    every machine (so duplicates of an id still meet, and a re-run finds its earlier work)."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % shards
 
 
 def run_spec(settings: RunSettings) -> RunSpec:
@@ -60,14 +81,22 @@ def entry_batches(
     *,
     skip_rows: set[int] | None = None,
     only_rows: set[int] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> Iterator[list[Item | Rejection]]:
     """Validated batches of the source, in order; duplicate ids are caught across batches.
 
     ``skip_rows`` (already recorded by this run) and rows outside ``only_rows`` (a retry of
     failed rows) are validated, so ids stay checked for duplicates, but not returned.
+    ``shard`` = (index, count) keeps only the rows of that partition (by id, else row number).
     """
     seen: set[str] = set()
     for rows in read_source(source, columns(settings), batch_rows=settings.batch_size):
+        if shard is not None:
+            index, count = shard
+            rows = [
+                r for r in rows
+                if shard_of((r.item_id or "").strip() or f"row:{r.row}", count) == index
+            ]  # fmt: skip
         entries = [validate_row(row, spec, seen) for row in rows]
         if skip_rows or only_rows is not None:
             entries = [
@@ -97,6 +126,27 @@ class RunTotals:
                 self.audio_seconds += row.duration_s
             if row.status == "failed" and len(self.failures) < 50:
                 self.failures.append((row.item_id, row.source_row, row.error or ""))
+
+    @property
+    def items(self) -> int:
+        return self.ok + self.skipped + self.failed
+
+    def too_many_failed(self, max_failed_share: float) -> bool:
+        """Whether the share of failed items is over what the run accepts."""
+        return self.failed > 0 and self.failed > max_failed_share * self.items
+
+    @classmethod
+    def from_items(cls, rows: Iterable[dict[str, Any]]) -> RunTotals:
+        """Totals of an items manifest read back (a sharded run's merged manifest)."""
+        totals = cls()
+        for row in rows:
+            status = row["status"]
+            setattr(totals, status, getattr(totals, status) + 1)
+            if status == "ok" and row["duration_s"]:
+                totals.audio_seconds += row["duration_s"]
+            if status == "failed" and len(totals.failures) < 50:
+                totals.failures.append((row["item_id"], row["source_row"], row["error"] or ""))
+        return totals
 
 
 @asynccontextmanager

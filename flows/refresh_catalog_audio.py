@@ -8,93 +8,104 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import acreate_markdown_artifact
+from prefect.runtime import flow_run
 from prefect.settings import get_current_settings
+from prefect.states import Failed, State
 
 from fishflow.errors import FishflowError
-from fishflow.manifest import recover, write_run_record
+from fishflow.manifest import recover, run_record_exists, write_run_record
 from fishflow.pipeline import internal_failure
-from fishflow.run import RunTotals, entry_batches, new_run_id, open_run, run_spec
-from fishflow.settings import EnvSettings, RunSettings, validated
-from tasks import runtime
+from fishflow.run import (
+    entry_batches,
+    is_run_id,
+    new_run_id,
+    open_run,
+    run_spec,
+)
+from fishflow.settings import RunSettings, validated
+from fishflow.sources import estimate_rows
+from tasks import reporting, runtime
 from tasks.limits import PrefectSlotLeaser
+from tasks.prefect_run import RunFailed, api_key, deployment_context, tag_flow_run
+from tasks.sharding import run_shards
 from tasks.synthesis import batch_argument, synthesize_batch
 
 DEFAULT_SERVERS = ["http://127.0.0.1:8080"]
 
 
-class RunFailed(FishflowError):
-    """The run stopped early; the manifests account for every row read so far."""
-
-    fatal = True
-
-
-def _api_key(secret_block: str | None) -> str | None:
-    if secret_block:
-        from prefect.blocks.system import Secret
-
-        return Secret.load(secret_block).get()
-    key = EnvSettings().api_key
-    return key.get_secret_value() if key else None
+def _flow_run_name() -> str:
+    """Flow runs carry their fishflow run id as their name, so the Prefect UI, the manifests'
+    `run=<id>` folder and `fishflow resume` all speak of the same run."""
+    given = flow_run.parameters.get("run_id")
+    return given if isinstance(given, str) and given else new_run_id()
 
 
-def _report(
-    run_id: str,
-    totals: RunTotals,
-    wall_s: float,
-    manifests: dict[str, str],
-    utilisation: dict[str, float],
-    fatal: str | None,
-) -> str:
-    lines = [
-        f"# fishflow run `{run_id}`",
-        "",
-        "| ok | skipped | failed | audio seconds | wall seconds |",
-        "|---|---|---|---|---|",
-        f"| {totals.ok} | {totals.skipped} | {totals.failed} "
-        f"| {totals.audio_seconds:.1f} | {wall_s:.1f} |",
-        "",
-        "Server utilisation: " + ", ".join(f"{u}: {v:.0%}" for u, v in utilisation.items()),
-        "",
-        *(f"- {name}: `{uri}`" for name, uri in manifests.items()),
-    ]
-    if fatal:
-        lines += ["", f"**Run stopped:** {fatal}"]
-    if totals.failures:
-        lines += ["", "| item | row | error |", "|---|---|---|"]
-        lines += [f"| {i} | {r} | {e[:120]} |" for i, r, e in totals.failures]
-    return "\n".join(lines)
-
-
-@flow(name="refresh-catalog-audio")
+@flow(name="refresh-catalog-audio", flow_run_name=_flow_run_name)
 async def refresh_catalog_audio(
     source: str,
     out: str,
     servers: list[str] | None = None,
     settings: RunSettings | None = None,
     force: bool = False,
-    run_id: str | None = None,
+    max_failed_share: float = 0.0,
+    shards: int = 1,
     api_key_secret: str | None = None,
+    run_id: str | None = None,
     resume: bool = False,
     only_rows: list[int] | None = None,
-) -> dict[str, Any]:
-    """Synthesise every row of `source` on the Fish Speech `servers` and publish audio to `out`.
+    shard: int | None = None,
+    parent_run_id: str | None = None,
+) -> dict[str, Any] | State:
+    """Synthesise every row of `source` on Fish Speech servers and publish audio to `out`.
 
     Items whose text, voice and settings are unchanged since an earlier run of the same `out`
-    are skipped (unless `force`). Manifests land in `<out>/manifests/run=<run_id>/`. The API key
-    comes from the Prefect Secret block `api_key_secret`, or FISHFLOW_API_KEY.
-    `resume` continues run `run_id` where it stopped; `only_rows` limits the run to those
-    source rows (what `retry-errors` uses).
+    are skipped. Manifests land in `<out>/manifests/run=<run_id>/`; the flow run is named after
+    that run id. The run ends Failed when more than `max_failed_share` of its items failed.
+
+    Args:
+        source: CSV, JSONL or Parquet file, folder of .txt/.md files, or an s3:// URI of one.
+        out: Output folder or s3://bucket/prefix for audio and manifests.
+        servers: Fish Speech server URLs; `URL#limit=N` sets a server's in-flight limit.
+        settings: Run settings; the fields given here override the deployment's own.
+        force: Redo every item, even those unchanged since an earlier run.
+        max_failed_share: Share of items (0..1) that may fail before the run ends Failed.
+        shards: Split the run into this many child runs of the same deployment.
+        api_key_secret: Name of a Prefect Secret block holding the servers' API key.
+        run_id: Run id to use, or to finish if that run was stopped (default: a new one).
+        resume: Continue run `run_id` where it stopped (implied when its record exists).
+        only_rows: Source rows to run, and no others (what retry-errors uses).
+        shard: Internal: the partition a child run of a sharded run handles.
+        parent_run_id: Internal: the sharded run a child belongs to.
     """
     logger = get_run_logger()
-    settings = settings or RunSettings()
-    if isinstance(settings, dict):
+    deployment = await deployment_context()
+    if isinstance(settings, dict):  # a direct call with a plain dict
         settings = validated(RunSettings, **settings)  # type: ignore[assignment]
+    settings = deployment.merged_settings(settings)
     servers = servers or DEFAULT_SERVERS
-    run_id = run_id or new_run_id()
-    spec = run_spec(settings)
+    run_id = run_id or (flow_run.name if is_run_id(flow_run.name) else new_run_id())
+    if not 0.0 <= max_failed_share <= 1.0:
+        raise RunFailed(f"max_failed_share must be between 0 and 1, not {max_failed_share}")
+    await tag_flow_run(source=source, deployment=deployment.name, shard=shard)
+    artifacts = reporting.Reporter(deployment.name, run_id)
+    if shards > 1 and shard is None:
+        summary = await run_shards(
+            deployment=deployment,
+            run_id=run_id,
+            source=source,
+            out=out,
+            servers=servers,
+            settings=settings,
+            force=force,
+            api_key_secret=api_key_secret,
+            shards=shards,
+        )
+        return await _finish(summary, artifacts, max_failed_share)
+
     started = time.monotonic()
     fatal: FishflowError | None = None
+    total_rows = await asyncio.to_thread(estimate_rows, source)
+    await artifacts.start(total_rows)
     # Limits shared with other runs live on a Prefect API that outlives this process; the
     # ephemeral one started for a lone `fishflow run` has nobody to share with.
     leaser = PrefectSlotLeaser(logger) if get_current_settings().api.url else None
@@ -105,12 +116,13 @@ async def refresh_catalog_audio(
         servers=servers,
         settings=settings,
         force=force,
-        api_key=_api_key(api_key_secret),
+        api_key=await api_key(api_key_secret),
     ) as (ctx, writer):
         totals = runtime.register(ctx, writer).totals
         try:
             logger.info("run %s: %s -> %s on %d server(s)", run_id, source, out, len(servers))
             recorded: set[int] = set()
+            resume = resume or await asyncio.to_thread(run_record_exists, ctx.store, run_id)
             if resume:
                 recorded = await asyncio.to_thread(recover, ctx.store, writer, ctx.journal)
                 logger.info("run %s: resuming, %d rows already recorded", run_id, len(recorded))
@@ -123,6 +135,10 @@ async def refresh_catalog_audio(
                     "settings": settings.model_dump(),
                     "only_rows": only_rows,
                     "api_key_secret": api_key_secret,
+                    "shard": shard,
+                    "shards": shards,
+                    "parent_run_id": parent_run_id,
+                    "flow_run_id": str(flow_run.id) if flow_run.id else None,
                     "started_at": datetime.now(UTC).isoformat(),
                 }
                 await asyncio.to_thread(write_run_record, ctx.store, run_id, record)
@@ -132,16 +148,26 @@ async def refresh_catalog_audio(
             batches = entry_batches(
                 source,
                 settings,
-                spec,
+                spec=run_spec(settings),
                 skip_rows=recorded,
                 only_rows=set(only_rows) if only_rows is not None else None,
+                shard=(shard, shards) if shard is not None else None,
             )
             session = new_run_id()  # part names stay unique when a run is resumed
+            done_before = len(recorded)
 
             async def run_batch(index: int, entries: list[Any]) -> None:
                 part = f"{session}-{index:06d}"
                 try:
-                    await synthesize_batch(run_id, part, batch_argument(entries))
+                    counts = await synthesize_batch(run_id, part, batch_argument(entries))
+                    logger.info(
+                        "batch %d: %d ok, %d skipped, %d failed; %d items done",
+                        index,
+                        counts["ok"],
+                        counts["skipped"],
+                        counts["failed"],
+                        done_before + totals.items,
+                    )
                 except Exception as exc:  # a bug must not lose rows: record them as failed
                     logger.exception("batch %s failed", part)
                     outcomes = [internal_failure(ctx, e, exc) for e in entries]
@@ -149,21 +175,30 @@ async def refresh_catalog_audio(
                     totals.add(outcomes)
                 finally:
                     window.release()
+                await artifacts.progress(done_before + totals.items)
 
             index = 0
             try:
-                while True:
-                    await window.acquire()
-                    entries = await asyncio.to_thread(next, batches, None)
-                    if entries is None:
-                        window.release()
-                        break
-                    pending.add(asyncio.create_task(run_batch(index, entries)))
-                    index += 1
-            except FishflowError as exc:  # the source broke off: finish what was read
-                fatal = exc
-            if pending:
-                await asyncio.gather(*pending)
+                try:
+                    while True:
+                        await window.acquire()
+                        entries = await asyncio.to_thread(next, batches, None)
+                        if entries is None:
+                            window.release()
+                            break
+                        pending.add(asyncio.create_task(run_batch(index, entries)))
+                        index += 1
+                except FishflowError as exc:  # the source broke off: finish what was read
+                    fatal = exc
+                if pending:
+                    await asyncio.gather(*pending)
+            except BaseException:
+                # Stopped (SIGTERM, Ctrl-C): batches in flight end here, not after the run's
+                # pool and publisher are closed. What finished is in the journal.
+                for batch in pending:
+                    batch.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                raise
             fatal = fatal or ctx.fatal_error
             for warning in ctx.warnings:
                 logger.warning(warning)
@@ -174,26 +209,43 @@ async def refresh_catalog_audio(
             utilisation = ctx.pool.utilisation(wall_s)
         finally:
             runtime.unregister(run_id)
-    report = _report(
-        run_id, totals, wall_s, manifests, utilisation, fatal.message if fatal else None
+    summary = reporting.Summary(
+        run_id=run_id,
+        totals=totals,
+        wall_s=wall_s,
+        manifests=manifests,
+        utilisation=utilisation,
+        error=fatal.message if fatal else None,
     )
-    await acreate_markdown_artifact(
-        report, key="fishflow-run", description=f"fishflow run {run_id}"
-    )
-    summary = {
-        "run_id": run_id,
-        "ok": totals.ok,
-        "skipped": totals.skipped,
-        "failed": totals.failed,
-        "audio_seconds": round(totals.audio_seconds, 3),
-        "wall_seconds": round(wall_s, 3),
-        "manifests": manifests,
-        "utilisation": utilisation,
-        "error": fatal.message if fatal else None,
-    }
+    return await _finish(summary, artifacts, max_failed_share)
+
+
+async def _finish(
+    summary: reporting.Summary, artifacts: reporting.Reporter, max_failed_share: float
+) -> dict[str, Any] | State:
+    """Report the run in Prefect and choose how it ends there: Completed, or Failed when the
+    run stopped early or too many of its items failed (the CLI's exit codes come from the
+    same summary)."""
+    logger = get_run_logger()
+    totals = summary.totals
     logger.info(
-        "run %s: %d ok, %d skipped, %d failed", run_id, totals.ok, totals.skipped, totals.failed
+        "run %s: %d ok, %d skipped, %d failed",
+        summary.run_id,
+        totals.ok,
+        totals.skipped,
+        totals.failed,
     )
-    if fatal is not None:
-        raise RunFailed(f"{fatal.message} (manifests: {manifests['items']})")
-    return summary
+    await artifacts.finish(summary)
+    items_uri = summary.manifests.get("items", "")
+    if summary.error is not None:
+        raise RunFailed(f"{summary.error} (manifests: {items_uri})")
+    result = summary.as_dict()
+    if totals.too_many_failed(max_failed_share):
+        return Failed(
+            message=(
+                f"{totals.failed} of {totals.items} items failed (max_failed_share "
+                f"{max_failed_share:g}); manifests: {items_uri}"
+            ),
+            data=result,
+        )
+    return result

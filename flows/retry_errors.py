@@ -6,11 +6,13 @@ import asyncio
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.states import Failed, State
 
 from fishflow.manifest import failed_rows, latest_run_id, read_run_record
 from fishflow.settings import RunSettings
 from fishflow.storage import open_store
 from flows.refresh_catalog_audio import refresh_catalog_audio
+from tasks.prefect_run import run_result
 
 
 @flow(name="retry-errors")
@@ -19,9 +21,18 @@ async def retry_errors(
     run_id: str | None = None,
     servers: list[str] | None = None,
     api_key_secret: str | None = None,
-) -> dict[str, Any]:
-    """Re-run the items that failed in run `run_id` (default: the latest run) of `out`, with
-    that run's source and settings. Returns the new run's summary (run_id None: nothing to do)."""
+    max_failed_share: float = 0.0,
+) -> dict[str, Any] | State:
+    """Re-run the items that failed in an earlier run of `out`, with that run's source and
+    settings, as a new run. Returns the new run's summary (run_id None: nothing to do).
+
+    Args:
+        out: Output folder or s3://bucket/prefix of the earlier run.
+        run_id: The run whose failed items to retry (default: the latest run of `out`).
+        servers: Fish Speech servers to use instead of the earlier run's.
+        api_key_secret: Prefect Secret block with the API key (default: the earlier run's).
+        max_failed_share: Share of retried items that may fail again before this run fails.
+    """
     logger = get_run_logger()
     store = await asyncio.to_thread(open_store, out)
     run_id = run_id or await asyncio.to_thread(latest_run_id, store)
@@ -31,12 +42,17 @@ async def retry_errors(
         logger.info("run %s has no failed items: nothing to retry", run_id)
         return {"run_id": None, "retried_run": run_id, "ok": 0, "skipped": 0, "failed": 0}
     logger.info("retrying %d failed item(s) of run %s", len(rows), run_id)
-    summary = await refresh_catalog_audio(
+    state = await refresh_catalog_audio(
         source=record["source"],
         out=out,
         servers=servers or record["servers"],
         settings=RunSettings(**record["settings"]),
         api_key_secret=api_key_secret or record.get("api_key_secret"),
         only_rows=rows,
+        max_failed_share=max_failed_share,
+        return_state=True,
     )
-    return {**summary, "retried_run": run_id}
+    summary = {**await run_result(state), "retried_run": run_id}
+    if state.is_failed():
+        return Failed(message=state.message, data=summary)
+    return summary

@@ -11,6 +11,7 @@ import soundfile as sf
 
 from fishflow.settings import RunSettings
 from flows.refresh_catalog_audio import refresh_catalog_audio
+from tasks.prefect_run import run_result
 
 CATALOG_ROWS = [
     {"id": "en-1", "language": "en", "text": "A stoneware mug. Dishwasher safe, 350 ml."},
@@ -41,11 +42,19 @@ CATALOG_ROWS = [
 
 def run(source: str | Path, out: str | Path, servers: list[str], **kwargs: Any) -> dict[str, Any]:
     settings = kwargs.pop("settings", None) or RunSettings(**kwargs.pop("settings_kw", {}))
-    return asyncio.run(
-        refresh_catalog_audio(
-            source=str(source), out=str(out), servers=servers, settings=settings, **kwargs
+
+    async def call() -> dict[str, Any]:
+        state = await refresh_catalog_audio(
+            source=str(source),
+            out=str(out),
+            servers=servers,
+            settings=settings,
+            return_state=True,
+            **kwargs,
         )
-    )
+        return await run_result(state)
+
+    return asyncio.run(call())
 
 
 def manifest(out: str | Path, name: str, run_id: str) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""deployments/prefect.yaml names a real flow with parameters it accepts."""
+"""deployments/prefect.yaml names real flows with parameters they accept, and no fixed path."""
 
 from __future__ import annotations
 
@@ -9,20 +9,64 @@ import yaml
 
 from fishflow.settings import RunSettings
 from flows.refresh_catalog_audio import refresh_catalog_audio
+from flows.retry_errors import retry_errors
+from tasks.deploy import crash_automation, server_limits
+from tasks.prefect_run import DeploymentContext
 
 ROOT = Path(__file__).parents[2]
+SPEC = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
+FLOWS = {f.fn.__name__: f for f in (refresh_catalog_audio, retry_errors)}
 
 
-def test_deployments_point_at_the_flow_with_valid_parameters() -> None:
-    spec = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
-    names = {d["name"] for d in spec["deployments"]}
-    assert names == {"catalog-audio-manual", "catalog-audio-nightly"}
-    accepted = set(inspect.signature(refresh_catalog_audio.fn).parameters)
-    for deployment in spec["deployments"]:
+def test_every_deployment_points_at_a_flow_with_parameters_it_accepts() -> None:
+    names = {d["name"] for d in SPEC["deployments"]}
+    assert names == {"catalog-nightly", "course-weekly", "catalog-manual", "retry-errors"}
+    for deployment in SPEC["deployments"]:
         path, func = deployment["entrypoint"].split(":")
-        assert (ROOT / path).exists() and func == refresh_catalog_audio.fn.__name__
+        assert (ROOT / path).exists()
+        accepted = set(inspect.signature(FLOWS[func].fn).parameters)
         params = deployment["parameters"]
-        assert set(params) <= accepted and {"source", "out", "servers"} <= set(params)
-        RunSettings(**params["settings"])
-    nightly = next(d for d in spec["deployments"] if d["name"] == "catalog-audio-nightly")
-    assert nightly["schedules"][0]["cron"] == "0 2 * * *"
+        assert set(params) <= accepted and "out" in params
+        RunSettings(**params.get("settings", {}))
+        assert "fishflow" in deployment["tags"]  # what the crashed-run automation matches
+
+
+def test_schedules_have_a_timezone_and_no_step_pins_a_path() -> None:
+    by_name = {d["name"]: d for d in SPEC["deployments"]}
+    assert by_name["catalog-nightly"]["schedules"] == [
+        {"cron": "0 2 * * *", "timezone": "Europe/Berlin", "active": True}
+    ]
+    assert by_name["course-weekly"]["schedules"][0]["cron"] == "0 3 * * 0"
+    assert "schedules" not in by_name["catalog-manual"]
+    # A fixed set_working_directory crashed every run on machines without that path.
+    assert "pull" not in SPEC and all("pull" not in d for d in SPEC["deployments"])
+
+
+def test_run_settings_merge_into_the_deployments_own() -> None:
+    deployment = DeploymentContext(
+        "catalog-nightly", "refresh-catalog-audio", {"settings": {"audio_format": "mp3"}}
+    )
+    merged = deployment.merged_settings(RunSettings(batch_size=10))
+    assert (merged.audio_format, merged.batch_size) == ("mp3", 10)
+    # A field the run sets explicitly wins, even when it equals the default.
+    assert deployment.merged_settings(RunSettings(audio_format="wav")).audio_format == "wav"
+    assert deployment.merged_settings(None).audio_format == "mp3"
+
+
+def test_limits_cover_every_server_the_deployments_name() -> None:
+    limits = server_limits(SPEC["deployments"], None)
+    assert limits == {"http://fish-gpu-1:8080": 2, "http://fish-gpu-2:8080": 2}
+    assert server_limits(SPEC["deployments"], ["http://gpu-9:8080#limit=6"]) == {
+        "http://gpu-9:8080": 6
+    }
+
+
+def test_parameters_are_described_for_the_prefect_ui() -> None:
+    schema = refresh_catalog_audio.parameters.model_dump()["properties"]
+    assert all(p.get("description") for p in schema.values())
+    assert schema["shards"]["type"] == "integer"
+
+
+def test_the_crash_automation_waits_three_heartbeats() -> None:
+    automation = crash_automation(30)
+    assert automation.trigger.within.total_seconds() == 90  # type: ignore[union-attr]

@@ -1,0 +1,105 @@
+"""What a flow run learns from Prefect about itself: its deployment, its secrets, its tags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect.client.orchestration import get_client
+from prefect.context import FlowRunContext
+from prefect.runtime import flow_run
+from prefect.states import State
+
+from fishflow.errors import ConfigError, FishflowError
+from fishflow.settings import EnvSettings, RunSettings, validated
+
+
+class RunFailed(FishflowError):
+    """The run stopped early; the manifests account for every row read so far."""
+
+    fatal = True
+
+
+@dataclass(frozen=True)
+class DeploymentContext:
+    """The deployment a flow run belongs to (all None/empty for a run started directly)."""
+
+    name: str | None = None
+    flow_name: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def full_name(self) -> str | None:
+        return f"{self.flow_name}/{self.name}" if self.name and self.flow_name else None
+
+    def merged_settings(self, given: RunSettings | None) -> RunSettings:
+        """The deployment's settings with the fields this run set on top.
+
+        Prefect replaces a dict parameter whole (`--param settings='{...}'`); a run that only
+        wants another audio format must not lose the deployment's other settings.
+        """
+        base = self.parameters.get("settings") or {}
+        if given is None:
+            return validated(RunSettings, **base)  # type: ignore[return-value]
+        overrides = given.model_dump(include=given.model_fields_set)
+        return validated(RunSettings, **{**base, **overrides})  # type: ignore[return-value]
+
+
+async def deployment_context() -> DeploymentContext:
+    context = FlowRunContext.get()
+    deployment_id = context.flow_run.deployment_id if context and context.flow_run else None
+    if not deployment_id:
+        return DeploymentContext()
+    async with get_client() as client:
+        deployment = await client.read_deployment(deployment_id)
+        flow = await client.read_flow(deployment.flow_id)
+    return DeploymentContext(deployment.name, flow.name, dict(deployment.parameters or {}))
+
+
+async def api_key(secret_block: str | None) -> str | None:
+    """The servers' API key: from a Prefect Secret block if named, else FISHFLOW_API_KEY."""
+    if secret_block:
+        from prefect.blocks.system import Secret
+
+        try:
+            secret = await Secret.aload(secret_block)
+        except ValueError:
+            raise ConfigError(
+                f"no Prefect Secret block named {secret_block!r} (create it with "
+                f"`prefect block create secret` or in the UI, or set FISHFLOW_API_KEY)"
+            ) from None
+        return str(secret.get())
+    key = EnvSettings().api_key
+    return key.get_secret_value() if key else None
+
+
+def _source_tag(source: str) -> str:
+    """A short, secret-free name of the source: its file or folder name."""
+    name = source.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    return f"source:{name or source.split(':', 1)[0]}"[:100]
+
+
+async def tag_flow_run(*, source: str, deployment: str | None, shard: int | None) -> None:
+    """Tags to find runs by in the UI: the deployment, the source, the shard. (`fishflow`
+    comes with the deployments: the crashed-run automation matches it, and only deployed runs
+    send heartbeats often enough for it.)"""
+    if not flow_run.id:
+        return
+    tags = {_source_tag(source)}
+    if deployment:
+        tags.add(f"deployment:{deployment}")
+    if shard is not None:
+        tags.add(f"shard:{shard}")
+    async with get_client() as client:
+        current = await client.read_flow_run(flow_run.id)
+        await client.update_flow_run(flow_run.id, tags=sorted(set(current.tags) | tags))
+
+
+async def run_result(state: State) -> dict[str, Any]:
+    """The summary a flow run returned, whether it ended Completed or Failed for its failed
+    items (a run that raised re-raises here). Call flows with `return_state=True`: a flow that
+    returns a Failed state raises a TypeError in a caller that asked for its result."""
+    result = await state.aresult(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        raise result
+    return result  # type: ignore[no-any-return]

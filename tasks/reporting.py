@@ -1,0 +1,134 @@
+"""What a run shows in Prefect: a progress artifact, a summary with links, the first failures.
+
+Artifacts are keyed per deployment (`fishflow-<deployment>`; `fishflow-run` for a run started
+without one), so each deployment keeps its own history in the UI.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from prefect.artifacts import (
+    acreate_markdown_artifact,
+    acreate_progress_artifact,
+    acreate_table_artifact,
+    aupdate_progress_artifact,
+)
+
+from fishflow.run import RunTotals
+
+FAILURES_SHOWN = 50
+
+
+@dataclass
+class Summary:
+    run_id: str
+    totals: RunTotals
+    wall_s: float
+    manifests: dict[str, str]
+    utilisation: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    shards: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The flow's return value (and what the CLI prints from)."""
+        t = self.totals
+        result = {
+            "run_id": self.run_id,
+            "ok": t.ok,
+            "skipped": t.skipped,
+            "failed": t.failed,
+            "audio_seconds": round(t.audio_seconds, 3),
+            "wall_seconds": round(self.wall_s, 3),
+            "manifests": self.manifests,
+            "utilisation": self.utilisation,
+            "error": self.error,
+        }
+        if self.shards:
+            result["shards"] = self.shards
+        return result
+
+
+def artifact_key(deployment: str | None) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    name = re.sub(r"[^a-z0-9-]+", "-", (deployment or "run").lower()).strip("-")
+    return f"fishflow-{name or 'run'}"
+
+
+def link(uri: str) -> str:
+    """A clickable address for a manifest: the S3 console for s3://, file:// for a path."""
+    if uri.startswith("s3://"):
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        query = urllib.parse.urlencode({"prefix": key})
+        return f"https://s3.console.aws.amazon.com/s3/object/{bucket}?{query}"
+    return "file://" + urllib.parse.quote(uri)
+
+
+def summary_markdown(s: Summary) -> str:
+    t = s.totals
+    lines = [
+        f"# fishflow run `{s.run_id}`",
+        "",
+        "| ok | skipped | failed | audio seconds | wall seconds |",
+        "|---|---|---|---|---|",
+        f"| {t.ok} | {t.skipped} | {t.failed} | {t.audio_seconds:.1f} | {s.wall_s:.1f} |",
+        "",
+    ]
+    if s.utilisation:
+        used = ", ".join(f"{u}: {v:.0%}" for u, v in s.utilisation.items())
+        lines += [f"Server utilisation: {used}", ""]
+    lines += [f"- {name}: [`{uri}`]({link(uri)})" for name, uri in s.manifests.items()]
+    if s.shards:
+        lines += ["", "| shard | run id | flow run | state |", "|---|---|---|---|"]
+        lines += [
+            f"| {c['shard']} | `{c['run_id']}` | `{c['flow_run_id']}` | {c['state']} |"
+            for c in s.shards
+        ]
+    if s.error:
+        lines += ["", f"**Run stopped:** {s.error}"]
+    if t.failures:
+        lines += ["", f"{t.failed} item(s) failed; the first are in the `-failures` artifact."]
+    return "\n".join(lines)
+
+
+class Reporter:
+    """The run's artifacts: progress as batches finish, then the summary and failures."""
+
+    def __init__(self, deployment: str | None, run_id: str) -> None:
+        self.key = artifact_key(deployment)
+        self.run_id = run_id
+        self._progress: UUID | None = None
+        self._total: int | None = None
+
+    async def start(self, total_rows: int | None) -> None:
+        self._total = total_rows
+        self._progress = await acreate_progress_artifact(
+            progress=0.0,
+            key=f"{self.key}-progress",
+            description=f"fishflow run {self.run_id}: share of source rows done",
+        )
+
+    async def progress(self, done: int) -> None:
+        if self._progress is None or not self._total:
+            return
+        await aupdate_progress_artifact(self._progress, min(100.0, 100.0 * done / self._total))
+
+    async def finish(self, s: Summary) -> None:
+        if self._progress is not None:
+            await aupdate_progress_artifact(self._progress, 100.0)
+        await acreate_markdown_artifact(
+            summary_markdown(s), key=self.key, description=f"fishflow run {s.run_id}"
+        )
+        if s.totals.failures:
+            await acreate_table_artifact(
+                [
+                    {"item_id": item, "source_row": row, "error": error}
+                    for item, row, error in s.totals.failures[:FAILURES_SHOWN]
+                ],
+                key=f"{self.key}-failures",
+                description=f"fishflow run {s.run_id}: the first failed items",
+            )

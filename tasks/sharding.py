@@ -1,0 +1,120 @@
+"""Scale-out on Prefect itself: a run split into child runs of its own deployment.
+
+Each child handles a stable hash partition of the source rows (``fishflow.run.shard_of``) and
+writes its own manifests under `run=<run_id>-s<i>`; any worker of the pool may take it. The
+parent waits, runs a crashed child again (it resumes from its journal, so nothing is done
+twice), then merges the children's manifests into one under its own run id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.deployments import run_deployment
+
+from fishflow.errors import ConfigError
+from fishflow.manifest import merge_runs, read_items, write_run_record
+from fishflow.run import RunTotals, shard_run_id
+from fishflow.settings import RunSettings
+from fishflow.storage import open_store
+from tasks.prefect_run import DeploymentContext, RunFailed
+from tasks.reporting import Summary
+
+# A child whose worker died ends Crashed (heartbeats + `fishflow deploy`'s automation); each
+# child gets this many runs in all before the parent gives up on it.
+CHILD_RUNS = 3
+TOTALS_COLUMNS = ["item_id", "source_row", "status", "duration_s", "error"]
+
+
+async def run_shards(
+    *,
+    deployment: DeploymentContext,
+    run_id: str,
+    source: str,
+    out: str,
+    servers: list[str],
+    settings: RunSettings,
+    force: bool,
+    api_key_secret: str | None,
+    shards: int,
+) -> Summary:
+    logger = get_run_logger()
+    if deployment.full_name is None:
+        raise ConfigError(
+            "shards > 1 needs a deployment to start child runs of: run it from a deployment "
+            "(`fishflow run ... --shards N --deployment NAME`)"
+        )
+    started = time.monotonic()
+    store = await asyncio.to_thread(open_store, out, settings.sse)
+    record: dict[str, Any] = {
+        "source": source,
+        "out": out,
+        "servers": servers,
+        "force": force,
+        "settings": settings.model_dump(),
+        "api_key_secret": api_key_secret,
+        "shards": shards,
+        "started_at": datetime.now(UTC).isoformat(),
+    }
+    await asyncio.to_thread(write_run_record, store, run_id, record)
+    logger.info("run %s: %d shards of %s", run_id, shards, deployment.full_name)
+
+    async def child(index: int) -> dict[str, Any]:
+        child_id = shard_run_id(run_id, index)
+        parameters = {
+            "source": source,
+            "out": out,
+            "servers": servers,
+            "settings": settings.model_dump(),
+            "force": force,
+            "api_key_secret": api_key_secret,
+            "max_failed_share": 1.0,  # the parent judges the whole run
+            "shards": shards,
+            "shard": index,
+            "run_id": child_id,
+            "parent_run_id": run_id,
+        }
+        for attempt in range(1, CHILD_RUNS + 1):
+            run = await run_deployment(  # type: ignore[misc]
+                deployment.full_name,
+                parameters=parameters,
+                flow_run_name=child_id,
+                timeout=None,
+                poll_interval=2,
+            )
+            state = run.state
+            if state is not None and state.is_completed():
+                return {
+                    "shard": index,
+                    "run_id": child_id,
+                    "flow_run_id": str(run.id),
+                    "state": state.name,
+                    "runs": attempt,
+                }
+            name = state.name if state else "unknown"
+            if state is not None and state.is_crashed() and attempt < CHILD_RUNS:
+                logger.warning("shard %d (%s) ended %s: running it again", index, run.id, name)
+                continue
+            message = state.message if state else ""
+            raise RunFailed(f"shard {index} (flow run {run.id}) ended {name}: {message}")
+        raise AssertionError("unreachable")
+
+    children = await asyncio.gather(*(child(i) for i in range(shards)))
+    child_ids = [c["run_id"] for c in children]
+    manifests = await asyncio.to_thread(merge_runs, store, run_id, child_ids)
+    record["shard_runs"] = children
+    record["finished_at"] = datetime.now(UTC).isoformat()
+    await asyncio.to_thread(write_run_record, store, run_id, record)
+    rows = await asyncio.to_thread(read_items, store, run_id, TOTALS_COLUMNS)
+    totals = RunTotals.from_items(rows)
+    return Summary(
+        run_id=run_id,
+        totals=totals,
+        wall_s=time.monotonic() - started,
+        manifests=manifests,
+        shards=children,
+    )

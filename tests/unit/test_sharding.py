@@ -1,0 +1,94 @@
+"""A sharded run's pure parts: the partition of rows, and one manifest from the shards'."""
+
+from __future__ import annotations
+
+import collections
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from fishflow.manifest import (
+    ErrorRow,
+    ItemRow,
+    ManifestWriter,
+    latest_run_id,
+    merge_runs,
+    write_run_record,
+)
+from fishflow.run import RunTotals, shard_of, shard_run_id
+from fishflow.storage import LocalStore
+
+
+def test_every_id_lands_in_exactly_one_shard_and_always_the_same() -> None:
+    ids = [f"sku-{i}" for i in range(3000)]
+    counts = collections.Counter(shard_of(i, 3) for i in ids)
+    assert set(counts) == {0, 1, 2}
+    assert min(counts.values()) > 800  # roughly even: no shard idles while another works
+    assert [shard_of(i, 3) for i in ids] == [shard_of(i, 3) for i in ids]
+    assert shard_of("sku-1", 1) == 0
+
+
+def _item(run_id: str, row: int, status: str) -> ItemRow:
+    return ItemRow(
+        run_id=run_id,
+        item_id=f"i{row}",
+        source_row=row,
+        status=status,
+        created_at=datetime.now(UTC),
+        duration_s=2.0 if status == "ok" else None,
+        error="text is empty" if status == "failed" else None,
+    )
+
+
+def test_shards_manifests_merge_into_one_with_every_row_once(tmp_path: Path) -> None:
+    store = LocalStore(str(tmp_path))
+    parent = "20261125T010000Z-abcdef"
+    rows = {0: [0, 2, 5], 1: [1, 3, 4]}
+    for shard, source_rows in rows.items():
+        child = shard_run_id(parent, shard)
+        writer = ManifestWriter(store, child)
+        items = [_item(child, r, "failed" if r == 4 else "ok") for r in source_rows]
+        errors = (
+            [
+                ErrorRow(
+                    run_id=child,
+                    item_id="i4",
+                    source_row=4,
+                    chunk_index=None,
+                    stage="source",
+                    error_type="Rejection",
+                    error_message="text is empty",
+                    http_status=None,
+                    retryable=False,
+                    attempts=1,
+                    created_at=datetime.now(UTC),
+                )
+            ]
+            if shard == 1
+            else []
+        )
+        writer.write_part("p", items, [], errors)
+        writer.finalize()
+    manifests = merge_runs(store, parent, [shard_run_id(parent, s) for s in rows])
+    items = pq.read_table(manifests["items"]).to_pylist()
+    assert sorted(r["source_row"] for r in items) == list(range(6))
+    assert {r["run_id"] for r in items} == {parent}
+    assert pq.read_table(manifests["errors"]).column("source_row").to_pylist() == [4]
+    totals = RunTotals.from_items(items)
+    assert (totals.ok, totals.failed, totals.audio_seconds) == (5, 1, 10.0)
+    assert totals.failures == [("i4", 4, "text is empty")]
+
+
+def test_the_latest_run_is_the_parent_not_a_shard_started_after_it(tmp_path: Path) -> None:
+    store = LocalStore(str(tmp_path))
+    write_run_record(store, "r1", {"started_at": "2026-11-25T01:00:00"})
+    write_run_record(store, "r1-s0", {"started_at": "2026-11-25T01:00:05", "parent_run_id": "r1"})
+    assert latest_run_id(store) == "r1"
+
+
+def test_a_run_fails_only_past_its_share_of_failed_items() -> None:
+    totals = RunTotals(ok=99, failed=1)
+    assert totals.too_many_failed(0.0)
+    assert not totals.too_many_failed(0.01)
+    assert not RunTotals(ok=5).too_many_failed(0.0)
