@@ -82,8 +82,8 @@ def test_a_long_item_streams_to_its_file_with_flat_memory_and_true_offsets(
     assert info.frames / info.samplerate == pytest.approx(item.duration_s, abs=0.1)
     assert item.duration_s == pytest.approx(expected, abs=0.001 if fmt != "mp3" else 0.1)
     # Memory does not follow the item: its samples alone are far more than what the run added.
-    pcm_bytes = info.frames * 2
-    assert pcm_bytes > 4 * (peak - before)
+    if chars >= 200_000:
+        assert info.frames * 2 > 4 * (peak - before)  # 16-bit samples: 1.1 GB of them
     print(f"{fmt}: peak RSS {peak >> 20} MB, {(peak - before) >> 20} MB over the start")
     assert peak - before < 250 << 20, f"peak RSS grew by {(peak - before) >> 20} MB"
     # Joins: silence for exactly the pause before each chunk (sampled), speech after it.
