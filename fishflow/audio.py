@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import wave
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO
 
@@ -92,16 +93,19 @@ def check_plausible(audio: Audio, text: str, *, sample_rate: int, max_new_tokens
         raise BadAudio("audio is near-silent")
 
 
-def stitch(parts: list[Audio], *, pause_ms: int, fade_ms: int) -> Audio:
-    """Join chunk audio with a short pause and fades at each join (Fish decodes chunks apart,
-    so raw joins click)."""
+def stitch(parts: list[Audio], *, pause_ms: int | Sequence[int], fade_ms: int) -> Audio:
+    """Join chunk audio with a pause and fades at each join (Fish decodes chunks apart, so raw
+    joins click). ``pause_ms``: one length for every join, or one per join (``len(parts) - 1``,
+    see ``Chunk.boundary``)."""
     if not parts:
         raise ValueError("nothing to stitch")
+    pauses = [pause_ms] * (len(parts) - 1) if isinstance(pause_ms, int) else list(pause_ms)
+    if len(pauses) != len(parts) - 1:
+        raise ValueError(f"{len(pauses)} pauses for {len(parts) - 1} joins")
     if len(parts) == 1:
         return parts[0]  # no join, nothing to fade
     rate = parts[0].sample_rate
     fade = int(rate * fade_ms / 1000)
-    pause = np.zeros(int(rate * pause_ms / 1000), dtype=np.float32)
     pieces: list[np.ndarray] = []
     for i, part in enumerate(parts):
         x = part.samples.astype(np.float32)
@@ -113,7 +117,7 @@ def stitch(parts: list[Audio], *, pause_ms: int, fade_ms: int) -> Audio:
             if i < len(parts) - 1:
                 x[-n:] *= ramp[::-1]
         if i:
-            pieces.append(pause)
+            pieces.append(np.zeros(int(rate * pauses[i - 1] / 1000), dtype=np.float32))
         pieces.append(x)
     joined = np.concatenate(pieces)
     return Audio(np.clip(joined, -32768, 32767).astype(np.int16), rate)

@@ -5,7 +5,7 @@ audio lasts; within a chunk, time is shared by characters. A cue is one sentence
 in ``MAX_LINES`` lines of ``MAX_LINE_CHARS`` characters; a longer sentence becomes several
 cues, cut between words (between characters for scripts written without spaces).
 
-Chapters start where a chunk that opens a section (``Chunk.heading``) starts, and end where
+Chapters start where a chunk that opens a section (``Chunk.heading_level``) starts, and end where
 the next one starts (the last at the end of the audio).
 """
 

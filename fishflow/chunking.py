@@ -1,29 +1,70 @@
-"""Split an item's text into chunks a Fish Speech server can speak in one generation.
+"""Split an item's speech into chunks a Fish Speech server can speak in one generation.
 
 Current servers do not split text themselves: a long text is one generation, cut at
 ``max_new_tokens`` (about 47 s of audio), so the tail is silently lost. fishflow chunks on the
-client, the way Fish 1.4/1.5 did on the server: sentences first, then clause punctuation, then
-whitespace, then a hard cut, packed up to a budget in UTF-8 bytes (a CJK character is 3 bytes).
+client, the way Fish 1.4/1.5 did on the server, in UTF-8 bytes (a CJK character is 3 bytes):
 
-Boundaries depend only on the paragraph, never on where it sits in the item, so identical
-paragraphs give identical chunks and their audio can be shared (see ``chunk_key``).
+- a chunk ends at a sentence end; a sentence is cut only when it alone exceeds the budget, and
+  then at a clause boundary (, ; : — 、，；), then at a space, then anywhere;
+- sentences of a paragraph are packed into as few chunks as the budget allows, evenly sized;
+- a heading is always a chunk of its own (the join before and after it is a section break);
+  items of one list, or rows of one table, pack together like sentences; a fragment too short to
+  speak well (a code cue, a lead-in of a few words) joins its neighbour;
+- each chunk knows the boundary after it (``Chunk.boundary``), which sets the pause there.
+
+Boundaries inside a block depend only on that block, never on where it sits in the item, so
+identical paragraphs give identical chunks and their audio can be shared (see ``chunk_key``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import sentencex
 
-from fishflow.text import PARAGRAPH_SEPARATOR, is_cjk
+from fishflow.text import PARAGRAPH_SEPARATOR, Block, is_cjk
+
+# What the join after a chunk is, from the shortest pause to the longest. "clause": the chunk
+# ends inside a sentence (a sentence longer than the budget); "end": the item's last chunk.
+Boundary = Literal["clause", "sentence", "paragraph", "section", "end"]
 
 # Clause punctuation in Latin and CJK scripts; the split falls after the mark.
 # A Latin comma counts only before a space, so that 12,50 stays whole.
 _CLAUSE_END = re.compile(r"[,;:)\]](?=\s)|[，、；：）】」』—–]")
 _SPACE = re.compile(r"\s+")
+
+# Sentence-final punctuation, optionally followed by closing quotes or brackets.
+_SENTENCE_END = re.compile(r"[.!?。！？…‼⁇⁈⁉؟।॥][\"'”’」』）)\]】»]*$")
+
+# The most text one chunk holds for prosody's sake, whatever the token cap allows: ~30 s of
+# speech, two to four sentences. Longer generations join less often but risk more drift, and a
+# failed one costs more to redo.
+PROSODY_BYTES = 400
+# Speech needs ~21.5 tokens per second; slow voices speak ~10 UTF-8 bytes a second (about 10
+# Latin characters, or 3.5 CJK characters at 3 bytes each). A chunk is sized to fill at most
+# 80% of the token cap at that rate, so that a slow voice still ends before the cap.
+_TOKENS_PER_SECOND = 21.5
+_SLOW_BYTES_PER_SECOND = 10.0
+_CAP_SHARE = 0.8
+
+
+def chunk_budget(*, max_new_tokens: int, chunk_bytes: int | None = None) -> int:
+    """The chunk budget in UTF-8 bytes: ``chunk_bytes`` when given, else what fits the token
+    cap (``max_new_tokens``) with margin, at most ``PROSODY_BYTES``. The one place that
+    decides it."""
+    if chunk_bytes is not None:
+        return chunk_bytes
+    fits = int(_CAP_SHARE * max_new_tokens / _TOKENS_PER_SECOND * _SLOW_BYTES_PER_SECOND)
+    return max(20, min(PROSODY_BYTES, fits))
+
+
+DEFAULT_CHUNK_BYTES = chunk_budget(max_new_tokens=1024)  # 380
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,14 +73,17 @@ class Chunk:
     text: str
     start: int  # character offsets in the item's normalised text;
     end: int  # text is normalized[start:end] with whitespace collapsed
-    # Set by readers that know the text's structure (Markdown): the title of the section this
-    # chunk opens (it becomes a chapter), and the pause after it (None: AudioSettings.pause_ms).
-    heading: str | None = None
-    pause_after_ms: int | None = None
+    boundary: Boundary = "end"  # the join after this chunk (its pause)
+    heading_level: int = 0  # >0: the chunk starts with a heading of this level (a chapter)
 
     @property
     def utf8_bytes(self) -> int:
         return len(self.text.encode())
+
+    @property
+    def ends_mid_sentence(self) -> bool:
+        """The chunk stops inside a sentence: cut, or ends without sentence punctuation."""
+        return self.boundary == "clause" or not _SENTENCE_END.search(self.text)
 
 
 def _nbytes(text: str) -> int:
@@ -50,6 +94,8 @@ def _nbytes(text: str) -> int:
 # 「本当ですか？」と彼は言った。 / “这是引用！”他说。 are one sentence each.
 _CLOSING = tuple('」』）】”’"')
 _OPENING = tuple('「『（【“‘"')
+# sentencex ends a sentence after a list enumerator ("1. ", "b) "): it belongs to what follows.
+_ENUMERATOR = re.compile(r"\s*(?:\d{1,3}|[A-Za-z]|[ivxlcIVXLC]{1,5})[.)]\s*")
 
 
 def _sentence_spans(paragraph: str, language: str) -> list[tuple[int, int]]:
@@ -70,6 +116,8 @@ def _sentence_spans(paragraph: str, language: str) -> list[tuple[int, int]]:
 
 def _continues(paragraph: str, previous: tuple[int, int], start: int) -> bool:
     before = paragraph[previous[0] : previous[1]]
+    if _ENUMERATOR.fullmatch(before):
+        return True
     after = paragraph[start:].lstrip()
     return (
         before.endswith(_CLOSING)
@@ -111,87 +159,188 @@ def _fit(text: str, start: int, end: int, budget: int) -> list[tuple[int, int]]:
     return _hard_cut(text, start, end, budget)
 
 
-def _pack(text: str, pieces: list[tuple[int, int]], budget: int) -> list[tuple[int, int]]:
-    """Greedily join consecutive pieces while the stripped result stays within budget."""
-    packed: list[tuple[int, int]] = []
-    for a, b in pieces:
-        if packed and _nbytes(text[packed[-1][0] : b].strip()) <= budget:
-            packed[-1] = (packed[-1][0], b)
+# A piece of a paragraph: (start, end, ends_sentence).
+_Piece = tuple[int, int, bool]
+
+
+def _greedy(text: str, pieces: list[_Piece], limit: int) -> list[_Piece]:
+    packed: list[_Piece] = []
+    for a, b, whole in pieces:
+        if packed and _nbytes(text[packed[-1][0] : b].strip()) <= limit:
+            packed[-1] = (packed[-1][0], b, whole)
         else:
-            packed.append((a, b))
+            packed.append((a, b, whole))
     return packed
 
 
-def _merge_small(
-    text: str, spans: list[tuple[int, int]], budget: int, minimum: int
-) -> list[tuple[int, int]]:
+def _pack(text: str, pieces: list[_Piece], budget: int) -> list[_Piece]:
+    """Join consecutive pieces into as few chunks as the budget allows, as evenly sized as
+    possible (greedy filling leaves a short last chunk, which sounds clipped)."""
+    packed = _greedy(text, pieces, budget)
+    if len(packed) < 2:
+        return packed
+    # The smallest limit that still gives as few chunks: greedy filling is monotone in it.
+    low = math.ceil(_nbytes(text[pieces[0][0] : pieces[-1][1]].strip()) / len(packed))
+    high = budget
+    while low < high:
+        middle = (low + high) // 2
+        if len(_greedy(text, pieces, middle)) <= len(packed):
+            high = middle
+        else:
+            low = middle + 1
+    return _greedy(text, pieces, high)
+
+
+def _merge_small(text: str, spans: list[_Piece], budget: int, minimum: int) -> list[_Piece]:
     """Fold fragments too short to speak well into a neighbour when the budget allows."""
-    out: list[tuple[int, int]] = []
-    for a, b in spans:
+    out: list[_Piece] = []
+    for a, b, whole in spans:
         small = _nbytes(text[a:b].strip()) < minimum
         if (
             out
             and (small or _nbytes(text[out[-1][0] : out[-1][1]].strip()) < minimum)
             and _nbytes(text[out[-1][0] : b].strip()) <= budget
         ):
-            out[-1] = (out[-1][0], b)
+            out[-1] = (out[-1][0], b, whole)
         else:
-            out.append((a, b))
+            out.append((a, b, whole))
     return out
+
+
+def _paragraph_pieces(
+    paragraph: str, language: str, max_bytes: int, min_bytes: int
+) -> list[_Piece]:
+    """Chunks of one normalised paragraph, whitespace trimmed, each marked with whether it
+    ends a sentence (the paragraph's end counts as one)."""
+    pieces: list[_Piece] = []
+    for a, b in _sentence_spans(paragraph, language):
+        parts = _fit(paragraph, a, b, max_bytes)
+        pieces.extend((pa, pb, pb == b) for pa, pb in parts)
+    spans = _merge_small(paragraph, _pack(paragraph, pieces, max_bytes), max_bytes, min_bytes)
+    trimmed: list[_Piece] = []
+    for a, b, whole in spans:
+        segment = paragraph[a:b]
+        lead = len(segment) - len(segment.lstrip())
+        trail = len(segment) - len(segment.rstrip())
+        if b - trail > a + lead:
+            trimmed.append((a + lead, b - trail, whole))
+    return trimmed
 
 
 def chunk_paragraph(
     paragraph: str, language: str, max_bytes: int, min_bytes: int = 0
 ) -> list[tuple[int, int]]:
     """Spans (start, end) of the chunks of one normalised paragraph, whitespace trimmed."""
-    pieces = [
-        p for a, b in _sentence_spans(paragraph, language) for p in _fit(paragraph, a, b, max_bytes)
-    ]
-    spans = _merge_small(paragraph, _pack(paragraph, pieces, max_bytes), max_bytes, min_bytes)
-    trimmed = []
-    for a, b in spans:
-        segment = paragraph[a:b]
-        lead = len(segment) - len(segment.lstrip())
-        trail = len(segment) - len(segment.rstrip())
-        if b - trail > a + lead:
-            trimmed.append((a + lead, b - trail))
-    return trimmed
+    return [(a, b) for a, b, _ in _paragraph_pieces(paragraph, language, max_bytes, min_bytes)]
 
 
-def chunk_text(
-    normalized: str, language: str, max_bytes: int = 200, min_bytes: int = 24
+def split_at_clause(text: str, max_bytes: int, *, language: str = "en") -> list[str]:
+    """Split one text into evenly sized pieces within ``max_bytes``: at sentence ends first,
+    then clause boundaries (, ; : — 、，；), then spaces, then anywhere. For a chunk that has
+    to be re-sent in parts."""
+    paragraph = " ".join(text.split())
+    return [paragraph[a:b] for a, b in chunk_paragraph(paragraph, language, max_bytes)]
+
+
+_LISTS = ("list_item", "table_row")
+
+
+@dataclass(slots=True)
+class _Open:
+    """A chunk being assembled: offsets in the item's text and what it contains."""
+
+    start: int
+    end: int
+    first: int  # index of the block it starts in
+    last: int  # index of the block it ends in
+    ends_sentence: bool
+    ends_block: bool
+    starts_block: bool
+
+
+def _joins(blocks: Sequence[Block], chunk: _Open, nxt: int, text: str, min_bytes: int) -> bool:
+    """May the next block's first chunk go into ``chunk`` (budget aside)?"""
+    before, after = blocks[chunk.last], blocks[nxt]
+    if not chunk.ends_block or "heading" in (before.kind, after.kind):
+        return False  # a heading stands alone, with a section pause on either side
+    if before.kind == after.kind and after.kind in _LISTS:
+        return True  # items of one list, rows of one table: read on like sentences
+    if after.kind == "code" and before.kind != "code":
+        return True  # "Run this command: Code example." is one thought
+    return _nbytes(text[chunk.start : chunk.end]) < min_bytes  # a lead-in joins what follows
+
+
+def _boundary(blocks: Sequence[Block], chunk: _Open, nxt: _Open | None) -> Boundary:
+    if nxt is None:
+        return "end"
+    if blocks[chunk.last].kind == "heading" or (
+        nxt.starts_block and blocks[nxt.first].kind == "heading"
+    ):
+        return "section"
+    if chunk.ends_block:
+        same_list = blocks[chunk.last].kind in _LISTS and (
+            blocks[nxt.first].kind == blocks[chunk.last].kind
+        )
+        return "sentence" if same_list else "paragraph"
+    return "sentence" if chunk.ends_sentence else "clause"
+
+
+def chunk_blocks(
+    blocks: Sequence[Block], language: str, max_bytes: int, min_bytes: int = 24
 ) -> list[Chunk]:
-    """Chunks of an item's normalised text (see ``fishflow.text.normalize``), in order.
+    """Chunks of an item's blocks, in order, with offsets into ``blocks_text(blocks)``.
 
     Every chunk is within ``max_bytes`` unless it is a single character that is larger; the
     chunks cover every non-space character of the text once, and only whitespace lies between
-    them. A paragraph too short to speak well (a heading) joins the next paragraph's first chunk.
+    them.
     """
-    spans: list[tuple[int, int]] = []
-    carry: tuple[int, int] | None = None  # a short paragraph waiting for the next one
+    text = PARAGRAPH_SEPARATOR.join(b.text for b in blocks)
+    chunks: list[_Open] = []
     offset = 0
-    for paragraph in normalized.split(PARAGRAPH_SEPARATOR):
-        para = [
-            (offset + a, offset + b)
-            for a, b in chunk_paragraph(paragraph, language, max_bytes, min_bytes)
-        ]
-        offset += len(paragraph) + len(PARAGRAPH_SEPARATOR)
-        if not para:
-            continue
-        if carry is not None:
-            joined = (carry[0], para[0][1])
-            if _nbytes(_speakable(normalized[joined[0] : joined[1]])) <= max_bytes:
-                para[0] = joined
+    for i, block in enumerate(blocks):
+        pieces = _paragraph_pieces(block.text, language, max_bytes, min_bytes)
+        for j, (a, b, whole) in enumerate(pieces):
+            start, end = offset + a, offset + b
+            last = j == len(pieces) - 1
+            if (
+                j == 0
+                and chunks
+                and _joins(blocks, chunks[-1], i, text, min_bytes)
+                and _nbytes(_speakable(text[chunks[-1].start : end])) <= max_bytes
+            ):
+                chunks[-1].end, chunks[-1].last = end, i
+                chunks[-1].ends_sentence, chunks[-1].ends_block = whole, last
             else:
-                spans.append(carry)
-            carry = None
-        if len(para) == 1 and _nbytes(normalized[para[0][0] : para[0][1]]) < min_bytes:
-            carry = para[0]
-            continue
-        spans.extend(para)
-    if carry is not None:
-        spans.append(carry)
-    return [Chunk(i, _speakable(normalized[a:b]), a, b) for i, (a, b) in enumerate(spans)]
+                chunks.append(_Open(start, end, i, i, whole, last, j == 0))
+        offset += len(block.text) + len(PARAGRAPH_SEPARATOR)
+    out = []
+    for k, c in enumerate(chunks):
+        first = blocks[c.first]
+        out.append(
+            Chunk(
+                k,
+                _speakable(text[c.start : c.end]),
+                c.start,
+                c.end,
+                _boundary(blocks, c, chunks[k + 1] if k + 1 < len(chunks) else None),
+                first.level if first.kind == "heading" and c.starts_block else 0,
+            )
+        )
+    return out
+
+
+def chunk_text(
+    normalized: str, language: str, max_bytes: int = DEFAULT_CHUNK_BYTES, min_bytes: int = 24
+) -> list[Chunk]:
+    """Chunks of plain normalised text (see ``fishflow.text.normalize``): every paragraph a
+    block. A paragraph too short to speak well joins the next paragraph's first chunk."""
+    blocks = [Block(p) for p in normalized.split(PARAGRAPH_SEPARATOR)] if normalized else []
+    return chunk_blocks(blocks, language, max_bytes, min_bytes)
+
+
+def mid_sentence_share(chunks: Sequence[Chunk]) -> float:
+    """The share of chunks (requests) that end inside a sentence; 0.0 for none."""
+    return sum(c.ends_mid_sentence for c in chunks) / len(chunks) if chunks else 0.0
 
 
 def _speakable(text: str) -> str:

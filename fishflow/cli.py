@@ -111,6 +111,17 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     limits.add_argument("--max-in-flight", type=int, default=2, help="default limit per server")
 
+    preview = sub.add_parser(
+        "preview",
+        help="print what a run would speak, chunk by chunk, with pauses (sends nothing)",
+    )
+    preview.add_argument("source", help="CSV/JSONL/Parquet file, folder of .txt/.md, or s3:// URI")
+    preview.add_argument(
+        "--id", dest="item_ids", action="append", metavar="ID", help="only this item; repeat"
+    )
+    preview.add_argument("--limit", type=int, default=None, metavar="N", help="at most N items")
+    _add_settings_flags(preview)
+
     dep = sub.add_parser(
         "deploy",
         help="register the work pool, deployments, shared limits and crash automation "
@@ -342,6 +353,51 @@ class _Progress:
             self.bar = None
 
 
+def _preview(args: argparse.Namespace) -> int:
+    """Chunks as `run` would send them, from the same code path, without Prefect or servers."""
+    from fishflow.pipeline import Rejection, item_chunks
+    from fishflow.run import entry_batches, run_spec
+
+    overrides = {k: v for k in RunSettings.model_fields if (v := getattr(args, k)) is not None}
+    settings: RunSettings = validated(RunSettings, **overrides)  # type: ignore[assignment]
+    spec = run_spec(settings)
+    wanted = set(args.item_ids or ())
+    items = chunks = mid_sentence = 0
+    for batch in entry_batches(args.source, settings, spec):
+        for entry in batch:
+            if wanted and entry.item_id not in wanted:
+                continue
+            if args.limit is not None and items >= args.limit:
+                break
+            items += 1
+            wanted.discard(entry.item_id or "")
+            if isinstance(entry, Rejection):
+                print(f"== {entry.item_id or '(no id)'} (row {entry.row}): fails: {entry.reason}")
+                continue
+            parts = item_chunks(entry, spec)
+            print(
+                f"== {entry.item_id} (row {entry.row}, {entry.language}, "
+                f"{len(entry.text):,} characters, {len(parts)} chunk{'s' * (len(parts) != 1)})"
+            )
+            for c in parts:
+                join = (
+                    "(end)"
+                    if c.boundary == "end"
+                    else f"⟂ {spec.audio.pause_after_ms(c.boundary)} ms ({c.boundary})"
+                )
+                print(f"[chunk {c.index}, {c.utf8_bytes} B] {c.text} {join}")
+            chunks += len(parts)
+            mid_sentence += sum(c.ends_mid_sentence for c in parts)
+    if wanted:
+        raise ConfigError(f"no item with id {', '.join(sorted(map(repr, wanted)))} in the source")
+    share = f"{mid_sentence / chunks:.1%}" if chunks else "0%"
+    print(
+        f"fishflow: {items} items, {chunks} chunks (budget {spec.chunking.max_bytes} B), "
+        f"{mid_sentence} end mid-sentence ({share})"
+    )
+    return 0
+
+
 def _emulator(args: argparse.Namespace) -> int:
     from fishflow.emulator import Emulator, EmulatorConfig, Faults
 
@@ -476,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
             return _resume(args)
         if args.command == "retry-errors":
             return _retry_errors(args)
+        if args.command == "preview":
+            return _preview(args)
         return _emulator(args)
     except FishflowError as exc:
         print(f"fishflow: error: {exc.message}", file=sys.stderr)

@@ -15,6 +15,7 @@ whether the whole run must stop because every other item would fail the same way
     │   ├── AuthenticationFailed 401 / 403 (fatal)
     │   └── OutOfCredit          402 (fatal)
     ├── AllServersDown           no server answered for longer than the grace period (fatal)
+    ├── OutputInUse              another run holds the output's lock (fatal)
     └── StorageError             writing audio or manifests failed (retryable or fatal)
 
 Messages never contain credentials: request headers are not attached, only ids.
@@ -114,6 +115,16 @@ class OutOfCredit(SynthesisError):
 class AllServersDown(FishflowError):
     fatal = True
     stage = "synthesis"
+
+
+class OutputInUse(FishflowError):
+    """Another run writes the same output: two writers would synthesise the same items."""
+
+    fatal = True
+
+    def __init__(self, message: str, *, holder_run_id: str | None = None) -> None:
+        super().__init__(message)
+        self.holder_run_id = holder_run_id
 
 
 class StorageError(FishflowError):

@@ -15,7 +15,7 @@ import hashlib
 import os
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,16 +23,30 @@ from datetime import UTC, datetime
 import numpy as np
 
 from fishflow.audio import Audio
-from fishflow.chunking import Chunk, chunk_key, chunk_text
+from fishflow.chunking import Chunk, chunk_blocks, chunk_key
 from fishflow.errors import FishflowError, StorageError
 from fishflow.loudness import Level
 from fishflow.manifest import ChunkRow, ErrorRow, ItemRow, Journal
+from fishflow.markdown import markdown_blocks
 from fishflow.pool import ServerPool, Synthesized
 from fishflow.publish import ItemPublisher, Published, sidecar_keys
-from fishflow.settings import AudioSettings, CaptionSettings, ChunkSettings, SynthesisOptions
+from fishflow.settings import (
+    AudioSettings,
+    CaptionSettings,
+    ChunkSettings,
+    SynthesisOptions,
+    TextSettings,
+)
 from fishflow.sources import SourceRow
 from fishflow.storage import Store, safe_key
-from fishflow.text import detect_language, is_speakable, normalize, text_sha256
+from fishflow.text import (
+    Block,
+    blocks_text,
+    detect_language,
+    is_speakable,
+    plain_blocks,
+    text_sha256,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +57,9 @@ class Item:
     language: str
     voice: str | None
     content_key: str
+    # What is sent, request by request, with the join after each; made when the row is
+    # validated because the content key is computed from it.
+    chunks: tuple[Chunk, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,21 +92,27 @@ class RunSpec:
     audio: AudioSettings = field(default_factory=AudioSettings)
     chunking: ChunkSettings = field(default_factory=ChunkSettings)
     captions: CaptionSettings = field(default_factory=CaptionSettings)
+    text: TextSettings = field(default_factory=TextSettings)
 
     @functools.cached_property
     def _fingerprints(self) -> tuple[str, str]:
         # Computed once: model dumps and hashes per chunk showed up in the CPU profile.
-        return self.options.fingerprint(), "\0".join(
-            (self.audio.fingerprint(), self.chunking.model_dump_json())
-        )
+        return self.options.fingerprint(), self.audio.fingerprint()
 
     def voice_fingerprint(self, voice: str | None) -> str:
         return f"{self._fingerprints[0]}:{voice or ''}"
 
-    def content_key(self, normalized: str, voice: str | None) -> str:
-        """Changes whenever the audio would: text, voice, synthesis fields, format, joins."""
-        parts = (normalized, self.voice_fingerprint(voice), self._fingerprints[1])
-        return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+    def content_key(self, chunks: Sequence[Chunk], voice: str | None) -> str:
+        """Changes whenever the audio would: what each request says and the pause after it,
+        the voice, the synthesis fields, the output format. A setting that changes neither
+        (the budget of a one-chunk item, the pause at a join an item does not have) leaves
+        the item's key, and so its audio, alone."""
+        digest = hashlib.sha256(
+            f"{self.voice_fingerprint(voice)}\0{self._fingerprints[1]}".encode()
+        )
+        for chunk in chunks:
+            digest.update(f"\0{chunk.text}\0{self.audio.pause_after_ms(chunk.boundary)}".encode())
+        return digest.hexdigest()[:32]
 
 
 def validate_row(row: SourceRow, spec: RunSpec, seen_ids: set[str]) -> Item | Rejection:
@@ -112,11 +135,45 @@ def validate_row(row: SourceRow, spec: RunSpec, seen_ids: set[str]) -> Item | Re
             row.row, item_id, f"id {item_id!r} would share its audio file with an earlier row's id"
         )
     seen_ids.add(stem)
-    text = normalize(row.text)
+    language = (row.language or "").strip().lower() or None
+    blocks = speech_blocks(row, spec.text, language=language)
+    text = blocks_text(blocks)
     if not is_speakable(text):
         return Rejection(row.row, item_id, "text has no letters or digits to speak")
-    language = (row.language or "").strip().lower() or detect_language(text)
-    return Item(row.row, item_id, text, language, row.voice, spec.content_key(text, row.voice))
+    language = language or detect_language(text)
+    chunks = tuple(chunk_blocks(blocks, language, spec.chunking.max_bytes, spec.chunking.min_bytes))
+    key = spec.content_key(chunks, row.voice)
+    return Item(row.row, item_id, text, language, row.voice, key, chunks)
+
+
+def speech_blocks(
+    row: SourceRow, settings: TextSettings, *, language: str | None = None
+) -> tuple[Block, ...]:
+    """What will be spoken of a row's text: Markdown read construct by construct (when the run
+    says so, or for .md files under ``auto``), plain text as paragraphs."""
+    text = row.text or ""
+    markdown = (
+        settings.format == "markdown"
+        if settings.format != "auto"
+        else row.text_format == "markdown"
+    )
+    if not markdown:
+        return plain_blocks(text)
+    return markdown_blocks(
+        text,
+        language=language,
+        code=settings.code,
+        images=settings.images,
+        tables=settings.tables,
+    )
+
+
+def item_chunks(item: Item, spec: RunSpec) -> list[Chunk]:
+    """An item's chunks, each with the boundary (and so the pause) after it."""
+    if item.chunks:
+        return list(item.chunks)
+    blocks = plain_blocks(item.text)
+    return chunk_blocks(blocks, item.language, spec.chunking.max_bytes, spec.chunking.min_bytes)
 
 
 # Item ids of files read from a folder or an S3 prefix keep their name; their audio drops the
@@ -463,9 +520,7 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
         err = _error_row(ctx, item.row, item.item_id, ctx.fatal_error, stage="run")
         return _failed(ctx, item, [err], [])
     await ctx.check_voice(item.voice)
-    chunks = chunk_text(
-        item.text, item.language, ctx.spec.chunking.max_bytes, ctx.spec.chunking.min_bytes
-    )
+    chunks = item_chunks(item, ctx.spec)
     started = time.monotonic()
     multi = len(chunks) > 1
     tasks = [asyncio.ensure_future(_chunk_audio(ctx, item, c, persist=multi)) for c in chunks]

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 import httpx
 
@@ -35,6 +35,9 @@ from fishflow.errors import (
 )
 from fishflow.fish_speech import FishSpeechClient
 from fishflow.settings import RetryPolicy, ServerConfig, SynthesisOptions, WireEncoding
+from fishflow.slots import ServerSlots, SlotLeaser
+
+__all__ = ["ServerPool", "ServerState", "SlotLeaser", "Synthesized", "limit_name"]
 
 
 @dataclass
@@ -50,9 +53,8 @@ class ServerState:
     busy_s: float = 0.0  # seconds with at least one request in flight
     _busy_since: float | None = None
     probe: asyncio.Task[None] | None = field(default=None, repr=False)
-    # Slots leased from a limit shared with other runs (None: no shared limit, local only).
-    leases: list[Lease] | None = None
-    leasing: int = 0
+    # Slots of a limit shared with other runs (None: this run's own limit only).
+    shared: ServerSlots | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -65,7 +67,7 @@ class ServerState:
     @property
     def usable(self) -> int:
         """Requests this run may have in flight now: its limit, within the slots it leased."""
-        return self.capacity if self.leases is None else min(self.capacity, len(self.leases))
+        return self.capacity if self.shared is None else min(self.capacity, self.shared.usable)
 
 
 def limit_name(server_url: str) -> str:
@@ -73,25 +75,6 @@ def limit_name(server_url: str) -> str:
     url = httpx.URL(server_url)
     port = url.port or (443 if url.scheme == "https" else 80)
     return f"fishflow-server-{url.host}-{port}".replace(".", "-").replace(":", "-")
-
-
-class Lease(Protocol):
-    async def release(self) -> None: ...
-
-
-class SlotLeaser(Protocol):
-    """A limit on requests in flight per server shared across runs and machines.
-
-    ``lease`` waits for one slot of the server's limit and returns it, or returns None when the
-    server has no shared limit (the run then keeps to its local limit only). The pool leases
-    slots when it has work waiting and gives back those it no longer uses, so one lease costs
-    one round trip per slot, never one per request.
-    """
-
-    async def lease(self, server_url: str, *, timeout_s: float) -> Lease | None:
-        """One slot, or None when the server has no shared limit; TimeoutError if no slot
-        came free within ``timeout_s``."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +99,7 @@ class ServerPool:
         probe_interval_s: float = 1.0,
         leaser: SlotLeaser | None = None,
         lease_idle_s: float = 2.0,
-        lease_wait_s: float = 2.0,
+        slot_tenure_s: float = 10.0,
     ) -> None:
         if not servers:
             raise ValueError("a pool needs at least one server")
@@ -145,13 +128,19 @@ class ServerPool:
         self._stopped: FishflowError | None = None
         self.leaser = leaser
         self.lease_idle_s = lease_idle_s
-        self.lease_wait_s = lease_wait_s
         self._closing = False
         self._trim: asyncio.TimerHandle | None = None
-        self._background: set[asyncio.Task[None]] = set()
         if leaser is not None:
             for server in self.servers:
-                server.leases = []
+                server.shared = ServerSlots(
+                    leaser,
+                    server.url,
+                    wants_more=functools.partial(self._wants_slots, server),
+                    chunks_waiting=lambda: bool(self._waiters),
+                    in_flight=functools.partial(getattr, server, "in_flight"),
+                    on_change=self._wake,
+                    tenure_s=slot_tenure_s,
+                )
         self._watchdog: asyncio.Task[None] | None = None
         self._rng = random.Random()
 
@@ -166,14 +155,14 @@ class ServerPool:
         for task in [s.probe for s in self.servers] + [self._watchdog]:
             if task is not None:
                 task.cancel()
-        # Lease attempts end on their own within lease_wait_s; releases must finish.
-        await asyncio.gather(*self._background, return_exceptions=True)
         if self._trim is not None:
             self._trim.cancel()
         for s in self.servers:
-            while s.leases:
-                await s.leases.pop().release()
+            if s.shared is not None:
+                await s.shared.aclose()  # gives every slot back
             await s.client.aclose()
+        if self.leaser is not None:
+            await self.leaser.aclose()
 
     @property
     def capacity(self) -> int:
@@ -202,6 +191,8 @@ class ServerPool:
         if server.in_flight == 0 and server._busy_since is not None:
             server.busy_s += time.monotonic() - server._busy_since
             server._busy_since = None
+        if server.shared is not None:
+            server.shared.request_done()
         self._wake()
         if self.leaser is not None and not self._waiters and self._trim is None:
             self._trim = asyncio.get_running_loop().call_later(self.lease_idle_s, self._trim_leases)
@@ -211,39 +202,18 @@ class ServerPool:
         if self.leaser is None or self._closing:
             return
         for s in self.servers:
-            if s.up and s.leases is not None and not s.leasing and len(s.leases) < s.capacity:
-                s.leasing = 1
-                self._spawn(self._lease_slots(s))
+            if s.shared is not None:
+                s.shared.want()
 
-    async def _lease_slots(self, server: ServerState) -> None:
-        """Lease one slot at a time while chunks wait. Attempts time out rather than being
-        cancelled: a cancelled acquisition can be granted later and hold a slot for nobody."""
-        assert self.leaser is not None
-        try:
-            while (
-                not self._closing
-                and self._waiters
-                and server.leases is not None
-                and len(server.leases) < server.capacity
-            ):
-                try:
-                    lease = await self.leaser.lease(server.url, timeout_s=self.lease_wait_s)
-                except TimeoutError:
-                    continue  # another run holds the slots: ask again while we still need one
-                if lease is None:
-                    server.leases = None  # no shared limit for this server: local limit only
-                elif self._closing:
-                    await lease.release()
-                else:
-                    server.leases.append(lease)
-                self._wake()
-        finally:
-            server.leasing = 0
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    def _wants_slots(self, server: ServerState) -> bool:
+        """Whether `server`'s leasing task should take another slot now."""
+        return (
+            not self._closing
+            and bool(self._waiters)
+            and server.up
+            and server.shared is not None
+            and server.shared.held < server.capacity
+        )
 
     def _trim_leases(self) -> None:
         """Give back slots nobody here is using, so other runs on the server can have them."""
@@ -251,8 +221,8 @@ class ServerPool:
         if self._waiters:
             return
         for s in self.servers:
-            while s.leases and len(s.leases) > s.in_flight:
-                self._spawn(s.leases.pop().release())
+            if s.shared is not None:
+                s.shared.trim()
 
     def _wake(self) -> None:
         while self._waiters:

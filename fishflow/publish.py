@@ -131,11 +131,12 @@ class ItemPublisher:
         except (OSError, sf.LibsndfileError) as exc:
             raise StorageError(f"cannot write the audio of {self.key}: {exc}", fatal=True) from None
         self._added += 1
-        self._pause_ms = (
-            chunk.pause_after_ms if chunk.pause_after_ms is not None else self.audio.pause_ms
-        )
+        self._pause_ms = self.audio.pause_after_ms(chunk.boundary)
         if self.captions.captions == "on" or self.captions.chapters == "on":
-            self._placed.append(Placed(chunk.text, start, audio.duration_s, chunk.heading))
+            # A heading is spoken as a chunk of its own (see fishflow.chunking): its text,
+            # without the full stop added for speech, is the chapter's title.
+            title = chunk.text.rstrip(".。") if chunk.heading_level else None
+            self._placed.append(Placed(chunk.text, start, audio.duration_s, title))
         published = self._finish() if last else None
         return (level if audio.level is None else None), published
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import hashlib
+import logging
 import os
 import re
 import secrets
@@ -15,7 +17,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from fishflow.chunking import chunk_budget
+from fishflow.errors import FishflowError
 from fishflow.incremental import existing_audio, load_previous
+from fishflow.lock import held_output_lock
 from fishflow.manifest import Journal, ManifestWriter, journal_dir
 from fishflow.pipeline import (
     ChunkCache,
@@ -27,9 +32,17 @@ from fishflow.pipeline import (
     validate_row,
 )
 from fishflow.pool import ServerPool, SlotLeaser
-from fishflow.settings import AudioSettings, CaptionSettings, ChunkSettings, RunSettings
+from fishflow.settings import (
+    AudioSettings,
+    CaptionSettings,
+    ChunkSettings,
+    RunSettings,
+    TextSettings,
+)
 from fishflow.sources import Columns, read_source
-from fishflow.storage import open_store, state_dir
+from fishflow.storage import Store, open_store, state_dir
+
+logger = logging.getLogger("fishflow.run")
 
 _RUN_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}(-s[0-9]+)?$")
 
@@ -59,11 +72,24 @@ def run_spec(settings: RunSettings) -> RunSpec:
         options=settings.synthesis_options(),
         audio=AudioSettings(
             format=settings.audio_format,
-            pause_ms=settings.pause_ms,
+            pause_clause_ms=settings.pause_clause_ms,
+            pause_sentence_ms=settings.pause_sentence_ms,
+            pause_paragraph_ms=settings.pause_paragraph_ms,
+            pause_section_ms=settings.pause_section_ms,
             loudness=settings.loudness,
             loudness_target=settings.loudness_target,
         ),
-        chunking=ChunkSettings(max_bytes=settings.chunk_bytes),
+        chunking=ChunkSettings(
+            max_bytes=chunk_budget(
+                max_new_tokens=settings.max_new_tokens, chunk_bytes=settings.chunk_bytes
+            )
+        ),
+        text=TextSettings(
+            format=settings.text_format,
+            code=settings.markdown_code,
+            images=settings.markdown_images,
+            tables=settings.markdown_tables,
+        ),
         captions=CaptionSettings(captions=settings.captions, chapters=settings.chapters),
     )
 
@@ -159,9 +185,73 @@ async def open_run(
     force: bool,
     api_key: str | None,
     leaser: SlotLeaser | None = None,
+    hold_output: bool = True,
 ) -> AsyncIterator[tuple[RunContext, ManifestWriter]]:
-    """Build everything a run's batches share, and close it when the run ends."""
+    """Build everything a run's batches share, and close it when the run ends.
+
+    The output's lock is taken first, before anything is written or read for change detection:
+    a second run on the same output stops here (or waits `settings.wait_for_lock` seconds).
+    `hold_output=False` is for a shard of a sharded run, whose parent holds the output.
+    """
     store = await asyncio.to_thread(open_store, out, settings.sse)
+    pool_ref: list[ServerPool] = []
+    async with (
+        held_output_lock(
+            store,
+            run_id=run_id,
+            ttl_s=settings.lock_ttl_s,
+            wait_s=settings.wait_for_lock,
+            on_lost=lambda exc: [pool.stop(exc) for pool in pool_ref],
+        )
+        if hold_output
+        else contextlib.nullcontext(),
+        _open_run(
+            store=store,
+            run_id=run_id,
+            servers=servers,
+            settings=settings,
+            force=force,
+            api_key=api_key,
+            leaser=leaser,
+            pool_ref=pool_ref,
+        ) as opened,
+    ):
+        yield opened
+
+
+@asynccontextmanager
+async def held_output(*, out: str, settings: RunSettings, run_id: str) -> AsyncIterator[None]:
+    """Hold `out` for a run that does not open one itself (the parent of a sharded run, whose
+    children write the output under its lock)."""
+    store = await asyncio.to_thread(open_store, out, settings.sse)
+
+    def lost(exc: FishflowError) -> None:
+        logger.error("%s", exc.message)  # the children cannot be stopped from here
+
+    async with held_output_lock(
+        store,
+        run_id=run_id,
+        ttl_s=settings.lock_ttl_s,
+        wait_s=settings.wait_for_lock,
+        on_lost=lost,
+    ):
+        yield
+
+
+@asynccontextmanager
+async def _open_run(
+    *,
+    store: Store,
+    run_id: str,
+    servers: list[str],
+    settings: RunSettings,
+    force: bool,
+    api_key: str | None,
+    leaser: SlotLeaser | None,
+    pool_ref: list[ServerPool],
+) -> AsyncIterator[tuple[RunContext, ManifestWriter]]:
+    """What a run builds once it holds its output; the pool goes into `pool_ref` so that a
+    lost output lock can stop it."""
     spec = run_spec(settings)
     # Next to a local output; for an S3 output on this machine, so the next run here re-uses it.
     cache_dir = settings.chunk_cache or os.path.join(state_dir(store), "chunks")
@@ -173,7 +263,9 @@ async def open_run(
         encoding=settings.encoding,
         retry=settings.retry_policy(),
         leaser=leaser,
+        slot_tenure_s=settings.slot_tenure_s,
     )
+    pool_ref.append(pool)
     journal = Journal(journal_dir(store), run_id)
     publisher = ThreadPoolExecutor(store.write_threads, thread_name_prefix="fishflow-publish")
     ctx = RunContext(

@@ -8,16 +8,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fishflow.chunking import DEFAULT_CHUNK_BYTES, Boundary
 from fishflow.errors import ConfigError
 
 AudioFormat = Literal["wav", "flac", "mp3"]
 OnOff = Literal["on", "off"]
 WireEncoding = Literal["msgpack", "json"]
+TextFormat = Literal["auto", "plain", "markdown"]
 
 
 class _Frozen(BaseModel):
@@ -73,9 +83,28 @@ class SynthesisOptions(_Frozen):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+class TextSettings(_Frozen):
+    """How an item's text becomes speech. Not part of the content key: what they change shows
+    in the spoken text, which is."""
+
+    format: TextFormat = Field(
+        "auto", description="markdown, plain, or auto: .md/.markdown files Markdown, rest plain"
+    )
+    code: Literal["cue", "silent"] = Field(
+        "cue", description="Markdown code blocks: a short cue in the item's language, or nothing"
+    )
+    images: Literal["alt", "skip"] = Field("alt", description="Markdown images: alt text read")
+    tables: Literal["rows", "skip"] = Field(
+        "rows", description='Markdown tables: read row by row ("header: value, ..."), or skipped'
+    )
+
+
 class ChunkSettings(_Frozen):
     max_bytes: int = Field(
-        200, ge=20, le=4000, description="Chunk budget in UTF-8 bytes (Fish's own chunk_length)"
+        DEFAULT_CHUNK_BYTES,
+        ge=20,
+        le=4000,
+        description="Chunk budget in UTF-8 bytes (see fishflow.chunking.chunk_budget)",
     )
     min_bytes: int = Field(24, ge=0, le=200, description="Smaller fragments are merged")
 
@@ -83,7 +112,20 @@ class ChunkSettings(_Frozen):
 class AudioSettings(_Frozen):
     format: AudioFormat = Field("wav", description="Output file format")
     sample_rate: int = Field(44_100, description="Sample rate the servers produce")
-    pause_ms: int = Field(250, ge=0, le=5000, description="Silence between chunks")
+    # Silence added at each join, by what the join is. They add to the short silence the model
+    # leaves at a chunk's edges; within a chunk Fish pauses ~0.3 s between sentences itself,
+    # so a sentence join sounds like one inside a chunk, a paragraph about twice that, and a
+    # heading stands apart.
+    pause_clause_ms: int = Field(
+        150, ge=0, le=5000, description="Pause where a sentence too long for one chunk is cut"
+    )
+    pause_sentence_ms: int = Field(300, ge=0, le=5000, description="Pause between sentences")
+    pause_paragraph_ms: int = Field(
+        700, ge=0, le=10_000, description="Pause between paragraphs, list items and table rows"
+    )
+    pause_section_ms: int = Field(
+        1200, ge=0, le=10_000, description="Pause before and after a heading"
+    )
     fade_ms: int = Field(8, ge=0, le=200, description="Fade at each join, against clicks")
     loudness: OnOff = Field("on", description="Normalise each item's loudness (BS.1770)")
     loudness_target: float = Field(
@@ -91,8 +133,21 @@ class AudioSettings(_Frozen):
     )
     true_peak_db: float = Field(-1.0, ge=-12, le=0, description="Peak ceiling, dBTP")
 
+    def pause_after_ms(self, boundary: Boundary) -> int:
+        """The silence after a chunk that ends at ``boundary`` (0 after the last)."""
+        return {
+            "clause": self.pause_clause_ms,
+            "sentence": self.pause_sentence_ms,
+            "paragraph": self.pause_paragraph_ms,
+            "section": self.pause_section_ms,
+            "end": 0,
+        }[boundary]
+
     def fingerprint(self) -> str:
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+        """Digest of what changes every item's audio alike; the pauses enter each item's
+        content key join by join (see ``RunSpec.content_key``)."""
+        joins = {"pause_clause_ms", "pause_sentence_ms", "pause_paragraph_ms", "pause_section_ms"}
+        return hashlib.sha256(self.model_dump_json(exclude=joins).encode()).hexdigest()[:16]
 
 
 class CaptionSettings(_Frozen):
@@ -171,8 +226,32 @@ class RunSettings(_Frozen):
     top_p: float = Field(0.8, ge=0.1, le=1.0, description="Nucleus sampling")
     repetition_penalty: float = Field(1.1, ge=0.9, le=2.0, description="Repetition penalty")
     max_new_tokens: int = Field(1024, ge=1, le=8192, description="Token cap per generation")
-    chunk_bytes: int = Field(200, ge=20, le=4000, description="Chunk budget in UTF-8 bytes")
-    pause_ms: int = Field(250, ge=0, le=5000, description="Silence between chunks")
+    chunk_bytes: int | None = Field(
+        None,
+        ge=20,
+        le=4000,
+        description="Chunk budget in UTF-8 bytes (default: what fits max_new_tokens, at most 400)",
+    )
+    text_format: TextFormat = Field(
+        "auto", description="markdown, plain, or auto (.md/.markdown files Markdown, rest plain)"
+    )
+    markdown_code: Literal["cue", "silent"] = Field(
+        "cue", description="Markdown code blocks: a short spoken cue, or nothing"
+    )
+    markdown_images: Literal["alt", "skip"] = Field(
+        "alt", description="Markdown images: read their alt text, or skip them"
+    )
+    markdown_tables: Literal["rows", "skip"] = Field(
+        "rows", description="Markdown tables: read row by row, or skip them"
+    )
+    pause_clause_ms: int = Field(
+        150, ge=0, le=5000, description="Pause where a sentence too long for one chunk is cut"
+    )
+    pause_sentence_ms: int = Field(300, ge=0, le=5000, description="Pause between sentences")
+    pause_paragraph_ms: int = Field(
+        700, ge=0, le=10_000, description="Pause between paragraphs, list items, table rows"
+    )
+    pause_section_ms: int = Field(1200, ge=0, le=10_000, description="Pause around a heading")
     loudness: OnOff = Field("on", description="Normalise each item to --loudness-target")
     loudness_target: float = Field(
         -16.0, ge=-40, le=-5, description="Target integrated loudness, LUFS (BS.1770)"
@@ -188,6 +267,35 @@ class RunSettings(_Frozen):
         None,
         description="Folder of chunk audio (default: <out>/.fishflow/chunks; ~/.cache for S3)",
     )
+    slot_tenure_s: float = Field(
+        10.0,
+        ge=1,
+        le=3600,
+        description="Seconds a run keeps a shared server slot above its fair share while other "
+        "runs wait for one",
+    )
+    wait_for_lock: float = Field(
+        0.0,
+        ge=0,
+        le=86_400,
+        description="Seconds to wait while another run writes the same output (0: stop at once)",
+    )
+    lock_ttl_s: float = Field(
+        180.0,
+        ge=30,
+        le=3600,
+        description="How long the output lock of a run that stopped renewing it (crashed) holds",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_pause(cls, data: Any) -> Any:
+        # Runs recorded before pauses depended on the join had one `pause_ms` for every join;
+        # `resume` reads those records back.
+        if isinstance(data, dict) and "pause_ms" in data:
+            data = dict(data)
+            data.setdefault("pause_sentence_ms", data.pop("pause_ms"))
+        return data
 
     def synthesis_options(self) -> SynthesisOptions:
         return SynthesisOptions(

@@ -21,7 +21,6 @@ import pyarrow.parquet as pq
 
 from fishflow.errors import SourceError
 from fishflow.storage import parse_s3_uri, s3_client, wrap_s3_error
-from fishflow.text import markdown_to_text
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
 TABLE_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".parquet")
@@ -43,6 +42,9 @@ class SourceRow:
     language: str | None = None
     voice: str | None = None
     problem: str | None = None
+    # "markdown" for .md/.markdown files, "plain" for .txt; None for table rows (the run's
+    # text_format decides). Markdown is read into speech when the item is validated.
+    text_format: str | None = None
 
 
 def _clean(value: Any) -> str | None:
@@ -154,9 +156,8 @@ def _text_file_row(row: int, item_id: str, data: bytes, suffix: str) -> SourceRo
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         return SourceRow(row, item_id, None, problem="file is not valid UTF-8")
-    if suffix in (".md", ".markdown"):
-        text = markdown_to_text(text)
-    return SourceRow(row, item_id, text)
+    text_format = "markdown" if suffix in (".md", ".markdown") else "plain"
+    return SourceRow(row, item_id, text, text_format=text_format)
 
 
 def read_folder(path: str, batch_rows: int) -> Iterator[list[SourceRow]]:

@@ -1,12 +1,23 @@
-"""Text as the model should hear it: normalised whitespace, no control characters, no Markdown."""
+"""Text as the model should hear it: normalised whitespace, no control characters, no emoji.
+
+An item's speech is a sequence of blocks (headings, paragraphs, list items, table rows, code
+cues); its normalised text is their texts joined by a blank line. Plain text is all paragraphs;
+``fishflow.markdown`` makes the other kinds. The chunker reads the kinds to end chunks at
+headings and to choose the pause after each chunk.
+"""
 
 from __future__ import annotations
 
+import collections
+import functools
 import hashlib
 import re
 import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
-from markdown_it import MarkdownIt
+import regex
 
 # Runs of whitespace, tabs and newlines make Fish produce noise; blank lines mark paragraphs,
 # which the chunker keeps apart so that identical paragraphs give identical chunks.
@@ -22,9 +33,27 @@ def _drop_control(text: str) -> str:
     )
 
 
+# Emoji and pictographs: a TTS model reads them as noise or as their name ("party popper").
+# Unicode properties rather than an emoji list, so that emoji newer than this code go too. A
+# sequence goes whole (flags, skin tones, ZWJ families, keycaps); a joiner elsewhere (Indic
+# scripts use it) stays.
+_EMOJI = regex.compile(
+    r"(?:\p{Extended_Pictographic}|\p{Regional_Indicator})"
+    r"(?:[\ufe0e\ufe0f\u20e3\p{Emoji_Modifier}\U000e0020-\U000e007f]"
+    r"|\u200d(?:\p{Extended_Pictographic}|\p{Regional_Indicator}))*"
+    r"|[\ufe0f\u20e3\p{Emoji_Modifier}]"
+)
+
+
+def drop_emoji(text: str) -> str:
+    """Text without emoji or pictographs (a keycap "1️⃣" keeps its digit)."""
+    return text if text.isascii() else _EMOJI.sub("", text)
+
+
 def paragraphs(text: str) -> list[str]:
-    """Split text into paragraphs with whitespace collapsed and control characters removed."""
-    text = unicodedata.normalize("NFC", _drop_control(text.replace("\r\n", "\n")))
+    """Split text into paragraphs with whitespace collapsed, control characters and emoji
+    removed."""
+    text = unicodedata.normalize("NFC", drop_emoji(_drop_control(text.replace("\r\n", "\n"))))
     parts = (_WHITESPACE.sub(" ", p).strip() for p in _PARAGRAPH_BREAK.split(text))
     return [p for p in parts if p]
 
@@ -34,6 +63,28 @@ def normalize(text: str) -> str:
     return PARAGRAPH_SEPARATOR.join(paragraphs(text))
 
 
+BlockKind = Literal["heading", "paragraph", "list_item", "table_row", "code"]
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One unit of an item's speech: normalised text (one line) and what it is."""
+
+    text: str
+    kind: BlockKind = "paragraph"
+    level: int = 0  # heading level, 1-6; 0 for other kinds
+
+
+def plain_blocks(text: str) -> tuple[Block, ...]:
+    """Plain text as blocks: one paragraph per blank-line-separated paragraph."""
+    return tuple(Block(p) for p in paragraphs(text))
+
+
+def blocks_text(blocks: Sequence[Block]) -> str:
+    """The normalised text of blocks: what fishflow speaks, hashes and offsets chunks into."""
+    return PARAGRAPH_SEPARATOR.join(b.text for b in blocks)
+
+
 def text_sha256(normalized: str) -> str:
     return hashlib.sha256(normalized.encode()).hexdigest()
 
@@ -41,38 +92,6 @@ def text_sha256(normalized: str) -> str:
 def is_speakable(normalized: str) -> bool:
     """True when the text has at least one letter or digit (emoji or punctuation alone is not)."""
     return any(unicodedata.category(ch)[0] in "LN" for ch in normalized)
-
-
-_md = MarkdownIt("commonmark").enable("table")
-
-
-def markdown_to_text(markdown: str) -> str:
-    """Reduce Markdown to speakable prose: headings, lists and paragraphs become paragraphs;
-    link targets, images, HTML and code blocks are dropped; emphasis markers vanish."""
-    out: list[str] = []
-    current: list[str] = []
-
-    def flush() -> None:
-        if current:
-            out.append(" ".join("".join(current).split()))
-            current.clear()
-
-    for token in _md.parse(markdown):
-        if token.type == "inline" and token.children is not None:
-            for child in token.children:
-                if child.type in ("text", "code_inline"):
-                    current.append(child.content)
-                elif child.type in ("softbreak", "hardbreak"):
-                    current.append(" ")
-            # Headings and list items without final punctuation would run into the next
-            # sentence when spoken; end them with a full stop.
-            text = "".join(current).rstrip()
-            if text and text[-1].isalnum():
-                current.append(".")
-        elif token.type.endswith("_close") and token.block:
-            flush()
-    flush()
-    return PARAGRAPH_SEPARATOR.join(p for p in out if p)
 
 
 # Scripts decide sentence rules and the expected speaking rate.
@@ -87,17 +106,22 @@ _SCRIPT_LANGUAGE = (
 )
 
 
+@functools.lru_cache(maxsize=8192)
+def _script_language(ch: str) -> str | None:
+    if not ch.isalpha():
+        return None
+    name = unicodedata.name(ch, "")
+    return next((lang for prefix, lang in _SCRIPT_LANGUAGE if name.startswith(prefix)), None)
+
+
 def detect_language(text: str) -> str:
     """A language code from the script that dominates the text (kana wins over Han: Japanese)."""
-    counts: dict[str, int] = {}
-    for ch in text[:2000]:
-        if not ch.isalpha():
-            continue
-        name = unicodedata.name(ch, "")
-        for prefix, lang in _SCRIPT_LANGUAGE:
-            if name.startswith(prefix):
-                counts[lang] = counts.get(lang, 0) + 1
-                break
+    counts: collections.Counter[str] = collections.Counter()
+    # Distinct characters, each named once: a character-by-character lookup of a whole
+    # Markdown lesson cost ~5 ms.
+    for ch, n in collections.Counter(text[:2000]).items():
+        if (lang := _script_language(ch)) is not None:
+            counts[lang] += n
     if not counts:
         return "en"
     if counts.get("ja"):

@@ -17,6 +17,7 @@ from fishflow.manifest import recover, run_record_exists, write_run_record
 from fishflow.pipeline import internal_failure
 from fishflow.run import (
     entry_batches,
+    held_output,
     is_run_id,
     new_run_id,
     open_run,
@@ -89,17 +90,18 @@ async def refresh_catalog_audio(
     await tag_flow_run(source=source, deployment=deployment.name, shard=shard)
     artifacts = reporting.Reporter(deployment.name, run_id)
     if shards > 1 and shard is None:
-        summary = await run_shards(
-            deployment=deployment,
-            run_id=run_id,
-            source=source,
-            out=out,
-            servers=servers,
-            settings=settings,
-            force=force,
-            api_key_secret=api_key_secret,
-            shards=shards,
-        )
+        async with held_output(out=out, settings=settings, run_id=run_id):  # for its children
+            summary = await run_shards(
+                deployment=deployment,
+                run_id=run_id,
+                source=source,
+                out=out,
+                servers=servers,
+                settings=settings,
+                force=force,
+                api_key_secret=api_key_secret,
+                shards=shards,
+            )
         return await _finish(summary, artifacts, max_failed_share)
 
     started = time.monotonic()
@@ -110,6 +112,7 @@ async def refresh_catalog_audio(
     # ephemeral one started for a lone `fishflow run` has nobody to share with.
     leaser = PrefectSlotLeaser(logger) if get_current_settings().api.url else None
     async with open_run(
+        hold_output=shard is None,  # a shard writes under its parent's lock
         leaser=leaser,
         run_id=run_id,
         out=out,

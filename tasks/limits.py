@@ -1,86 +1,180 @@
 """Per-server in-flight limits shared across runs and machines: Prefect global concurrency limits.
 
 One limit per Fish Speech server, named by ``fishflow.pool.limit_name`` and sized to what the
-server takes at once. The pool leases single slots when it has work waiting and hands back idle
-ones (an acquire + release costs about 140 ms here, so never per request). A server without a
-limit on the Prefect API is used with the run's local limit only, and the run says so once.
+server takes at once, plus a companion ``<name>-waiting`` limit whose slots count the runs
+waiting for one (Prefect keeps no queue of waiters). When to take, renew and give back slots is
+decided in the core (``fishflow/slots.py``); this module only makes the API calls.
+
+Slots are taken with explicit leases (``increment_concurrency_slots_with_lease``), never with
+``concurrency()`` inside a task: the task engine gives those back when the task run that took
+them ends, while the run's pool still uses them. A lease held by nobody's task run lives until
+it is given back or expires (60 s without renewal). A full limit answers 423, which is "no slot
+now" here: the core asks again on its own schedule, so waiting logs nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
+from uuid import UUID
 
-from prefect.client.orchestration import get_client
-from prefect.concurrency.asyncio import AcquireConcurrencySlotTimeoutError, concurrency
+import httpx
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.exceptions import ObjectNotFound
 
-from fishflow.pool import Lease, limit_name
+from fishflow.pool import limit_name
+from fishflow.slots import NoSharedLimit
+
+LEASE_S = 60.0  # the shortest lease Prefect accepts: a crashed run's slots come back soonest
+WAITING_LIMIT = 100_000  # the waiting limit counts runs; it must never refuse one
 
 
-class _HeldSlot:
-    def __init__(self, release: asyncio.Event, holder: asyncio.Task[None]) -> None:
-        self._release = release
-        self._holder = holder
+def waiting_limit_name(server_url: str) -> str:
+    return limit_name(server_url) + "-waiting"
 
-    async def release(self) -> None:
-        self._release.set()
-        await asyncio.gather(self._holder, return_exceptions=True)
+
+def _holder() -> ConcurrencyLeaseHolder | None:
+    """The flow run holding the slots, so Prefect's UI can say who has them."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return None
+    return ConcurrencyLeaseHolder(type="flow_run", id=ctx.flow_run.id)
+
+
+def _status(exc: Exception) -> int | None:
+    return exc.response.status_code if isinstance(exc, httpx.HTTPStatusError) else None
+
+
+class PrefectLimit:
+    """One server's shared limit (the ``SharedLimit`` the core's ``ServerSlots`` uses)."""
+
+    lease_s = LEASE_S
+
+    def __init__(self, leaser: PrefectSlotLeaser, name: str, size: int) -> None:
+        self._leaser = leaser
+        self.name = name
+        self.size = size
+        self.waiting_name = name + "-waiting"
+
+    async def _lease(self, name: str) -> dict[str, Any]:
+        client = await self._leaser.client()
+        response = await client.increment_concurrency_slots_with_lease(
+            names=[name],
+            slots=1,
+            mode="concurrency",
+            lease_duration=self.lease_s,
+            holder=self._leaser.holder,
+        )
+        data: dict[str, Any] = response.json()
+        return data
+
+    async def take(self) -> str | None:
+        try:
+            data = await self._lease(self.name)
+        except httpx.HTTPStatusError as exc:
+            if _status(exc) == 423:  # every slot is held: the core asks again later
+                return None
+            raise
+        if not data.get("limits"):  # deleted since the run started: nothing was leased
+            await self.give_back(data["lease_id"])
+            raise NoSharedLimit(self.name)
+        return str(data["lease_id"])
+
+    async def renew(self, lease_id: str) -> bool:
+        client = await self._leaser.client()
+        try:
+            await client.renew_concurrency_lease(UUID(lease_id), self.lease_s)
+        except httpx.HTTPStatusError as exc:
+            if _status(exc) in (404, 410):  # expired, given back, or lost in a server restart
+                return False
+            raise
+        return True
+
+    async def give_back(self, lease_id: str) -> None:
+        client = await self._leaser.client()
+        await client.release_concurrency_slots_with_lease(UUID(lease_id))
+
+    async def announce_waiting(self) -> str | None:
+        try:
+            data = await self._lease(self.waiting_name)
+            if not data.get("limits"):  # made by an older `fishflow limits create`: make it
+                await self.give_back(data["lease_id"])
+                client = await self._leaser.client()
+                await client.upsert_global_concurrency_limit_by_name(
+                    self.waiting_name, WAITING_LIMIT
+                )
+                data = await self._lease(self.waiting_name)
+        except Exception as exc:
+            self._leaser.logger.warning(
+                "cannot mark this run as waiting for %s (%s): runs holding it may not hand "
+                "a slot over",
+                self.name,
+                exc,
+            )
+            return None
+        return str(data["lease_id"])
+
+    async def waiting(self) -> int:
+        client = await self._leaser.client()
+        limit = await client.read_global_concurrency_limit_by_name(self.waiting_name)
+        return int(limit.active_slots)
 
 
 class PrefectSlotLeaser:
-    """Leases slots of each server's Prefect global concurrency limit."""
+    """The run's way to the servers' shared limits on the Prefect API (one client per run)."""
 
-    def __init__(self, logger: logging.Logger | logging.LoggerAdapter) -> None:
-        self._logger = logger
-        self._exists: dict[str, bool] = {}
+    def __init__(self, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+        self.logger = logger
+        self.holder = _holder()
+        self._client: PrefectClient | None = None
+        self._opening = asyncio.Lock()  # every server's leasing task asks for it at once
 
-    async def _limit_exists(self, name: str) -> bool:
-        if name not in self._exists:
-            try:
-                async with get_client() as client:
-                    await client.read_global_concurrency_limit_by_name(name)
-                self._exists[name] = True
-            except ObjectNotFound:
-                self._exists[name] = False
-                self._logger.warning(
-                    "no Prefect concurrency limit %r: this run keeps to its own limit on that "
-                    "server; create one with `fishflow limits create` to share it across runs",
-                    name,
-                )
-        return self._exists[name]
+    async def client(self) -> PrefectClient:
+        async with self._opening:
+            if self._client is None:
+                client = get_client()
+                await client.__aenter__()
+                self._client = client
+        return self._client
 
-    async def lease(self, server_url: str, *, timeout_s: float) -> Lease | None:
+    async def shared_limit(self, server_url: str) -> PrefectLimit | None:
         name = limit_name(server_url)
-        if not await self._limit_exists(name):
-            return None
-        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        release = asyncio.Event()
-
-        async def hold() -> None:
-            try:
-                async with concurrency(name, occupy=1, strict=True, timeout_seconds=timeout_s):
-                    granted.set_result(None)
-                    await release.wait()
-            except BaseException as exc:
-                if granted.done():
-                    raise  # lost the slot while holding it: let the task report it
-                granted.set_exception(exc)  # not granted: lease() raises it to the pool
-
-        holder = asyncio.create_task(hold())
+        client = await self.client()
         try:
-            await granted
-        except AcquireConcurrencySlotTimeoutError:
-            raise TimeoutError(f"no free slot on {name} within {timeout_s} s") from None
-        return _HeldSlot(release, holder)
+            limit = await client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            limit = None
+        if limit is None or not limit.active:
+            # Prefect enforces neither a missing nor an inactive limit.
+            self.logger.warning(
+                "no active Prefect concurrency limit %r: this run keeps to its own limit on "
+                "that server; create one with `fishflow limits create` to share it across runs",
+                name,
+            )
+            return None
+        return PrefectLimit(self, name, int(limit.limit))
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.__aexit__(None, None, None)
 
 
 async def create_limits(servers: dict[str, int]) -> dict[str, int]:
-    """Create (or resize) the shared limit of each server URL; returns name -> limit."""
+    """Create (or resize) the shared limit of each server URL; returns name -> limit.
+
+    Each gets its companion waiting limit too (a count of waiting runs, never full)."""
     created = {}
     async with get_client() as client:
         for url, limit in servers.items():
             name = limit_name(url)
             await client.upsert_global_concurrency_limit_by_name(name, limit)
+            await client.upsert_global_concurrency_limit_by_name(
+                waiting_limit_name(url), WAITING_LIMIT
+            )
             created[name] = limit
     return created

@@ -97,8 +97,8 @@ class PrefectSite:
         return worker
 
     def stop_worker(self, name: str, sig: int = signal.SIGINT) -> None:
-        worker = self.workers.pop(name)
-        if worker.poll() is None:
+        worker = self.workers.pop(name, None)
+        if worker is not None and worker.poll() is None:
             os.killpg(worker.pid, sig)  # SIGINT: a process worker ignores SIGTERM for a while
             try:
                 worker.wait(timeout=30)

@@ -179,6 +179,8 @@ def test_a_sharded_run_on_two_workers_writes_one_manifest_with_every_row_once(
 def test_a_killed_workers_run_ends_crashed_and_a_retry_loses_nothing(
     site: PrefectSite, emulator: Emulator, tmp_path: Path
 ) -> None:
+    for name in list(site.workers):  # the run must go to the worker that dies
+        site.stop_worker(name)
     emulator.reset_stats()
     site.start_worker("doomed")
     out = tmp_path / "out"

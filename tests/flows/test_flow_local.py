@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from fishflow.chunking import DEFAULT_CHUNK_BYTES
 from fishflow.emulator import Emulator, EmulatorConfig
 from tests.flows.helpers import CATALOG_ROWS, decode, manifest, run
 
@@ -55,9 +56,10 @@ def test_every_row_is_accounted_for_and_every_ok_item_is_real_audio(
         assert duration == pytest.approx(row.duration_s, abs=1e-3)
         item_chunks = chunks[chunks.item_id == row.item_id]
         assert len(item_chunks) == row.chunk_count
-        # Stitched audio is the chunks plus 250 ms pauses between them.
+        # Stitched audio is the chunks plus the pauses between them: each catalog text is
+        # one paragraph, so every join is between sentences (300 ms by default).
         assert duration == pytest.approx(
-            item_chunks["duration_s"].sum() + 0.25 * (row.chunk_count - 1), abs=0.01
+            item_chunks["duration_s"].sum() + 0.3 * (row.chunk_count - 1), abs=0.01
         )
     assert items.set_index("item_id").loc["en-long", "chunk_count"].max() >= 3
     # The run froze the objects it found for its duration: they must be collectable again.
@@ -65,7 +67,9 @@ def test_every_row_is_accounted_for_and_every_ok_item_is_real_audio(
 
     stats = emulator.stats
     assert stats["requests"] == stats["ok"] == len(chunks)  # the server rejected nothing
-    assert max(len(t.encode()) for t in stats["texts"]) <= 200  # no request over the budget
+    # No request over the budget, and each ends a sentence.
+    assert max(len(t.encode()) for t in stats["texts"]) <= DEFAULT_CHUNK_BYTES
+    assert all(t.endswith((".", "。", "!", "?")) for t in stats["texts"])
     assert stats["max_in_flight"] <= 2
 
 

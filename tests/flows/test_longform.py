@@ -68,7 +68,10 @@ def test_a_long_item_streams_to_its_file_with_flat_memory_and_true_offsets(
     with Emulator(EmulatorConfig(workers=2)) as emu:
         _reset_peak_rss()
         before, _ = _peak_rss_since_reset()
-        summary = run(source, out, [emu.url], settings_kw={"audio_format": fmt})
+        pauses = {
+            f"pause_{kind}_ms": 250 for kind in ("clause", "sentence", "paragraph", "section")
+        }
+        summary = run(source, out, [emu.url], settings_kw={"audio_format": fmt, **pauses})
         _, peak = _peak_rss_since_reset()
     item = manifest(out, "items", summary["run_id"]).iloc[0]
     chunks = manifest(out, "chunks", summary["run_id"]).sort_values("chunk_index")

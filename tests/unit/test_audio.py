@@ -54,3 +54,13 @@ def test_plausibility_catches_what_the_server_calls_success() -> None:
     long_text = text * 4  # ~20 s of speech, cut by the server at a 10 s token cap
     with pytest.raises(BadAudio, match="token cap"):
         check_plausible(tone(215 / 21.5), long_text, sample_rate=RATE, max_new_tokens=215)
+
+
+def test_stitch_takes_one_pause_per_join() -> None:
+    parts = [tone(1.0, "a"), tone(0.5, "b"), tone(0.5, "c")]
+    out = stitch(parts, pause_ms=[300, 1200], fade_ms=10)
+    assert out.duration_s == pytest.approx(2.0 + 0.3 + 1.2, abs=1e-4)
+    second = RATE + int(0.3 * RATE)  # the second part starts after the first pause
+    assert not out.samples[RATE:second].any() and out.samples[second : second + 100].any()
+    with pytest.raises(ValueError, match="2 pauses for 1 joins"):
+        stitch(parts[:2], pause_ms=[300, 700], fade_ms=10)

@@ -47,7 +47,7 @@ def test_webvtt_and_srt_render_the_same_cues() -> None:
 
 
 def test_chapters_from_headings_in_webvtt_and_id3_frames(tmp_path: Path) -> None:
-    texts = [("Intro", "Welcome to the course."), (None, "More words."), ("Setup", "Install.")]
+    texts = [(1, "Intro."), (0, "Welcome to the course, more words."), (2, "Setup.")]
     publisher = ItemPublisher(
         store=LocalStore(str(tmp_path)),
         key="audio/course.mp3",
@@ -58,20 +58,21 @@ def test_chapters_from_headings_in_webvtt_and_id3_frames(tmp_path: Path) -> None
         sample_rate=44_100,
     )
     published = None
-    for i, (heading, text) in enumerate(texts):
+    for i, (heading, text) in enumerate(texts):  # 2 s each, sentence pauses between
         samples = synth_samples(text, 2.0, None)
-        _, published = publisher.add(Chunk(i, text, 0, 1, heading=heading), Audio(samples, 44_100))
+        chunk = Chunk(i, text, 0, 1, boundary="sentence", heading_level=heading)
+        _, published = publisher.add(chunk, Audio(samples, 44_100))
     assert published is not None and published.chapters_uri is not None
     chapters = (tmp_path / "audio/course.chapters.vtt").read_text()
-    assert "00:00:00.000 --> 00:00:04.500\nIntro" in chapters
-    assert "00:00:04.500 --> 00:00:06.500\nSetup" in chapters
+    assert "00:00:00.000 --> 00:00:04.600\nIntro" in chapters
+    assert "00:00:04.600 --> 00:00:06.600\nSetup" in chapters
     tags = ID3(tmp_path / "audio/course.mp3")
     frames = sorted(tags.getall("CHAP"), key=lambda f: f.start_time)
     assert [(f.start_time, f.end_time, str(f.sub_frames["TIT2"])) for f in frames] == [
-        (0, 4500, "Intro"),
-        (4500, 6500, "Setup"),
+        (0, 4600, "Intro"),
+        (4600, 6600, "Setup"),
     ]
     assert tags.getall("CTOC")[0].child_element_ids == [f.element_id for f in frames]
     assert (tmp_path / "audio/course.vtt").exists() and (tmp_path / "audio/course.srt").exists()
-    assert published.duration_s > 6.4  # mp3 adds encoder padding, never removes audio
-    assert np.isclose(published.duration_s, 6.5, atol=0.1)
+    assert published.duration_s > 6.5  # mp3 adds encoder padding, never removes audio
+    assert np.isclose(published.duration_s, 6.6, atol=0.1)

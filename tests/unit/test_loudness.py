@@ -39,7 +39,7 @@ def test_chunk_loudness_matches_pyloudnorm_within_a_tenth_of_a_lu(name: str) -> 
 
 
 def _chunk(i: int, text: str = "Words of one chunk.") -> Chunk:
-    return Chunk(i, text, 0, len(text))
+    return Chunk(i, text, 0, len(text), boundary="sentence")
 
 
 def _publish(tmp_path: Path, parts: list[np.ndarray], fmt: str = "wav", **audio: object):
@@ -77,8 +77,8 @@ def test_quiet_normal_and_loud_chunks_are_evened_and_the_item_lands_on_target(
     assert abs(item - -16) <= 1.0
     # The manifest's value, from per-chunk bookkeeping, agrees with a meter on the file.
     assert published.loudness_lufs is not None and abs(published.loudness_lufs - item) < 0.5
-    # Chunk by chunk (pauses of 250 ms between them), every chunk is within 1 LU of the others.
-    step = len(voice) + int(RATE * 0.25)
+    # Chunk by chunk (sentence pauses between them), every chunk is within 1 LU of the others.
+    step = len(voice) + int(RATE * AudioSettings().pause_sentence_ms / 1000)
     levels = [meter.integrated_loudness(data[i * step : i * step + len(voice)]) for i in range(4)]
     assert max(levels) - min(levels) < 1.0
 

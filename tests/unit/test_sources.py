@@ -56,9 +56,10 @@ def test_folder_of_text_and_markdown(tmp_path: Path) -> None:
     (tmp_path / "sub" / "b.md").write_text("## Lesson\n\nRead **this**.")
     (tmp_path / "skip.png").write_bytes(b"x")
     got = rows(str(tmp_path))
-    assert [(r.item_id, r.text) for r in got] == [
-        ("a.txt", "Plain text."),
-        ("sub/b.md", "Lesson.\n\nRead this."),
+    # Markdown is read into speech when the item is validated (the run's text_format decides).
+    assert [(r.item_id, r.text, r.text_format) for r in got] == [
+        ("a.txt", "Plain text.", "plain"),
+        ("sub/b.md", "## Lesson\n\nRead **this**.", "markdown"),
     ]
 
 

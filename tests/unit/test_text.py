@@ -1,18 +1,15 @@
 from __future__ import annotations
 
-from fishflow.text import detect_language, is_speakable, markdown_to_text, normalize
+from fishflow.text import detect_language, is_speakable, normalize
 
 
 def test_normalize_collapses_whitespace_and_drops_control_characters() -> None:
     assert normalize("  a\t\tb \x00c\r\n\r\n\r\nd  e ") == "a b c\n\nd e"
 
 
-def test_markdown_is_reduced_to_speakable_text() -> None:
-    md = (
-        "# Title\n\nSome *bold* [link](http://x.io) text.\n\n"
-        "- one\n- two\n\n```\ncode()\n```\n\n![i](a.png)"
-    )
-    assert markdown_to_text(md) == "Title.\n\nSome bold link text.\n\none.\n\ntwo."
+def test_emoji_and_pictographs_are_never_kept_but_joiners_in_scripts_are() -> None:
+    text = "Ready 🎉 set 👍🏽 go 👨‍👩‍👧 🇩🇪 ✅ 1️⃣ done ©. क्‍ष stays."
+    assert normalize(text) == "Ready set go 1 done . क्‍ष stays."
 
 
 def test_detect_language_from_script() -> None:

@@ -1,0 +1,534 @@
+"""Markdown as a listener should hear it, construct by construct, from markdown-it's tokens.
+
+What each construct becomes (the README's table "What gets spoken from Markdown" says the same):
+
+- headings: a block of their own ending in their script's full stop ("." or "。"); a link right
+  under a heading that repeats it ("## Quiz" then "[Quiz](https://...)") is said once;
+- code blocks (fenced, indented, HTML ``<pre>``): not read; a short cue in the item's
+  language ("Code example.", "代码示例。"), one per run of consecutive blocks, or nothing
+  (``code="silent"``);
+- inline code: read only when it is one word-like token (``pandas``, ``read_csv``, said
+  "read csv"); commands, paths, placeholders, URLs and operators are dropped;
+- links: their text, never the target; bare URLs and autolinks: their host name
+  ("docs.python.org"), which tells the listener where without spelling a path;
+- images: their alt text (``images="skip"``: nothing);
+- tables: one block per body row, "header: value, header: value." (``tables="skip"``: nothing);
+  ``<br>`` in a cell is a comma's pause, never glued words; pipes are never spoken;
+- HTML: text kept, tags never spoken; ``<details>``: summary and body both read;
+  ``<script>``/``<style>`` and comments dropped;
+- front matter: only its ``title``, as a heading;
+- ordered lists keep their numbers ("1. Install Python."); bullets are not spoken; task-list
+  boxes ("[ ]", "[x]") and GitHub alert markers ("[!NOTE]") are dropped;
+- footnote markers dropped, and footnote bodies too: at the end of a lesson, cut off from the
+  sentence they annotate, they are mostly citations and links;
+- emoji and pictographs: never sent.
+
+Every block ends with sentence punctuation, so the model closes its intonation where the chunk
+ends. The result is a tuple of ``fishflow.text.Block`` (kind, text, heading level) for the
+chunker, which ends chunks at headings and sets pauses by boundary kind.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import unicodedata
+from collections.abc import Sequence
+from html.parser import HTMLParser
+from typing import Literal
+from urllib.parse import urlsplit
+
+import regex
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+from mdit_py_plugins.deflist import deflist_plugin
+from mdit_py_plugins.footnote import footnote_plugin
+from mdit_py_plugins.front_matter import front_matter_plugin
+
+from fishflow.text import Block, BlockKind, detect_language, drop_emoji, is_speakable
+
+CodeBlocks = Literal["cue", "silent"]
+Images = Literal["alt", "skip"]
+Tables = Literal["rows", "skip"]
+
+# The languages Fish Speech 1.5 names (../shared/fish-speech-api.md), English for the rest.
+_CODE_CUES = {
+    "en": "Code example.",
+    "zh": "代码示例。",
+    "ja": "コード例。",
+    "ko": "코드 예시.",
+    "de": "Codebeispiel.",
+    "fr": "Exemple de code.",
+    "es": "Ejemplo de código.",
+    "it": "Esempio di codice.",
+    "pt": "Exemplo de código.",
+    "nl": "Codevoorbeeld.",
+    "pl": "Przykład kodu.",
+    "ru": "Пример кода.",
+    "ar": "مثال برمجي.",
+}
+
+
+def code_cue(language: str) -> str:
+    """What is said in place of a code block, in the item's language (English otherwise)."""
+    primary = language.lower().replace("_", "-").split("-")[0]
+    return _CODE_CUES.get(primary, _CODE_CUES["en"])
+
+
+@functools.cache
+def _parser() -> MarkdownIt:
+    return (
+        MarkdownIt("commonmark", {"html": True})
+        .enable(["table", "strikethrough"])
+        .use(front_matter_plugin)
+        .use(footnote_plugin)
+        .use(deflist_plugin)
+    )
+
+
+# --- inline text --------------------------------------------------------------------------
+
+# A break (<br>, a hard line break) inside a block: resolved to a comma's pause, or nothing
+# next to punctuation, once the block's text is complete.
+_BREAK = "\ue000"  # private use: not whitespace, so it survives splitting
+_PLACEHOLDER = r"<[\w\-.: ]{1,60}>"
+# URLs with a scheme or "www.", placeholders inside them included ("https://<APP>.x.net/...").
+_URL = re.compile(
+    rf"(?:[a-zA-Z][a-zA-Z0-9+.\-]{{1,15}}://|www\.)(?:{_PLACEHOLDER}|[^\s<>\"'`|\ue000])+"
+)
+# Scheme-less "host.tld/path" (github.com/org/repo): the host alone, as for URLs.
+_HOST_PATH = re.compile(r"\b((?:[a-zA-Z0-9\-]+\.)+[a-zA-Z]{2,})(?:/[^\s<>\"'`|\ue000]*)", re.ASCII)
+# What is left of a URL glued to other text, after the above: never spoken.
+_URL_RESIDUE = re.compile(r"(?<![A-Za-z])(?:https?|ftp|file|mailto):|:/+|www\.", re.IGNORECASE)
+# A placeholder or a stray tag left as text ("<APP_NAME>", an escaped "&lt;div&gt;").
+_ANGLED = re.compile(r"<[^\s<>][^<>\n]{0,80}>")
+_EMPHASIS = re.compile(r"(?:\*{1,3}|_{2,3}|~~)(?=\S)|(?<=\S)(?:\*{1,3}|_{2,3}|~~)")
+# An angle bracket touching a word is markup residue; a spaced one ("a < b") is prose.
+_LOOSE_ANGLE = re.compile(r"<(?=\S)|(?<=\S)>")
+_TRAILING = ".,;:!?)]}'\"”’"
+# A word, or a dotted name ("app.py", "os.path"); no slash, so never a path.
+_WORDLIKE = regex.compile(
+    r"[\p{L}\p{N}][\p{L}\p{N}\p{M}_\-]{0,39}(?:\.[\p{L}_][\p{L}\p{N}\p{M}_\-]{0,19}){0,2}"
+)
+_LABEL = re.compile(r"[A-Za-z0-9\-]+")
+_ALT = re.compile(r"""\balt\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.IGNORECASE)
+_BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
+
+
+def _host(url: str) -> str:
+    """The host name of a URL, without "www." or placeholder labels; "" when none is left."""
+    try:
+        netloc = urlsplit(url if "://" in url else "http://" + url).netloc
+    except ValueError:
+        return ""
+    host = netloc.rpartition("@")[2].split(":")[0]
+    labels = [label for label in host.split(".") if _LABEL.fullmatch(label)]
+    if labels[:1] == ["www"]:
+        labels = labels[1:]
+    return ".".join(labels).lower()
+
+
+def _replace_url(match: re.Match[str]) -> str:
+    url = match.group(0)
+    tail = len(url) - len(url.rstrip(_TRAILING))
+    url, rest = url[: len(url) - tail], url[len(url) - tail :]
+    return _host(url) + rest
+
+
+def _clean(text: str) -> str:
+    """Inline text made safe to speak: URLs as host names; no placeholders, tags, backticks,
+    pipes or emoji."""
+    text = drop_emoji(text)
+    # Each pattern only where it can match: on a course, these substitutions were most of
+    # the time spent reading Markdown.
+    if "/" in text or "www." in text.lower():
+        text = _HOST_PATH.sub(_replace_url, _URL.sub(_replace_url, text))
+    if ":" in text or "www." in text.lower():
+        text = _URL_RESIDUE.sub("", text)
+    if "<" in text or ">" in text:
+        text = _LOOSE_ANGLE.sub(" ", _ANGLED.sub(" ", text))
+    return text.replace("`", "").replace("|", " ")
+
+
+def _inline_code(code: str) -> str:
+    """Inline code is read only when it is a word (``pandas``, ``read_csv()``)."""
+    code = code.strip().removesuffix("()")
+    return code.replace("_", " ") if _WORDLIKE.fullmatch(code) else ""
+
+
+def _alt(tag: str) -> str:
+    match = _ALT.search(tag)
+    return next((g for g in match.groups() if g is not None), "") if match else ""
+
+
+class _Inline:
+    """Renders an inline token's children to text."""
+
+    def __init__(self, *, images: Images) -> None:
+        self.images = images
+
+    def render(self, children: Sequence[Token]) -> str:
+        parts: list[str] = []
+        html_code: list[str] | None = None  # text inside an inline <code>...</code>
+        for child in children:
+            kind = child.type
+            if html_code is not None and kind == "text":
+                html_code.append(child.content)
+            elif kind == "text":
+                parts.append(_clean(child.content))
+            elif kind == "code_inline":
+                parts.append(_inline_code(child.content))
+            elif kind == "softbreak":
+                parts.append(" ")
+            elif kind == "hardbreak":
+                parts.append(_BREAK)
+            elif kind == "image":
+                if self.images == "alt":
+                    parts.append(" " + _clean(child.content) + " ")
+            elif kind == "html_inline":
+                tag = child.content.strip().lower()
+                if _BR.fullmatch(tag):
+                    parts.append(_BREAK)
+                elif tag.startswith("<img") and self.images == "alt":
+                    parts.append(" " + _clean(_alt(child.content)) + " ")
+                elif tag.startswith("<code"):
+                    html_code = []
+                elif tag.startswith("</code") and html_code is not None:
+                    parts.append(_inline_code("".join(html_code)))
+                    html_code = None
+            # link_open/close, emphasis, strikethrough, footnote_ref: no sound of their own
+        if html_code is not None:  # an unclosed <code>: its text is still prose
+            parts.append(_clean("".join(html_code)))
+        return "".join(parts)
+
+
+def _is_lone_link(children: Sequence[Token]) -> bool:
+    """The paragraph is one link and nothing else (but spaces)."""
+    inner = [c for c in children if not (c.type == "text" and not c.content.strip())]
+    return (
+        len(inner) >= 2
+        and inner[0].type == "link_open"
+        and inner[-1].type == "link_close"
+        and all(c.type not in ("link_open", "link_close") for c in inner[1:-1])
+    )
+
+
+# --- blocks -------------------------------------------------------------------------------
+
+_FULL_STOPS = ".!?。！？…‼⁇⁈⁉؟।॥"
+_CLOSERS = "\"'”’」』）)]】»"
+_SOFT_ENDS = ",;:，；：、"
+_MARKER = re.compile(r"^\s*\[(?:!\w+|[ xX])\]\s+")  # "[!NOTE]" alerts, "[ ]" task boxes
+_SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.;:!?。，、；：！？)\]）】])")
+_EMPTY_BRACKETS = re.compile(r"\(\s*\)|（\s*）|\[\s*\]")
+# What dropping pieces leaves: ", , ," or ", ." or a block starting with a comma.
+_SOFT_RUN = re.compile(r"([,;:，；：、])(?:\s*[,;:，；：、])+")
+_SOFT_BEFORE_STOP = re.compile(r"[,;:，；：、]\s*([.!?。！？])")
+
+
+def _is_ideograph(ch: str) -> bool:
+    """Han or kana: scripts whose sentences end in "。" and take full-width punctuation."""
+    return unicodedata.name(ch, "").startswith(("CJK", "HIRAGANA", "KATAKANA"))
+
+
+def _last_letter(text: str) -> str:
+    return next((ch for ch in reversed(text) if ch.isalnum()), "")
+
+
+def _resolve_breaks(text: str) -> str:
+    pieces = [p.strip() for p in text.split(_BREAK)]
+    out = ""
+    for piece in pieces:
+        if not piece:
+            continue
+        if out and out[-1] not in _FULL_STOPS + _SOFT_ENDS:
+            out += "，" if _is_ideograph(out[-1]) else ","
+        out += ("" if not out or _is_ideograph(piece[0]) else " ") + piece
+    return out
+
+
+def _tidy(text: str) -> str:
+    """One line of speech: breaks resolved, whitespace collapsed, no gaps before punctuation
+    or empty brackets left behind by what was dropped."""
+    text = _resolve_breaks(" ".join(text.split()))
+    text = _EMPTY_BRACKETS.sub(" ", text)
+    text = _SPACE_BEFORE_PUNCT.sub(r"\1", " ".join(text.split()))
+    text = _SOFT_BEFORE_STOP.sub(r"\1", _SOFT_RUN.sub(r"\1", text))
+    return unicodedata.normalize("NFC", text.strip().lstrip(_SOFT_ENDS).lstrip())
+
+
+def terminate(text: str, *, ideographic: bool = False) -> str:
+    """End a block with sentence punctuation of its script, unless it already has one: "。"
+    after Chinese or Japanese (or anywhere with ``ideographic``), "." otherwise. A trailing
+    comma or colon becomes the stop."""
+    text = text.rstrip()
+    body = text.rstrip(_CLOSERS)
+    if not body or body[-1] in _FULL_STOPS:
+        return text
+    closers = text[len(body) :]
+    body = body.rstrip(_SOFT_ENDS).rstrip()
+    if not body:
+        return text
+    stop = "。" if ideographic or _is_ideograph(_last_letter(body) or " ") else "."
+    return body + closers + stop
+
+
+def _comparable(text: str) -> str:
+    """Letters and digits only, case folded: "Pre-lecture quiz" == "Pre-lecture Quiz!"."""
+    return "".join(ch for ch in text if ch.isalnum()).casefold()
+
+
+class _Builder:
+    """Collects blocks, applying the rules that look at neighbours.
+
+    ``ideographic``: the document is Chinese or Japanese, so a block with Han or kana in it
+    takes full-width punctuation even where it ends in a Latin word ("安装 Python。").
+    """
+
+    def __init__(self, *, ideographic: bool) -> None:
+        self.ideographic = ideographic
+        self.blocks: list[Block] = []
+        self.last_heading = ""  # comparable text of a heading just emitted, until other text
+
+    def wide(self, text: str) -> bool:
+        return self.ideographic and any(_is_ideograph(ch) for ch in text)
+
+    def add(self, text: str, kind: BlockKind, level: int = 0, *, lone_link: bool = False) -> None:
+        # Cleaned again as a whole: dropping a piece can join its neighbours into a URL or tag.
+        text = _tidy(_clean(text))
+        if kind == "code":
+            if not self.blocks or self.blocks[-1].kind != "code":
+                self.blocks.append(Block("", "code"))  # the cue is filled in once the
+            return  # item's language is known
+        if kind != "heading":
+            text = _MARKER.sub("", text)
+        if not is_speakable(text):
+            return
+        comparable = _comparable(text)
+        if comparable == self.last_heading and (lone_link or kind == "heading"):
+            return  # "## Quiz" then "[Quiz](url)", or a title repeated as the first heading
+        text = terminate(text, ideographic=self.wide(text))
+        if _URL_RESIDUE.search(text):  # a bare "www" given its full stop
+            text = terminate(_tidy(_URL_RESIDUE.sub("", text)), ideographic=self.wide(text))
+            if not is_speakable(text):
+                return
+        self.last_heading = comparable if kind == "heading" else ""
+        self.blocks.append(Block(text, kind, level))
+
+    def table(self, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        """Body rows as "header: value, header: value." Pairs are parted by semicolons
+        throughout a table where a cell holds a comma of its own (a <br>)."""
+        headers = [_tidy(_clean(h)) for h in headers]
+        rows = [[_tidy(_clean(cell)) for cell in row] for row in rows]
+        commas = any("," in c or "，" in c for row in rows for c in row)
+        for row in rows:
+            pairs = []
+            for i, value in enumerate(row):
+                if not is_speakable(value):
+                    continue
+                header = headers[i] if i < len(headers) else ""
+                if not is_speakable(header) or _comparable(header) == _comparable(value):
+                    pairs.append(value)
+                else:
+                    pairs.append(header + ("：" if self.wide(header) else ": ") + value)
+            wide = self.wide(" ".join(pairs))
+            joiner = ("；" if wide else "; ") if commas else ("，" if wide else ", ")
+            self.add(joiner.join(p.rstrip(_SOFT_ENDS) for p in pairs), "table_row")
+
+
+class _Html(HTMLParser):
+    """Text of an HTML block, as blocks: tags never spoken, their text kept."""
+
+    _BLOCK_TAGS = frozenset(
+        (
+            "address", "article", "aside", "blockquote", "center", "dd", "details", "dialog",
+            "div", "dl", "dt", "fieldset", "figcaption", "figure", "footer", "form", "header",
+            "hr", "li", "main", "nav", "ol", "p", "section", "summary", "table", "tbody",
+            "thead", "tfoot", "ul",
+        )
+    )  # fmt: skip
+    _SILENT = frozenset(("script", "style", "template", "svg", "math"))
+
+    def __init__(self, builder: _Builder, *, images: Images, tables: Tables) -> None:
+        super().__init__(convert_charrefs=True)
+        self.builder, self.images, self.tables = builder, images, tables
+        self.parts: list[str] = []
+        self.kind: BlockKind = "paragraph"
+        self.level = 0
+        self.silent = 0
+        self.pre = 0
+        self.code: list[str] | None = None
+        self.cells: list[tuple[bool, str]] | None = None  # (is header, text) of the open row
+        self.headers: list[str] = []
+        self.rows: list[list[str]] = []
+
+    def _flush(self) -> None:
+        if self.cells is not None:  # a block inside a table cell: a break within the cell
+            self.parts.append(_BREAK)
+            return
+        text = "".join(self.parts)
+        self.parts = []
+        self.builder.add(text, self.kind, self.level)
+        self.kind, self.level = "paragraph", 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self._SILENT:
+            self.silent += 1
+        elif tag == "pre":
+            self._flush()
+            self.pre += 1
+        elif tag == "code" and not self.pre:
+            self.code = []
+        elif tag == "br":
+            self.parts.append(_BREAK)
+        elif tag == "img" and self.images == "alt":
+            self.parts.append(" " + _clean(dict(attrs).get("alt") or "") + " ")
+        elif tag == "tr":
+            self._flush()
+            self.cells = []
+        elif tag in ("td", "th") and self.cells is not None:
+            self.parts = []
+        elif tag in ("h1", "h2", "h3", "h4", "h5", "h6"):
+            self._flush()
+            self.kind, self.level = "heading", int(tag[1])
+        elif tag in self._BLOCK_TAGS:
+            self._flush()
+            if tag == "li":
+                self.kind = "list_item"
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._SILENT:
+            self.silent = max(0, self.silent - 1)
+        elif tag == "pre" and self.pre:
+            self.pre -= 1
+            self.builder.add("", "code")
+        elif tag == "code" and self.code is not None:
+            self.parts.append(_inline_code("".join(self.code)))
+            self.code = None
+        elif tag in ("td", "th") and self.cells is not None:
+            self.cells.append((tag == "th", "".join(self.parts)))
+            self.parts = []
+        elif tag == "tr" and self.cells is not None:
+            cells, self.cells = self.cells, None
+            if cells and all(is_header for is_header, _ in cells) and not self.rows:
+                self.headers = [c for _, c in cells]
+            else:
+                self.rows.append([c for _, c in cells])
+        elif tag == "table":
+            self._end_table()
+        elif tag in ("h1", "h2", "h3", "h4", "h5", "h6") or tag in self._BLOCK_TAGS:
+            self._flush()
+
+    def _end_table(self) -> None:
+        if self.tables == "rows" and self.rows:
+            self.builder.table(self.headers, self.rows)
+        self.headers, self.rows = [], []
+
+    def handle_data(self, data: str) -> None:
+        if self.silent or self.pre:
+            return
+        if self.code is not None:
+            self.code.append(data)
+        else:  # Markdown is not parsed inside an HTML block: its emphasis marks are literal
+            self.parts.append(_clean(_EMPHASIS.sub("", data)))
+
+    def close(self) -> None:
+        super().close()
+        self._end_table()
+        self._flush()
+
+
+def _front_matter_title(content: str) -> str:
+    match = re.search(r"(?m)^title\s*:\s*(.*?)\s*$", content)
+    if not match:
+        return ""
+    title = match.group(1).strip()
+    if title[:1] in "\"'" and title[-1:] == title[:1]:
+        title = title[1:-1]
+    return "" if title in (">", "|", ">-", "|-") else title
+
+
+def markdown_blocks(
+    markdown: str,
+    *,
+    language: str | None = None,
+    code: CodeBlocks = "cue",
+    images: Images = "alt",
+    tables: Tables = "rows",
+) -> tuple[Block, ...]:
+    """What a listener hears of a Markdown document, as blocks (see the module docstring).
+
+    ``language`` picks the code cue's language; by default the language of the prose.
+    """
+    markdown = markdown.replace("\r\n", "\n").replace(_BREAK, " ")
+    inline = _Inline(images=images)
+    tokens = _parser().parse(markdown)
+    # The prose's language sets the punctuation (and the code cue) of every block.
+    prose = " ".join(t.content for t in tokens if t.type == "inline")
+    language = language or detect_language(drop_emoji(prose))
+    builder = _Builder(ideographic=language.lower()[:2] in ("zh", "ja"))
+    stack: list[str] = []  # open block tokens
+    number: str | None = None  # an ordered list item's number, for its first paragraph
+    headers: list[str] = []
+    rows: list[list[str]] = []
+    row: list[str] | None = None
+    footnotes = 0
+    for i, token in enumerate(tokens):
+        kind = token.type
+        if kind.startswith("footnote_block"):
+            footnotes += 1 if kind.endswith("_open") else -1
+            continue
+        if footnotes:
+            continue
+        if kind.endswith("_open"):
+            stack.append(kind)
+            if kind == "list_item_open":
+                ordered = "ordered_list_open" in stack[-2:-1]
+                number = f"{token.info}. " if ordered and token.info else None
+            elif kind == "tr_open":
+                row = []
+            continue
+        if kind.endswith("_close"):
+            if stack:
+                stack.pop()
+            if kind == "tr_close" and row is not None:
+                if "thead_open" in stack:
+                    headers = row
+                else:
+                    rows.append(row)
+                row = None
+            elif kind == "table_close":
+                if tables == "rows":
+                    builder.table(headers, rows)
+                headers, rows = [], []
+            continue
+        if kind == "front_matter":
+            builder.add(_clean(_front_matter_title(token.content)), "heading", 1)
+        elif kind in ("fence", "code_block"):
+            if code == "cue":
+                builder.add("", "code")
+        elif kind == "html_block":
+            parser = _Html(builder, images=images, tables=tables)
+            parser.feed(token.content)
+            parser.close()
+        elif kind == "inline":
+            text = inline.render(token.children or [])
+            parent = stack[-1] if stack else ""
+            if parent in ("th_open", "td_open"):
+                if row is not None:
+                    row.append(text)
+            elif parent == "heading_open":
+                builder.add(text, "heading", int(tokens[i - 1].tag[1:]))
+            elif "list_item_open" in stack:
+                if is_speakable(text):
+                    builder.add((number or "") + text, "list_item")
+                number = None
+            else:
+                builder.add(text, "paragraph", lone_link=_is_lone_link(token.children or []))
+        # hr, html in other places: nothing to say
+    cue = code_cue(language)
+    return tuple(
+        Block(cue, "code") if b.kind == "code" else b
+        for b in builder.blocks
+        if b.kind != "code" or code == "cue"
+    )

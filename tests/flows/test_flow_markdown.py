@@ -1,0 +1,47 @@
+"""A Markdown lesson end to end: what the server is sent, and the pauses in the stitched audio."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import regex
+
+from fishflow.emulator import Emulator
+from fishflow.pipeline import Item, item_chunks, validate_row
+from fishflow.run import run_spec
+from fishflow.settings import RunSettings
+from fishflow.sources import read_source
+from tests.flows.helpers import decode, manifest, run
+
+LESSON = Path(__file__).parents[2] / "examples" / "course" / "lessons" / "3-cloud" / "README.md"
+
+
+def test_a_lesson_is_sent_as_speech_and_stitched_with_pauses_by_boundary(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    source = tmp_path / "course"
+    source.mkdir()
+    shutil.copy(LESSON, source / "lesson.md")
+    settings = RunSettings(pause_section_ms=1500)
+    summary = run(source, tmp_path / "out", [emulator.url], settings=settings)
+    assert summary["ok"] == 1
+    row = manifest(tmp_path / "out", "items", summary["run_id"]).iloc[0]
+    chunks = manifest(tmp_path / "out", "chunks", summary["run_id"]).sort_values("chunk_index")
+
+    texts = emulator.stats["texts"]
+    assert "Send readings to the cloud." in texts and "Code example." not in texts
+    for text in texts:  # nothing unspeakable reached the server
+        assert not regex.search(r"://|`|\||<[A-Za-z/]|\p{Extended_Pictographic}", text), text
+
+    # The same chunks, and so the same joins, as `fishflow preview` shows.
+    spec = run_spec(settings)
+    entry = validate_row(next(iter(read_source(str(source))))[0], spec, set())
+    assert isinstance(entry, Item)
+    expected = item_chunks(entry, spec)
+    assert list(chunks["utf8_bytes"]) == [c.utf8_bytes for c in expected]
+    pauses = sum(spec.audio.pause_after_ms(c.boundary) for c in expected) / 1000
+    assert {c.boundary for c in expected} >= {"section", "paragraph", "clause"}
+    _, duration, _ = decode(Path(row.audio_uri).read_bytes())
+    assert duration == pytest.approx(chunks["duration_s"].sum() + pauses, abs=0.01)
