@@ -75,7 +75,7 @@ def test_a_long_item_streams_to_its_file_with_flat_memory_and_true_offsets(
         _, peak = _peak_rss_since_reset()
     item = manifest(out, "items", summary["run_id"]).iloc[0]
     chunks = manifest(out, "chunks", summary["run_id"]).sort_values("chunk_index")
-    assert item.status == "ok" and item.chunk_count == len(chunks) > 100
+    assert item.status == "ok" and item.chunk_count == len(chunks) > chars // 500
     assert item.audio_uri == str(out / f"audio/books/long.{fmt}")
     path = Path(item.audio_uri)
     info = sf.info(str(path))
