@@ -27,6 +27,7 @@ bench: $(STAMP)
 check: $(STAMP)
 	$(BIN)/ruff format --check fishflow tasks flows tests bench
 	$(BIN)/ruff check fishflow tasks flows tests bench
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

@@ -56,7 +56,7 @@ def decode(data: bytes) -> Audio:
     try:
         samples, rate = sf.read(io.BytesIO(data), dtype="int16", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        raise BadAudio(f"response is not decodable audio ({len(data)} bytes): {exc}") from None
+        raise BadAudio(f"response is not decodable audio ({len(data)} bytes): {exc}") from exc
     mono = samples.mean(axis=1).astype(np.int16) if samples.shape[1] > 1 else samples[:, 0]
     return Audio(mono, rate)
 
@@ -131,7 +131,7 @@ def encode(audio: Audio, fmt: str) -> bytes:
             wav.setnchannels(1)
             wav.setsampwidth(2)
             wav.setframerate(audio.sample_rate)
-            wav.writeframes(audio.samples.astype("<i2", copy=False))
+            wav.writeframes(audio.samples.astype("<i2", copy=False).tobytes())
         return buf.getvalue()
     container, subtype, _ = _ENCODING[fmt]
     sf.write(buf, audio.samples, audio.sample_rate, format=container, subtype=subtype)

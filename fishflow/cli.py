@@ -2,7 +2,7 @@
 
 Prefect is imported only by the commands that need it (about 1.6 s), so `fishflow emulator`
 starts at once. Exit status: 0 nothing failed, 2 some items failed (manifests written),
-1 a run-level error (one line on stderr, no traceback).
+1 a run-level error (one line on stderr, no traceback), 64 a usage error, 130 stopped.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import difflib
 import functools
+import importlib.metadata
 import logging
 import os
 import signal
@@ -21,7 +23,72 @@ import typing
 from typing import Any, get_args, get_origin
 
 from fishflow.errors import ConfigError, FishflowError
-from fishflow.settings import RunSettings, validated
+from fishflow.settings import RunSettings, ServerConfig, validated
+
+DEFAULT_SERVER = "http://127.0.0.1:8080"
+EX_USAGE = 64  # sysexits.h: the command was used incorrectly
+
+EXIT_STATUS = """\
+exit status:
+  0    nothing failed
+  1    a run-level error (unreadable source, no server answering, bad API key, no credit,
+       missing bucket, disk full): one line on stderr says what to fix
+  2    some items failed; the manifests say which and why
+  64   usage error (unknown option, missing argument, bad value)
+  130  stopped (Ctrl-C or SIGTERM); finished items are recorded: fishflow resume RUN_ID --out OUT
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that answers a usage error in one line, with the closest option or command
+    when one was mistyped, and exits 64 (EX_USAGE: 2 means "some items failed" here)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, _Parser] = {}
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(EX_USAGE, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+
+    def parse(self, args: list[str] | None) -> argparse.Namespace:
+        """parse_args, with unknown options reported by the subcommand that was given."""
+        parsed, extras = self.parse_known_args(args)
+        if extras:
+            # argparse reports these against the top-level parser; the subcommand's options
+            # are the ones to suggest from.
+            parser = self.commands.get(getattr(parsed, "command", None) or "", self)
+            parser.error(parser.unrecognized(extras))
+        return parsed
+
+    def unrecognized(self, extras: list[str]) -> str:
+        known = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+        for arg in extras:
+            if arg.startswith("-"):
+                option = arg.split("=", 1)[0]
+                close = difflib.get_close_matches(option, known, n=1)
+                hint = f": did you mean {close[0]}?" if close else ""
+                return f"unrecognized option {option}{hint}"
+        return f"unexpected argument {extras[0]!r}"
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError as exc:
+            choices = [str(c) for c in action.choices or ()]
+            close = difflib.get_close_matches(str(value), choices, n=1)
+            if not close:
+                raise
+            raise argparse.ArgumentError(
+                action, f"{exc.message}: did you mean {close[0]}?"
+            ) from exc
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("fishflow")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown"
 
 
 def _field_type(annotation: Any) -> tuple[Any, list[str] | None]:
@@ -39,21 +106,28 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("run settings (also the flow's `settings` parameter)")
     for name, info in RunSettings.model_fields.items():
         kind, choices = _field_type(info.annotation)
+        default = "none" if info.default is None else info.default
+        description = info.description or ""
+        if "default:" not in description:
+            description += f" (default: {default})"
         group.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,
             type=kind,
             choices=choices,
             default=None,
-            help=f"{info.description} (default: {info.default})",
+            help=description,
         )
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fishflow", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def _build_parser() -> _Parser:
+    parser = _Parser(prog="fishflow", description=__doc__.splitlines()[0], epilog=EXIT_STATUS)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="synthesise a catalog and publish audio + manifests")
+    run = sub.add_parser(
+        "run", help="synthesise a catalog and publish audio + manifests", epilog=EXIT_STATUS
+    )
     run.add_argument("source", help="CSV/JSONL/Parquet file, folder of .txt/.md, or s3:// URI")
     run.add_argument("--out", required=True, help="output folder or s3://bucket/prefix")
     run.add_argument(
@@ -61,11 +135,15 @@ def _build_parser() -> argparse.ArgumentParser:
         action="append",
         dest="servers",
         metavar="URL",
-        help="Fish Speech server; repeat for a pool; URL#limit=N sets its limit",
+        help="Fish Speech server; repeat for a pool; URL#limit=N sets its limit "
+        f"(default: {DEFAULT_SERVER})",
     )
     run.add_argument("--force", action="store_true", help="redo items unchanged since a run")
     run.add_argument("--run-id", help="run id (default: time-based)")
-    run.add_argument("--api-key-secret", help="Prefect Secret block holding the API key")
+    run.add_argument(
+        "--api-key-secret",
+        help="Prefect Secret block holding the API key (default: FISHFLOW_API_KEY, or none)",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument(
         "--deployment",
@@ -76,16 +154,20 @@ def _build_parser() -> argparse.ArgumentParser:
         "--shards",
         type=int,
         default=1,
-        help="with --deployment: split the run into N child runs any worker may take",
+        help="with --deployment: split the run into N child runs any worker may take (default: 1)",
     )
     _add_settings_flags(run)
 
-    resume = sub.add_parser("resume", help="finish a run that was stopped or killed")
+    resume = sub.add_parser(
+        "resume", help="finish a run that was stopped or killed", epilog=EXIT_STATUS
+    )
     resume.add_argument("run_id", help="the run to finish (see <out>/manifests/run=<id>)")
     resume.add_argument("--out", required=True, help="the run's output folder or s3:// prefix")
     resume.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    retry = sub.add_parser("retry-errors", help="re-run only the items that failed in a run")
+    retry = sub.add_parser(
+        "retry-errors", help="re-run only the items that failed in a run", epilog=EXIT_STATUS
+    )
     retry.add_argument("out", help="output folder or s3://bucket/prefix")
     retry.add_argument("--run", dest="run_id", help="run id (default: the latest run)")
     retry.add_argument(
@@ -93,7 +175,7 @@ def _build_parser() -> argparse.ArgumentParser:
         action="append",
         dest="servers",
         metavar="URL",
-        help="servers to use instead of the run's own",
+        help="servers to use instead of the run's own (default: the run's own)",
     )
     retry.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -109,7 +191,9 @@ def _build_parser() -> argparse.ArgumentParser:
         required=True,
         help="server URL; URL#limit=N sets its limit",
     )
-    limits.add_argument("--max-in-flight", type=int, default=2, help="default limit per server")
+    limits.add_argument(
+        "--max-in-flight", type=int, default=2, help="default limit per server (default: 2)"
+    )
 
     preview = sub.add_parser(
         "preview",
@@ -153,17 +237,29 @@ def _build_parser() -> argparse.ArgumentParser:
         "--listen", default="127.0.0.1:8080", help="host:port (default 127.0.0.1:8080)"
     )
     emu.add_argument("--workers", type=int, default=1, help="serial workers (default 1)")
-    emu.add_argument("--rtf", type=float, default=0.0, help="compute seconds per audio second")
+    emu.add_argument(
+        "--rtf", type=float, default=0.0, help="compute seconds per audio second (default: 0)"
+    )
     emu.add_argument(
         "--level-db", type=float, default=None, help="peak level of the voice, dBFS (e.g. -30)"
     )
-    emu.add_argument("--service-time", type=float, default=None, help="fixed seconds per request")
+    emu.add_argument(
+        "--service-time",
+        type=float,
+        default=None,
+        help="fixed seconds per request (default: none, --rtf decides)",
+    )
     emu.add_argument(
         "--api-key",
         default=os.environ.get("FISHFLOW_EMULATOR_API_KEY"),
-        help="require this Bearer key (or FISHFLOW_EMULATOR_API_KEY)",
+        help="require this Bearer key (default: FISHFLOW_EMULATOR_API_KEY, or none)",
     )
-    emu.add_argument("--max-text-length", type=int, default=None, help="400 above this length")
+    emu.add_argument(
+        "--max-text-length",
+        type=int,
+        default=None,
+        help="400 above this length (default: no limit)",
+    )
     for fault in (
         "error_rate",
         "reset_rate",
@@ -176,28 +272,86 @@ def _build_parser() -> argparse.ArgumentParser:
             "--" + fault.replace("_", "-"),
             type=float,
             default=0.0,
-            help=f"fault: share of requests answered with {fault.split('_')[0]}",
+            help=f"fault: share of requests answered with {fault.split('_')[0]} (default: 0)",
         )
-    emu.add_argument("--retry-after", type=float, default=1.0, help="Retry-After of 429s")
-    emu.add_argument("--slow-s", type=float, default=5.0, help="how long a slow generation hangs")
+    emu.add_argument(
+        "--retry-after", type=float, default=1.0, help="Retry-After of 429s (default: 1)"
+    )
+    emu.add_argument(
+        "--slow-s", type=float, default=5.0, help="how long a slow generation hangs (default: 5)"
+    )
     emu.add_argument(
         "--tier-limit",
         type=int,
         default=None,
-        help="answer 429 beyond this many requests in flight (like the cloud)",
+        help="answer 429 beyond this many requests in flight, like the cloud (default: no limit)",
     )
-    emu.add_argument("--latency", type=float, default=0.0, help="extra seconds per request")
+    emu.add_argument(
+        "--latency", type=float, default=0.0, help="extra seconds per request (default: 0)"
+    )
+    parser.commands = dict(sub.choices)
     return parser
 
 
 def _quiet_prefect() -> None:
-    """Keep Prefect's start-up and shutdown noise away from a user's terminal."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    """Keep Prefect's start-up and shutdown noise away from a user's terminal.
+
+    Call before importing Prefect. Its run logs still reach the Prefect API (and its UI) at
+    Prefect's own level; only the console is filtered, by `_filter_prefect_console`.
+    """
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # telemetry notices
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     # The ephemeral API takes 10-25 s to start here, more on a busy machine; the default
     # 20 s limit turned a slow start into a failed run.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+
+class _OwnWarningsOnly(logging.Filter):
+    """On the console: warnings from fishflow (and other libraries), nothing Prefect says
+    itself. A run that fails is reported in one line by `main`; Prefect's engine would
+    print its traceback and "Finished in state Failed" first, and its event worker adds
+    "Still processing items" at exit. All of it still goes to the Prefect API."""
+
+    def __init__(self, prefect_dir: str) -> None:
+        super().__init__()
+        self.prefect_dir = prefect_dir
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or record.pathname.startswith(self.prefect_dir):
+            return False
+        # Run loggers carry what fishflow's flows and tasks log; other prefect.* and server
+        # loggers are Prefect's own, whoever calls them.
+        return record.name.startswith(("prefect.flow_runs", "prefect.task_runs")) or (
+            not record.name.startswith(("prefect", "uvicorn", "fastapi"))
+        )
+
+
+def _filter_prefect_console() -> None:
+    """Attach `_OwnWarningsOnly` to the handlers Prefect writes to the terminal with."""
+    import prefect
+    from prefect.logging.configuration import ensure_logging_setup
+
+    ensure_logging_setup()  # a no-op once done; later set-ups are incremental and keep filters
+    prefect_dir = os.path.dirname(prefect.__file__)
+    # The root's console handler, and the one of Prefect's internal machinery (its services
+    # log ERROR lines there, e.g. while a concurrency slot is awaited).
+    names = ["", "uvicorn", "fastapi", "prefect._internal"]
+    handlers = {h for name in names for h in logging.getLogger(name).handlers}
+    for handler in handlers:
+        if isinstance(handler, logging.StreamHandler) and not any(
+            isinstance(f, _OwnWarningsOnly) for f in handler.filters
+        ):
+            handler.addFilter(_OwnWarningsOnly(prefect_dir))
+
+
+def _preflight(source: str, servers: list[ServerConfig]) -> None:
+    """What would stop the run at once, found before Prefect starts (seconds) and before
+    anything is written: a source that cannot be read, servers that all refuse connections."""
+    from fishflow.pool import check_servers
+    from fishflow.sources import check_source
+
+    check_source(source)
+    asyncio.run(check_servers(servers))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -207,8 +361,9 @@ def _run(args: argparse.Namespace) -> int:
         return _submit(args, overrides)
     if args.shards != 1:
         raise ConfigError("--shards needs --deployment: child runs are runs of a deployment")
-    servers = args.servers or ["http://127.0.0.1:8080"]
-    settings.server_configs(servers)  # refuse bad URLs before paying for Prefect's start-up
+    servers = args.servers or [DEFAULT_SERVER]
+    configs = settings.server_configs(servers)  # bad URLs are refused before Prefect starts
+    _preflight(args.source, configs)
     from fishflow.run import new_run_id
 
     run_id = args.run_id or new_run_id()
@@ -233,6 +388,8 @@ def _resume(args: argparse.Namespace) -> int:
     from fishflow.storage import open_store
 
     record = read_run_record(open_store(args.out), args.run_id)
+    settings = validated(RunSettings, **record["settings"])
+    _preflight(record["source"], settings.server_configs(record["servers"]))
     return _with_flow(
         args,
         args.run_id,
@@ -241,7 +398,7 @@ def _resume(args: argparse.Namespace) -> int:
             source=record["source"],
             out=args.out,
             servers=record["servers"],
-            settings=validated(RunSettings, **record["settings"]),
+            settings=settings,
             force=record["force"],
             run_id=args.run_id,
             api_key_secret=record.get("api_key_secret"),
@@ -268,6 +425,8 @@ def _with_flow(args: argparse.Namespace, run_id: str | None, out: str, call: Any
     """Run a flow in this process with a progress bar, then print the summary."""
     _quiet_prefect()
     from prefect.exceptions import TerminationSignal  # Prefect's own SIGTERM handler raises it
+
+    _filter_prefect_console()
 
     import flows.refresh_catalog_audio
     import flows.retry_errors
@@ -306,6 +465,15 @@ def _with_flow(args: argparse.Namespace, run_id: str | None, out: str, call: Any
         hint = f"; finish it with: fishflow resume {run_id} --out {out}" if run_id else ""
         print(f"fishflow: stopped; finished items are recorded{hint}", file=sys.stderr)
         return 130
+    except RuntimeError as exc:
+        if "ephemeral Prefect API" not in str(exc):
+            raise
+        # Its message carries the server's whole stdout and stderr: not a line to print.
+        raise ConfigError(
+            "Prefect's temporary API did not start in time: start one with `prefect server "
+            "start` and set PREFECT_API_URL (or raise "
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)"
+        ) from exc
     finally:
         signal.signal(signal.SIGTERM, previous)
         progress.close()
@@ -359,7 +527,7 @@ def _preview(args: argparse.Namespace) -> int:
     from fishflow.run import entry_batches, run_spec
 
     overrides = {k: v for k in RunSettings.model_fields if (v := getattr(args, k)) is not None}
-    settings: RunSettings = validated(RunSettings, **overrides)  # type: ignore[assignment]
+    settings = validated(RunSettings, **overrides)
     spec = run_spec(settings)
     wanted = set(args.item_ids or ())
     items = chunks = mid_sentence = 0
@@ -434,6 +602,8 @@ def _require_prefect_api(what: str) -> None:
     _quiet_prefect()
     from prefect.settings import get_current_settings
 
+    _filter_prefect_console()
+
     if not get_current_settings().api.url:
         raise ConfigError(f"PREFECT_API_URL is not set: {what}")
 
@@ -442,6 +612,7 @@ def _submit(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     """Start a run of a deployment with this command's source, output and options (only the
     options given: the rest come from the deployment), and say where to follow it."""
     _require_prefect_api("--deployment submits the run to the Prefect server your workers use")
+    from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
 
     from fishflow.run import new_run_id
@@ -467,8 +638,12 @@ def _submit(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     if args.api_key_secret:
         parameters["api_key_secret"] = args.api_key_secret
     try:
-        flow_run = run_deployment(
-            name, parameters=parameters, flow_run_name=run_id, timeout=0, as_subflow=False
+        # Called outside an event loop, run_deployment returns the FlowRun itself.
+        flow_run = typing.cast(
+            FlowRun,
+            run_deployment(
+                name, parameters=parameters, flow_run_name=run_id, timeout=0, as_subflow=False
+            ),
         )
     except Exception as exc:
         raise ConfigError(f"could not start a run of deployment {name!r}: {exc}") from exc
@@ -507,6 +682,8 @@ def _limits(args: argparse.Namespace) -> int:
     _quiet_prefect()
     from prefect.settings import get_current_settings
 
+    _filter_prefect_console()
+
     from tasks.limits import create_limits
 
     if not get_current_settings().api.url:
@@ -520,7 +697,7 @@ def _limits(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    args = _build_parser().parse(argv)
     try:
         if args.command == "run":
             return _run(args)

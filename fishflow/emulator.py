@@ -664,7 +664,7 @@ class Emulator:
     ):
         self.config = config or EmulatorConfig()
         self._server = _Server((host, port), self.config)
-        self.host, self.port = self._server.server_address[:2]
+        self.host, self.port = host, self._server.server_address[1]
         self._thread: threading.Thread | None = None
 
     @property

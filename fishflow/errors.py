@@ -62,8 +62,16 @@ class SourceError(FishflowError):
 class SynthesisError(FishflowError):
     stage = "synthesis"
 
-    def __init__(self, message: str, *, server: str | None = None, **kwargs: object) -> None:
-        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        message: str,
+        *,
+        server: str | None = None,
+        http_status: int | None = None,
+        retryable: bool | None = None,
+        fatal: bool | None = None,
+    ) -> None:
+        super().__init__(message, http_status=http_status, retryable=retryable, fatal=fatal)
         self.server = server
 
 
@@ -76,9 +84,10 @@ class ServerUnavailable(SynthesisError):
         *,
         connection_failed: bool = False,
         timed_out: bool = False,
-        **kwargs: object,
+        server: str | None = None,
+        http_status: int | None = None,
     ) -> None:
-        super().__init__(message, **kwargs)
+        super().__init__(message, server=server, http_status=http_status)
         self.connection_failed = connection_failed  # refused: the server never saw the request
         self.timed_out = timed_out
 
@@ -86,8 +95,15 @@ class ServerUnavailable(SynthesisError):
 class ServerBusy(SynthesisError):
     retryable = True
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object) -> None:
-        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        server: str | None = None,
+        http_status: int | None = None,
+    ) -> None:
+        super().__init__(message, server=server, http_status=http_status)
         self.retry_after = retry_after
 
 

@@ -214,17 +214,17 @@ class FishSpeechClient:
                 f"cannot connect to {self.base_url}: {type(exc).__name__}",
                 server=self.base_url,
                 connection_failed=True,
-            ) from None
+            ) from exc
         except httpx.TimeoutException as exc:
             raise ServerUnavailable(
                 f"{type(exc).__name__} after {read_timeout_s:.0f} s from {self.base_url}",
                 server=self.base_url,
                 timed_out=True,
-            ) from None
+            ) from exc
         except httpx.TransportError as exc:  # reset, truncated body, protocol error
             raise ServerUnavailable(
                 f"{type(exc).__name__} from {self.base_url}: {exc}", server=self.base_url
-            ) from None
+            ) from exc
         _raise_for_status(response, self.base_url)
         try:
             audio = decode(content)
@@ -253,6 +253,20 @@ class FishSpeechClient:
             return None
         ids = body.get("reference_ids") if isinstance(body, dict) else None
         return {str(i) for i in ids} if isinstance(ids, list) else None
+
+    async def connection_problem(self, timeout_s: float = 3.0) -> str | None:
+        """Why the server cannot be reached (refused, timed out), or None when it took the
+        connection: any answer counts, and so does none in time (a busy serial server answers
+        /v1/health only when its generation ends)."""
+        try:
+            await self._client.get("/v1/health", timeout=httpx.Timeout(timeout_s, read=1.0))
+        except httpx.ConnectTimeout:
+            return f"no connection within {timeout_s:.0f} s"
+        except httpx.ConnectError as exc:
+            return str(exc) or type(exc).__name__
+        except httpx.HTTPError:
+            pass
+        return None
 
     async def health(self, timeout_s: float = 5.0) -> bool:
         """True when the server answers /v1/health (GET, then POST for servers before 1.5.1)."""

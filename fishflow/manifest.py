@@ -94,7 +94,7 @@ ERRORS_SCHEMA = pa.schema(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ItemRow:
     run_id: str
     item_id: str | None
@@ -121,7 +121,7 @@ class ItemRow:
     chapters_uri: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ChunkRow:
     run_id: str
     item_id: str
@@ -139,7 +139,7 @@ class ChunkRow:
     status: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ErrorRow:
     run_id: str
     item_id: str | None
@@ -354,10 +354,8 @@ def run_record_exists(store: Store, run_id: str) -> bool:
 def read_run_record(store: Store, run_id: str) -> dict[str, Any]:
     try:
         return json.loads(store.get(run_record_key(run_id)))
-    except (FileNotFoundError, StorageError):
-        raise ConfigError(
-            f"no run {run_id} in {store.root} (no {run_record_key(run_id)})"
-        ) from None
+    except (FileNotFoundError, StorageError) as exc:
+        raise ConfigError(f"no run {run_id} in {store.root} (no {run_record_key(run_id)})") from exc
 
 
 def latest_run_id(store: Store) -> str:
@@ -398,10 +396,10 @@ def failed_rows(store: Store, run_id: str) -> list[int]:
     key = f"{run_prefix(run_id)}/items.parquet"
     try:
         data = store.get(key)
-    except (FileNotFoundError, StorageError):
+    except (FileNotFoundError, StorageError) as exc:
         raise ConfigError(
             f"run {run_id} has no final manifest ({key}): resume it first (fishflow resume)"
-        ) from None
+        ) from exc
     table = pq.read_table(pa.BufferReader(data), columns=["source_row", "status"])
     return sorted(r for r, s in zip(*(table[c].to_pylist() for c in ("source_row", "status")),
                                     strict=True) if s == "failed")  # fmt: skip

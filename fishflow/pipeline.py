@@ -343,17 +343,17 @@ def _error_row(
     chunk_index: int | None = None,
     stage: str | None = None,
 ) -> ErrorRow:
-    is_ours = isinstance(exc, FishflowError)
+    ours = exc if isinstance(exc, FishflowError) else None
     return ErrorRow(
         run_id=ctx.run_id,
         item_id=item_id,
         source_row=row,
         chunk_index=chunk_index,
-        stage=stage or (exc.stage if is_ours else "run"),
+        stage=stage or (ours.stage if ours else "run"),
         error_type=type(exc).__name__,
-        error_message=(exc.message if is_ours else str(exc)) or type(exc).__name__,
-        http_status=exc.http_status if is_ours else None,
-        retryable=bool(exc.retryable) if is_ours else False,
+        error_message=(ours.message if ours else str(exc)) or type(exc).__name__,
+        http_status=ours.http_status if ours else None,
+        retryable=bool(ours.retryable) if ours else False,
         attempts=getattr(exc, "attempts", 1),
         created_at=ctx.now(),
     )
@@ -371,20 +371,27 @@ def _unprocessed(
     """A failed row that never reached synthesis, with its one error row."""
     now = ctx.now()
     return ItemOutcome(
-        ItemRow(ctx.run_id, entry.item_id, entry.row, "failed", now, error=message),
+        ItemRow(
+            run_id=ctx.run_id,
+            item_id=entry.item_id,
+            source_row=entry.row,
+            status="failed",
+            created_at=now,
+            error=message,
+        ),
         errors=[
             ErrorRow(
-                ctx.run_id,
-                entry.item_id,
-                entry.row,
-                None,
-                stage,
-                error_type,
-                message,
-                None,
-                retryable,
-                0,
-                now,
+                run_id=ctx.run_id,
+                item_id=entry.item_id,
+                source_row=entry.row,
+                chunk_index=None,
+                stage=stage,
+                error_type=error_type,
+                error_message=message,
+                http_status=None,
+                retryable=retryable,
+                attempts=0,
+                created_at=now,
             )
         ],
     )
@@ -401,22 +408,31 @@ def internal_failure(ctx: RunContext, entry: Item | Rejection, exc: BaseExceptio
 
 
 def _failed(
-    ctx: RunContext, item: Item, errors: list[ErrorRow], chunks: list[ChunkRow], **fields: object
+    ctx: RunContext,
+    item: Item,
+    errors: list[ErrorRow],
+    chunks: list[ChunkRow],
+    *,
+    chunk_count: int | None = None,
+    attempts: int | None = None,
+    synth_seconds: float | None = None,
 ) -> ItemOutcome:
     return ItemOutcome(
         ItemRow(
-            ctx.run_id,
-            item.item_id,
-            item.row,
-            "failed",
-            ctx.now(),
+            run_id=ctx.run_id,
+            item_id=item.item_id,
+            source_row=item.row,
+            status="failed",
+            created_at=ctx.now(),
             language=item.language,
             text_sha256=text_sha256(item.text),
             content_key=item.content_key,
             chars=len(item.text),
+            chunk_count=chunk_count,
+            attempts=attempts,
+            synth_seconds=synth_seconds,
             error=errors[0].error_message,
-            **fields,
-        ),  # type: ignore[arg-type]
+        ),
         chunks,
         errors,
     )
@@ -435,11 +451,11 @@ def _skip_if_unchanged(ctx: RunContext, item: Item) -> ItemOutcome | None:
         # when it had several chunks) rather than report it complete without them.
         return None
     row = ItemRow(
-        ctx.run_id,
-        item.item_id,
-        item.row,
-        "skipped",
-        ctx.now(),
+        run_id=ctx.run_id,
+        item_id=item.item_id,
+        source_row=item.row,
+        status="skipped",
+        created_at=ctx.now(),
         language=item.language,
         text_sha256=text_sha256(item.text),
         content_key=item.content_key,
@@ -490,20 +506,20 @@ async def _chunk_audio(
 
 def _failed_chunk_row(ctx: RunContext, item: Item, chunk: Chunk, exc: Exception) -> ChunkRow:
     return ChunkRow(
-        ctx.run_id,
-        item.item_id,
-        item.row,
-        chunk.index,
-        chunk.start,
-        chunk.end,
-        chunk.utf8_bytes,
-        chunk_key(chunk.text, ctx.spec.voice_fingerprint(item.voice)),
-        getattr(exc, "server", None),
-        getattr(exc, "attempts", 1),
-        None,
-        None,
-        False,
-        "failed",
+        run_id=ctx.run_id,
+        item_id=item.item_id,
+        source_row=item.row,
+        chunk_index=chunk.index,
+        start_char=chunk.start,
+        end_char=chunk.end,
+        utf8_bytes=chunk.utf8_bytes,
+        chunk_key=chunk_key(chunk.text, ctx.spec.voice_fingerprint(item.voice)),
+        server=getattr(exc, "server", None),
+        attempts=getattr(exc, "attempts", 1),
+        latency_s=None,
+        duration_s=None,
+        reused=False,
+        status="failed",
     )
 
 
@@ -598,11 +614,11 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
             synth_seconds=synth_seconds,
         )
     row = ItemRow(
-        ctx.run_id,
-        item.item_id,
-        item.row,
-        "ok",
-        ctx.now(),
+        run_id=ctx.run_id,
+        item_id=item.item_id,
+        source_row=item.row,
+        status="ok",
+        created_at=ctx.now(),
         language=item.language,
         text_sha256=text_sha256(item.text),
         content_key=item.content_key,

@@ -77,6 +77,26 @@ def limit_name(server_url: str) -> str:
     return f"fishflow-server-{url.host}-{port}".replace(".", "-").replace(":", "-")
 
 
+async def check_servers(servers: list[ServerConfig], *, timeout_s: float = 3.0) -> None:
+    """Raise AllServersDown, naming each server and why, when none of them takes a connection.
+
+    One request per server, before a run starts, so a wrong URL or a server not started is
+    reported in seconds. A run's pool then copes with servers that come and go on its own.
+    """
+
+    async def problem(config: ServerConfig) -> str | None:
+        async with FishSpeechClient(config.url) as client:
+            return await client.connection_problem(timeout_s)
+
+    problems = await asyncio.gather(*(problem(s) for s in servers))
+    if all(problems):
+        where = "; ".join(f"{s.url}: {p}" for s, p in zip(servers, problems, strict=True))
+        raise AllServersDown(
+            f"no Fish Speech server answers ({where}): "
+            "check that they are running and the --server URLs"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Synthesized:
     audio: Audio
@@ -143,6 +163,10 @@ class ServerPool:
                 )
         self._watchdog: asyncio.Task[None] | None = None
         self._rng = random.Random()
+        # Whether any server has answered in this run (a response of any kind, or a probe):
+        # until one has, every server being down means a wrong URL or nothing started, and
+        # waiting the full grace period only delays saying so.
+        self._answered = False
 
     async def __aenter__(self) -> ServerPool:
         return self
@@ -267,22 +291,33 @@ class ServerPool:
             if not waiter.done():
                 waiter.set_exception(self._stopped)
 
+    def _all_down_grace_s(self) -> float:
+        if self._answered:
+            return self.retry.all_down_grace_s
+        return min(self.retry.start_grace_s, self.retry.all_down_grace_s)
+
     async def _watch_all_down(self) -> None:
         """While no server is up: after the grace period, fail every waiting chunk."""
         since = time.monotonic()
         while not any(s.up for s in self.servers):
-            if time.monotonic() - since > self.retry.all_down_grace_s:
+            grace = self._all_down_grace_s()
+            if time.monotonic() - since > grace:
                 urls = ", ".join(s.url for s in self.servers)
-                grace = self.retry.all_down_grace_s
-                self.stop(
-                    AllServersDown(f"no Fish Speech server answered for {grace:.0f} s ({urls})")
-                )
+                if self._answered:
+                    message = f"no Fish Speech server answered for {grace:.0f} s ({urls})"
+                else:
+                    message = (
+                        f"no Fish Speech server answers at {urls}: "
+                        "check that they are running and the --server URLs"
+                    )
+                self.stop(AllServersDown(message))
                 return
-            await asyncio.sleep(min(0.5, self.retry.all_down_grace_s / 4 + 0.01))
+            await asyncio.sleep(min(0.5, grace / 4 + 0.01))
         self._watchdog = None
 
     # -- health and limits ----------------------------------------------------------------------
     def _on_success(self, server: ServerState) -> None:
+        self._answered = True
         server.failures = 0
         server.requests += 1
         # Additive increase, slowly: +1 per two full windows, and only while the limit is used.
@@ -294,6 +329,8 @@ class ServerPool:
 
     def _on_failure(self, server: ServerState, exc: SynthesisError, sent_at: float) -> None:
         server.requests += 1
+        if not (isinstance(exc, ServerUnavailable) and exc.connection_failed):
+            self._answered = True  # it took the connection, whatever it then said
         if isinstance(exc, ServerBusy):
             # Multiplicative decrease, once per window: a 429 for a request sent before the
             # last decrease says nothing about the new limit.
@@ -314,6 +351,7 @@ class ServerPool:
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 10.0)
         server.up, server.failures, server.probe = True, 0, None
+        self._answered = True
         self._wake()
 
     def _backoff(self, attempt: int, exc: SynthesisError) -> float:
@@ -329,7 +367,8 @@ class ServerPool:
         """Synthesise one chunk on the best server, retrying what can succeed.
 
         Raises the last SynthesisError (with ``attempts`` set) when retrying cannot help or the
-        budget is spent; AllServersDown when no server answered for the grace period.
+        budget is spent; AllServersDown when no server answered for the grace period
+        (``start_grace_s`` while none has answered yet in this run, else ``all_down_grace_s``).
         """
         attempts = server_errors = refused = 0
         while True:

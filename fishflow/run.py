@@ -195,13 +195,18 @@ async def open_run(
     """
     store = await asyncio.to_thread(open_store, out, settings.sse)
     pool_ref: list[ServerPool] = []
+
+    def lost(exc: FishflowError) -> None:  # another run took the output: stop sending
+        for pool in pool_ref:
+            pool.stop(exc)
+
     async with (
         held_output_lock(
             store,
             run_id=run_id,
             ttl_s=settings.lock_ttl_s,
             wait_s=settings.wait_for_lock,
-            on_lost=lambda exc: [pool.stop(exc) for pool in pool_ref],
+            on_lost=lost,
         )
         if hold_output
         else contextlib.nullcontext(),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -187,6 +187,15 @@ class RetryPolicy(_Frozen):
     all_down_grace_s: float = Field(
         60.0, ge=0, description="How long every server may be down before the run stops"
     )
+    start_grace_s: float = Field(
+        5.0,
+        ge=0,
+        description="The same while no server has answered yet in this run (a wrong URL or a "
+        "server not started fails fast; one lost mid-run gets all_down_grace_s)",
+    )
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
 
 
 class EnvSettings(BaseSettings):
@@ -197,7 +206,7 @@ class EnvSettings(BaseSettings):
     api_key: SecretStr | None = Field(None, description="Bearer key for the Fish Speech servers")
 
 
-def validated(model_class: type[BaseModel], /, **values: object) -> BaseModel:
+def validated(model_class: type[_Model], /, **values: object) -> _Model:
     """Build a settings model, turning pydantic's report into one readable ConfigError."""
     try:
         return model_class(**values)
@@ -206,7 +215,7 @@ def validated(model_class: type[BaseModel], /, **values: object) -> BaseModel:
             f"{'.'.join(str(p) for p in err['loc']) or model_class.__name__}: {err['msg']}"
             for err in exc.errors()
         )
-        raise ConfigError(f"invalid {model_class.__name__}: {problems}") from None
+        raise ConfigError(f"invalid {model_class.__name__}: {problems}") from exc
 
 
 class RunSettings(_Frozen):
@@ -323,11 +332,11 @@ class RunSettings(_Frozen):
             if fragment.startswith("limit="):
                 try:
                     limit = int(fragment.removeprefix("limit="))
-                except ValueError:
-                    raise ConfigError(f"bad server limit in {url!r}: use URL#limit=N") from None
+                except ValueError as exc:
+                    raise ConfigError(f"bad server limit in {url!r}: use URL#limit=N") from exc
             configs.append(
                 validated(ServerConfig, url=base, max_in_flight=limit, model=self.cloud_model)
             )
         if not configs:
             raise ConfigError("no server given: pass --server URL")
-        return configs  # type: ignore[return-value]
+        return configs

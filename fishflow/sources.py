@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -53,7 +53,9 @@ def _clean(value: Any) -> str | None:
     return value if isinstance(value, str) else str(value)
 
 
-def _rows_from_records(records: list[dict[str, Any]], start: int, cols: Columns) -> list[SourceRow]:
+def _rows_from_records(
+    records: Sequence[Mapping[Any, Any]], start: int, cols: Columns
+) -> list[SourceRow]:
     return [
         SourceRow(
             row=start + i,
@@ -97,10 +99,10 @@ def read_csv(path: str, cols: Columns, batch_rows: int) -> Iterator[list[SourceR
                 for r in rows
             ]
             start += len(frame)
-    except pd.errors.EmptyDataError:
-        raise SourceError(f"{path}: the file is empty") from None
+    except pd.errors.EmptyDataError as exc:
+        raise SourceError(f"{path}: the file is empty") from exc
     except pd.errors.ParserError as exc:
-        raise SourceError(f"{path}: not valid CSV: {exc}".strip()) from None
+        raise SourceError(f"{path}: not valid CSV: {exc}".strip()) from exc
 
 
 def read_jsonl(path: str, cols: Columns, batch_rows: int) -> Iterator[list[SourceRow]]:
@@ -137,7 +139,7 @@ def read_parquet(path: str, cols: Columns, batch_rows: int) -> Iterator[list[Sou
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise SourceError(f"{path}: not a Parquet file ({exc})") from None
+        raise SourceError(f"{path}: not a Parquet file ({exc})") from exc
     names = pf.schema_arrow.names
     _check_columns(names, cols, path)
     text_type = pf.schema_arrow.field(cols.text).type
@@ -209,7 +211,7 @@ def _read_s3(uri: str, cols: Columns, batch_rows: int) -> Iterator[list[SourceRo
     except SourceError:
         raise
     except Exception as exc:  # botocore errors: name the bucket, never the credentials
-        raise SourceError(str(wrap_s3_error(exc, uri))) from None
+        raise SourceError(str(wrap_s3_error(exc, uri))) from exc
 
 
 def read_table(path: str, cols: Columns, batch_rows: int) -> Iterator[list[SourceRow]]:
@@ -221,6 +223,51 @@ def read_table(path: str, cols: Columns, batch_rows: int) -> Iterator[list[Sourc
     if suffix == ".parquet":
         return read_parquet(path, cols, batch_rows)
     raise SourceError(f"{path}: unknown source type; use .csv, .jsonl, .parquet or a folder")
+
+
+def check_source(uri: str) -> None:
+    """Raise SourceError now when `uri` cannot be read at all, before a run writes anything.
+
+    Cheap on purpose (a stat, or one S3 request): what is inside is read_source's business.
+    Kinds of source it does not know (``scheme://`` other than s3) pass: read_source decides.
+    """
+    if uri.startswith("s3://"):
+        _check_s3(uri)
+        return
+    if "://" in uri:
+        return
+    path = Path(uri)
+    if not path.exists():
+        raise SourceError(f"{uri}: no such file or folder")
+    if path.is_dir():
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise SourceError(f"{uri}: cannot read this folder (permission denied)")
+        return
+    if not os.access(path, os.R_OK):
+        raise SourceError(f"{uri}: cannot read this file (permission denied)")
+    suffix = path.suffix.lower()
+    if suffix not in TEXT_SUFFIXES + TABLE_SUFFIXES:
+        raise SourceError(f"{uri}: unknown source type; use .csv, .jsonl, .parquet or a folder")
+    if suffix in TABLE_SUFFIXES and path.stat().st_size == 0:
+        raise SourceError(f"{uri}: the file is empty")
+
+
+def _check_s3(uri: str) -> None:
+    bucket, key = parse_s3_uri(uri)
+    try:
+        s3 = s3_client()
+        if PurePosixPath(key).suffix.lower() in TABLE_SUFFIXES:
+            s3.head_object(Bucket=bucket, Key=key)
+            return
+        prefix = key if not key or key.endswith("/") else key + "/"
+        listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+    except Exception as exc:  # botocore errors: name the object, never the credentials
+        error = wrap_s3_error(exc, uri)
+        if error.http_status == 404 and "NoSuchBucket" not in error.message:
+            raise SourceError(f"{uri}: no such object") from exc
+        raise SourceError(error.message) from exc
+    if not listed.get("KeyCount"):
+        raise SourceError(f"{uri}: no objects under this prefix")
 
 
 def read_source(

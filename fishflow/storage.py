@@ -6,6 +6,7 @@ Keys are pure functions of the item id. Blocking boto3 and file calls run in wor
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import os
 import re
@@ -65,7 +66,7 @@ class Store(Protocol):
     """An output location. Keys are relative ('audio/x.wav'); URIs are what users read."""
 
     root: str
-    write_threads: int  # how many puts are worth running at once
+    write_threads: ClassVar[int]  # how many puts are worth running at once
 
     def uri(self, key: str) -> str: ...
     def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> str: ...
@@ -75,8 +76,8 @@ class Store(Protocol):
         self, key: str, path: str, content_type: str, metadata: dict[str, str]
     ) -> str: ...
     def get(self, key: str) -> bytes: ...
-    def list(self, prefix: str) -> list[str]: ...
-    def delete(self, keys: list[str]) -> None: ...
+    def list(self, prefix: str) -> builtins.list[str]: ...
+    def delete(self, keys: builtins.list[str]) -> None: ...
 
 
 @dataclass
@@ -94,7 +95,7 @@ class LocalStore:
         except OSError as exc:
             raise StorageError(
                 f"cannot create output folder {self.root}: {exc.strerror}", fatal=True
-            ) from None
+            ) from exc
         if not os.access(self.root, os.W_OK):
             raise StorageError(f"output folder {self.root} is not writable", fatal=True)
 
@@ -119,7 +120,7 @@ class LocalStore:
                 raise
         except OSError as exc:
             # Disk full or read-only: every later item fails alike, so stop the run.
-            raise StorageError(f"cannot write {path}: {exc.strerror}", fatal=True) from None
+            raise StorageError(f"cannot write {path}: {exc.strerror}", fatal=True) from exc
         return path
 
     def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> str:
@@ -162,7 +163,7 @@ class LocalStore:
     def get(self, key: str) -> bytes:
         return Path(self.uri(key)).read_bytes()
 
-    def list(self, prefix: str) -> list[str]:
+    def list(self, prefix: str) -> builtins.list[str]:
         base = Path(self.uri(prefix))
         if not base.exists():
             return []
@@ -172,7 +173,7 @@ class LocalStore:
             if p.is_file() and not p.name.startswith(".tmp-")
         )
 
-    def delete(self, keys: list[str]) -> None:
+    def delete(self, keys: builtins.list[str]) -> None:
         for key in keys:
             Path(self.uri(key)).unlink(missing_ok=True)
 
@@ -233,7 +234,7 @@ class S3Store:
         except Exception as exc:
             err = wrap_s3_error(exc, f"s3://{self.bucket}")
             err.fatal = True
-            raise err from None
+            raise err from exc
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -261,7 +262,7 @@ class S3Store:
                 ExtraArgs=self._extra(content_type, metadata),
             )
         except Exception as exc:
-            raise wrap_s3_error(exc, self.uri(key)) from None
+            raise wrap_s3_error(exc, self.uri(key)) from exc
         return self.uri(key)
 
     def put_file(self, key: str, path: str, content_type: str) -> str:
@@ -270,7 +271,7 @@ class S3Store:
                 path, self.bucket, self._key(key), ExtraArgs=self._extra(content_type)
             )
         except Exception as exc:
-            raise wrap_s3_error(exc, self.uri(key)) from None
+            raise wrap_s3_error(exc, self.uri(key)) from exc
         return self.uri(key)
 
     def staging_path(self, key: str) -> str:
@@ -306,9 +307,9 @@ class S3Store:
         try:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
         except Exception as exc:
-            raise wrap_s3_error(exc, self.uri(key)) from None
+            raise wrap_s3_error(exc, self.uri(key)) from exc
 
-    def list(self, prefix: str) -> list[str]:
+    def list(self, prefix: str) -> builtins.list[str]:
         start = len(self._key(""))
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(
@@ -316,9 +317,9 @@ class S3Store:
             )
             return sorted(o["Key"][start:] for page in pages for o in page.get("Contents", []))
         except Exception as exc:
-            raise wrap_s3_error(exc, self.uri(prefix)) from None
+            raise wrap_s3_error(exc, self.uri(prefix)) from exc
 
-    def delete(self, keys: list[str]) -> None:
+    def delete(self, keys: builtins.list[str]) -> None:
         for i in range(0, len(keys), 1000):
             objects = [{"Key": self._key(k)} for k in keys[i : i + 1000]]
             self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects})

@@ -24,7 +24,7 @@ from fishflow.run import (
     run_spec,
 )
 from fishflow.settings import RunSettings, validated
-from fishflow.sources import estimate_rows
+from fishflow.sources import check_source, estimate_rows
 from tasks import reporting, runtime
 from tasks.limits import PrefectSlotLeaser
 from tasks.prefect_run import RunFailed, api_key, deployment_context, tag_flow_run
@@ -81,12 +81,13 @@ async def refresh_catalog_audio(
     logger = get_run_logger()
     deployment = await deployment_context()
     if isinstance(settings, dict):  # a direct call with a plain dict
-        settings = validated(RunSettings, **settings)  # type: ignore[assignment]
+        settings = validated(RunSettings, **settings)
     settings = deployment.merged_settings(settings)
     servers = servers or DEFAULT_SERVERS
     run_id = run_id or (flow_run.name if is_run_id(flow_run.name) else new_run_id())
     if not 0.0 <= max_failed_share <= 1.0:
         raise RunFailed(f"max_failed_share must be between 0 and 1, not {max_failed_share}")
+    await asyncio.to_thread(check_source, source)  # fails before anything is written
     await tag_flow_run(source=source, deployment=deployment.name, shard=shard)
     artifacts = reporting.Reporter(deployment.name, run_id)
     if shards > 1 and shard is None:
@@ -127,6 +128,7 @@ async def refresh_catalog_audio(
             recorded: set[int] = set()
             resume = resume or await asyncio.to_thread(run_record_exists, ctx.store, run_id)
             if resume:
+                assert ctx.journal is not None  # open_run always keeps one
                 recorded = await asyncio.to_thread(recover, ctx.store, writer, ctx.journal)
                 logger.info("run %s: resuming, %d rows already recorded", run_id, len(recorded))
             else:

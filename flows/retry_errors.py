@@ -35,7 +35,8 @@ async def retry_errors(
     """
     logger = get_run_logger()
     store = await asyncio.to_thread(open_store, out)
-    run_id = run_id or await asyncio.to_thread(latest_run_id, store)
+    if run_id is None:
+        run_id = await asyncio.to_thread(latest_run_id, store)
     record = await asyncio.to_thread(read_run_record, store, run_id)
     rows = await asyncio.to_thread(failed_rows, store, run_id)
     if not rows:

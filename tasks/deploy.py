@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ def server_limits(deployments: list[dict[str, Any]], servers: list[str] | None) 
         params = d.get("parameters") or {}
         urls = servers or params.get("servers") or []
         settings = validated(RunSettings, **(params.get("settings") or {}))
-        for config in settings.server_configs(urls) if urls else []:  # type: ignore[attr-defined]
+        for config in settings.server_configs(urls) if urls else []:
             limits[config.url] = max(limits.get(config.url, 0), config.max_in_flight)
     return limits
 
@@ -100,14 +101,17 @@ def deploy(
     created_pool = asyncio.run(ensure_work_pool(pool))
     names = []
     for d in deployments:
-        flow = Flow.from_source(source=str(ROOT), entrypoint=d["entrypoint"])
+        # Called outside an event loop, Prefect's async dispatch returns the Flow itself.
+        flow = typing.cast(
+            Flow[..., Any], Flow.from_source(source=str(ROOT), entrypoint=d["entrypoint"])
+        )
         job_variables = dict((d.get("work_pool") or {}).get("job_variables") or {})
         env = {
             **job_variables.get("env", {}),
             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat_s),
         }
         with contextlib.redirect_stdout(io.StringIO()):  # Prefect's own tables and tips
-            flow.deploy(  # type: ignore[union-attr]
+            flow.deploy(
                 name=d["name"],
                 work_pool_name=pool,
                 parameters=d.get("parameters") or {},

@@ -40,9 +40,9 @@ class DeploymentContext:
         """
         base = self.parameters.get("settings") or {}
         if given is None:
-            return validated(RunSettings, **base)  # type: ignore[return-value]
+            return validated(RunSettings, **base)
         overrides = given.model_dump(include=given.model_fields_set)
-        return validated(RunSettings, **{**base, **overrides})  # type: ignore[return-value]
+        return validated(RunSettings, **{**base, **overrides})
 
 
 async def deployment_context() -> DeploymentContext:
@@ -68,7 +68,7 @@ async def api_key(secret_block: str | None) -> str | None:
                 f"no Prefect Secret block named {secret_block!r} (create it with "
                 f"`prefect block create secret` or in the UI, or set FISHFLOW_API_KEY)"
             ) from None
-        return str(secret.get())
+        return str(secret.get())  # type: ignore[attr-defined]  # aload's return type is unbound
     key = EnvSettings().api_key
     return key.get_secret_value() if key else None
 
@@ -102,4 +102,4 @@ async def run_result(state: State) -> dict[str, Any]:
     result = await state.aresult(raise_on_failure=False)
     if isinstance(result, BaseException):
         raise result
-    return result  # type: ignore[no-any-return]
+    return result

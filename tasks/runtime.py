@@ -39,8 +39,8 @@ def unregister(run_id: str) -> None:
 def lookup(run_id: str) -> OpenRun:
     try:
         return _runs[run_id]
-    except KeyError:
-        raise RuntimeError(f"run {run_id} is not open in this process") from None
+    except KeyError as exc:
+        raise RuntimeError(f"run {run_id} is not open in this process") from exc
 
 
 def set_progress_listener(listener: Callable[[ItemRow], None] | None) -> None:

@@ -43,7 +43,8 @@ async def run_shards(
     shards: int,
 ) -> Summary:
     logger = get_run_logger()
-    if deployment.full_name is None:
+    full_name = deployment.full_name
+    if full_name is None:
         raise ConfigError(
             "shards > 1 needs a deployment to start child runs of: run it from a deployment "
             "(`fishflow run ... --shards N --deployment NAME`)"
@@ -80,7 +81,7 @@ async def run_shards(
         }
         for attempt in range(1, CHILD_RUNS + 1):
             run = await run_deployment(  # type: ignore[misc]
-                deployment.full_name,
+                full_name,
                 parameters=parameters,
                 flow_run_name=child_id,
                 timeout=None,

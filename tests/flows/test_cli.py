@@ -13,7 +13,7 @@ import pytest
 
 from fishflow.cli import main
 from fishflow.emulator import Emulator, EmulatorConfig
-from tests.flows.helpers import latest_run, manifest
+from tests.flows.helpers import latest_run, manifest, run
 
 GOOD = "id,language,text\na,en,Hello there. This is a good row.\nb,zh,你好，世界。\n"
 
@@ -69,26 +69,30 @@ def test_exit_1_with_one_line_for_run_level_errors(
     assert len(err.strip().splitlines()) == 1
 
 
-def test_unreachable_server_stops_the_run_with_a_complete_manifest(tmp_path: Path, capsys) -> None:
+def test_servers_down_from_the_start_stop_the_flow_with_a_complete_manifest(
+    tmp_path: Path,
+) -> None:
+    """Called as a flow (a deployment's path, no CLI pre-check): servers that never answered
+    stop the run after the short start grace, not the 60 s meant for servers lost mid-run."""
+    from flows.refresh_catalog_audio import RunFailed
+
     out = tmp_path / "o"
-    code = main(
-        [
-            "run",
-            catalog(tmp_path),
-            "--out",
-            str(out),
-            "--all-down-grace-s",
-            "1",
-            "--server",
-            f"http://127.0.0.1:{free_port()}",
-        ]
-    )
-    assert code == 1
-    assert "no Fish Speech server answered" in capsys.readouterr().err
+    dead = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(RunFailed, match=f"no Fish Speech server answers at {dead}"):
+        run(catalog(tmp_path), out, [dead])
     items = manifest(out, "items", latest_run(out))
     assert list(items["status"]) == ["failed", "failed"]
     errors = manifest(out, "errors", latest_run(out))
     assert set(errors["source_row"]) == {0, 1}
+
+
+def test_a_missing_source_fails_the_flow_before_anything_is_written(tmp_path: Path) -> None:
+    from fishflow.errors import SourceError
+
+    out = tmp_path / "o"
+    with pytest.raises(SourceError, match="no such file or folder"):
+        run(tmp_path / "missing.csv", out, ["http://127.0.0.1:8080"])
+    assert not out.exists()
 
 
 def test_wrong_api_key_stops_early_and_never_shows_the_key(
@@ -265,3 +269,156 @@ def test_a_successful_run_prints_no_prefect_noise(tmp_path: Path, emulator: Emul
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("fishflow: 2 ok, 0 skipped, 0 failed")
     assert result.stderr == ""
+
+
+def fishflow(*args: str, tmp_path: Path, env: dict[str, str] | None = None):
+    """`fishflow ARGS` in its own process, as a user runs it: (exit code, stdout, stderr).
+
+    It uses the session's Prefect API (starting an ephemeral one costs 10-40 s here)."""
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    environ |= {"PREFECT_HOME": str(tmp_path / "prefect-home"), **(env or {})}
+    environ["PREFECT_API_URL"] = PREFECT_API_URL.value()
+    result = subprocess.run(
+        [sys.executable, "-m", "fishflow.cli", *args],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return result.returncode, result.stdout, result.stderr
+
+
+def _shared_limit(url: str) -> None:
+    """Runs against a Prefect API lease each server's shared limit, and say once when there is
+    none; these tests are about errors, so the server gets one."""
+    from tasks.limits import create_limits
+
+    asyncio.run(create_limits({url: 2}))
+
+
+def test_servers_that_refuse_connections_are_one_line_and_nothing_is_written(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "o"
+    dead = [f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"]
+    code, stdout, stderr = fishflow(
+        "run", catalog(tmp_path), "--out", str(out), "--server", dead[0], "--server", dead[1],
+        tmp_path=tmp_path,
+    )  # fmt: skip
+    assert code == 1 and stdout == ""
+    assert len(stderr.splitlines()) == 1, stderr
+    assert stderr.startswith("fishflow: error: no Fish Speech server answers")
+    assert all(url in stderr for url in dead) and "--server" in stderr
+    assert not out.exists()
+
+
+def test_a_missing_source_is_one_line_and_nothing_is_written(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    missing = str(tmp_path / "nope.csv")
+    code, _, stderr = fishflow("run", missing, "--out", str(out), tmp_path=tmp_path)
+    assert code == 1
+    assert stderr == f"fishflow: error: {missing}: no such file or folder\n"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("config", "env", "message"),
+    [
+        (
+            EmulatorConfig(api_key="sk-RIGHT-9876543210"),
+            {"FISHFLOW_API_KEY": "sk-WRONG-0123456789"},
+            "(check the API key: FISHFLOW_API_KEY)",
+        ),
+        (EmulatorConfig(fail_status=402), {}, "(the account is out of credit)"),
+    ],
+    ids=["wrong-key", "no-credit"],
+)
+def test_errors_that_stop_a_run_are_one_line_without_a_traceback(
+    tmp_path: Path, config: EmulatorConfig, env: dict[str, str], message: str
+) -> None:
+    """Prefect's engine logs a failed flow's traceback and final state: not on a user's
+    terminal (they still reach the Prefect API)."""
+    out = tmp_path / "o"
+    with Emulator(config) as emu:
+        _shared_limit(emu.url)
+        code, stdout, stderr = fishflow(
+            "run", catalog(tmp_path), "--out", str(out), "--server", emu.url,
+            tmp_path=tmp_path, env=env,
+        )  # fmt: skip
+    assert code == 1 and stdout == ""
+    assert len(stderr.splitlines()) == 1, stderr
+    assert stderr.startswith("fishflow: error: HTTP") and message in stderr
+    assert "sk-RIGHT" not in stderr and "sk-WRONG" not in stderr
+    assert (manifest(out, "items", latest_run(out))["status"] == "failed").all()
+
+
+@pytest.mark.parametrize(
+    ("args", "prog", "hint"),
+    [
+        (
+            ["run", "c.csv", "--out", "o", "--sever", "http://gpu-1:8080"],
+            "fishflow run",
+            "--server",
+        ),
+        (["run", "c.csv", "--out", "o", "--max-inflight", "4"], "fishflow run", "--max-in-flight"),
+        (["rn", "c.csv"], "fishflow", "run"),
+        (["run", "c.csv", "--out", "o", "--audio-format", "mp4"], "fishflow run", "mp3"),
+    ],
+)
+def test_usage_errors_exit_64_with_the_closest_option(
+    capsys, args: list[str], prog: str, hint: str
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 64  # EX_USAGE; 2 means "some items failed"
+    err = capsys.readouterr().err
+    assert err.startswith(f"{prog}: error: ") and f"did you mean {hint}?" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_version(capsys) -> None:
+    import importlib.metadata
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"fishflow {importlib.metadata.version('fishflow')}\n"
+
+
+def test_help_shows_the_default_server_and_the_exit_status(capsys) -> None:
+    for args in (["--help"], ["run", "--help"]):
+        with pytest.raises(SystemExit):
+            main(args)
+        out = capsys.readouterr().out
+        for code in ("0", "1", "2", "64", "130"):
+            assert f"\n  {code} " in out
+    assert "(default: http://127.0.0.1:8080)" in " ".join(out.split())
+
+
+def test_the_console_keeps_fishflows_warnings_and_drops_prefects_own() -> None:
+    import logging
+
+    import prefect
+
+    from fishflow.cli import _OwnWarningsOnly
+
+    prefect_dir = os.path.dirname(prefect.__file__)
+    keep = _OwnWarningsOnly(prefect_dir)
+
+    def record(name: str, level: int, path: str) -> logging.LogRecord:
+        return logging.LogRecord(name, level, path, 1, "message", None, None)
+
+    ours = str(Path(__file__).parents[2] / "flows" / "refresh_catalog_audio.py")
+    engine = os.path.join(prefect_dir, "flow_engine.py")
+    assert keep.filter(record("prefect.flow_runs", logging.WARNING, ours))
+    assert keep.filter(record("botocore.credentials", logging.WARNING, "/x/botocore/c.py"))
+    assert not keep.filter(record("prefect.flow_runs", logging.INFO, ours))
+    assert not keep.filter(record("prefect.flow_runs", logging.ERROR, engine))
+    events = os.path.join(prefect_dir, "_internal", "concurrency", "services.py")
+    assert not keep.filter(record("EventsWorker", logging.WARNING, events))
+    assert not keep.filter(record("prefect.server", logging.WARNING, "/x/other.py"))

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
-from fishflow.manifest import MANIFESTS, ItemRow, ManifestWriter
+from fishflow.manifest import MANIFESTS, ChunkRow, ErrorRow, ItemRow, ManifestWriter
 from fishflow.storage import LocalStore
 
 _ARROW = {
@@ -41,8 +42,22 @@ def test_parts_are_merged_and_errors_written_even_when_empty(tmp_path: Path) -> 
     store = LocalStore(str(tmp_path))
     writer = ManifestWriter(store, "r1")
     now = datetime.now(UTC)
-    writer.write_part("000000", [ItemRow("r1", "a", 0, "ok", now, duration_s=1.5)], [], [])
-    writer.write_part("000001", [ItemRow("r1", "b", 1, "ok", now)], [], [])
+    writer.write_part(
+        "000000",
+        [
+            ItemRow(
+                run_id="r1", item_id="a", source_row=0, status="ok", created_at=now, duration_s=1.5
+            )
+        ],
+        [],
+        [],
+    )
+    writer.write_part(
+        "000001",
+        [ItemRow(run_id="r1", item_id="b", source_row=1, status="ok", created_at=now)],
+        [],
+        [],
+    )
     uris = writer.finalize()
     items = pq.read_table(uris["items"])
     assert items.column("item_id").to_pylist() == ["a", "b"]
@@ -58,7 +73,16 @@ def test_merged_manifests_keep_every_row_in_order_in_few_row_groups(tmp_path: Pa
     sizes = [1000, 1000, 1000, 700]  # merged: one group once 2,500 rows are read, then the rest
     row = 0
     for part, size in enumerate(sizes):
-        items = [ItemRow("r1", f"item-{row + i}", row + i, "ok", now) for i in range(size)]
+        items = [
+            ItemRow(
+                run_id="r1",
+                item_id=f"item-{row + i}",
+                source_row=row + i,
+                status="ok",
+                created_at=now,
+            )
+            for i in range(size)
+        ]
         writer.write_part(f"{part:06d}", items, [], [])
         row += size
     merged = pq.ParquetFile(writer.finalize()["items"])
@@ -67,3 +91,13 @@ def test_merged_manifests_keep_every_row_in_order_in_few_row_groups(tmp_path: Pa
         3000,
         700,
     ]
+
+
+def test_rows_are_built_by_keyword_only() -> None:
+    """Rows have 11-20 fields: a positional slip would put a value in the wrong column."""
+    now = datetime.now(UTC)
+    with pytest.raises(TypeError):
+        ItemRow("r1", "a", 0, "ok", now)  # type: ignore[misc]
+    for cls in (ChunkRow, ErrorRow):
+        with pytest.raises(TypeError):
+            cls(*range(len(dataclasses.fields(cls))))

@@ -9,7 +9,7 @@ import pytest
 
 from fishflow.emulator import Emulator, EmulatorConfig, Faults
 from fishflow.errors import AllServersDown, RequestRejected, ServerError
-from fishflow.pool import ServerPool
+from fishflow.pool import ServerPool, check_servers
 from fishflow.settings import RetryPolicy, ServerConfig, SynthesisOptions
 
 FAST = RetryPolicy(backoff_s=0.01, max_backoff_s=0.05, all_down_grace_s=1.0)
@@ -124,7 +124,7 @@ def test_every_server_down_past_the_grace_period_stops() -> None:
         async with ServerPool([ServerConfig(url=dead)], retry=FAST, probe_interval_s=0.1) as pool:
             await pool.synthesize("Hello.", SynthesisOptions())
 
-    with pytest.raises(AllServersDown, match="no Fish Speech server answered"):
+    with pytest.raises(AllServersDown, match="no Fish Speech server answers at"):
         asyncio.run(go())
 
 
@@ -169,3 +169,53 @@ def test_aimd_settles_at_a_cloud_tiers_limit_without_a_storm_of_429s() -> None:
         rejected = emu.stats["faults"]["tier"]
         assert rejected < 0.1 * 300  # the limit came down instead of hammering the tier
         assert limit < 8  # it came down from the configured 8 and stayed near the tier
+
+
+def test_servers_that_never_answered_stop_the_run_after_the_short_start_grace() -> None:
+    """A wrong URL or a server not started: the run is told in seconds, not after the full
+    grace period meant for servers lost mid-run."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    policy = RetryPolicy(all_down_grace_s=300, start_grace_s=0.2)
+
+    async def go():
+        async with ServerPool([ServerConfig(url=dead)], retry=policy, probe_interval_s=0.1) as p:
+            # A bound far below all_down_grace_s: only the start grace can end it in time.
+            await asyncio.wait_for(p.synthesize("Hello.", SynthesisOptions()), timeout=60)
+
+    with pytest.raises(AllServersDown, match=f"no Fish Speech server answers at {dead}"):
+        asyncio.run(go())
+
+
+def test_a_server_lost_mid_run_gets_the_full_grace_period() -> None:
+    emu = Emulator().start()
+    policy = RetryPolicy(
+        backoff_s=0.01, max_backoff_s=0.05, all_down_grace_s=0.5, start_grace_s=0.0
+    )
+
+    async def go():
+        async with ServerPool(
+            [ServerConfig(url=emu.url)], retry=policy, probe_interval_s=0.1
+        ) as pool:
+            await pool.synthesize("Hello there.", SynthesisOptions())
+            emu.stop()
+            await pool.synthesize("Hello again.", SynthesisOptions())
+
+    with pytest.raises(AllServersDown, match=r"no Fish Speech server answered for 0 s"):
+        asyncio.run(go())
+
+
+def test_check_servers_names_each_server_that_refuses() -> None:
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    dead = [ServerConfig(url=f"http://127.0.0.1:{p}") for p in ports]
+    with pytest.raises(AllServersDown) as info:
+        asyncio.run(check_servers(dead))
+    assert all(f"127.0.0.1:{p}" in info.value.message for p in ports)
+    assert "--server" in info.value.message
+    with Emulator(EmulatorConfig(api_key="sk-key")) as live:  # a 401 is an answer too
+        asyncio.run(check_servers([*dead, ServerConfig(url=live.url)]))

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from fishflow.errors import SourceError
-from fishflow.sources import Columns, read_source
+from fishflow.sources import Columns, check_source, read_source
 
 
 def rows(uri: str, cols: Columns | None = None, batch_rows: int = 1000):
@@ -91,3 +91,45 @@ def test_s3_table_source(bucket: str) -> None:
     body = "\n".join(json.dumps({"id": f"k{i}", "text": "hi"}) for i in range(3))
     boto3.client("s3").put_object(Bucket=bucket, Key="in/c.jsonl", Body=body.encode())
     assert [r.item_id for r in rows(f"s3://{bucket}/in/c.jsonl")] == ["k0", "k1", "k2"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("missing.csv", None, "no such file or folder"),
+        ("empty.csv", b"", "the file is empty"),
+        ("catalog.xlsx", b"PK", "unknown source type"),
+    ],
+)
+def test_check_source_refuses_what_cannot_be_read(
+    tmp_path: Path, name: str, content: bytes | None, message: str
+) -> None:
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(SourceError, match=message):
+        check_source(str(path))
+
+
+def test_check_source_passes_readable_sources_and_unknown_schemes(tmp_path: Path) -> None:
+    (tmp_path / "c.csv").write_text("id,text\na,Hello.\n")
+    (tmp_path / "docs").mkdir()
+    check_source(str(tmp_path / "c.csv"))
+    check_source(str(tmp_path / "docs"))
+    check_source("postgresql://db.example/catalog")  # its reader decides, not this check
+
+
+def test_check_source_on_s3_asks_for_the_object_or_the_prefix(bucket: str) -> None:
+    import boto3
+
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=bucket, Key="cat/items.csv", Body=b"id,text\na,Hello.\n")
+    s3.put_object(Bucket=bucket, Key="docs/a.md", Body=b"# Hello")
+    check_source(f"s3://{bucket}/cat/items.csv")
+    check_source(f"s3://{bucket}/docs/")
+    with pytest.raises(SourceError, match="no such object"):
+        check_source(f"s3://{bucket}/cat/missing.csv")
+    with pytest.raises(SourceError, match="no objects under this prefix"):
+        check_source(f"s3://{bucket}/nothing-here/")
+    with pytest.raises(SourceError, match="NoSuchBucket"):
+        check_source("s3://no-such-bucket-fishflow/items.csv")
