@@ -172,7 +172,7 @@ class AudioWriter:
 
     def _write(self, samples: np.ndarray) -> None:
         if self._wav is not None:
-            self._wav.writeframesraw(samples.astype("<i2", copy=False))
+            self._wav.writeframesraw(samples.astype("<i2", copy=False).data)
         else:
             assert self._sf is not None
             self._sf.write(samples)

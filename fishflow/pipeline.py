@@ -613,7 +613,7 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
             attempts=attempts,
             synth_seconds=synth_seconds,
         )
-    row = ItemRow(
+    item_row = ItemRow(
         run_id=ctx.run_id,
         item_id=item.item_id,
         source_row=item.row,
@@ -637,7 +637,7 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
         captions_uri=published.captions_uri,
         chapters_uri=published.chapters_uri,
     )
-    return ItemOutcome(row, rows)
+    return ItemOutcome(item_row, rows)
 
 
 async def process_batch(ctx: RunContext, entries: list[Item | Rejection]) -> list[ItemOutcome]:
