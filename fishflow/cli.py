@@ -290,6 +290,9 @@ def _build_parser() -> _Parser:
         "--rtf", type=float, default=0.0, help="compute seconds per audio second (default: 0)"
     )
     emu.add_argument(
+        "--level-db", type=float, default=None, help="peak level of the voice, dBFS (e.g. -30)"
+    )
+    emu.add_argument(
         "--service-time",
         type=float,
         default=None,
@@ -731,6 +734,7 @@ def _emulator(args: argparse.Namespace) -> int:
     config = EmulatorConfig(
         workers=args.workers,
         rtf=args.rtf,
+        level_db=args.level_db,
         service_time_s=args.service_time,
         api_key=args.api_key,
         max_text_length=args.max_text_length,

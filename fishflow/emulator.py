@@ -71,6 +71,7 @@ class EmulatorConfig:
     fail_status: int | None = None  # answer every /v1/tts with this status (402: no credit)
     tier_limit: int | None = None  # like the Fish Audio cloud: 429 beyond N requests in flight
     seed: int = 0
+    level_db: float | None = None  # peak level of the voice, dBFS (None: -10.5, the default)
     faults: Faults = field(default_factory=Faults)
 
 
@@ -485,6 +486,9 @@ class _Handler(BaseHTTPRequestHandler):
                 str(len(req["references"])) if req["references"] else None
             )
             samples = synth_samples(text, seconds, voice)
+            if srv.config.level_db is not None:  # a quiet or loud server, for loudness tests
+                gain = 10 ** (srv.config.level_db / 20) / 0.3
+                samples = np.clip(samples * gain, -32768, 32767).astype(np.int16)
             if req["streaming"]:
                 data, ctype = samples.tobytes(), "audio/wav"
             else:

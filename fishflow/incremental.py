@@ -36,6 +36,9 @@ _COLUMNS = [
     "bytes",
     "audio_sha256",
     "created_at",
+    "loudness_lufs",
+    "captions_uri",
+    "chapters_uri",
 ]
 
 
@@ -71,7 +74,7 @@ def _project(table: pa.Table) -> pa.Table:
         {
             name: table[name]
             if name in table.column_names
-            else pa.nulls(table.num_rows, pa.string())
+            else pa.nulls(table.num_rows, ITEMS_SCHEMA.field(name).type)
             for name in _COLUMNS
         }
     )
@@ -109,15 +112,27 @@ def load_previous(store: Store, exclude_run: str | None = None) -> dict[str, Pre
     table = pa.concat_tables(tables).sort_by([("created_at", "ascending")])
     prefix = store.uri("")
     latest: dict[str, PreviousItem] = {}
-    columns = ("item_id", "status", "content_key", "audio_uri", "duration_s", "bytes",
-               "audio_sha256")  # fmt: skip
-    for item_id, status, key, uri, duration, size, sha in zip(
-        *(table[c].to_pylist() for c in columns), strict=True
+    names = (
+        "item_id",
+        "status",
+        "content_key",
+        "audio_uri",
+        "duration_s",
+        "bytes",
+        "audio_sha256",
+        "loudness_lufs",
+        "captions_uri",
+        "chapters_uri",
+    )
+    for item_id, status, key, uri, duration, size, sha, lufs, captions, chapters in zip(
+        *(table[c].to_pylist() for c in names), strict=True
     ):
         if status == "removed":
             latest.pop(item_id, None)
         elif item_id and key and uri and uri.startswith(prefix):
-            latest[item_id] = PreviousItem(key, uri, uri[len(prefix) :], duration, size, sha)
+            latest[item_id] = PreviousItem(
+                key, uri, uri[len(prefix) :], duration, size, sha, lufs, captions, chapters
+            )
     return latest
 
 

@@ -52,6 +52,9 @@ ITEMS_SCHEMA = pa.schema(
         pa.field("synth_seconds", pa.float64()),
         pa.field("error", pa.string()),
         pa.field("created_at", TS, nullable=False),
+        pa.field("loudness_lufs", pa.float64()),  # integrated (BS.1770) as published
+        pa.field("captions_uri", pa.string()),  # the .vtt; the .srt has the same stem
+        pa.field("chapters_uri", pa.string()),  # .chapters.vtt, when the item has headings
     ]
 )
 
@@ -115,6 +118,9 @@ class ItemRow:
     attempts: int | None = None
     synth_seconds: float | None = None
     error: str | None = None
+    loudness_lufs: float | None = None
+    captions_uri: str | None = None
+    chapters_uri: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

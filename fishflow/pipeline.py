@@ -1,7 +1,8 @@
 """What happens to one item, and to one batch of items, with no Prefect in sight.
 
 source row -> validated Item -> chunks -> audio per chunk (shared between identical chunks)
--> stitched file -> stored object -> manifest rows. Every row ends as exactly one ItemRow:
+-> audio file written chunk by chunk, in order, with captions -> stored objects -> manifest
+rows. Every row ends as exactly one ItemRow:
 ``ok``, ``skipped`` (unchanged since an earlier run) or ``failed`` (with its ErrorRows).
 """
 
@@ -23,13 +24,21 @@ from datetime import UTC, datetime
 import numpy as np
 import soundfile as sf
 
-from fishflow.audio import Audio, content_type, encode, stitch
+from fishflow.audio import Audio
 from fishflow.chunking import Chunk, chunk_blocks, chunk_key
 from fishflow.errors import FishflowError, StorageError
+from fishflow.loudness import Level
 from fishflow.manifest import ChunkRow, ErrorRow, ItemRow, Journal
 from fishflow.markdown import markdown_blocks
 from fishflow.pool import ServerPool, Synthesized
-from fishflow.settings import AudioSettings, ChunkSettings, SynthesisOptions, TextSettings
+from fishflow.publish import ItemPublisher, Published, sidecar_keys
+from fishflow.settings import (
+    AudioSettings,
+    CaptionSettings,
+    ChunkSettings,
+    SynthesisOptions,
+    TextSettings,
+)
 from fishflow.sources import SourceRow
 from fishflow.storage import Store, safe_key
 from fishflow.text import (
@@ -40,9 +49,6 @@ from fishflow.text import (
     plain_blocks,
     text_sha256,
 )
-
-# About 25 minutes of speech: the stitched audio is held in memory (~130 MB at 44.1 kHz).
-MAX_ITEM_CHARS = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +81,9 @@ class PreviousItem:
     duration_s: float | None
     bytes: int | None
     audio_sha256: str | None = None
+    loudness_lufs: float | None = None
+    captions_uri: str | None = None
+    chapters_uri: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,7 @@ class RunSpec:
     options: SynthesisOptions = field(default_factory=SynthesisOptions)
     audio: AudioSettings = field(default_factory=AudioSettings)
     chunking: ChunkSettings = field(default_factory=ChunkSettings)
+    captions: CaptionSettings = field(default_factory=CaptionSettings)
     text: TextSettings = field(default_factory=TextSettings)
 
     @functools.cached_property
@@ -119,13 +129,14 @@ def validate_row(row: SourceRow, spec: RunSpec, seen_ids: set[str]) -> Item | Re
     seen_ids.add(item_id)
     if row.text is None or not row.text.strip():
         return Rejection(row.row, item_id, "text is empty")
-    if len(row.text) > MAX_ITEM_CHARS:
+    # `intro.md` and `intro.txt` would both be published as audio/intro.<fmt>: the stems share
+    # the set of seen ids, under a prefix (NUL) that ids do not carry.
+    stem = "\0audio:" + audio_stem(item_id)
+    if stem in seen_ids:
         return Rejection(
-            row.row,
-            item_id,
-            f"text has {len(row.text):,} characters, over the {MAX_ITEM_CHARS:,} one item may "
-            "hold: split it into several items",
+            row.row, item_id, f"id {item_id!r} would share its audio file with an earlier row's id"
         )
+    seen_ids.add(stem)
     language = (row.language or "").strip().lower() or None
     blocks = speech_blocks(row, spec.text, language=language)
     text = blocks_text(blocks)
@@ -167,8 +178,25 @@ def item_chunks(item: Item, spec: RunSpec) -> list[Chunk]:
     return chunk_blocks(blocks, item.language, spec.chunking.max_bytes, spec.chunking.min_bytes)
 
 
+# Item ids of files read from a folder or an S3 prefix keep their name; their audio drops the
+# extension: lessons/1-intro/README.md -> audio/lessons/1-intro/README.wav.
+SOURCE_FILE_SUFFIXES = (".md", ".markdown", ".txt")
+
+
+def audio_stem(item_id: str) -> str:
+    """The item's published name without format extension (pure function of the id)."""
+    base = item_id
+    lowered = item_id.lower()
+    for suffix in SOURCE_FILE_SUFFIXES:
+        stem = item_id[: -len(suffix)]
+        if lowered.endswith(suffix) and stem and not stem.endswith("/"):
+            base = stem
+            break
+    return f"audio/{safe_key(base)}"
+
+
 def audio_key(item_id: str, fmt: str) -> str:
-    return f"audio/{safe_key(item_id)}.{fmt}"
+    return f"{audio_stem(item_id)}.{fmt}"
 
 
 class ChunkCache:
@@ -214,6 +242,15 @@ class ChunkCache:
             return Audio(np.fromfile(self._path(key, rate), dtype=np.int16), rate)
         except FileNotFoundError:
             return None
+
+    def load(self, key: str, rate: int) -> Audio | None:
+        """Audio of a chunk made earlier in this run (memory, else disk), or None."""
+        return self._load(key, rate, from_disk=True)
+
+    def keep_level(self, key: str, level: Level) -> None:
+        """Keep a chunk's loudness with its audio in memory, so it is measured once."""
+        if (audio := self._memory.get(key)) is not None:
+            self._memory[key] = Audio(audio.samples, audio.sample_rate, level)
 
     def _save(self, key: str, audio: Audio) -> None:
         path = self._path(key, audio.sample_rate)
@@ -468,6 +505,12 @@ def _skip_if_unchanged(ctx: RunContext, item: Item) -> ItemOutcome | None:
         return None
     if prev.audio_key not in ctx.existing_audio:
         return None
+    captions = sidecar_keys(prev.audio_key)["vtt"]
+    has_captions = captions in ctx.existing_audio
+    if ctx.spec.captions.captions == "on" and not has_captions:
+        # Captions are part of the published item: redo it (its chunk audio is in the cache
+        # when it had several chunks) rather than report it complete without them.
+        return None
     row = ItemRow(
         run_id=ctx.run_id,
         item_id=item.item_id,
@@ -484,13 +527,18 @@ def _skip_if_unchanged(ctx: RunContext, item: Item) -> ItemOutcome | None:
         bytes=prev.bytes,
         audio_sha256=prev.audio_sha256,
         attempts=0,
+        loudness_lufs=prev.loudness_lufs,
+        captions_uri=ctx.store.uri(captions) if has_captions else None,
+        chapters_uri=prev.chapters_uri,
     )
     return ItemOutcome(row)
 
 
 async def _chunk_audio(
     ctx: RunContext, item: Item, chunk: Chunk, *, persist: bool
-) -> tuple[Audio, ChunkRow]:
+) -> tuple[Audio | None, ChunkRow]:
+    """The chunk's audio (None when it was persisted: the writer reads it back from the cache
+    when its turn comes, so chunks that finish early do not pile up in memory) and its row."""
     key = chunk_key(chunk.text, ctx.spec.voice_fingerprint(item.voice))
     rate = ctx.spec.audio.sample_rate
 
@@ -514,27 +562,35 @@ async def _chunk_audio(
         reused=made is None,
         status="ok",
     )
-    return audio, row
+    return (None if persist else audio), row
 
 
-def _publish(
-    ctx: RunContext, item: Item, chunks: list[Chunk], parts: list[Audio]
-) -> tuple[str, Audio, int, str]:
-    settings = ctx.spec.audio
-    pauses = [settings.pause_after_ms(c.boundary) for c in chunks[:-1]]
-    audio = stitch(parts, pause_ms=pauses, fade_ms=settings.fade_ms)
-    data = encode(audio, settings.format)
-    uri = ctx.store.put(
-        audio_key(item.item_id, settings.format),
-        data,
-        content_type(settings.format),
-        {"text-sha256": text_sha256(item.text), "content-key": item.content_key},
+def _failed_chunk_row(ctx: RunContext, item: Item, chunk: Chunk, exc: Exception) -> ChunkRow:
+    return ChunkRow(
+        run_id=ctx.run_id,
+        item_id=item.item_id,
+        source_row=item.row,
+        chunk_index=chunk.index,
+        start_char=chunk.start,
+        end_char=chunk.end,
+        utf8_bytes=chunk.utf8_bytes,
+        chunk_key=chunk_key(chunk.text, ctx.spec.voice_fingerprint(item.voice)),
+        server=getattr(exc, "server", None),
+        attempts=getattr(exc, "attempts", 1),
+        latency_s=None,
+        duration_s=None,
+        reused=False,
+        status="failed",
     )
-    return uri, audio, len(data), hashlib.sha256(data).hexdigest()
 
 
 async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
-    """Synthesise, stitch and publish one item; never raises for the item's own failures."""
+    """Synthesise, stitch and publish one item; never raises for the item's own failures.
+
+    Chunks are requested all at once and written to the item's file in order as they come
+    in; a chunk that finishes before its predecessors waits in the chunk cache (on disk), so
+    memory does not grow with the item's length.
+    """
     if (skipped := _skip_if_unchanged(ctx, item)) is not None:
         return skipped
     if ctx.fatal_error is not None:
@@ -544,43 +600,71 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
     chunks = item_chunks(item, ctx.spec)
     started = time.monotonic()
     multi = len(chunks) > 1
-    results = await asyncio.gather(
-        *(_chunk_audio(ctx, item, c, persist=multi) for c in chunks), return_exceptions=True
+    tasks = [asyncio.ensure_future(_chunk_audio(ctx, item, c, persist=multi)) for c in chunks]
+    settings = ctx.spec.audio
+    publisher = ItemPublisher(
+        store=ctx.store,
+        key=audio_key(item.item_id, settings.format),
+        audio=settings,
+        captions=ctx.spec.captions,
+        language=item.language,
+        chunk_count=len(chunks),
+        sample_rate=settings.sample_rate,
+        metadata={"text-sha256": text_sha256(item.text), "content-key": item.content_key},
     )
-    synth_seconds = time.monotonic() - started
+    loop = asyncio.get_running_loop()
+    rate = settings.sample_rate
     rows: list[ChunkRow] = []
     errors: list[ErrorRow] = []
-    audio_parts: list[Audio] = []
-    for chunk, result in zip(chunks, results, strict=True):
-        if isinstance(result, BaseException):
-            if not isinstance(result, Exception):
-                raise result  # cancellation: the run is stopping
-            if isinstance(result, FishflowError) and result.fatal:
-                ctx.stop(result)
-            errors.append(_error_row(ctx, item.row, item.item_id, result, chunk.index))
-            rows.append(
-                ChunkRow(
-                    run_id=ctx.run_id,
-                    item_id=item.item_id,
-                    source_row=item.row,
-                    chunk_index=chunk.index,
-                    start_char=chunk.start,
-                    end_char=chunk.end,
-                    utf8_bytes=chunk.utf8_bytes,
-                    chunk_key=chunk_key(chunk.text, ctx.spec.voice_fingerprint(item.voice)),
-                    server=getattr(result, "server", None),
-                    attempts=getattr(result, "attempts", 1),
-                    latency_s=None,
-                    duration_s=None,
-                    reused=False,
-                    status="failed",
+    published: Published | None = None
+    try:
+        for chunk, task in zip(chunks, tasks, strict=True):
+            try:
+                audio, row = await task
+            except Exception as exc:
+                if isinstance(exc, FishflowError) and exc.fatal:
+                    ctx.stop(exc)
+                errors.append(_error_row(ctx, item.row, item.item_id, exc, chunk.index))
+                rows.append(_failed_chunk_row(ctx, item, chunk, exc))
+                continue
+            rows.append(row)
+            if errors:
+                continue  # the item fails: collect the other chunks' rows, write nothing
+            if audio is None and (audio := ctx.cache.load(row.chunk_key, rate)) is None:
+                raise StorageError(f"chunk audio {row.chunk_key} vanished from the chunk cache")
+            try:
+                level, published = await loop.run_in_executor(
+                    ctx.publisher, publisher.add, chunk, audio
                 )
-            )
-        else:
-            audio_parts.append(result[0])
-            rows.append(result[1])
+            except RuntimeError as exc:
+                # The run's threads are shut down: it is stopping (Ctrl-C, SIGTERM) and its
+                # tasks are being cancelled; this item is abandoned like the others.
+                raise asyncio.CancelledError from exc
+            if level is not None:
+                ctx.cache.keep_level(row.chunk_key, level)
+    except StorageError as exc:
+        if exc.fatal:
+            ctx.stop(exc)
+        for task in tasks:
+            task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        rows = [r[1] for r in results if isinstance(r, tuple)]
+        return _failed(
+            ctx,
+            item,
+            [_error_row(ctx, item.row, item.item_id, exc)],
+            rows,
+            chunk_count=len(chunks),
+            attempts=sum(r.attempts for r in rows),
+        )
+    finally:
+        for task in tasks:
+            task.cancel()  # only those still running: the item is being cancelled
+        if published is None:
+            publisher.abort()  # not in the publisher threads: they may be shut down already
+    synth_seconds = time.monotonic() - started
     attempts = sum(r.attempts for r in rows)
-    if errors:
+    if errors or published is None:
         return _failed(
             ctx,
             item,
@@ -590,22 +674,7 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
             attempts=attempts,
             synth_seconds=synth_seconds,
         )
-    try:
-        uri, audio, size, digest = await asyncio.get_running_loop().run_in_executor(
-            ctx.publisher, _publish, ctx, item, chunks, audio_parts
-        )
-    except StorageError as exc:
-        if exc.fatal:
-            ctx.stop(exc)
-        return _failed(
-            ctx,
-            item,
-            [_error_row(ctx, item.row, item.item_id, exc)],
-            rows,
-            chunk_count=len(chunks),
-            attempts=attempts,
-        )
-    row = ItemRow(
+    item_row = ItemRow(
         run_id=ctx.run_id,
         item_id=item.item_id,
         source_row=item.row,
@@ -617,16 +686,19 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
         chars=len(item.text),
         chunk_count=len(chunks),
         reused_chunks=sum(r.reused for r in rows),
-        audio_uri=uri,
-        audio_format=ctx.spec.audio.format,
-        sample_rate=audio.sample_rate,
-        duration_s=audio.duration_s,
-        bytes=size,
-        audio_sha256=digest,
+        audio_uri=published.audio_uri,
+        audio_format=settings.format,
+        sample_rate=published.sample_rate,
+        duration_s=published.duration_s,
+        bytes=published.bytes,
+        audio_sha256=published.sha256,
         attempts=attempts,
         synth_seconds=synth_seconds,
+        loudness_lufs=published.loudness_lufs,
+        captions_uri=published.captions_uri,
+        chapters_uri=published.chapters_uri,
     )
-    return ItemOutcome(row, rows)
+    return ItemOutcome(item_row, rows)
 
 
 async def process_batch(ctx: RunContext, entries: list[Item | Rejection]) -> list[ItemOutcome]:

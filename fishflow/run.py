@@ -32,7 +32,13 @@ from fishflow.pipeline import (
     validate_row,
 )
 from fishflow.pool import ServerPool, SlotLeaser
-from fishflow.settings import AudioSettings, ChunkSettings, RunSettings, TextSettings
+from fishflow.settings import (
+    AudioSettings,
+    CaptionSettings,
+    ChunkSettings,
+    RunSettings,
+    TextSettings,
+)
 from fishflow.sources import Columns, read_source
 from fishflow.storage import Store, open_store, state_dir
 
@@ -70,6 +76,8 @@ def run_spec(settings: RunSettings) -> RunSpec:
             pause_sentence_ms=settings.pause_sentence_ms,
             pause_paragraph_ms=settings.pause_paragraph_ms,
             pause_section_ms=settings.pause_section_ms,
+            loudness=settings.loudness,
+            loudness_target=settings.loudness_target,
         ),
         chunking=ChunkSettings(
             max_bytes=chunk_budget(
@@ -82,6 +90,7 @@ def run_spec(settings: RunSettings) -> RunSpec:
             images=settings.markdown_images,
             tables=settings.markdown_tables,
         ),
+        captions=CaptionSettings(captions=settings.captions, chapters=settings.chapters),
     )
 
 
