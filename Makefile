@@ -21,6 +21,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.incremental
+	$(BIN)/python -m bench.sqlread
+	$(BIN)/python -m bench.longform
 	$(BIN)/python -m bench.deploy
 
 check: $(STAMP)

@@ -110,8 +110,14 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         description = info.description or ""
         if "default:" not in description:
             description += f" (default: {default})"
+        flag = "--" + name.replace("_", "-")
+        if kind is bool:  # --x / --no-x: argparse's type=bool would read "False" as True
+            group.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, help=description
+            )
+            continue
         group.add_argument(
-            "--" + name.replace("_", "-"),
+            flag,
             dest=name,
             type=kind,
             choices=choices,
@@ -128,7 +134,11 @@ def _build_parser() -> _Parser:
     run = sub.add_parser(
         "run", help="synthesise a catalog and publish audio + manifests", epilog=EXIT_STATUS
     )
-    run.add_argument("source", help="CSV/JSONL/Parquet file, folder of .txt/.md, or s3:// URI")
+    run.add_argument(
+        "source",
+        help="CSV/JSONL/Parquet file, folder of .txt/.md, s3:// URI, database URL (with --table "
+        "or --query), env:NAME or secret:NAME (a Prefect Secret block)",
+    )
     run.add_argument("--out", required=True, help="output folder or s3://bucket/prefix")
     run.add_argument(
         "--server",
@@ -139,6 +149,11 @@ def _build_parser() -> _Parser:
         f"(default: {DEFAULT_SERVER})",
     )
     run.add_argument("--force", action="store_true", help="redo items unchanged since a run")
+    run.add_argument(
+        "--prune",
+        action="store_true",
+        help="delete audio no current item uses: items gone from the source, older formats",
+    )
     run.add_argument("--run-id", help="run id (default: time-based)")
     run.add_argument(
         "--api-key-secret",
@@ -178,6 +193,40 @@ def _build_parser() -> _Parser:
         help="servers to use instead of the run's own (default: the run's own)",
     )
     retry.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    plan = sub.add_parser(
+        "plan",
+        help="what a run would do and cost (rows, chunks, cache, audio, GPU time); sends nothing",
+    )
+    plan.add_argument("source", help="CSV/JSONL/Parquet file, folder of .txt/.md, or s3:// URI")
+    plan.add_argument("--out", required=True, help="output folder or s3://bucket/prefix")
+    plan.add_argument(
+        "--server",
+        action="append",
+        dest="servers",
+        metavar="URL",
+        help="the servers the run would use (only their number counts; none is contacted)",
+    )
+    plan.add_argument("--force", action="store_true", help="as `run --force`: redo everything")
+    plan.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    _add_settings_flags(plan)
+
+    gc = sub.add_parser("gc", help="delete chunk audio that no manifest of OUT references")
+    gc.add_argument("out", help="output folder or s3://bucket/prefix")
+    gc.add_argument(
+        "--chunk-cache",
+        default=None,
+        help="the runs' chunk folder, if they used --chunk-cache "
+        "(default: <out>/.fishflow/chunks; ~/.cache/fishflow/<hash>/chunks for S3)",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
+    gc.add_argument(
+        "--grace-s",
+        type=float,
+        default=3600.0,
+        help="keep unreferenced files younger than this: a run going on now may need them "
+        "(default 3600)",
+    )
 
     limits = sub.add_parser(
         "limits", help="shared per-server limits on the Prefect API (PREFECT_API_URL)"
@@ -253,6 +302,9 @@ def _build_parser() -> _Parser:
     emu.add_argument("--workers", type=int, default=1, help="serial workers (default 1)")
     emu.add_argument(
         "--rtf", type=float, default=0.0, help="compute seconds per audio second (default: 0)"
+    )
+    emu.add_argument(
+        "--level-db", type=float, default=None, help="peak level of the voice, dBFS (e.g. -30)"
     )
     emu.add_argument(
         "--service-time",
@@ -373,7 +425,17 @@ def _preflight(source: str, servers: list[ServerConfig]) -> None:
 def _run(args: argparse.Namespace) -> int:
     overrides = {k: v for k in RunSettings.model_fields if (v := getattr(args, k)) is not None}
     settings = validated(RunSettings, **overrides)
+    from fishflow.database import PASSWORD_ENV, split_password
+
+    # A password typed in the URL stays in this process: the flow, its parameters and the run
+    # record see the masked URL, and the core reads the password from the environment.
+    source, password = split_password(args.source)
     if args.deployment:
+        if password:
+            raise ConfigError(
+                "a password in the source URL would travel in the flow run's parameters: "
+                "give the source as secret:NAME (a Prefect Secret block) or env:NAME"
+            )
         return _submit(args, overrides)
     if args.shards != 1:
         raise ConfigError("--shards needs --deployment: child runs are runs of a deployment")
@@ -381,31 +443,38 @@ def _run(args: argparse.Namespace) -> int:
     configs = settings.server_configs(servers)  # bad URLs are refused before Prefect starts
     _preflight(args.source, configs)
     from fishflow.run import new_run_id
+    from fishflow.sources import estimate_rows
 
     run_id = args.run_id or new_run_id()
+    if password:
+        os.environ[PASSWORD_ENV] = password
     return _with_flow(
         args,
         run_id,
         args.out,
         lambda flows: flows.refresh_catalog_audio(
-            source=args.source,
+            source=source,
             out=args.out,
             servers=servers,
             settings=settings,
             force=args.force,
+            prune=args.prune,
             run_id=run_id,
             api_key_secret=args.api_key_secret,
         ),
+        total=estimate_rows(args.source),
     )
 
 
 def _resume(args: argparse.Namespace) -> int:
     from fishflow.manifest import read_run_record
+    from fishflow.sources import estimate_rows
     from fishflow.storage import open_store
 
     record = read_run_record(open_store(args.out), args.run_id)
     settings = validated(RunSettings, **record["settings"])
     _preflight(record["source"], settings.server_configs(record["servers"]))
+    total = None if record.get("only_rows") is not None else estimate_rows(record["source"])
     return _with_flow(
         args,
         args.run_id,
@@ -416,11 +485,13 @@ def _resume(args: argparse.Namespace) -> int:
             servers=record["servers"],
             settings=settings,
             force=record["force"],
+            prune=record.get("prune", False),
             run_id=args.run_id,
             api_key_secret=record.get("api_key_secret"),
             resume=True,
             only_rows=record.get("only_rows"),
         ),
+        total=total,
     )
 
 
@@ -437,7 +508,9 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _with_flow(args: argparse.Namespace, run_id: str | None, out: str, call: Any) -> int:
+def _with_flow(
+    args: argparse.Namespace, run_id: str | None, out: str, call: Any, total: int | None = None
+) -> int:
     """Run a flow in this process with a progress bar, then print the summary."""
     _quiet_prefect()
     from prefect.exceptions import TerminationSignal  # Prefect's own SIGTERM handler raises it
@@ -460,7 +533,10 @@ def _with_flow(args: argparse.Namespace, run_id: str | None, out: str, call: Any
         ),
         retry_errors=functools.partial(summary_of, flows.retry_errors.retry_errors),
     )
-    progress = _Progress(enabled=not args.quiet and sys.stderr.isatty())
+    from fishflow.settings import EnvSettings
+
+    mode = "off" if args.quiet else "bar" if sys.stderr.isatty() else "lines"
+    progress = _Progress(mode, total, EnvSettings().progress_interval_s)
     runtime.set_progress_listener(progress.update)
     # SIGTERM (a scheduler stopping us) ends the run like Ctrl-C: in-flight work is abandoned,
     # finished items stay recorded in the journal and manifest parts.
@@ -498,36 +574,60 @@ def _with_flow(args: argparse.Namespace, run_id: str | None, out: str, call: Any
     if summary.get("run_id") is None:
         print(f"fishflow: run {summary.get('retried_run')} has no failed items: nothing to do")
         return 0
+    # Removed items are extra manifest rows (gone from the source), not among the run's items.
+    hygiene = "".join(
+        f", {n} {what}" for what in ("removed", "pruned") if (n := summary.get(what, 0))
+    )
     print(
-        f"fishflow: {summary['ok']} ok, {summary['skipped']} skipped, {summary['failed']} failed; "
-        f"{summary['audio_seconds']:.1f} s of audio in {wall:.1f} s\n"
+        f"fishflow: {summary['ok']} ok, {summary['skipped']} skipped, {summary['failed']} failed"
+        f"{hygiene}; {summary['audio_seconds']:.1f} s of audio in {wall:.1f} s\n"
         f"manifests: {summary['manifests']['items'].rsplit('/', 1)[0]}"
     )
     return 2 if summary["failed"] else 0
 
 
 class _Progress:
-    def __init__(self, enabled: bool) -> None:
-        self.counts = {"ok": 0, "skipped": 0, "failed": 0}
-        self.bar = None
-        if enabled:
-            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    """A bar with a total and ETA on a terminal; otherwise (mode "lines": a scheduler's log,
+    nohup, CI) a progress line on stderr every `interval_s`, so a long run is never silent."""
 
-            self.bar = Progress(
-                SpinnerColumn(),
-                TextColumn("{task.description}"),
-                TimeElapsedColumn(),
-                transient=True,
+    def __init__(self, mode: str, total: int | None, interval_s: float) -> None:
+        from fishflow.progress import Tally, Ticker
+
+        self.tally = Tally(total)
+        self.bar = None
+        self.ticker: Ticker | None = None
+        if mode == "bar":
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
             )
-            self.task = self.bar.add_task("starting Prefect...", total=None)
+
+            columns: list[Any] = [SpinnerColumn(), TextColumn("{task.description}")]
+            if total:
+                columns += [BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
+                            TimeRemainingColumn()]  # fmt: skip
+            self.bar = Progress(*columns, TimeElapsedColumn(), transient=True)
+            self.task = self.bar.add_task("starting Prefect...", total=total)
             self.bar.start()
+        elif mode == "lines":
+            self.ticker = Ticker(interval_s, self._print_line)
+            self.ticker.start()
+
+    def _print_line(self) -> None:
+        print(self.tally.line(), file=sys.stderr, flush=True)
 
     def update(self, row: Any) -> None:
-        self.counts[row.status] += 1
+        self.tally.add(row.status)
         if self.bar is not None:
-            c = self.counts
+            c = self.tally.counts
             self.bar.update(
                 self.task,
+                completed=self.tally.done,
                 description=(f"items: {c['ok']} ok, {c['skipped']} skipped, {c['failed']} failed"),
             )
 
@@ -535,6 +635,59 @@ class _Progress:
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
+        if self.ticker is not None:
+            self.ticker.stop()
+            self.ticker = None
+
+
+def _plan(args: argparse.Namespace) -> int:
+    """No Prefect, no server contact, nothing written: the run's own code, counting."""
+    import json
+
+    from fishflow.plan import describe, make_plan
+
+    overrides = {k: v for k in RunSettings.model_fields if (v := getattr(args, k)) is not None}
+    settings = validated(RunSettings, **overrides)
+    servers = settings.server_configs(args.servers or ["http://127.0.0.1:8080"])
+    plan = make_plan(args.source, args.out, settings, servers=len(servers), force=args.force)
+    print(json.dumps(plan.as_dict()) if args.json else describe(plan, args.source, args.out))
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:,} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return f"{n} TB"
+
+
+def _gc(args: argparse.Namespace) -> int:
+    from fishflow.hygiene import chunk_cache_dir, collect_chunks
+    from fishflow.storage import open_store
+
+    if not args.out.startswith("s3://") and not os.path.isdir(args.out):
+        raise ConfigError(f"{args.out}: no such output folder")
+    store = open_store(args.out)
+    cache_dir = chunk_cache_dir(store, args.chunk_cache)
+    if not os.path.isdir(cache_dir):
+        print(f"fishflow: no chunk audio in {cache_dir}: nothing to collect")
+        return 0
+    done = collect_chunks(store, cache_dir, dry_run=args.dry_run, min_age_s=args.grace_s)
+    verb = "would delete" if args.dry_run else "deleted"
+    if args.dry_run:
+        for path, size in done.deleted:
+            print(f"would delete {path} ({_size(size)})")
+    young = (
+        f"; {done.recent_files:,} unreferenced file(s) younger than {args.grace_s:g} s kept"
+        if done.recent_files
+        else ""
+    )
+    print(
+        f"fishflow: {verb} {len(done.deleted):,} chunk file(s), {_size(done.deleted_bytes)}; "
+        f"kept {done.kept_files:,} referenced, {_size(done.kept_bytes)}{young} ({cache_dir})"
+    )
+    return 0
 
 
 def _preview(args: argparse.Namespace) -> int:
@@ -600,6 +753,7 @@ def _emulator(args: argparse.Namespace) -> int:
     config = EmulatorConfig(
         workers=args.workers,
         rtf=args.rtf,
+        level_db=args.level_db,
         service_time_s=args.service_time,
         api_key=args.api_key,
         max_text_length=args.max_text_length,
@@ -651,6 +805,8 @@ def _submit(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         parameters["settings"] = overrides
     if args.force:
         parameters["force"] = True
+    if args.prune:
+        parameters["prune"] = True
     if args.api_key_secret:
         parameters["api_key_secret"] = args.api_key_secret
     try:
@@ -764,6 +920,10 @@ def main(argv: list[str] | None = None) -> int:
             return _retry_errors(args)
         if args.command == "voices":
             return _voices(args)
+        if args.command == "plan":
+            return _plan(args)
+        if args.command == "gc":
+            return _gc(args)
         if args.command == "preview":
             return _preview(args)
         return _emulator(args)

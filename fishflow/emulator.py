@@ -91,6 +91,7 @@ class EmulatorConfig:
     fail_status: int | None = None  # answer every /v1/tts with this status (402: no credit)
     tier_limit: int | None = None  # like the Fish Audio cloud: 429 beyond N requests in flight
     seed: int = 0
+    level_db: float | None = None  # peak level of the voice, dBFS (None: -10.5, the default)
     faults: Faults = field(default_factory=Faults)
 
 
@@ -509,6 +510,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._error(500, "Failed to generate speech")
                 return
             samples = synth_samples(text, seconds, voice if isinstance(voice, str) else None)
+            if srv.config.level_db is not None:  # a quiet or loud server, for loudness tests
+                gain = 10 ** (srv.config.level_db / 20) / 0.3
+                samples = np.clip(samples * gain, -32768, 32767).astype(np.int16)
             if req.streaming:
                 data, ctype = samples.tobytes(), "audio/wav"
             else:

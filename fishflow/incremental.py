@@ -3,7 +3,8 @@
 The manifests are the system of record (not Prefect's cache: a cache hit still costs a task
 run). All earlier ``items`` tables of the output, finished or left as part files by a run that
 crashed, are read with pyarrow, column-projected, and reduced to the newest ``ok``/``skipped``
-row per item id. Audio existence comes from one listing of the output, not a call per item.
+row per item id; an item whose newest row is ``removed`` (gone from the source) has none.
+Audio existence comes from one listing of the output, not a call per item.
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from fishflow.manifest import ITEMS_SCHEMA, Journal, journal_dir, to_table
+from fishflow.manifest import (
+    ITEMS_SCHEMA,
+    Journal,
+    journal_dir,
+    read_remote,
+    remote_journal_runs,
+    to_table,
+)
 from fishflow.pipeline import PreviousItem
 from fishflow.storage import Store
 
@@ -28,6 +36,9 @@ _COLUMNS = [
     "bytes",
     "audio_sha256",
     "created_at",
+    "loudness_lufs",
+    "captions_uri",
+    "chapters_uri",
 ]
 
 
@@ -51,7 +62,9 @@ def _item_tables(store: Store, exclude_run: str | None) -> list[pa.Table]:
                 with open(local, "wb") as fh:
                     fh.write(store.get(key))
             table = _project(pq.read_table(local))
-            tables.append(table.filter(pc.is_in(table["status"], pa.array(["ok", "skipped"]))))
+            tables.append(
+                table.filter(pc.is_in(table["status"], pa.array(["ok", "skipped", "removed"])))
+            )
     return tables
 
 
@@ -61,7 +74,7 @@ def _project(table: pa.Table) -> pa.Table:
         {
             name: table[name]
             if name in table.column_names
-            else pa.nulls(table.num_rows, pa.string())
+            else pa.nulls(table.num_rows, ITEMS_SCHEMA.field(name).type)
             for name in _COLUMNS
         }
     )
@@ -70,15 +83,20 @@ def _project(table: pa.Table) -> pa.Table:
 def _journal_tables(store: Store, exclude_run: str | None) -> list[pa.Table]:
     """Items finished by runs that never wrote their manifests (killed), from their journals."""
     directory = journal_dir(store)
-    if not os.path.isdir(directory):
-        return []
-    rows = [
-        entry[0]
-        for name in sorted(os.listdir(directory))
+    entries = [
+        entry
+        for name in (sorted(os.listdir(directory)) if os.path.isdir(directory) else [])
         if name.endswith(".jsonl") and name != f"run={exclude_run}.jsonl"
         for entry in Journal.read(os.path.join(directory, name))
-        if entry[0].status in ("ok", "skipped")
     ]
+    if store.root.startswith("s3://"):  # journals kept in the output by runs on other machines
+        entries += [
+            entry
+            for run in remote_journal_runs(store)
+            if run != exclude_run
+            for entry in read_remote(store, run)
+        ]
+    rows = [entry[0] for entry in entries if entry[0].status in ("ok", "skipped")]
     return [_project(to_table(rows, ITEMS_SCHEMA))] if rows else []
 
 
@@ -94,15 +112,27 @@ def load_previous(store: Store, exclude_run: str | None = None) -> dict[str, Pre
     table = pa.concat_tables(tables).sort_by([("created_at", "ascending")])
     prefix = store.uri("")
     latest: dict[str, PreviousItem] = {}
-    for item_id, key, uri, duration, size, sha in zip(
-        *(
-            table[c].to_pylist()
-            for c in ("item_id", "content_key", "audio_uri", "duration_s", "bytes", "audio_sha256")
-        ),
-        strict=True,
+    names = (
+        "item_id",
+        "status",
+        "content_key",
+        "audio_uri",
+        "duration_s",
+        "bytes",
+        "audio_sha256",
+        "loudness_lufs",
+        "captions_uri",
+        "chapters_uri",
+    )
+    for item_id, status, key, uri, duration, size, sha, lufs, captions, chapters in zip(
+        *(table[c].to_pylist() for c in names), strict=True
     ):
-        if item_id and key and uri and uri.startswith(prefix):
-            latest[item_id] = PreviousItem(key, uri, uri[len(prefix) :], duration, size, sha)
+        if status == "removed":
+            latest.pop(item_id, None)
+        elif item_id and key and uri and uri.startswith(prefix):
+            latest[item_id] = PreviousItem(
+                key, uri, uri[len(prefix) :], duration, size, sha, lufs, captions, chapters
+            )
     return latest
 
 

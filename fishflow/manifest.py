@@ -11,9 +11,11 @@ they agree, because ``pa.Table.from_pylist`` silently drops, fills or truncates 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
+import secrets
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -50,6 +52,9 @@ ITEMS_SCHEMA = pa.schema(
         pa.field("synth_seconds", pa.float64()),
         pa.field("error", pa.string()),
         pa.field("created_at", TS, nullable=False),
+        pa.field("loudness_lufs", pa.float64()),  # integrated (BS.1770) as published
+        pa.field("captions_uri", pa.string()),  # the .vtt; the .srt has the same stem
+        pa.field("chapters_uri", pa.string()),  # .chapters.vtt, when the item has headings
     ]
 )
 
@@ -113,6 +118,9 @@ class ItemRow:
     attempts: int | None = None
     synth_seconds: float | None = None
     error: str | None = None
+    loudness_lufs: float | None = None
+    captions_uri: str | None = None
+    chapters_uri: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -265,25 +273,101 @@ def _row_from_json(cls: type, data: dict[str, Any]) -> Any:
     return cls(**data)
 
 
+# Under an S3 output: the journal in segments, one object per group of items made durable.
+REMOTE_JOURNAL = ".fishflow/journal"
+
+
+def remote_journal_prefix(run_id: str) -> str:
+    return f"{REMOTE_JOURNAL}/run={run_id}/"
+
+
+Entry = tuple[ItemRow, list[ChunkRow], list[ErrorRow]]
+
+
 class Journal:
     """One JSON line per finished item, written as the item finishes.
 
     A line reaches the kernel before the next item starts, so a run killed with SIGKILL loses
     at most the items in flight; part files (per batch) and the merged manifests are built from
     the same rows, and the journal is removed once the run's manifests are final.
+
+    With ``remote`` (an S3 output), lines also go to the output, so that another machine can
+    pick the run up: S3 has no append, so each ``durable()`` writes the lines appended since
+    the last one as a new segment object. Items waiting at once share one PUT (group commit),
+    and a segment is deleted once every item in it is in a manifest part, which keeps the
+    segments a resume must read to the few batches in flight.
     """
 
-    def __init__(self, directory: str, run_id: str) -> None:
+    def __init__(self, directory: str, run_id: str, *, remote: Store | None = None) -> None:
         os.makedirs(directory, exist_ok=True)
+        self.run_id = run_id
         self.path = os.path.join(directory, f"run={run_id}.jsonl")
         self._fd: int | None = None
+        self.remote = remote
+        self.remote_error: str | None = None  # set once a write to the output failed
+        self._session = secrets.token_hex(4)  # a resumed run writes segments of its own
+        self._pending: list[tuple[int, bytes]] = []
+        self._appended = self._durable = 0
+        self._segments: dict[str, set[int]] = {}  # segment key -> rows not yet in a part
+        self._lock: asyncio.Lock | None = None
 
     def append(self, item: ItemRow, chunks: list[ChunkRow], errors: list[ErrorRow]) -> None:
         if self._fd is None:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         line = {"item": _row_json(item), "chunks": [_row_json(c) for c in chunks],
                 "errors": [_row_json(e) for e in errors]}  # fmt: skip
-        os.write(self._fd, (json.dumps(line) + "\n").encode())
+        data = (json.dumps(line) + "\n").encode()
+        os.write(self._fd, data)
+        if self.remote is not None:
+            self._pending.append((item.source_row, data))
+            self._appended += 1
+
+    async def durable(self) -> None:
+        """Return once every line appended so far is in the output (no-op without remote)."""
+        if self.remote is None or self.remote_error is not None:
+            return
+        target = self._appended
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._durable >= target or self.remote_error is not None:
+                return  # another item's PUT carried this one's line
+            pending, upto = self._pending, self._appended
+            self._pending = []
+            key = f"{remote_journal_prefix(self.run_id)}{self._session}-{upto:09d}.jsonl"
+            done = [k for k, rows in self._segments.items() if not rows]
+            try:
+                await asyncio.to_thread(self._write_segment, key, pending, done)
+            except Exception as exc:  # the output's journal is a convenience: never fail items
+                self.remote_error = f"{type(exc).__name__}: {exc}"
+                return
+            for k in done:
+                self._segments.pop(k, None)
+            self._segments[key] = {row for row, _ in pending}
+            self._durable = upto
+
+    def _write_segment(self, key: str, lines: list[tuple[int, bytes]], done: list[str]) -> None:
+        assert self.remote is not None
+        self.remote.put(key, b"".join(line for _, line in lines), "application/x-ndjson", {})
+        if done:
+            with contextlib.suppress(Exception):  # a segment left over costs one GET, later
+                self.remote.delete(done)
+
+    def settle(self, rows: Iterable[int]) -> None:
+        """These rows are in a manifest part now: their segments may go (at the next write)."""
+        settled = set(rows)
+        for pending_rows in self._segments.values():
+            pending_rows -= settled
+
+    def entries(self) -> list[Entry]:
+        """This run's journal: the local file and, with remote, the output's segments."""
+        entries = Journal.read(self.path)
+        if self.remote is not None:
+            entries += read_remote(self.remote, self.run_id)
+        first: dict[int, Entry] = {}
+        for entry in entries:
+            first.setdefault(entry[0].source_row, entry)
+        return list(first.values())
 
     def close(self, remove: bool = False) -> None:
         if self._fd is not None:
@@ -292,22 +376,50 @@ class Journal:
         if remove:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
+            if self.remote is not None:
+                with contextlib.suppress(Exception):  # leftovers only cost a LIST next time
+                    self.remote.delete(self.remote.list(remote_journal_prefix(self.run_id)))
 
     @staticmethod
-    def read(path: str) -> list[tuple[ItemRow, list[ChunkRow], list[ErrorRow]]]:
+    def parse(lines: Iterable[bytes]) -> list[Entry]:
         entries = []
-        with contextlib.suppress(FileNotFoundError), open(path, "rb") as fh:
-            for raw in fh:
-                try:
-                    line = json.loads(raw)
-                except ValueError:
-                    continue  # the last line of a killed run may be cut short
-                entries.append((
-                    _row_from_json(ItemRow, line["item"]),
-                    [_row_from_json(ChunkRow, c) for c in line["chunks"]],
-                    [_row_from_json(ErrorRow, e) for e in line["errors"]],
-                ))  # fmt: skip
+        for raw in lines:
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                continue  # the last line of a killed run may be cut short
+            entries.append((
+                _row_from_json(ItemRow, line["item"]),
+                [_row_from_json(ChunkRow, c) for c in line["chunks"]],
+                [_row_from_json(ErrorRow, e) for e in line["errors"]],
+            ))  # fmt: skip
         return entries
+
+    @staticmethod
+    def read(path: str) -> list[Entry]:
+        with contextlib.suppress(FileNotFoundError), open(path, "rb") as fh:
+            return Journal.parse(fh)
+        return []
+
+
+def read_remote(store: Store, run_id: str | None = None) -> list[Entry]:
+    """Journal entries kept under the output: of one run, or of every run (run_id None)."""
+    prefix = remote_journal_prefix(run_id) if run_id else REMOTE_JOURNAL + "/"
+    entries: list[Entry] = []
+    for key in store.list(prefix):
+        if key.endswith(".jsonl"):
+            with contextlib.suppress(FileNotFoundError, StorageError):  # deleted meanwhile
+                entries.extend(Journal.parse(store.get(key).splitlines()))
+    return entries
+
+
+def remote_journal_runs(store: Store) -> dict[str, list[str]]:
+    """Segment keys under the output, by run id."""
+    runs: dict[str, list[str]] = {}
+    for key in store.list(REMOTE_JOURNAL + "/"):
+        run = key.removeprefix(REMOTE_JOURNAL + "/").split("/", 1)[0].removeprefix("run=")
+        runs.setdefault(run, []).append(key)
+    return runs
 
 
 def recover(store: Store, writer: ManifestWriter, journal: Journal) -> set[int]:
@@ -318,7 +430,7 @@ def recover(store: Store, writer: ManifestWriter, journal: Journal) -> set[int]:
         for key in writer.part_keys("items"):
             table = _read_store_table(store, key, tmp)
             recorded.update(table.column("source_row").to_pylist())
-    missing = [e for e in Journal.read(journal.path) if e[0].source_row not in recorded]
+    missing = [e for e in journal.entries() if e[0].source_row not in recorded]
     if missing:
         writer.write_part(
             f"journal-{len(recorded):09d}",

@@ -33,7 +33,13 @@ from fishflow.pipeline import (
     validate_row,
 )
 from fishflow.pool import ServerPool, SlotLeaser
-from fishflow.settings import AudioSettings, ChunkSettings, RunSettings, TextSettings
+from fishflow.settings import (
+    AudioSettings,
+    CaptionSettings,
+    ChunkSettings,
+    RunSettings,
+    TextSettings,
+)
 from fishflow.sources import Columns, read_source
 from fishflow.storage import Store, open_store, state_dir
 from fishflow.voices import ReferenceFiles, resolve
@@ -72,6 +78,8 @@ def run_spec(settings: RunSettings) -> RunSpec:
             pause_sentence_ms=settings.pause_sentence_ms,
             pause_paragraph_ms=settings.pause_paragraph_ms,
             pause_section_ms=settings.pause_section_ms,
+            loudness=settings.loudness,
+            loudness_target=settings.loudness_target,
         ),
         chunking=ChunkSettings(
             max_bytes=chunk_budget(
@@ -84,6 +92,7 @@ def run_spec(settings: RunSettings) -> RunSpec:
             images=settings.markdown_images,
             tables=settings.markdown_tables,
         ),
+        captions=CaptionSettings(captions=settings.captions, chapters=settings.chapters),
     )
 
 
@@ -106,6 +115,7 @@ def entry_batches(
     skip_rows: set[int] | None = None,
     only_rows: set[int] | None = None,
     shard: tuple[int, int] | None = None,
+    present: set[str] | None = None,
     references: ReferenceFiles | None = None,
 ) -> Iterator[list[Item | Rejection]]:
     """Validated batches of the source, in order; duplicate ids are caught across batches.
@@ -113,18 +123,28 @@ def entry_batches(
     ``skip_rows`` (already recorded by this run) and rows outside ``only_rows`` (a retry of
     failed rows) are validated, so ids stay checked for duplicates, but not returned.
     ``shard`` = (index, count) keeps only the rows of that partition (by id, else row number).
+    ``present``, when given, collects the id of every row read (valid or not), so that the
+    caller knows, once the source is read to its end, which earlier items are gone.
     Reference recordings are read through ``references`` (pass the run's, so that each is
     read once); relative paths are relative to the source's folder.
     """
     seen: set[str] = set()
     references = references if references is not None else ReferenceFiles()
-    for rows in read_source(source, columns(settings), batch_rows=settings.batch_size):
+    for rows in read_source(
+        source,
+        columns(settings),
+        batch_rows=settings.batch_size,
+        table=settings.table,
+        query=settings.query,
+    ):
         if shard is not None:
             index, count = shard
             rows = [
                 r for r in rows
                 if shard_of((r.item_id or "").strip() or f"row:{r.row}", count) == index
             ]  # fmt: skip
+        if present is not None:
+            present.update(i for r in rows if (i := (r.item_id or "").strip()))
         rows = [
             dataclasses.replace(row, reference_audio=resolve(row.reference_audio, source))
             if row.reference_audio
@@ -147,6 +167,8 @@ class RunTotals:
     ok: int = 0
     skipped: int = 0
     failed: int = 0
+    removed: int = 0  # items gone from the source: extra manifest rows, not among `items`
+    pruned: int = 0  # files deleted by --prune
     audio_seconds: float = 0.0
     failures: list[tuple[str | None, int, str]] = field(
         default_factory=list
@@ -279,7 +301,11 @@ async def _open_run(
         slot_tenure_s=settings.slot_tenure_s,
     )
     pool_ref.append(pool)
-    journal = Journal(journal_dir(store), run_id)
+    # An S3 output keeps the run's state (journal, chunk audio) in itself too, so that a run
+    # resumed or re-run on a fresh machine redoes only what was in flight; the local copies
+    # stay in front as the fast layer. A local output already holds it (<out>/.fishflow).
+    remote = store if store.root.startswith("s3://") and settings.state_in_output else None
+    journal = Journal(journal_dir(store), run_id, remote=remote)
     publisher = ThreadPoolExecutor(store.write_threads, thread_name_prefix="fishflow-publish")
     ctx = RunContext(
         journal=journal,
@@ -287,7 +313,7 @@ async def _open_run(
         spec=spec,
         pool=pool,
         store=store,
-        cache=ChunkCache(cache_dir),
+        cache=ChunkCache(cache_dir, remote=remote),
         previous=previous,
         existing_audio=existing,
         force=force,

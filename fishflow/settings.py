@@ -26,6 +26,7 @@ from fishflow.chunking import DEFAULT_CHUNK_BYTES, Boundary
 from fishflow.errors import ConfigError
 
 AudioFormat = Literal["wav", "flac", "mp3"]
+OnOff = Literal["on", "off"]
 WireEncoding = Literal["msgpack", "json"]
 TextFormat = Literal["auto", "plain", "markdown"]
 
@@ -163,6 +164,11 @@ class AudioSettings(_Frozen):
         1200, ge=0, le=10_000, description="Pause before and after a heading"
     )
     fade_ms: int = Field(8, ge=0, le=200, description="Fade at each join, against clicks")
+    loudness: OnOff = Field("on", description="Normalise each item's loudness (BS.1770)")
+    loudness_target: float = Field(
+        -16.0, ge=-40, le=-5, description="Target integrated loudness, LUFS"
+    )
+    true_peak_db: float = Field(-1.0, ge=-12, le=0, description="Peak ceiling, dBTP")
 
     def pause_after_ms(self, boundary: Boundary) -> int:
         """The silence after a chunk that ends at ``boundary`` (0 after the last)."""
@@ -179,6 +185,15 @@ class AudioSettings(_Frozen):
         content key join by join (see ``RunSpec.content_key``)."""
         joins = {"pause_clause_ms", "pause_sentence_ms", "pause_paragraph_ms", "pause_section_ms"}
         return hashlib.sha256(self.model_dump_json(exclude=joins).encode()).hexdigest()[:16]
+
+
+class CaptionSettings(_Frozen):
+    """Files published beside each item's audio. Not part of the content key: turning them on
+    makes items without them be redone from cached chunk audio, turning them off changes
+    nothing already published."""
+
+    captions: OnOff = Field("on", description="WebVTT and SRT captions beside the audio")
+    chapters: OnOff = Field("on", description="Chapters from headings: WebVTT, ID3 in mp3")
 
 
 class ServerConfig(_Frozen):
@@ -232,6 +247,9 @@ class EnvSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FISHFLOW_", extra="ignore")
 
     api_key: SecretStr | None = Field(None, description="Bearer key for the Fish Speech servers")
+    progress_interval_s: float = Field(
+        30.0, gt=0, le=3600, description="Seconds between progress lines when not on a terminal"
+    )
 
 
 def validated(model_class: type[_Model], /, **values: object) -> _Model:
@@ -297,11 +315,28 @@ class RunSettings(_Frozen):
         700, ge=0, le=10_000, description="Pause between paragraphs, list items, table rows"
     )
     pause_section_ms: int = Field(1200, ge=0, le=10_000, description="Pause around a heading")
+    loudness: OnOff = Field("on", description="Normalise each item to --loudness-target")
+    loudness_target: float = Field(
+        -16.0, ge=-40, le=-5, description="Target integrated loudness, LUFS (BS.1770)"
+    )
+    captions: OnOff = Field("on", description="WebVTT and SRT captions beside each audio file")
+    chapters: OnOff = Field("on", description="Chapters from headings (WebVTT; ID3 in mp3)")
     batch_size: int = Field(250, ge=1, le=100_000, description="Items per Prefect task run")
     max_attempts: int = Field(6, ge=1, le=50, description="Attempts per chunk")
     request_timeout_s: float = Field(120.0, gt=0, description="Read timeout per queued generation")
     all_down_grace_s: float = Field(60.0, ge=0, description="Stop when no server answers this long")
     sse: Literal["AES256", "aws:kms"] | None = Field(None, description="S3 server-side encryption")
+    table: str | None = Field(
+        None, description="Table to read when the source is a database URL (schema.name)"
+    )
+    query: str | None = Field(
+        None, description="SELECT to read when the source is a database URL (instead of --table)"
+    )
+    state_in_output: bool = Field(
+        True,
+        description="Keep an S3 output's journal and chunk audio under <out>/.fishflow, so a "
+        "run resumed or re-run on another machine redoes only what was in flight",
+    )
     chunk_cache: str | None = Field(
         None,
         description="Folder of chunk audio (default: <out>/.fishflow/chunks; ~/.cache for S3)",

@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -20,11 +21,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fishflow.errors import SourceError
+from fishflow.errors import ConfigError, SourceError
 from fishflow.storage import parse_s3_uri, s3_client, wrap_s3_error
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
 TABLE_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".parquet")
+LIST_PAGE_SIZE = 1000  # keys per S3 listing request (S3's own maximum)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,29 +199,47 @@ def _read_s3(uri: str, cols: Columns, batch_rows: int) -> Iterator[list[SourceRo
                 yield from read_table(local, cols, batch_rows)
             return
         prefix = key if not key or key.endswith("/") else key + "/"
-        paginator = s3.get_paginator("list_objects_v2")
-        keys = [
-            obj["Key"]
-            for page in paginator.paginate(Bucket=bucket, Prefix=prefix)
-            for obj in page.get("Contents", [])
-            if PurePosixPath(obj["Key"]).suffix.lower() in TEXT_SUFFIXES
-        ]
-        if not keys:
-            raise SourceError(f"{uri}: no .txt or .md objects under this prefix")
-        for start in range(0, len(keys), batch_rows):
-            batch = []
-            for i, k in enumerate(sorted(keys)[start : start + batch_rows]):
-                body = s3.get_object(Bucket=bucket, Key=k)["Body"].read()
-                batch.append(
-                    _text_file_row(
-                        start + i, k[len(prefix) :], body, PurePosixPath(k).suffix.lower()
-                    )
-                )
-            yield batch
+        yield from _read_s3_prefix(s3, bucket, prefix, uri, batch_rows)
     except SourceError:
         raise
     except Exception as exc:  # botocore errors: name the bucket, never the credentials
         raise SourceError(str(wrap_s3_error(exc, uri))) from exc
+
+
+def _read_s3_prefix(
+    s3: Any, bucket: str, prefix: str, uri: str, batch_rows: int
+) -> Iterator[list[SourceRow]]:
+    """Like a folder: one row per .txt/.md object, id = key below the prefix. Listed page by
+    page (S3 lists keys in order, so rows keep their positions from run to run) and read a
+    batch at a time, never the whole listing or every body at once."""
+
+    def read(key: str) -> bytes:
+        return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+    def rows(keys: list[str], start: int) -> list[SourceRow]:
+        return [
+            _text_file_row(start + i, k[len(prefix) :], body, PurePosixPath(k).suffix.lower())
+            for i, (k, body) in enumerate(zip(keys, readers.map(read, keys), strict=True))
+        ]
+
+    pages = s3.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": LIST_PAGE_SIZE}
+    )
+    keys: list[str] = []
+    start = 0
+    # GETs wait on the network: a few at once keep a batch of small documents quick.
+    with ThreadPoolExecutor(8, thread_name_prefix="fishflow-s3-read") as readers:
+        for page in pages:
+            for obj in page.get("Contents", []):
+                if PurePosixPath(obj["Key"]).suffix.lower() in TEXT_SUFFIXES:
+                    keys.append(obj["Key"])
+                if len(keys) >= batch_rows:
+                    yield rows(keys, start)
+                    start, keys = start + len(keys), []
+        if keys:
+            yield rows(keys, start)
+        elif start == 0:
+            raise SourceError(f"{uri}: no .txt or .md objects under this prefix")
 
 
 def read_table(path: str, cols: Columns, batch_rows: int) -> Iterator[list[SourceRow]]:
@@ -242,7 +262,7 @@ def check_source(uri: str) -> None:
     if uri.startswith("s3://"):
         _check_s3(uri)
         return
-    if "://" in uri:
+    if "://" in uri or uri.startswith("env:"):  # a database: read_source connects and says
         return
     path = Path(uri)
     if not path.exists():
@@ -279,9 +299,24 @@ def _check_s3(uri: str) -> None:
 
 
 def read_source(
-    uri: str, cols: Columns = Columns(), batch_rows: int = 1000
+    uri: str,
+    cols: Columns = Columns(),
+    batch_rows: int = 1000,
+    *,
+    table: str | None = None,
+    query: str | None = None,
 ) -> Iterator[list[SourceRow]]:
-    """Batches of rows from any supported source (local path or s3:// URI)."""
+    """Batches of rows from any supported source: a local path, an s3:// URI, or a database URL
+    with ``table`` or ``query`` (see ``fishflow.database``); ``env:NAME`` names any of them."""
+    from fishflow import database  # SQLAlchemy is imported only when a database is read
+
+    uri = database.resolve_env(uri)
+    if database.is_database_url(uri):
+        return database.read_database(uri, cols, batch_rows, table=table, query=query)
+    if table or query:
+        raise ConfigError(
+            f"{uri}: --table and --query read a database; give a database URL as the source"
+        )
     if uri.startswith("s3://"):
         return _read_s3(uri, cols, batch_rows)
     if os.path.isdir(uri):

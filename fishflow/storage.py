@@ -22,6 +22,18 @@ _UNSAFE = re.compile(r"[^\w.\-]+", re.UNICODE)
 _MAX_SEGMENT = 120
 
 
+def _read_umask() -> int:
+    # os.umask can only be read by setting it: done once, at import, before any thread writes.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Published files get the mode a plain open() would give (0644 under the usual umask 022), so
+# a web server running as another user can serve them; mkstemp alone makes them 0600.
+FILE_MODE = 0o666 & ~_read_umask()
+
+
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     rest = uri.removeprefix("s3://")
     bucket, _, key = rest.partition("/")
@@ -59,6 +71,10 @@ class Store(Protocol):
     def uri(self, key: str) -> str: ...
     def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> str: ...
     def put_file(self, key: str, path: str, content_type: str) -> str: ...
+    def staging_path(self, key: str) -> str: ...
+    def publish_file(
+        self, key: str, path: str, content_type: str, metadata: dict[str, str]
+    ) -> str: ...
     def get(self, key: str) -> bytes: ...
     def list(self, prefix: str) -> builtins.list[str]: ...
     def delete(self, keys: builtins.list[str]) -> None: ...
@@ -97,6 +113,7 @@ class LocalStore:
             try:
                 with os.fdopen(fd, "wb") as fh:
                     write(fh)
+                    os.fchmod(fh.fileno(), FILE_MODE)
                 os.replace(tmp, path)  # readers see the old file or the whole new one
             except BaseException:
                 os.unlink(tmp)
@@ -116,6 +133,32 @@ class LocalStore:
                     fh.write(block)
 
         return self._atomic(key, copy)
+
+    def staging_path(self, key: str) -> str:
+        """A new empty file beside where ``key`` goes, to be written and then published by a
+        rename (same folder, same file system: atomic)."""
+        path = self.uri(key)
+        folder = os.path.dirname(path)
+        try:
+            if folder not in self._made:
+                os.makedirs(folder, exist_ok=True)
+                self._made.add(folder)
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=Path(path).suffix)
+        except OSError as exc:
+            raise StorageError(f"cannot write {path}: {exc.strerror}", fatal=True) from None
+        os.close(fd)
+        return tmp
+
+    def publish_file(self, key: str, path: str, content_type: str, metadata: dict[str, str]) -> str:
+        """Move a file made by ``staging_path`` to ``key``: readers see the old file or the
+        whole new one."""
+        dest = self.uri(key)
+        try:
+            os.chmod(path, FILE_MODE)
+            os.replace(path, dest)
+        except OSError as exc:
+            raise StorageError(f"cannot write {dest}: {exc.strerror}", fatal=True) from None
+        return dest
 
     def get(self, key: str) -> bytes:
         return Path(self.uri(key)).read_bytes()
@@ -231,6 +274,35 @@ class S3Store:
             raise wrap_s3_error(exc, self.uri(key)) from exc
         return self.uri(key)
 
+    def staging_path(self, key: str) -> str:
+        """A local temporary file to write ``key`` into before ``publish_file`` uploads it."""
+        fd, tmp = tempfile.mkstemp(prefix="fishflow-", suffix=Path(key).suffix)
+        os.close(fd)
+        return tmp
+
+    def publish_file(self, key: str, path: str, content_type: str, metadata: dict[str, str]) -> str:
+        """Upload a staged file (multipart above 8 MB, the object appears whole) and remove it.
+
+        Two part uploads at a time per file: up to 16 files upload at once (write_threads),
+        and each part in flight holds its 8 MB in memory.
+        """
+        from boto3.s3.transfer import TransferConfig
+
+        config = TransferConfig(multipart_chunksize=8 << 20, max_concurrency=2)
+        try:
+            self.client.upload_file(
+                path,
+                self.bucket,
+                self._key(key),
+                ExtraArgs=self._extra(content_type, metadata),
+                Config=config,
+            )
+        except Exception as exc:
+            raise wrap_s3_error(exc, self.uri(key)) from None
+        finally:
+            os.unlink(path)
+        return self.uri(key)
+
     def get(self, key: str) -> bytes:
         try:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
@@ -255,8 +327,8 @@ class S3Store:
 
 def state_dir(store: Store) -> str:
     """Local working state of an output (journals, chunk audio): inside a local output, or in
-    the user's cache for an S3 output (S3 cannot be appended to; a resume then needs the same
-    machine, or falls back to the per-batch manifest parts on S3)."""
+    the user's cache for an S3 output, where it is the fast layer in front of the copy kept
+    under ``<out>/.fishflow/`` (see ``manifest.Journal`` and ``pipeline.RemoteChunks``)."""
     if not store.root.startswith("s3://"):
         return os.path.join(store.root, ".fishflow")
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")

@@ -34,6 +34,8 @@ def resolve(path: str, source: str) -> str:
         return path
     if source.startswith("s3://"):
         return posixpath.join(posixpath.dirname(source.rstrip("/")), path)
+    if "://" in source or source.startswith("env:"):  # a database: no folder of its own
+        return os.path.abspath(path)
     base = source if os.path.isdir(source) else os.path.dirname(os.path.abspath(source))
     return os.path.normpath(os.path.join(base, path))
 

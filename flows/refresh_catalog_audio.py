@@ -12,7 +12,9 @@ from prefect.runtime import flow_run
 from prefect.settings import get_current_settings
 from prefect.states import Failed, State
 
+from fishflow.database import mask
 from fishflow.errors import FishflowError
+from fishflow.hygiene import tidy_output
 from fishflow.manifest import recover, run_record_exists, write_run_record
 from fishflow.pipeline import internal_failure
 from fishflow.run import (
@@ -29,6 +31,7 @@ from tasks import reporting, runtime
 from tasks.limits import PrefectSlotLeaser
 from tasks.prefect_run import RunFailed, api_key, deployment_context, tag_flow_run
 from tasks.sharding import run_shards
+from tasks.sources import resolve_source
 from tasks.synthesis import batch_argument, synthesize_batch
 
 DEFAULT_SERVERS = ["http://127.0.0.1:8080"]
@@ -48,6 +51,7 @@ async def refresh_catalog_audio(
     servers: list[str] | None = None,
     settings: RunSettings | None = None,
     force: bool = False,
+    prune: bool = False,
     max_failed_share: float = 0.0,
     shards: int = 1,
     api_key_secret: str | None = None,
@@ -64,11 +68,15 @@ async def refresh_catalog_audio(
     that run id. The run ends Failed when more than `max_failed_share` of its items failed.
 
     Args:
-        source: CSV, JSONL or Parquet file, folder of .txt/.md files, or an s3:// URI of one.
+        source: CSV, JSONL or Parquet file, folder of .txt/.md files, or an s3:// URI of one;
+            or a database URL read with `settings.table` or `settings.query`; or `env:NAME` /
+            `secret:NAME`, the source held by an environment variable / a Prefect Secret block.
+            A URL's password is masked in logs, tags and the run record.
         out: Output folder or s3://bucket/prefix for audio and manifests.
         servers: Fish Speech server URLs; `URL#limit=N` sets a server's in-flight limit.
         settings: Run settings; the fields given here override the deployment's own.
         force: Redo every item, even those unchanged since an earlier run.
+        prune: Delete audio no current item uses: items gone from the source, older formats.
         max_failed_share: Share of items (0..1) that may fail before the run ends Failed.
         shards: Split the run into this many child runs of the same deployment.
         api_key_secret: Name of a Prefect Secret block holding the servers' API key.
@@ -87,8 +95,11 @@ async def refresh_catalog_audio(
     run_id = run_id or (flow_run.name if is_run_id(flow_run.name) else new_run_id())
     if not 0.0 <= max_failed_share <= 1.0:
         raise RunFailed(f"max_failed_share must be between 0 and 1, not {max_failed_share}")
-    await asyncio.to_thread(check_source, source)  # fails before anything is written
-    await tag_flow_run(source=source, deployment=deployment.name, shard=shard)
+    # secret:NAME becomes the URL it holds, and the source is checked, before anything is
+    # written for the run.
+    readable = await resolve_source(source)
+    await asyncio.to_thread(check_source, readable)
+    await tag_flow_run(source=mask(source), deployment=deployment.name, shard=shard)
     artifacts = reporting.Reporter(deployment.name, run_id)
     if shards > 1 and shard is None:
         async with held_output(out=out, settings=settings, run_id=run_id):  # for its children
@@ -107,7 +118,7 @@ async def refresh_catalog_audio(
 
     started = time.monotonic()
     fatal: FishflowError | None = None
-    total_rows = await asyncio.to_thread(estimate_rows, source)
+    total_rows = await asyncio.to_thread(estimate_rows, readable)
     await artifacts.start(total_rows)
     # Limits shared with other runs live on a Prefect API that outlives this process; the
     # ephemeral one started for a lone `fishflow run` has nobody to share with.
@@ -124,7 +135,10 @@ async def refresh_catalog_audio(
     ) as (ctx, writer):
         totals = runtime.register(ctx, writer).totals
         try:
-            logger.info("run %s: %s -> %s on %d server(s)", run_id, source, out, len(servers))
+            # What logs and the run record show: a database URL without its password, or the
+            # env:/secret: reference that `resume` and `retry-errors` resolve again.
+            shown = mask(source)
+            logger.info("run %s: %s -> %s on %d server(s)", run_id, shown, out, len(servers))
             recorded: set[int] = set()
             resume = resume or await asyncio.to_thread(run_record_exists, ctx.store, run_id)
             if resume:
@@ -133,10 +147,11 @@ async def refresh_catalog_audio(
                 logger.info("run %s: resuming, %d rows already recorded", run_id, len(recorded))
             else:
                 record = {
-                    "source": source,
+                    "source": shown,
                     "out": out,
                     "servers": servers,
                     "force": force,
+                    "prune": prune,
                     "settings": settings.model_dump(),
                     "only_rows": only_rows,
                     "api_key_secret": api_key_secret,
@@ -150,13 +165,15 @@ async def refresh_catalog_audio(
             # A few batches in flight keep every server fed across batch boundaries.
             window = asyncio.Semaphore(3)
             pending: set[asyncio.Task[Any]] = set()
+            present: set[str] = set()  # every id read: what is not here is gone
             batches = entry_batches(
-                source,
+                readable,
                 settings,
                 spec=run_spec(settings),
                 skip_rows=recorded,
                 only_rows=set(only_rows) if only_rows is not None else None,
                 shard=(shard, shards) if shard is not None else None,
+                present=present,
                 references=ctx.references,
             )
             session = new_run_id()  # part names stay unique when a run is resumed
@@ -206,10 +223,42 @@ async def refresh_catalog_audio(
                 await asyncio.gather(*pending, return_exceptions=True)
                 raise
             fatal = fatal or ctx.fatal_error
+            if ctx.journal is not None and ctx.journal.remote_error:
+                logger.warning("run state not kept in %s: %s", out, ctx.journal.remote_error)
             for warning in ctx.warnings:
                 logger.warning(warning)
             for note in ctx.notes:
                 logger.info(note)
+            # Output hygiene (issue 9): only a run that read the whole source knows what is
+            # gone from it; a retry of some rows or one shard sees only part of it.
+            if fatal is None and only_rows is None and shard is None:
+                try:
+                    tidied = await asyncio.to_thread(
+                        tidy_output,
+                        ctx.store,
+                        writer,
+                        run_id=run_id,
+                        part=f"{session}-removed",
+                        present=present,
+                        previous=None if force else ctx.previous,
+                        prune=prune,
+                        now=ctx.now(),
+                    )
+                except Exception:  # the run's items are done: tidying must not lose them
+                    logger.exception("run %s: could not record removed items or prune", run_id)
+                else:
+                    totals.removed, totals.pruned = len(tidied.removed), len(tidied.pruned)
+                    if tidied.removed:
+                        logger.info(
+                            "run %s: %d item(s) gone from the source since the last run "
+                            "(status removed in the items manifest)",
+                            run_id,
+                            len(tidied.removed),
+                        )
+                    for uri in tidied.pruned:
+                        logger.info("run %s: pruned %s", run_id, uri)
+            elif prune:
+                logger.warning("run %s: --prune needs a run over the whole source", run_id)
             manifests = await asyncio.to_thread(writer.finalize)
             if ctx.journal is not None:
                 ctx.journal.close(remove=True)

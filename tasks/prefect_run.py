@@ -56,19 +56,28 @@ async def deployment_context() -> DeploymentContext:
     return DeploymentContext(deployment.name, flow.name, dict(deployment.parameters or {}))
 
 
+async def secret_value(name: str) -> str | None:
+    """The text a Prefect Secret block holds (None when there is no block of that name)."""
+    from prefect.blocks.system import Secret
+
+    try:
+        block = await Secret.aload(name)
+    except ValueError:
+        return None
+    value = block.get()  # type: ignore[attr-defined]  # aload's return type is unbound
+    return value if isinstance(value, str) else str(value)
+
+
 async def api_key(secret_block: str | None) -> str | None:
     """The servers' API key: from a Prefect Secret block if named, else FISHFLOW_API_KEY."""
     if secret_block:
-        from prefect.blocks.system import Secret
-
-        try:
-            secret = await Secret.aload(secret_block)
-        except ValueError:
+        value = await secret_value(secret_block)
+        if value is None:
             raise ConfigError(
                 f"no Prefect Secret block named {secret_block!r} (create it with "
                 f"`prefect block create secret` or in the UI, or set FISHFLOW_API_KEY)"
-            ) from None
-        return str(secret.get())  # type: ignore[attr-defined]  # aload's return type is unbound
+            )
+        return value
     key = EnvSettings().api_key
     return key.get_secret_value() if key else None
 

@@ -42,6 +42,8 @@ class Summary:
             "ok": t.ok,
             "skipped": t.skipped,
             "failed": t.failed,
+            "removed": t.removed,
+            "pruned": t.pruned,
             "audio_seconds": round(t.audio_seconds, 3),
             "wall_seconds": round(self.wall_s, 3),
             "manifests": self.manifests,

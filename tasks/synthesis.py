@@ -31,6 +31,8 @@ async def synthesize_batch(
     run = lookup(run_id)
     outcomes = await process_batch(run.ctx, entries)
     await asyncio.to_thread(run.writer.write_outcomes, part, outcomes)
+    if run.ctx.journal is not None:  # in a part now: their journal segments may go
+        run.ctx.journal.settle(o.item.source_row for o in outcomes)
     run.totals.add(outcomes)
     statuses = [o.item.status for o in outcomes]
     return {status: statuses.count(status) for status in ("ok", "skipped", "failed")}

@@ -238,6 +238,9 @@ def test_a_successful_run_prints_no_prefect_noise(tmp_path: Path, emulator: Emul
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    # Off a terminal a progress line comes every 30 s (tests/flows/test_hygiene.py), and a
+    # slow ephemeral start here can take that long: this test is about Prefect's noise.
+    env["FISHFLOW_PROGRESS_INTERVAL_S"] = "3600"
     result = subprocess.run(
         [
             sys.executable,

@@ -3,6 +3,8 @@ the split of a chunk the server could not take whole. Voice ids, seeds and refer
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from fishflow.chunking import DEFAULT_CHUNK_BYTES, chunk_budget, split_at_clause, split_in_two
@@ -77,6 +79,8 @@ def test_reference_paths_are_relative_to_the_source(tmp_path) -> None:
     assert resolve("/abs/a.wav", str(source)) == "/abs/a.wav"
     assert resolve("v/a.wav", "s3://bucket/exports/c.csv") == "s3://bucket/exports/v/a.wav"
     assert resolve("s3://b/a.wav", str(source)) == "s3://b/a.wav"
+    # a database source has no folder: relative to where the run starts
+    assert resolve("v/a.wav", "postgresql://db/catalog") == os.path.abspath("v/a.wav")
 
 
 def test_audio_at_the_cap_is_a_text_too_long_for_one_generation_or_babble() -> None:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import boto3
@@ -85,3 +87,27 @@ def test_s3_store_names_the_missing_bucket(aws: None) -> None:
     with pytest.raises(StorageError, match=r"does the bucket exist|404") as info:
         S3Store("s3://nope-bucket/x")
     assert info.value.fatal
+
+
+def test_published_files_honour_the_umask(tmp_path: Path) -> None:
+    """0644 under the usual umask 022, whether written whole or staged and renamed."""
+    script = (
+        "import os, sys\n"
+        "from fishflow.storage import LocalStore\n"
+        "store = LocalStore(sys.argv[1])\n"
+        "store.put('audio/a.wav', b'RIFF', 'audio/wav', {})\n"
+        "staged = store.staging_path('audio/b.flac')\n"
+        "open(staged, 'wb').write(b'fLaC')\n"
+        "store.publish_file('audio/b.flac', staged, 'audio/flac', {})\n"
+    )
+    for umask, mode in ((0o022, 0o644), (0o077, 0o600)):
+        out = tmp_path / f"out-{umask:o}"
+        subprocess.run(
+            [sys.executable, "-c", script, str(out)],
+            check=True,
+            preexec_fn=lambda u=umask: os.umask(u),
+        )
+        assert {p.name: p.stat().st_mode & 0o777 for p in (out / "audio").iterdir()} == {
+            "a.wav": mode,
+            "b.flac": mode,
+        }

@@ -1,0 +1,162 @@
+"""Long-form audio: a generated Markdown course and one very long item (`make bench`).
+
+- A course of ``BENCH_LONGFORM_BYTES`` (1 MB) of Markdown in chapters of
+  ``BENCH_LONGFORM_CHAPTER`` (50 kB) files, headings and paragraphs;
+- one item of ``BENCH_LONGFORM_ITEM`` (200,000) characters;
+
+each run by `fishflow run` in a child process, per format in ``BENCH_LONGFORM_FORMATS``
+(wav,mp3), against one zero-latency emulator process. Reported: the child's peak RSS (goal
+<= 500 MB), wall time against the server's ideal (the time its workers spent making audio),
+and the child's CPU per second of audio produced (goal <= 0.6 ms for wav; mp3 is reported
+apart, its encoder dominates), also net of a one-item run's CPU (start-up: Prefect, imports).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from bench.run import VENV_BIN, emulators, service_s, stats, urls
+
+# A busy machine can take longer than Prefect's default 20 s to start the child's ephemeral API.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+COURSE_BYTES = int(os.environ.get("BENCH_LONGFORM_BYTES", "1000000"))
+CHAPTER_BYTES = int(os.environ.get("BENCH_LONGFORM_CHAPTER", "50000"))
+ITEM_CHARS = int(os.environ.get("BENCH_LONGFORM_ITEM", "200000"))
+FORMATS = os.environ.get("BENCH_LONGFORM_FORMATS", "wav,mp3").split(",")
+WORKERS = 4  # the emulator's parallel workers; the ideal wall time is their busy time / 4
+
+_PROSE = (
+    "the model reads each sensor value and sends a short message to the cloud where a small "
+    "function stores it for later analysis while the device keeps measuring light and soil"
+)
+_WORDS = _PROSE.split()
+
+
+def _paragraph(seed: int) -> str:
+    sentences = []
+    for s in range(4):
+        start = (seed * 7 + s * 5) % len(_WORDS)
+        words = [_WORDS[(start + k) % len(_WORDS)] for k in range(9 + (seed + s) % 8)]
+        sentences.append(f"Step {seed}.{s}: " + " ".join(words) + ".")
+    return " ".join(sentences)
+
+
+def course(folder: Path, total: int, chapter: int) -> Path:
+    """Markdown lessons of about `chapter` bytes each, `total` bytes in all."""
+    written, n, seed = 0, 0, 0
+    while written < total:
+        lines = [f"# Lesson {n + 1}: sensors and the cloud", ""]
+        size = 0
+        section = 0
+        while size < min(chapter, total - written):
+            if size // 5000 >= section:
+                section += 1
+                lines += [f"## Part {section}", ""]
+            paragraph = _paragraph(seed)
+            seed += 1
+            lines += [paragraph, ""]
+            size += len(paragraph) + 2
+        path = folder / f"{n + 1:02d}-lesson" / "README.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines))
+        written += size
+        n += 1
+    return folder
+
+
+def long_item(path: Path, chars: int) -> Path:
+    parts, size, seed = [], 0, 0
+    while size < chars:
+        parts.append(_paragraph(seed))
+        size += len(parts[-1]) + 2
+        seed += 1
+    path.write_text(json.dumps({"id": "book", "text": "\n\n".join(parts)[:chars]}))
+    return path
+
+
+def run_child(source: Path, out: Path, servers: list[str], fmt: str) -> dict[str, float]:
+    """`fishflow run` as a child: wall time, peak RSS and CPU from its own rusage."""
+    cmd = [
+        str(VENV_BIN / "fishflow"),
+        "run",
+        str(source),
+        "--out",
+        str(out),
+        "--quiet",
+        "--force",
+        "--audio-format",
+        fmt,
+        "--max-in-flight",
+        "4",
+        *(a for u in servers for a in ("--server", u)),
+    ]
+    started = time.monotonic()
+    pid = os.spawnv(os.P_NOWAIT, cmd[0], cmd)
+    _, status, usage = os.wait4(pid, 0)
+    wall = time.monotonic() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"fishflow run failed on {source}")
+    audio_s = 0.0
+    for items in out.glob("manifests/run=*/items.parquet"):
+        audio_s += sum(d or 0 for d in pq.read_table(items, columns=["duration_s"])[0].to_pylist())
+    return {
+        "wall": wall,
+        "rss_mb": usage.ru_maxrss / 1024,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "audio_s": audio_s,
+    }
+
+
+def main() -> int:
+    rows: list[str] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="fishflow-longform-") as tmp,
+        emulators(1, 0.0, workers=WORKERS) as procs,
+    ):
+        tmpd = Path(tmp)
+        servers = urls(procs)
+        one = tmpd / "one.jsonl"
+        one.write_text(json.dumps({"id": "one", "text": "One short sentence to start."}))
+        cases = {
+            f"course {COURSE_BYTES // 1000} kB, {CHAPTER_BYTES // 1000} kB chapters": course(
+                tmpd / "course", COURSE_BYTES, CHAPTER_BYTES
+            ),
+            f"one item of {ITEM_CHARS:,} characters": long_item(tmpd / "book.jsonl", ITEM_CHARS),
+        }
+        for fmt in FORMATS:
+            startup = run_child(one, tmpd / f"one-{fmt}", servers, fmt)["cpu_s"]
+            for name, source in cases.items():
+                for u in servers:
+                    stats(u, reset=True)
+                out = tmpd / f"out-{fmt}"
+                result = run_child(source, out, servers, fmt)
+                ideal = service_s(servers) / (len(servers) * WORKERS)
+                per_s = result["cpu_s"] / max(result["audio_s"], 1e-9) * 1000
+                net = (result["cpu_s"] - startup) / max(result["audio_s"], 1e-9) * 1000
+                rows.append(
+                    f"| {fmt} | {name} | {result['audio_s']:,.0f} | {result['rss_mb']:.0f} "
+                    f"| {result['wall']:.1f} | {ideal:.1f} | {result['wall'] / ideal:.2f} "
+                    f"| {per_s:.3f} | {net:.3f} |"
+                )
+                print(rows[-1], file=sys.stderr, flush=True)
+                for path in sorted(out.rglob("*"), reverse=True):  # gigabytes of wav: free them
+                    if path.is_file():
+                        path.unlink()
+    print(
+        "| format | case | audio s | peak RSS MB | wall s | ideal s | wall/ideal "
+        "| client CPU ms per audio s | net of start-up |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Captions (WebVTT, SRT) and chapters (WebVTT, ID3 CHAP/CTOC in mp3) from stitched offsets.
+
+Cue times come from where each chunk really starts in the published file and how long its
+audio lasts; within a chunk, time is shared by characters. A cue is one sentence when it fits
+in ``MAX_LINES`` lines of ``MAX_LINE_CHARS`` characters; a longer sentence becomes several
+cues, cut between words (between characters for scripts written without spaces).
+
+Chapters start where a chunk that opens a section (``Chunk.heading_level``) starts, and end where
+the next one starts (the last at the end of the audio).
+"""
+
+from __future__ import annotations
+
+import io
+import textwrap
+from dataclasses import dataclass
+from typing import IO
+
+import sentencex
+
+MAX_LINE_CHARS = 42
+MAX_LINES = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """A chunk as stitched: its spoken text, where it starts and how long it lasts."""
+
+    text: str
+    start_s: float
+    duration_s: float
+    heading: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cue:
+    start_s: float
+    end_s: float
+    lines: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Chapter:
+    start_s: float
+    end_s: float
+    title: str
+
+
+def _lines(text: str) -> list[str]:
+    """Wrap to MAX_LINE_CHARS: between words, or anywhere in text without spaces."""
+    lines = textwrap.wrap(text, MAX_LINE_CHARS, break_long_words=True, break_on_hyphens=False)
+    return lines or [text]
+
+
+def _sentences(text: str, language: str) -> list[str]:
+    try:
+        parts = [s.strip() for s in sentencex.segment(language or "en", text)]
+    except Exception:  # an unknown language code: one cue stream for the whole chunk
+        parts = [text]
+    return [p for p in parts if p]
+
+
+def cues(placed: list[Placed], language: str) -> list[Cue]:
+    """Sentence cues of at most MAX_LINES x MAX_LINE_CHARS, timed by characters in a chunk."""
+    out: list[Cue] = []
+    for chunk in placed:
+        pieces = [
+            tuple(lines[i : i + MAX_LINES])
+            for sentence in _sentences(chunk.text, language)
+            for lines in [_lines(sentence)]
+            for i in range(0, len(lines), MAX_LINES)
+        ]
+        weights = [sum(len(line) for line in piece) for piece in pieces]
+        total = sum(weights) or 1
+        at = 0
+        for piece, weight in zip(pieces, weights, strict=True):
+            start = chunk.start_s + chunk.duration_s * at / total
+            at += weight
+            end = chunk.start_s + chunk.duration_s * at / total
+            out.append(Cue(start, end, piece))
+    return out
+
+
+def chapters(placed: list[Placed], total_s: float) -> list[Chapter]:
+    starts = [(c.start_s, c.heading) for c in placed if c.heading]
+    return [
+        Chapter(start, starts[i + 1][0] if i + 1 < len(starts) else total_s, title)
+        for i, (start, title) in enumerate(starts)
+    ]
+
+
+def _stamp(seconds: float, sep: str) -> str:
+    ms = max(0, round(seconds * 1000))
+    h, rest = divmod(ms, 3_600_000)
+    m, rest = divmod(rest, 60_000)
+    s, ms = divmod(rest, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
+
+
+def _vtt_text(text: str) -> str:
+    # WebVTT cue text is HTML-like: & and < start entities and tags; "-->" ends a cue header.
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def webvtt(cue_list: list[Cue]) -> bytes:
+    out = ["WEBVTT", ""]
+    for i, cue in enumerate(cue_list, 1):
+        out += [str(i), f"{_stamp(cue.start_s, '.')} --> {_stamp(cue.end_s, '.')}"]
+        out += [_vtt_text(line) for line in cue.lines]
+        out.append("")
+    return "\n".join(out).encode()
+
+
+def srt(cue_list: list[Cue]) -> bytes:
+    out: list[str] = []
+    for i, cue in enumerate(cue_list, 1):
+        out += [str(i), f"{_stamp(cue.start_s, ',')} --> {_stamp(cue.end_s, ',')}"]
+        out += list(cue.lines)
+        out.append("")
+    return "\n".join(out).encode()
+
+
+def chapters_webvtt(chapter_list: list[Chapter]) -> bytes:
+    out = ["WEBVTT", ""]
+    for i, chapter in enumerate(chapter_list, 1):
+        out += [
+            f"chapter-{i}",
+            f"{_stamp(chapter.start_s, '.')} --> {_stamp(chapter.end_s, '.')}",
+            _vtt_text(" ".join(chapter.title.split())),
+            "",
+        ]
+    return "\n".join(out).encode()
+
+
+def tag_mp3_chapters(target: str | IO[bytes], chapter_list: list[Chapter]) -> None:
+    """Write ID3v2 CHAP frames and a top-level CTOC (the ID3 chapter addendum) into an mp3,
+    so podcast and audiobook players list the chapters."""
+    from mutagen.id3 import CHAP, CTOC, ID3, TIT2, CTOCFlags, ID3NoHeaderError
+
+    if isinstance(target, io.BytesIO):
+        target.seek(0)
+    try:
+        tags = ID3(target)
+    except ID3NoHeaderError:
+        tags = ID3()
+    ids = [f"chp{i}" for i in range(len(chapter_list))]
+    tags.add(
+        CTOC(
+            element_id="toc",
+            flags=CTOCFlags.TOP_LEVEL | CTOCFlags.ORDERED,
+            child_element_ids=ids,
+            sub_frames=[TIT2(text=["Chapters"])],
+        )
+    )
+    for element_id, chapter in zip(ids, chapter_list, strict=True):
+        tags.add(
+            CHAP(
+                element_id=element_id,
+                start_time=round(chapter.start_s * 1000),
+                end_time=round(chapter.end_s * 1000),
+                sub_frames=[TIT2(text=[chapter.title])],
+            )
+        )
+    if isinstance(target, io.BytesIO):
+        target.seek(0)
+    tags.save(target)

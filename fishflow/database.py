@@ -1,0 +1,212 @@
+"""Catalog rows from a SQL database: a table or a query, read with a server-side cursor.
+
+A source is a SQLAlchemy URL (``postgresql://``, ``mysql+pymysql://``, ``mariadb+pymysql://``,
+``sqlite:///path``) or ``env:NAME``, the URL held by an environment variable. Rows come in
+batches from a server-side cursor (``stream_results`` + ``yield_per``), so memory stays flat
+at any table size. They are read in order of the id column, so that a row's position
+(``source_row``, which ``resume`` and ``retry-errors`` go by) is the same from run to run.
+
+The password never leaves this module: every message names the URL with its password masked
+(``***``), driver errors are re-raised without their chain, and the URL recorded for a run is
+the masked one. A masked URL given back (by ``resume``) takes its password from
+``FISHFLOW_SOURCE_PASSWORD``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from fishflow.errors import ConfigError, SourceError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+
+    from fishflow.sources import Columns, SourceRow
+
+PASSWORD_ENV = "FISHFLOW_SOURCE_PASSWORD"
+MASK = "***"
+_SCHEMES = re.compile(r"^(postgresql|postgres|mysql|mariadb|sqlite)(\+[a-z0-9_]+)?://", re.I)
+# SQLAlchemy 2.0 maps a bare postgresql:// to psycopg2 and mysql:// to mysqlclient; fishflow's
+# extras ship psycopg 3 and PyMySQL.
+_DEFAULT_DRIVERS = {
+    "postgresql": "postgresql+psycopg",
+    "postgres": "postgresql+psycopg",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mariadb+pymysql",
+}
+_EXTRAS = {
+    "postgresql": "fishflow[postgres]",
+    "mysql": "fishflow[mysql]",
+    "mariadb": "fishflow[mysql]",
+}
+_SECRET_QUERY_KEYS = ("password", "passwd", "secret", "token", "sslpassword")
+
+
+def is_database_url(source: str) -> bool:
+    return bool(_SCHEMES.match(source))
+
+
+def resolve_env(source: str) -> str:
+    """``env:NAME`` -> the value of environment variable NAME; anything else as it is."""
+    if not source.startswith("env:"):
+        return source
+    name = source.removeprefix("env:")
+    value = os.environ.get(name)
+    if not value:
+        raise SourceError(f"source {source}: environment variable {name} is not set")
+    return value
+
+
+def _parse(url: str) -> URL:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        # The text may hold a password: say what is wrong, not what was given.
+        raise ConfigError("source is not a valid database URL (dialect://user@host/db)") from None
+    driver = _DEFAULT_DRIVERS.get(parsed.drivername)
+    return parsed.set(drivername=driver) if driver else parsed
+
+
+def mask(source: str) -> str:
+    """The source as it may be shown and recorded: a database URL without its password."""
+    if not is_database_url(source):
+        return source
+    try:
+        parsed = _parse(source)
+    except ConfigError:
+        return "<invalid database URL>"
+    query = {k: MASK if k.lower() in _SECRET_QUERY_KEYS else v for k, v in parsed.query.items()}
+    return parsed.set(query=query).render_as_string(hide_password=True)
+
+
+def split_password(source: str) -> tuple[str, str | None]:
+    """(the masked URL, its password): for callers that pass the password out of band."""
+    if not is_database_url(source):
+        return source, None
+    password = _parse(source).password
+    return (mask(source), password) if password and password != MASK else (source, None)
+
+
+def _url(source: str) -> URL:
+    parsed = _parse(source)
+    if parsed.password == MASK:
+        password = os.environ.get(PASSWORD_ENV)
+        if not password:
+            raise SourceError(
+                f"{mask(source)}: the password is not recorded with the run; set "
+                f"{PASSWORD_ENV}, or name the URL as env:NAME or a Prefect Secret (secret:NAME)"
+            )
+        parsed = parsed.set(password=password)
+    return parsed
+
+
+def _scrub(message: str, url: URL) -> str:
+    """A driver's message, first line only, with the password cut out should it echo it."""
+    line = message.strip().splitlines()[0] if message.strip() else ""
+    for secret in [url.password, *(url.query.get(k) for k in _SECRET_QUERY_KEYS)]:
+        if isinstance(secret, str) and secret:
+            line = line.replace(secret, MASK)
+    return line
+
+
+def _engine(url: URL) -> Any:
+    import sqlalchemy as sa
+    from sqlalchemy.pool import NullPool
+
+    connect_args: dict[str, Any] = {}
+    if url.get_backend_name() in ("postgresql", "mysql", "mariadb"):
+        connect_args["connect_timeout"] = 15  # an unreachable host fails the run, not hangs it
+    try:
+        return sa.create_engine(url, poolclass=NullPool, connect_args=connect_args)
+    except ModuleNotFoundError as exc:
+        extra = _EXTRAS.get(url.get_backend_name(), "its database driver")
+        raise SourceError(
+            f"{url.render_as_string(hide_password=True)}: driver {exc.name!r} is not installed "
+            f"(pip install '{extra}')"
+        ) from None
+
+
+def _value_problem(column: str, value: Any) -> str:
+    if value is None:
+        return f"column {column!r} is NULL"
+    return f"column {column!r} holds {type(value).__name__}, not text"
+
+
+def _text(value: Any) -> str | None:
+    return value if value is None or type(value) is str else str(value)
+
+
+def read_database(
+    source: str, cols: Columns, batch_rows: int, *, table: str | None, query: str | None
+) -> Iterator[list[SourceRow]]:
+    """Batches of rows of ``table`` or of ``query``, in order of the id column."""
+    import sqlalchemy as sa
+    from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
+
+    from fishflow.sources import SourceRow
+    from fishflow.sources import _check_columns as check_columns
+
+    if bool(table) == bool(query):
+        raise ConfigError(f"{mask(source)}: give a database source --table NAME or --query SQL")
+    url = _url(source)
+    shown = url.render_as_string(hide_password=True)
+    engine = _engine(url)
+    where = f"{shown} table {table}" if table else f"{shown} query"
+    try:
+        with engine.connect() as conn:
+            if table:
+                schema, _, name = table.rpartition(".")
+                # Reflection quotes the names itself: nothing the user typed is pasted into SQL.
+                found = sa.Table(name, sa.MetaData(), schema=schema or None, autoload_with=conn)
+                check_columns(list(found.columns.keys()), cols, where)
+                wanted = (cols.id, cols.text, cols.language, cols.voice)
+                stmt: Any = sa.select(*(found.c[c] for c in wanted if c in found.c)).order_by(
+                    found.c[cols.id]
+                )
+            else:
+                assert query is not None
+                # The user's own SQL, read in order of the id column for stable row positions.
+                # Every colon is literal (text() would take ':x' in 'a:x' for a parameter).
+                sql = query.strip().rstrip(";").replace(":", "\\:")
+                inner = sa.text(sql).columns().subquery("fishflow_rows")
+                stmt = (
+                    sa.select(sa.text("*"))
+                    .select_from(inner)
+                    .order_by(sa.literal_column(conn.dialect.identifier_preparer.quote(cols.id)))
+                )
+            result = conn.execution_options(stream_results=True, yield_per=batch_rows).execute(stmt)
+            names = list(result.keys())
+            check_columns(names, cols, where)
+            i_id, i_text = names.index(cols.id), names.index(cols.text)
+            i_lang = names.index(cols.language) if cols.language in names else None
+            i_voice = names.index(cols.voice) if cols.voice in names else None
+            start = 0
+            for partition in result.partitions():
+                batch = []
+                for offset, r in enumerate(partition):
+                    text = r[i_text]
+                    batch.append(
+                        SourceRow(
+                            start + offset,
+                            _text(r[i_id]),
+                            text if type(text) is str else None,
+                            _text(r[i_lang]) if i_lang is not None else None,
+                            _text(r[i_voice]) if i_voice is not None else None,
+                            None if type(text) is str else _value_problem(cols.text, text),
+                        )
+                    )
+                start += len(batch)
+                yield batch
+    except NoSuchTableError:
+        raise SourceError(f"{shown}: no table {table!r}") from None
+    except SQLAlchemyError as exc:
+        cause = getattr(exc, "orig", None) or exc
+        raise SourceError(f"{where}: {_scrub(str(cause), url)}") from None
+    finally:
+        engine.dispose()

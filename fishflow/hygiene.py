@@ -1,0 +1,231 @@
+"""Output hygiene: items gone from the source, leftover files, chunk audio nothing needs.
+
+- **Removed items.** A run that read its whole source knows which ids are gone since the last
+  run: each gets one ``removed`` row in the items manifest (``source_row`` -1: it matches no row
+  of this source), carrying the audio it had. Rows restricted to part of the source (a retry of
+  failed rows, one shard of a sharded run) see too little to say what is gone, so they never
+  report removals. A removed item has no published state afterwards (``load_previous``), so it
+  is reported once, and comes back as a new item if its id reappears.
+- **Prune** (``--prune``): afterwards ``audio/`` holds only what the manifests say is current
+  for an item in the source (its audio file and the captions beside it). Removed items' files,
+  a previous output format's files and files left under an older name all go.
+- **gc**: chunk audio (the chunk cache) that no current item's manifest rows reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fishflow.incremental import load_previous
+from fishflow.manifest import ChunkRow, ItemRow, Journal, ManifestWriter, journal_dir
+from fishflow.pipeline import PreviousItem
+from fishflow.storage import Store, state_dir
+
+# Files published beside an item's audio, named after its stem (`audio/x.wav` -> `audio/x.vtt`).
+CAPTION_SUFFIXES = (".vtt", ".srt", ".chapters.vtt")
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3")
+# A removed row matches no row of the source it was found missing from.
+REMOVED_SOURCE_ROW = -1
+
+
+def _stem(key: str) -> str:
+    for suffix in (".chapters.vtt", *CAPTION_SUFFIXES, *AUDIO_SUFFIXES):
+        if key.endswith(suffix):
+            return key[: -len(suffix)]
+    return key.rsplit(".", 1)[0]
+
+
+def published_files(audio_key: str) -> list[str]:
+    """An item's audio key and the caption files that may sit beside it."""
+    stem = _stem(audio_key)
+    return [audio_key, *(stem + s for s in CAPTION_SUFFIXES)]
+
+
+def removed_items(
+    *, run_id: str, present: set[str], previous: dict[str, PreviousItem], now: datetime
+) -> list[ItemRow]:
+    """A `removed` row for every item with published audio whose id the source no longer has."""
+    return [
+        ItemRow(
+            run_id=run_id,
+            item_id=item_id,
+            source_row=REMOVED_SOURCE_ROW,
+            status="removed",
+            created_at=now,
+            content_key=prev.content_key,
+            audio_uri=prev.audio_uri,
+            audio_format=prev.audio_key.rsplit(".", 1)[-1] if "." in prev.audio_key else None,
+            duration_s=prev.duration_s,
+            bytes=prev.bytes,
+            audio_sha256=prev.audio_sha256,
+        )
+        for item_id, prev in sorted(previous.items())
+        if item_id not in present
+    ]
+
+
+def prune_outputs(store: Store, *, present: set[str], latest: dict[str, PreviousItem]) -> list[str]:
+    """Delete every file under `audio/` that is not the current audio (or its captions) of an
+    item in the source; `latest` is the output's published state after this run. Returns the
+    URIs deleted."""
+    keep = {
+        key
+        for item_id in present
+        if (prev := latest.get(item_id)) is not None
+        for key in published_files(prev.audio_key)
+    }
+    doomed = [key for key in store.list("audio/") if key not in keep]
+    store.delete(doomed)
+    return [store.uri(key) for key in doomed]
+
+
+@dataclass
+class Tidied:
+    removed: list[ItemRow] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
+
+
+def tidy_output(
+    store: Store,
+    writer: ManifestWriter,
+    *,
+    run_id: str,
+    part: str,
+    present: set[str],
+    previous: dict[str, PreviousItem] | None,
+    prune: bool,
+    now: datetime,
+) -> Tidied:
+    """After a run that read its whole source: record removed items as a manifest part and,
+    with `prune`, delete what no current item uses. `previous` is the state the run started
+    from (None when the run did not load it, e.g. with --force)."""
+    if previous is None:
+        previous = load_previous(store, exclude_run=run_id)
+    done = Tidied(removed=removed_items(run_id=run_id, present=present, previous=previous, now=now))
+    if done.removed:
+        writer.write_part(part, done.removed, [], [])
+    if prune:
+        # Read again: this run's own rows (its parts, the removed rows) are the newest state.
+        done.pruned = prune_outputs(store, present=present, latest=load_previous(store))
+    return done
+
+
+# -- gc: chunk audio no manifest needs ----------------------------------------------------------
+
+
+def _manifest_tables(store: Store, name: str, columns: list[str]) -> Iterator[pa.Table]:
+    """Every final and part `name` table of the output (column-projected)."""
+    keys = [
+        k
+        for k in store.list("manifests/")
+        if k.endswith(f"/{name}.parquet") or f"/parts/{name}-" in k
+    ]
+    with tempfile.TemporaryDirectory(prefix="fishflow-gc-") as tmp:
+        for key in keys:
+            if store.root.startswith("s3://"):
+                local = os.path.join(tmp, "m.parquet")
+                with open(local, "wb") as fh:
+                    fh.write(store.get(key))
+            else:
+                local = store.uri(key)
+            yield pq.read_table(local, columns=columns)
+
+
+def referenced_chunk_keys(store: Store) -> set[str]:
+    """Chunk keys a later run may reuse: those of each current item's newest `ok` row, and of
+    a newer `failed` row of it (its finished chunks make a retry cheap). Items whose newest row
+    is `removed` keep nothing."""
+    rows: list[tuple[datetime, str, str, str]] = []  # created_at, item_id, run_id, status
+    item_cols = ["created_at", "item_id", "run_id", "status"]
+    for table in _manifest_tables(store, "items", item_cols):
+        rows.extend(zip(*(table[c].to_pylist() for c in item_cols), strict=True))
+    journal_chunks: list[ChunkRow] = []
+    directory = journal_dir(store)
+    if os.path.isdir(directory):
+        for name in sorted(os.listdir(directory)):
+            for item, chunks, _ in Journal.read(os.path.join(directory, name)):
+                rows.append((item.created_at, item.item_id or "", item.run_id, item.status))
+                journal_chunks.extend(chunks)
+    newest: dict[str, str] = {}
+    wanted: dict[str, set[str]] = {}  # item_id -> run ids whose chunks to keep
+    for _, item_id, run, status in sorted(r for r in rows if r[1]):
+        if status == "ok":
+            wanted[item_id] = {run}
+        elif status == "failed":
+            wanted.setdefault(item_id, set()).add(run)
+        newest[item_id] = status
+    pairs = {
+        (run, item_id)
+        for item_id, runs in wanted.items()
+        if newest[item_id] != "removed"
+        for run in runs
+    }
+    keys: set[str] = set()
+    chunk_cols = ["run_id", "item_id", "chunk_key", "status"]
+    for table in _manifest_tables(store, "chunks", chunk_cols):
+        for run, item_id, key, status in zip(
+            *(table[c].to_pylist() for c in chunk_cols), strict=True
+        ):
+            if status == "ok" and (run, item_id) in pairs:
+                keys.add(key)
+    keys.update(
+        c.chunk_key for c in journal_chunks if c.status == "ok" and (c.run_id, c.item_id) in pairs
+    )
+    return keys
+
+
+@dataclass
+class Collected:
+    deleted: list[tuple[str, int]] = field(default_factory=list)  # path, bytes
+    kept_files: int = 0
+    kept_bytes: int = 0
+    recent_files: int = 0  # unreferenced, but young enough that a running run may want them
+
+    @property
+    def deleted_bytes(self) -> int:
+        return sum(size for _, size in self.deleted)
+
+
+def chunk_cache_dir(store: Store, chunk_cache: str | None) -> str:
+    """Where runs of this output keep chunk audio (see ``run.open_run``)."""
+    return chunk_cache or os.path.join(state_dir(store), "chunks")
+
+
+def collect_chunks(
+    store: Store, cache_dir: str, *, dry_run: bool, min_age_s: float = 3600.0
+) -> Collected:
+    """Delete the chunk audio under `cache_dir` that no current item references.
+
+    Files younger than `min_age_s` stay: a run going on now writes chunks before its manifests
+    name them (its journal names an item's chunks only once the item is finished).
+    """
+    keys = referenced_chunk_keys(store)
+    cutoff = time.time() - min_age_s
+    result = Collected()
+    for folder, _, files in os.walk(cache_dir):
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            try:
+                stat = os.stat(path)
+            except FileNotFoundError:
+                continue
+            if not name.startswith(".") and name.split(".", 1)[0] in keys:
+                result.kept_files += 1
+                result.kept_bytes += stat.st_size
+            elif stat.st_mtime > cutoff:
+                result.recent_files += 1
+            else:
+                result.deleted.append((path, stat.st_size))
+                if not dry_run:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+    return result

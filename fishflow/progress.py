@@ -1,0 +1,93 @@
+"""How far a run is: counts, a total from a cheap estimate, and an ETA, as one line of text.
+
+Used by the CLI for its progress bar (on a terminal) and for the line it prints every so often
+when stderr is not a terminal (a scheduler's log, `nohup`, CI).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+
+def format_duration(seconds: float) -> str:
+    """4m10s, 1h02m, 35s."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class Tally:
+    """Items finished so far, by status; thread-safe (items finish on the run's event loop,
+    lines are written from a timer thread)."""
+
+    def __init__(self, total: int | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.total = total
+        self.counts = {"ok": 0, "skipped": 0, "failed": 0}
+        self._clock = clock
+        self._first: float | None = None  # when the first item finished: start-up excluded
+        self._lock = threading.Lock()
+
+    def add(self, status: str) -> None:
+        with self._lock:
+            self.counts[status] = self.counts.get(status, 0) + 1
+            if self._first is None:
+                self._first = self._clock()
+
+    @property
+    def done(self) -> int:
+        return sum(self.counts.values())
+
+    def eta_s(self) -> float | None:
+        """Seconds left at the pace since the first item finished, when there is a total."""
+        with self._lock:
+            done, first = self.done, self._first
+        if not self.total or first is None or done < 2 or done >= self.total:
+            return None
+        elapsed = self._clock() - first
+        if elapsed <= 0:
+            return None
+        return (self.total - done) * elapsed / (done - 1)
+
+    def line(self) -> str:
+        """fishflow: 1,200 of 10,000 items (12%), 1,180 ok, 20 failed, ETA 4m10s"""
+        with self._lock:
+            c = dict(self.counts)
+        done = sum(c.values())
+        if self.total:
+            head = f"{done:,} of {self.total:,} items ({min(100, 100 * done // self.total)}%)"
+        else:
+            head = f"{done:,} items"
+        parts = [head, f"{c['ok']:,} ok"]
+        if c["skipped"]:
+            parts.append(f"{c['skipped']:,} skipped")
+        parts.append(f"{c['failed']:,} failed")
+        if (eta := self.eta_s()) is not None:
+            parts.append(f"ETA {format_duration(eta)}")
+        return "fishflow: " + ", ".join(parts)
+
+
+class Ticker:
+    """Calls `emit` every `interval_s` seconds from a daemon thread until stopped."""
+
+    def __init__(self, interval_s: float, emit: Callable[[], None]) -> None:
+        self._interval = interval_s
+        self._emit = emit
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="fishflow-progress", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._emit()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)

@@ -1,0 +1,212 @@
+"""Output hygiene end to end: removed items, --prune, gc, plan, progress lines off a terminal."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+from prefect.settings import get_current_settings
+
+from fishflow.cli import main
+from fishflow.emulator import Emulator, EmulatorConfig
+from tests.flows.helpers import latest_run, manifest, run
+
+LONG = " ".join(
+    f"Sentence {i} of the long lesson explains one more idea in detail." for i in range(8)
+)
+ROWS = {
+    "a": "A stoneware mug. Dishwasher safe, 350 ml.",
+    "b": "A walnut board, oiled by hand.",
+    "c": "这款绿茶产自杭州。每罐250克。",
+}
+
+
+def write_catalog(path: Path, rows: dict[str, str]) -> str:
+    pd.DataFrame({"id": list(rows), "text": list(rows.values())}).to_csv(path, index=False)
+    return str(path)
+
+
+def cli(capsys, *args: str) -> tuple[int, str]:
+    code = main([*args])
+    return code, capsys.readouterr().out
+
+
+def test_an_item_gone_from_the_source_gets_one_removed_row(
+    tmp_path: Path, emulator: Emulator, capsys
+) -> None:
+    out = tmp_path / "out"
+    source = tmp_path / "catalog.csv"
+    write_catalog(source, ROWS)
+    code, _ = cli(capsys, "run", str(source), "--out", str(out), "--server", emulator.url)
+    assert code == 0
+    first = manifest(out, "items", latest_run(out)).set_index("item_id")
+
+    write_catalog(source, {k: v for k, v in ROWS.items() if k != "b"})
+    # A retry of some rows sees only those rows: it must not call the others gone.
+    partial = run(source, out, [emulator.url], only_rows=[0])
+    assert partial["removed"] == 0
+    assert "removed" not in set(manifest(out, "items", partial["run_id"]).status)
+
+    code, printed = cli(capsys, "run", str(source), "--out", str(out), "--server", emulator.url)
+    assert code == 0
+    assert "0 ok, 2 skipped, 0 failed, 1 removed" in printed
+    items = manifest(out, "items", latest_run(out))
+    removed = items[items.status == "removed"]
+    assert list(removed.item_id) == ["b"]
+    assert list(removed.source_row) == [-1]
+    assert removed.audio_uri.iloc[0] == first.loc["b", "audio_uri"]
+    # Every source row still exactly once, as before.
+    assert sorted(items[items.status != "removed"].source_row) == [0, 1]
+    assert Path(first.loc["b", "audio_uri"]).exists()  # kept: no --prune
+
+    code, printed = cli(capsys, "run", str(source), "--out", str(out), "--server", emulator.url)
+    assert code == 0 and "removed" not in printed  # reported once
+    assert "removed" not in set(manifest(out, "items", latest_run(out)).status)
+
+    # The id comes back: a new item, synthesised again.
+    write_catalog(source, ROWS)
+    code, printed = cli(capsys, "run", str(source), "--out", str(out), "--server", emulator.url)
+    assert "1 ok, 2 skipped, 0 failed" in printed
+
+
+def test_prune_deletes_removed_audio_captions_and_old_formats_only(
+    tmp_path: Path, emulator: Emulator, capsys
+) -> None:
+    out = tmp_path / "out"
+    source = tmp_path / "catalog.csv"
+    write_catalog(source, ROWS)
+    assert cli(capsys, "run", str(source), "--out", str(out), "--server", emulator.url)[0] == 0
+    audio = out / "audio"
+    captions = [audio / f"b{s}" for s in (".vtt", ".srt", ".chapters.vtt")] + [audio / "a.vtt"]
+    for path in captions:
+        path.write_text("WEBVTT\n")
+    (out / "notes.txt").write_text("mine")
+
+    write_catalog(source, {k: v for k, v in ROWS.items() if k != "b"})
+    code, printed = cli(
+        capsys, "run", str(source), "--out", str(out), "--server", emulator.url,
+        "--audio-format", "flac", "--prune",
+    )  # fmt: skip
+    assert code == 0
+    assert "2 ok, 0 skipped, 0 failed, 1 removed, 6 pruned" in printed
+    left = sorted(p.relative_to(out).as_posix() for p in audio.rglob("*"))
+    assert left == ["audio/a.flac", "audio/a.vtt", "audio/c.flac"]
+    assert (out / "notes.txt").read_text() == "mine"
+    # The manifests say the same: a and c are current as flac, b is removed.
+    items = manifest(out, "items", latest_run(out)).set_index("item_id")
+    assert items.loc["a", "audio_uri"] == str(audio / "a.flac")
+    assert items.loc["b", "status"] == "removed"
+
+
+def test_gc_drops_only_unreferenced_chunk_audio(tmp_path: Path, emulator: Emulator, capsys) -> None:
+    out = tmp_path / "out"
+    source = tmp_path / "catalog.csv"
+    rows = {"long": LONG, "edit": LONG.replace("Sentence", "Step"), "gone": LONG.upper()}
+    write_catalog(source, rows)
+    assert cli(capsys, "run", str(source), "--out", str(out), "--server", emulator.url)[0] == 0
+    first = manifest(out, "chunks", latest_run(out))
+    edited = rows["edit"].replace("Step 3 of", "Step three of")
+    write_catalog(source, {"long": LONG, "edit": edited})
+    assert cli(capsys, "run", str(source), "--out", str(out), "--server", emulator.url)[0] == 0
+    second = manifest(out, "chunks", latest_run(out))
+    assert len(second) and second.reused.sum() == len(second) - 1  # one sentence re-made
+
+    referenced = set(first[first.item_id == "long"].chunk_key) | set(second.chunk_key)
+    unreferenced = set(first.chunk_key) - referenced
+    assert unreferenced  # the edited chunk's old audio and every chunk of "gone"
+    cache = out / ".fishflow" / "chunks"
+
+    def cached() -> set[str]:
+        return {p.name.split(".", 1)[0] for p in cache.rglob("*") if p.is_file()}
+
+    assert cached() == set(first.chunk_key) | set(second.chunk_key)
+    code, printed = cli(capsys, "gc", str(out), "--dry-run", "--grace-s", "0")
+    assert code == 0
+    assert len([ln for ln in printed.splitlines() if ln.startswith("would delete")]) == len(
+        unreferenced
+    )
+    assert cached() == set(first.chunk_key) | set(second.chunk_key)  # dry run: nothing gone
+    code, printed = cli(capsys, "gc", str(out))
+    assert "deleted 0 chunk file(s)" in printed  # all younger than the default grace
+    code, printed = cli(capsys, "gc", str(out), "--grace-s", "0")
+    assert f"deleted {len(unreferenced)} chunk file(s)" in printed
+    assert cached() == referenced
+
+    # What gc kept is what the next run reuses: a forced run sends nothing.
+    before = emulator.stats["requests"]
+    code, _ = cli(
+        capsys, "run", str(source), "--out", str(out), "--server", emulator.url, "--force"
+    )
+    assert code == 0 and emulator.stats["requests"] == before
+
+
+def test_plan_counts_what_a_run_would_do_and_sends_nothing(
+    tmp_path: Path, emulator: Emulator, capsys
+) -> None:
+    out = tmp_path / "out"
+    source = tmp_path / "catalog.csv"
+    rows = {**ROWS, "long": LONG, "copy": LONG, "blank": " "}
+    write_catalog(source, rows)
+
+    def plan() -> dict:
+        code, printed = cli(capsys, "plan", str(source), "--out", str(out), "--json")
+        assert code == 0
+        return json.loads(printed)
+
+    before = plan()
+    assert not out.exists()  # nothing written, not even the folder
+    assert emulator.stats["requests"] == 0
+    assert (before["rows"], before["rejected"], before["items"]) == (6, 1, 5)
+    summary = run(source, out, [emulator.url])
+    chunks = manifest(out, "chunks", summary["run_id"])
+    items = manifest(out, "items", summary["run_id"])
+    # The plan's counts are what the run did.
+    assert before["chunks"] == len(chunks)
+    assert before["distinct_chunks"] == chunks.chunk_key.nunique() == before["requests"]
+    assert before["requests"] == emulator.stats["requests"]
+    assert before["chars"] == items.chars.sum()
+    assert before["skipped_items"] == 0
+
+    requests = emulator.stats["requests"]
+    rows["b"] = "A walnut board, oiled by hand twice."
+    write_catalog(source, rows)
+    after = plan()
+    assert emulator.stats["requests"] == requests
+    assert (after["skipped_items"], after["items_to_make"], after["requests"]) == (4, 1, 1)
+    # Measured on the first run: audio per character and server time per audio second.
+    assert "measured" in after["audio_basis"] and "measured" in after["server_basis"]
+    measured = items[items.item_id == "b"].duration_s.iloc[0]
+    assert 0.5 * measured < after["request_audio_s"] < 2 * measured
+    assert after["server_s"] > 0
+
+
+def test_without_a_terminal_progress_lines_go_to_stderr(tmp_path: Path) -> None:
+    source = tmp_path / "catalog.csv"
+    write_catalog(source, {f"item-{i}": f"Item number {i} is here." for i in range(12)})
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": str(get_current_settings().api.url),
+        "FISHFLOW_PROGRESS_INTERVAL_S": "0.2",
+    }
+    # Slow answers so that the run outlasts a few intervals.
+    with Emulator(EmulatorConfig(workers=1, service_time_s=0.1)) as emu:
+        done = subprocess.run(
+            [sys.executable, "-m", "fishflow.cli", "run", str(source), "--out",
+             str(tmp_path / "out"), "--server", emu.url],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = [ln for ln in done.stderr.splitlines() if ln.startswith("fishflow: ")]
+    pattern = re.compile(
+        r"fishflow: (\d+) of 12 items \(\d+%\), (\d+) ok, (\d+) failed(, ETA \d+(m\d\d)?s)?$"
+    )
+    assert lines and all(pattern.match(ln) for ln in lines), done.stderr
+    counts = [int(pattern.match(ln).group(1)) for ln in lines]
+    assert counts == sorted(counts)
+    assert any(0 < c < 12 for c in counts)  # seen mid-run, not only before or after
+    assert "12 ok, 0 skipped, 0 failed" in done.stdout

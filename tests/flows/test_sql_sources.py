@@ -1,0 +1,287 @@
+"""Database tables as sources: PostgreSQL, MariaDB and SQLite, each a real database.
+
+Each test session makes its own databases (random names, dropped at the end): other sessions
+use the same servers at the same time. PostgreSQL here trusts every local connection (any
+password is accepted), so a wrong password is tried on MariaDB, with a user made for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from fishflow.cli import main
+from fishflow.database import PASSWORD_ENV
+from fishflow.emulator import Emulator
+from tests.flows.helpers import latest_run, manifest, run
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+MARIADB_ADMIN = "mysql+pymysql://root@127.0.0.1:3306/test"
+PASSWORD = "pw-" + secrets.token_hex(6)  # searched for in every output afterwards
+
+
+def _admin(url: str) -> sa.Engine:
+    return sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    name = f"fishflow_test_{secrets.token_hex(4)}"
+    admin = _admin(PG_ADMIN)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[tuple[str, str]]:
+    """(URL of a fresh database as root, user with PASSWORD and rights on it)."""
+    name = f"fishflow_test_{secrets.token_hex(4)}"
+    user = f"ff_{secrets.token_hex(4)}"
+    admin = _admin(MARIADB_ADMIN)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+        conn.execute(sa.text(f"CREATE USER '{user}'@'%' IDENTIFIED BY '{PASSWORD}'"))
+        conn.execute(sa.text(f"GRANT SELECT ON `{name}`.* TO '{user}'@'%'"))
+    try:
+        yield f"mysql+pymysql://root@127.0.0.1:3306/{name}", user
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
+            conn.execute(sa.text(f"DROP USER IF EXISTS '{user}'@'%'"))
+
+
+@pytest.fixture(params=["postgresql", "mariadb", "sqlite"])
+def database(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A database URL, with a fresh table name per test (see `table`)."""
+    if request.param == "postgresql":
+        yield request.getfixturevalue("postgres_url")
+    elif request.param == "mariadb":
+        yield request.getfixturevalue("mariadb")[0]
+    else:
+        yield f"sqlite:///{tmp_path_factory.mktemp('db')}/catalog.db"
+
+
+def table(url: str, rows: list[dict[str, Any]], *, primary_key: bool = True) -> str:
+    """A new table of `rows` (id, text, language, n) in the database; returns its name."""
+    name = f"products_{secrets.token_hex(3)}"
+    key = " PRIMARY KEY" if primary_key else ""
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                f"CREATE TABLE {name} (id VARCHAR(64){key}, text TEXT, language VARCHAR(8), "
+                "n INTEGER)"
+            )
+        )
+        conn.execute(
+            sa.text(f"INSERT INTO {name} VALUES (:id, :text, :language, :n)"),
+            [{"language": None, "n": 0, **r} for r in rows],
+        )
+    engine.dispose()
+    return name
+
+
+def execute(url: str, sql: str, **params: Any) -> None:
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:
+        conn.execute(sa.text(sql), params)
+    engine.dispose()
+
+
+ROWS = [
+    {"id": f"p{i}", "text": f"Product {i} is a sturdy oak chair, number {i}.", "language": "en"}
+    for i in range(6)
+] + [{"id": "zh", "text": "这款绿茶产自杭州。每罐250克。", "language": "zh"}]
+
+
+def test_every_row_once_then_nothing_then_only_the_edited_row(
+    database: str, tmp_path: Path, emulator: Emulator
+) -> None:
+    name = table(database, ROWS)
+    out = tmp_path / "out"
+    first = run(database, out, [emulator.url], settings_kw={"table": name, "batch_size": 3})
+    items = manifest(out, "items", first["run_id"])
+    assert sorted(items["source_row"]) == list(range(len(ROWS)))
+    assert sorted(items["item_id"]) == sorted(r["id"] for r in ROWS)
+    assert (items["status"] == "ok").all() and emulator.stats["requests"] == len(ROWS)
+
+    emulator.reset_stats()
+    again = run(database, out, [emulator.url], settings_kw={"table": name, "batch_size": 3})
+    assert again["skipped"] == len(ROWS) and emulator.stats["requests"] == 0
+
+    execute(database, f"UPDATE {name} SET text = :t WHERE id = 'p3'", t="Now a walnut chair.")
+    third = run(database, out, [emulator.url], settings_kw={"table": name, "batch_size": 3})
+    items = manifest(out, "items", third["run_id"]).set_index("item_id")
+    assert emulator.stats["texts"] == {"Now a walnut chair.": 1}
+    assert items.loc["p3", "status"] == "ok" and (items.drop("p3")["status"] == "skipped").all()
+    # Rows keep their positions (read in order of the id column), whatever the update did.
+    assert list(items.sort_values("source_row").index) == sorted(r["id"] for r in ROWS)
+
+
+def test_a_query_reads_what_it_selects(database: str, tmp_path: Path, emulator: Emulator) -> None:
+    name = table(database, ROWS)
+    summary = run(
+        database,
+        tmp_path / "out",
+        [emulator.url],
+        settings_kw={
+            "query": f"SELECT id AS sku, text AS body FROM {name} WHERE language = 'en';",
+            "id_column": "sku",
+            "text_column": "body",
+        },
+    )
+    items = manifest(tmp_path / "out", "items", summary["run_id"])
+    assert sorted(items["item_id"]) == [f"p{i}" for i in range(6)]
+    assert (items["status"] == "ok").all()
+
+
+def test_bad_rows_fail_alone_with_their_reason(
+    database: str, tmp_path: Path, emulator: Emulator
+) -> None:
+    rows = [
+        {"id": "a", "text": "A good row says hello."},
+        {"id": "b", "text": None},
+        {"id": "a", "text": "Same id as the first row."},
+        {"id": "c", "text": "Another good row."},
+    ]
+    name = table(database, rows, primary_key=False)
+    out = tmp_path / "out"
+    summary = run(database, out, [emulator.url], settings_kw={"table": name})
+    items = manifest(out, "items", summary["run_id"]).sort_values("source_row")
+    errors = manifest(out, "errors", summary["run_id"])
+    assert summary["ok"] == 2 and summary["failed"] == 2
+    failed = items[items.status == "failed"]
+    reasons = dict(zip(failed["source_row"], failed["error"], strict=True))
+    assert sorted(reasons.values())[0].startswith("column 'text' is NULL")
+    assert any(r.startswith("duplicate id 'a'") for r in reasons.values())
+    assert set(errors["source_row"]) == set(failed["source_row"])
+    assert (errors["stage"] == "source").all() and not errors["retryable"].any()
+
+    # A column that holds numbers, not text: each row fails with that reason, none is sent.
+    emulator.reset_stats()
+    summary = run(database, out, [emulator.url], settings_kw={"table": name, "text_column": "n"})
+    items = manifest(out, "items", summary["run_id"])
+    assert emulator.stats["requests"] == 0 and (items["status"] == "failed").all()
+    assert set(items.dropna(subset=["error"])["error"]) >= {"column 'n' holds int, not text"}
+
+
+def test_sqlite_value_of_another_type_fails_its_row_only(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    url = f"sqlite:///{tmp_path}/c.db"
+    name = table(url, [{"id": "ok", "text": "Fine words."}, {"id": "x", "text": "placeholder"}])
+    # SQLite keeps a value's own type per row: this one is a blob in a TEXT column.
+    execute(url, f"UPDATE {name} SET text = :b WHERE id = 'x'", b=b"\x00\x01")
+    summary = run(url, tmp_path / "out", [emulator.url], settings_kw={"table": name})
+    items = manifest(tmp_path / "out", "items", summary["run_id"]).set_index("item_id")
+    assert items.loc["ok", "status"] == "ok"
+    assert items.loc["x", "error"] == "column 'text' holds bytes, not text"
+
+
+def _files_text(root: Path) -> str:
+    return "\n".join(
+        p.read_bytes().decode("utf-8", "replace") for p in root.rglob("*") if p.is_file()
+    )
+
+
+def test_wrong_password_is_one_line_that_names_no_secret(
+    mariadb: tuple[str, str], tmp_path: Path, emulator: Emulator, capsys, caplog, monkeypatch
+) -> None:
+    monkeypatch.delenv(PASSWORD_ENV, raising=False)  # the CLI puts the password there
+    url, user = mariadb
+    name = table(url, ROWS)
+    wrong = f"mysql+pymysql://{user}:{PASSWORD}-wrong@127.0.0.1:3306/{url.rsplit('/', 1)[1]}"
+    out = tmp_path / "out"
+    code = main(["run", wrong, "--table", name, "--out", str(out), "--server", emulator.url])
+    err = capsys.readouterr().err
+    assert code == 1 and emulator.stats["requests"] == 0
+    assert err.count("\n") == 1 and "Access denied" in err and f"{user}:***@" in err
+    for text in (err, caplog.text, _files_text(out)):
+        assert PASSWORD not in text
+
+
+def test_right_password_on_the_command_line_is_masked_everywhere(
+    mariadb: tuple[str, str], tmp_path: Path, emulator: Emulator, capsys, caplog, monkeypatch
+) -> None:
+    monkeypatch.delenv(PASSWORD_ENV, raising=False)  # the CLI puts the password there
+    url, user = mariadb
+    name = table(url, ROWS)
+    db = url.rsplit("/", 1)[1]
+    out = tmp_path / "out"
+    code = main(
+        [
+            "run",
+            f"mysql+pymysql://{user}:{PASSWORD}@127.0.0.1:3306/{db}",
+            "--table",
+            name,
+            "--out",
+            str(out),
+            "--server",
+            emulator.url,
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    record = (out / "manifests" / f"run={latest_run(out)}" / "run.json").read_text()
+    assert f"mysql+pymysql://{user}:***@127.0.0.1:3306/{db}" in record
+    parameters = asyncio.run(_flow_run_parameters())
+    for text in (capsys.readouterr().err, caplog.text, _files_text(out), *parameters):
+        assert PASSWORD not in text
+
+
+async def _flow_run_parameters() -> list[str]:
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        return [str(r.parameters) for r in await client.read_flow_runs()]
+
+
+def test_missing_table_is_one_line(database: str, tmp_path: Path, emulator: Emulator, capsys):
+    out = tmp_path / "out"
+    args = ["run", database, "--table", "no_such_table", "--out", str(out)]
+    code = main([*args, "--server", emulator.url])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1
+    assert "no table 'no_such_table'" in err and "Traceback" not in err
+
+
+def test_url_from_the_environment_is_recorded_by_name(
+    mariadb: tuple[str, str], tmp_path: Path, emulator: Emulator, monkeypatch
+) -> None:
+    url, user = mariadb
+    name = table(url, ROWS)
+    monkeypatch.setenv(
+        "CATALOG_DB_URL", f"mysql+pymysql://{user}:{PASSWORD}@127.0.0.1:3306/{url.rsplit('/')[-1]}"
+    )
+    out = tmp_path / "out"
+    summary = run("env:CATALOG_DB_URL", out, [emulator.url], settings_kw={"table": name})
+    assert summary["ok"] == len(ROWS)
+    record = (out / "manifests" / f"run={summary['run_id']}" / "run.json").read_text()
+    assert '"source": "env:CATALOG_DB_URL"' in record and PASSWORD not in _files_text(out)
+
+
+def test_url_from_a_prefect_secret_block(
+    postgres_url: str, tmp_path: Path, emulator: Emulator
+) -> None:
+    from prefect.blocks.system import Secret
+
+    name = table(postgres_url, ROWS[:2])
+    block = f"catalog-db-{secrets.token_hex(3)}"
+    Secret(value=postgres_url).save(block)
+    out = tmp_path / "out"
+    summary = run(f"secret:{block}", out, [emulator.url], settings_kw={"table": name})
+    assert summary["ok"] == 2
+    record = (out / "manifests" / f"run={summary['run_id']}" / "run.json").read_text()
+    assert f'"source": "secret:{block}"' in record

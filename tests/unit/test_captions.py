@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+
+import numpy as np
+from mutagen.id3 import ID3
+
+from fishflow.audio import Audio
+from fishflow.captions import MAX_LINE_CHARS, Placed, cues, srt, webvtt
+from fishflow.chunking import Chunk
+from fishflow.emulator import synth_samples
+from fishflow.publish import ItemPublisher
+from fishflow.settings import AudioSettings, CaptionSettings
+from fishflow.storage import LocalStore
+
+LONG = (
+    "This sentence goes on for a good while, with clause after clause, so that it cannot "
+    "possibly fit in a single caption of two lines of forty-two characters each."
+)
+
+
+def test_cues_are_sentences_of_at_most_two_short_lines_timed_inside_their_chunk() -> None:
+    placed = [Placed("Short one. " + LONG, 0.0, 10.0), Placed("Next chunk.", 10.25, 1.5)]
+    out = cues(placed, "en")
+    assert out[0].lines == ("Short one.",)
+    long_cues = out[1:-1]
+    assert len(long_cues) > 1  # the long sentence is cut into several cues
+    assert " ".join(" ".join(c.lines) for c in long_cues) == LONG
+    assert all(len(c.lines) <= 2 and all(len(x) <= MAX_LINE_CHARS for x in c.lines) for c in out)
+    first_chunk = out[:-1]
+    assert all(a.end_s == b.start_s for a, b in itertools.pairwise(first_chunk))
+    assert out[-2].end_s == 10.0 and out[-1].start_s == 10.25 and out[-1].end_s == 11.75
+    # Time is shared by characters: the 10-character cue gets 10/(10+len(LONG)) of the chunk.
+    assert abs(out[0].end_s - 10.0 * 10 / (10 + len(LONG))) < 0.1
+
+
+def test_webvtt_and_srt_render_the_same_cues() -> None:
+    out = cues([Placed("Fish & chips <cheap>. Then tea.", 61.5, 3.0)], "en")
+    vtt = webvtt(out).decode()
+    assert vtt.startswith("WEBVTT\n\n1\n00:01:01.500 --> ")
+    assert "Fish &amp; chips &lt;cheap&gt;." in vtt
+    text = srt(out).decode()
+    assert text.startswith("1\n00:01:01,500 --> ") and "Fish & chips <cheap>." in text
+    assert re.search(r"2\n00:01:0\d,\d{3} --> 00:01:04,500\nThen tea.", text)
+
+
+def test_chapters_from_headings_in_webvtt_and_id3_frames(tmp_path: Path) -> None:
+    texts = [(1, "Intro."), (0, "Welcome to the course, more words."), (2, "Setup.")]
+    publisher = ItemPublisher(
+        store=LocalStore(str(tmp_path)),
+        key="audio/course.mp3",
+        audio=AudioSettings(format="mp3"),
+        captions=CaptionSettings(),
+        language="en",
+        chunk_count=3,
+        sample_rate=44_100,
+    )
+    published = None
+    for i, (heading, text) in enumerate(texts):  # 2 s each, sentence pauses between
+        samples = synth_samples(text, 2.0, None)
+        chunk = Chunk(i, text, 0, 1, boundary="sentence", heading_level=heading)
+        _, published = publisher.add(chunk, Audio(samples, 44_100))
+    assert published is not None and published.chapters_uri is not None
+    chapters = (tmp_path / "audio/course.chapters.vtt").read_text()
+    assert "00:00:00.000 --> 00:00:04.600\nIntro" in chapters
+    assert "00:00:04.600 --> 00:00:06.600\nSetup" in chapters
+    tags = ID3(tmp_path / "audio/course.mp3")
+    frames = sorted(tags.getall("CHAP"), key=lambda f: f.start_time)
+    assert [(f.start_time, f.end_time, str(f.sub_frames["TIT2"])) for f in frames] == [
+        (0, 4600, "Intro"),
+        (4600, 6600, "Setup"),
+    ]
+    assert tags.getall("CTOC")[0].child_element_ids == [f.element_id for f in frames]
+    assert (tmp_path / "audio/course.vtt").exists() and (tmp_path / "audio/course.srt").exists()
+    assert published.duration_s > 6.5  # mp3 adds encoder padding, never removes audio
+    assert np.isclose(published.duration_s, 6.6, atol=0.1)

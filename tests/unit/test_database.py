@@ -1,0 +1,107 @@
+"""Database URLs: which sources are databases, and passwords kept out of sight."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from fishflow.database import is_database_url, mask, resolve_env, split_password
+from fishflow.errors import ConfigError, SourceError
+from fishflow.sources import Columns, read_source
+
+
+@pytest.mark.parametrize(
+    ("source", "shown"),
+    [
+        ("postgresql://app:s3cret@db:5432/cat", "postgresql+psycopg://app:***@db:5432/cat"),
+        ("postgres://app:s3cret@db/cat", "postgresql+psycopg://app:***@db/cat"),
+        ("mysql://app:s3cret@db/cat", "mysql+pymysql://app:***@db/cat"),
+        ("mariadb+pymysql://app@db/cat", "mariadb+pymysql://app@db/cat"),
+        ("postgresql://db/cat?password=s3cret&sslmode=require", None),
+        ("sqlite:///tmp/c.db", "sqlite:///tmp/c.db"),
+        ("s3://bucket/catalog.csv", "s3://bucket/catalog.csv"),
+        ("catalog.csv", "catalog.csv"),
+    ],
+)
+def test_mask_hides_every_password(source: str, shown: str | None) -> None:
+    masked = mask(source)
+    assert "s3cret" not in masked
+    if shown is not None:
+        assert masked == shown
+
+
+def test_split_password_and_give_it_back_through_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert split_password("postgresql://app:s3cret@db/cat") == (
+        "postgresql+psycopg://app:***@db/cat",
+        "s3cret",
+    )
+    assert split_password("catalog.csv") == ("catalog.csv", None)
+    assert is_database_url("MariaDB+pymysql://x@y/z") and not is_database_url("./sqlite.csv")
+    # A masked URL (from a run record) without the password at hand: a clear run-level error.
+    monkeypatch.delenv("FISHFLOW_SOURCE_PASSWORD", raising=False)
+    with pytest.raises(SourceError, match="FISHFLOW_SOURCE_PASSWORD"):
+        list(read_source("postgresql://app:***@127.0.0.1:1/cat", Columns(), 10, table="t"))
+
+
+def test_env_reference(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE t (id INTEGER, text TEXT, language TEXT)")
+        conn.executemany("INSERT INTO t VALUES (?, ?, ?)", [(2, "Two.", "en"), (1, "One.", None)])
+    monkeypatch.setenv("CATALOG", f"sqlite:///{db}")
+    batches = list(read_source("env:CATALOG", Columns(), 1, table="t"))
+    assert [[(r.row, r.item_id, r.text, r.language) for r in b] for b in batches] == [
+        [(0, "1", "One.", None)],
+        [(1, "2", "Two.", "en")],
+    ]
+    monkeypatch.delenv("CATALOG")
+    with pytest.raises(SourceError, match="CATALOG is not set"):
+        resolve_env("env:CATALOG")
+
+
+def test_table_and_query_need_a_database_and_each_other_not(tmp_path: Path) -> None:
+    csv = tmp_path / "c.csv"
+    csv.write_text("id,text\na,b\n")
+    with pytest.raises(ConfigError, match="database URL"):
+        read_source(str(csv), Columns(), 10, table="t")
+    with pytest.raises(ConfigError, match="--table NAME or --query"):
+        list(read_source(f"sqlite:///{tmp_path}/x.db", Columns(), 10))
+    with pytest.raises(ConfigError, match="not a valid database URL"):
+        list(read_source("postgresql://app:pw@db:notaport/x", Columns(), 10, table="t"))
+
+
+def test_missing_columns_name_the_ones_there(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE t (sku TEXT, body TEXT)")
+    with pytest.raises(SourceError, match="no column 'id', 'text'; columns are"):
+        list(read_source(f"sqlite:///{db}", Columns(), 10, table="t"))
+
+
+def test_a_query_is_taken_as_written_and_read_in_id_order(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE t (sku TEXT, body TEXT)")
+        conn.executemany(
+            "INSERT INTO t VALUES (?, ?)", [("b", "Ratio 1:2."), ("a", "Time 10:30."), ("c", "x")]
+        )
+    query = "SELECT sku, body FROM t WHERE body LIKE '%:%' ORDER BY body DESC;"
+    got = [
+        (r.row, r.item_id, r.text)
+        for batch in read_source(f"sqlite:///{db}", Columns("sku", "body"), 10, query=query)
+        for r in batch
+    ]
+    assert got == [(0, "a", "Time 10:30."), (1, "b", "Ratio 1:2.")]
+
+
+def test_a_password_never_travels_to_a_deployment(tmp_path: Path, capsys) -> None:
+    from fishflow.cli import main
+
+    args = ["run", "postgresql://app:s3cret@db/shop", "--table", "t", "--out", str(tmp_path)]
+    assert main([*args, "--deployment", "refresh-catalog-audio/manual"]) == 1
+    err = capsys.readouterr().err
+    assert "secret:NAME" in err and "s3cret" not in err and len(err.splitlines()) == 1

@@ -1,0 +1,174 @@
+"""Removed items, prune and gc rules, and the progress line, as plain functions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from fishflow.hygiene import (
+    collect_chunks,
+    prune_outputs,
+    referenced_chunk_keys,
+    removed_items,
+)
+from fishflow.incremental import load_previous
+from fishflow.manifest import ChunkRow, ItemRow, ManifestWriter
+from fishflow.pipeline import PreviousItem
+from fishflow.progress import Tally, format_duration
+from fishflow.storage import LocalStore
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def ok(run: str, item: str, at: int, fmt: str = "wav", status: str = "ok") -> ItemRow:
+    return ItemRow(run_id=run, item_id=item, source_row=0, status=status,
+                   created_at=T0 + timedelta(minutes=at), content_key=f"k-{item}",
+                   audio_uri=f"/o/audio/{item}.{fmt}", duration_s=1.0)  # fmt: skip
+
+
+def chunk(run: str, item: str, key: str, status: str = "ok") -> ChunkRow:
+    return ChunkRow(run_id=run, item_id=item, source_row=0, chunk_index=0, start_char=0,
+                    end_char=1, utf8_bytes=1, chunk_key=key, server=None, attempts=1,
+                    latency_s=0.1, duration_s=1.0, reused=False, status=status)  # fmt: skip
+
+
+def test_removed_rows_carry_the_previous_audio_and_match_no_source_row() -> None:
+    previous = {
+        "a": PreviousItem("ka", "/o/audio/a.wav", "audio/a.wav", 2.5, 100, "sha-a"),
+        "b": PreviousItem("kb", "/o/audio/b.mp3", "audio/b.mp3", 1.0, 50, "sha-b"),
+    }
+    rows = removed_items(run_id="r2", present={"a", "z"}, previous=previous, now=T0)
+    assert [(r.item_id, r.status, r.source_row) for r in rows] == [("b", "removed", -1)]
+    assert (rows[0].audio_uri, rows[0].audio_format, rows[0].duration_s) == (
+        "/o/audio/b.mp3",
+        "mp3",
+        1.0,
+    )
+
+
+def test_an_item_whose_newest_row_is_removed_has_no_published_state(tmp_path: Path) -> None:
+    store = LocalStore(str(tmp_path))
+    root = store.uri("")
+    rows = [
+        ItemRow(
+            run_id="r1",
+            item_id=i,
+            source_row=n,
+            status="ok",
+            created_at=T0,
+            content_key=f"k{i}",
+            audio_uri=f"{root}audio/{i}.wav",
+        )
+        for n, i in enumerate(["a", "b"])
+    ]
+    ManifestWriter(store, "r1").write_part("p", rows, [], [])
+    assert set(load_previous(store)) == {"a", "b"}
+    gone = ItemRow(run_id="r2", item_id="b", source_row=-1, status="removed",
+                   created_at=T0 + timedelta(hours=1), audio_uri=rows[1].audio_uri)  # fmt: skip
+    ManifestWriter(store, "r2").write_part("p", [gone], [], [])
+    assert set(load_previous(store)) == {"a"}
+    back = ItemRow(run_id="r3", item_id="b", source_row=0, status="ok",
+                   created_at=T0 + timedelta(hours=2), content_key="kb2",
+                   audio_uri=f"{root}audio/b.wav")  # fmt: skip
+    ManifestWriter(store, "r3").write_part("p", [back], [], [])
+    assert load_previous(store)["b"].content_key == "kb2"
+
+
+def test_prune_keeps_exactly_the_current_files_of_items_in_the_source(tmp_path: Path) -> None:
+    store = LocalStore(str(tmp_path))
+    names = ["a.mp3", "a.wav", "a.vtt", "a.srt", "a.chapters.vtt", "b.wav", "b.vtt",
+             "dir/README.md.wav", "dir/README.mp3", "failed.wav"]  # fmt: skip
+    for name in names:
+        store.put(f"audio/{name}", b"x", "", {})
+    latest = {
+        item: PreviousItem("k", store.uri(key), key, 1.0, 1)
+        for item, key in [
+            ("a", "audio/a.mp3"),
+            ("b", "audio/b.wav"),
+            ("dir/README.md", "audio/dir/README.mp3"),
+            ("failed", "audio/failed.wav"),
+        ]
+    }
+    # b is gone from the source; "failed" failed this run: its earlier audio is still current.
+    pruned = prune_outputs(store, present={"a", "dir/README.md", "failed"}, latest=latest)
+    assert sorted(store.list("audio/")) == [
+        "audio/a.chapters.vtt", "audio/a.mp3", "audio/a.srt", "audio/a.vtt",
+        "audio/dir/README.mp3", "audio/failed.wav",
+    ]  # fmt: skip
+    assert sorted(pruned) == sorted(
+        store.uri(f"audio/{n}") for n in ["a.wav", "b.wav", "b.vtt", "dir/README.md.wav"]
+    )
+
+
+def test_gc_keeps_chunks_of_each_current_items_newest_ok_and_later_failed_rows(
+    tmp_path: Path,
+) -> None:
+    store = LocalStore(str(tmp_path / "out"))
+    runs = {
+        "r1": ([ok("r1", "a", 1), ok("r1", "b", 1), ok("r1", "c", 1)],
+               [chunk("r1", "a", "a-old"), chunk("r1", "b", "b-1"), chunk("r1", "c", "c-1")]),
+        # a edited: new ok row; b edited and failed (one chunk made, one failed); c gone.
+        "r2": ([ok("r2", "a", 2), ok("r2", "b", 2, status="failed"),
+                ItemRow(run_id="r2", item_id="c", source_row=-1, status="removed",
+                        created_at=T0 + timedelta(minutes=2))],
+               [chunk("r2", "a", "a-new"), chunk("r2", "b", "b-2"),
+                chunk("r2", "b", "b-x", status="failed")]),
+        "r3": ([ok("r3", "a", 3, status="skipped")], []),
+    }  # fmt: skip
+    for run, (items, chunks) in runs.items():
+        writer = ManifestWriter(store, run)
+        writer.write_part("p", items, chunks, [])
+        writer.finalize()
+    assert referenced_chunk_keys(store) == {"a-new", "b-1", "b-2"}
+
+    cache = tmp_path / "chunks"
+    for key in ["a-old", "a-new", "b-1", "b-2", "c-1", "stranger"]:
+        (cache / key[:2]).mkdir(parents=True, exist_ok=True)
+        (cache / key[:2] / f"{key}.44100.s16").write_bytes(b"\0" * 10)
+    dry = collect_chunks(store, str(cache), dry_run=True, min_age_s=0)
+    assert sorted(Path(p).name.split(".")[0] for p, _ in dry.deleted) == [
+        "a-old",
+        "c-1",
+        "stranger",
+    ]
+    assert dry.deleted_bytes == 30 and dry.kept_files == 3
+    assert len(list(cache.rglob("*.s16"))) == 6
+    young = collect_chunks(store, str(cache), dry_run=False)  # default grace: an hour
+    assert (len(young.deleted), young.recent_files) == (0, 3)
+    collect_chunks(store, str(cache), dry_run=False, min_age_s=0)
+    assert sorted(p.name.split(".")[0] for p in cache.rglob("*.s16")) == ["a-new", "b-1", "b-2"]
+
+
+def test_progress_line_has_a_total_share_counts_and_eta() -> None:
+    now = [100.0]
+    tally = Tally(10_000, clock=lambda: now[0])
+    assert tally.line() == "fishflow: 0 of 10,000 items (0%), 0 ok, 0 failed"
+    tally.add("ok")  # the first item: the pace is measured from here
+    for i in range(1_199):
+        now[0] += 0.2
+        tally.add("failed" if i < 20 else "ok")
+    # 1,199 items in 239.8 s after the first: 8,800 more take 1,760 s.
+    assert tally.line() == (
+        "fishflow: 1,200 of 10,000 items (12%), 1,180 ok, 20 failed, ETA 29m20s"
+    )
+    assert Tally(None).line() == "fishflow: 0 items, 0 ok, 0 failed"
+
+
+def test_durations_read_as_people_write_them() -> None:
+    assert [format_duration(s) for s in (0, 35.4, 250, 3600 + 120 + 5)] == [
+        "0s", "35s", "4m10s", "1h02m",
+    ]  # fmt: skip
+
+
+def test_prune_on_s3_deletes_the_same_way(bucket: str) -> None:
+    from fishflow.storage import S3Store
+
+    store = S3Store(f"s3://{bucket}/catalog")
+    for name in ["a.mp3", "a.wav", "a.vtt", "b.mp3", "b.srt"]:
+        store.put(f"audio/{name}", b"x", "audio/mpeg", {})
+    store.put("manifests/run=r1/items.parquet", b"x", "application/octet-stream", {})
+    latest = {"a": PreviousItem("k", store.uri("audio/a.mp3"), "audio/a.mp3", 1.0, 1)}
+    pruned = prune_outputs(store, present={"a"}, latest=latest)
+    assert store.list("audio/") == ["audio/a.mp3", "audio/a.vtt"]
+    assert sorted(pruned) == [store.uri(f"audio/{n}") for n in ["a.wav", "b.mp3", "b.srt"]]
+    assert store.list("manifests/") == ["manifests/run=r1/items.parquet"]

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import pytest
+
+from fishflow.pipeline import Item, Rejection, RunSpec, audio_key, validate_row
+from fishflow.publish import sidecar_keys
+from fishflow.sources import SourceRow
+
+
+@pytest.mark.parametrize(
+    ("item_id", "key"),
+    [
+        ("lessons/1-intro/README.md", "audio/lessons/1-intro/README.wav"),
+        ("notes/today.TXT", "audio/notes/today.wav"),
+        ("book.markdown", "audio/book.wav"),
+        ("sku-1.5", "audio/sku-1.5.wav"),  # only source-file extensions are dropped
+        ("docs/.md", "audio/docs/md-"),  # nothing left to name: kept (cleaned, hashed)
+    ],
+)
+def test_audio_names_drop_the_source_file_extension(item_id: str, key: str) -> None:
+    assert audio_key(item_id, "wav").startswith(key)
+
+
+def test_captions_sit_beside_the_audio_with_its_stem() -> None:
+    assert sidecar_keys("audio/lessons/README.mp3") == {
+        "vtt": "audio/lessons/README.vtt",
+        "srt": "audio/lessons/README.srt",
+        "chapters": "audio/lessons/README.chapters.vtt",
+    }
+
+
+def test_two_ids_that_would_share_an_audio_file_are_not_both_accepted() -> None:
+    seen: set[str] = set()
+    spec = RunSpec()
+    first = validate_row(SourceRow(0, "intro.md", "Hello there."), spec, seen)
+    second = validate_row(SourceRow(1, "intro.txt", "Hello again."), spec, seen)
+    assert isinstance(first, Item)
+    assert isinstance(second, Rejection) and "share its audio file" in second.reason
+
+
+def test_items_have_no_length_limit() -> None:
+    text = "A sentence of a very long book. " * 10_000  # 320,000 characters
+    assert isinstance(validate_row(SourceRow(0, "book", text), RunSpec(), set()), Item)

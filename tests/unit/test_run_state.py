@@ -1,0 +1,102 @@
+"""Run state kept in the output: journal segments (group commit) and FLAC chunk audio."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from fishflow.audio import Audio
+from fishflow.manifest import ItemRow, Journal, ManifestWriter, recover, remote_journal_prefix
+from fishflow.pipeline import RemoteChunks
+from fishflow.storage import LocalStore
+
+
+class CountingStore(LocalStore):
+    puts = 0
+
+    def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> str:
+        self.puts += 1
+        return super().put(key, data, content_type, metadata)
+
+
+def item(row: int) -> ItemRow:
+    return ItemRow(
+        run_id="r1",
+        item_id=f"i{row}",
+        source_row=row,
+        status="ok",
+        created_at=datetime.now(UTC),
+        chunk_count=1,
+    )
+
+
+def test_journal_in_the_output_survives_the_machine(tmp_path: Path) -> None:
+    output = CountingStore(str(tmp_path / "output"))
+
+    async def finish(journal: Journal, row: int) -> None:
+        journal.append(item(row), [], [])
+        await journal.durable()
+
+    async def first_machine() -> Journal:
+        journal = Journal(str(tmp_path / "machine-1"), "r1", remote=output)
+        # Items finishing together share a PUT; each returns once its line is in the output.
+        await asyncio.gather(*(finish(journal, row) for row in range(10)))
+        return journal
+
+    killed = asyncio.run(first_machine())
+    assert 1 <= output.puts < 10
+    # Another machine: an empty local folder, the same output.
+    elsewhere = Journal(str(tmp_path / "machine-2"), "r1", remote=output)
+    assert sorted(e[0].source_row for e in elsewhere.entries()) == list(range(10))
+
+    # Rows written to a manifest part let their segments go, at the next write.
+    killed.settle(range(10))
+
+    async def one_more() -> None:
+        await finish(killed, 10)
+
+    asyncio.run(one_more())
+    segments = output.list(remote_journal_prefix("r1"))
+    assert len(segments) == 1
+    assert [e[0].source_row for e in elsewhere.entries()] == [10]
+    killed.close(remove=True)
+    assert output.list(remote_journal_prefix("r1")) == []
+
+
+def test_journal_without_remote_writes_nothing_to_the_output(tmp_path: Path) -> None:
+    journal = Journal(str(tmp_path / "state"), "r1")
+    journal.append(item(0), [], [])
+    asyncio.run(journal.durable())
+    assert [e[0].source_row for e in journal.entries()] == [0]
+
+
+def test_chunk_audio_round_trips_losslessly_and_misses_are_none(tmp_path: Path) -> None:
+    chunks = RemoteChunks(LocalStore(str(tmp_path / "output")))
+    rng = np.random.default_rng(3)
+    samples = (np.sin(np.arange(44_100) / 20) * 8000 + rng.normal(0, 300, 44_100)).astype(np.int16)
+    chunks.keep("ab" * 16, Audio(samples, 44_100))
+    back = chunks.fetch("ab" * 16, 44_100)
+    assert back is not None and back.sample_rate == 44_100
+    assert np.array_equal(back.samples, samples)
+    assert chunks.fetch("cd" * 16, 44_100) is None  # never made
+    assert chunks.fetch("ab" * 16, 24_000) is None  # made at another rate
+    stored = (tmp_path / "output" / ".fishflow" / "chunks" / "ab").iterdir()
+    assert [p.suffix for p in stored] == [".flac"] and chunks.errors == 0
+    chunks.store.put(chunks.key("ef" * 16, 44_100), b"not flac", "audio/flac", {})
+    assert chunks.fetch("ef" * 16, 44_100) is None and chunks.errors == 1  # made again
+
+
+def test_resume_on_another_machine_recovers_the_rows_in_the_output(tmp_path: Path) -> None:
+    output = LocalStore(str(tmp_path / "output"))
+    writer = ManifestWriter(output, "r1")
+    killed = Journal(str(tmp_path / "machine-1"), "r1", remote=output)
+    for row in range(3):
+        killed.append(item(row), [], [])
+    asyncio.run(killed.durable())
+    fresh = Journal(str(tmp_path / "machine-2"), "r1", remote=output)
+    assert recover(output, writer, fresh) == {0, 1, 2}
+    assert sum(pq.read_table(output.uri(k)).num_rows for k in writer.part_keys("items")) == 3
