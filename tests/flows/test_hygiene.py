@@ -95,7 +95,9 @@ def test_prune_deletes_removed_audio_captions_and_old_formats_only(
     assert code == 0
     assert "2 ok, 0 skipped, 0 failed, 1 removed, 6 pruned" in printed
     left = sorted(p.relative_to(out).as_posix() for p in audio.rglob("*"))
-    assert left == ["audio/a.flac", "audio/a.vtt", "audio/c.flac"]
+    # Each current item keeps its audio in the new format and its captions.
+    current = [f"audio/{i}.{ext}" for i in ("a", "c") for ext in ("flac", "srt", "vtt")]
+    assert left == current
     assert (out / "notes.txt").read_text() == "mine"
     # The manifests say the same: a and c are current as flac, b is removed.
     items = manifest(out, "items", latest_run(out)).set_index("item_id")
