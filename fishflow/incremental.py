@@ -112,18 +112,7 @@ def load_previous(store: Store, exclude_run: str | None = None) -> dict[str, Pre
     table = pa.concat_tables(tables).sort_by([("created_at", "ascending")])
     prefix = store.uri("")
     latest: dict[str, PreviousItem] = {}
-    names = (
-        "item_id",
-        "status",
-        "content_key",
-        "audio_uri",
-        "duration_s",
-        "bytes",
-        "audio_sha256",
-        "loudness_lufs",
-        "captions_uri",
-        "chapters_uri",
-    )
+    names = [c for c in _COLUMNS if c != "created_at"]  # in _COLUMNS' order
     for item_id, status, key, uri, duration, size, sha, lufs, captions, chapters in zip(
         *(table[c].to_pylist() for c in names), strict=True
     ):
