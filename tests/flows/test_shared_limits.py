@@ -84,7 +84,10 @@ def test_two_concurrent_runs_of_several_batches_never_exceed_the_servers_limit(
 
     Two `fishflow run` processes, as two deployments' runs would be (two flow runs in one
     process start one after the other here: the second waits on the test's Prefect server)."""
-    with Emulator(EmulatorConfig(workers=4, service_time_s=0.04)) as emu:
+    # Enough work that neither run can finish before the other gets going: on a loaded 2-core
+    # machine one process can stall for seconds while the other sends (80 items each did not).
+    n = 150
+    with Emulator(EmulatorConfig(workers=4, service_time_s=0.05)) as emu:
         assert main(["limits", "create", "--server", emu.url, "--max-in-flight", "2"]) == 0
         name = limit_name(emu.url)
         # The test holds both slots until both runs wait for one, so that they start sending
@@ -94,7 +97,7 @@ def test_two_concurrent_runs_of_several_batches_never_exceed_the_servers_limit(
         # A short tenure makes the runs trade slots while both have work.
         procs = {
             p: start_run(
-                catalog(tmp_path / f"{p}.jsonl", p, 80),
+                catalog(tmp_path / f"{p}.jsonl", p, n),
                 tmp_path / p,
                 emu,
                 f"run-{p}",
@@ -107,9 +110,9 @@ def test_two_concurrent_runs_of_several_batches_never_exceed_the_servers_limit(
             _, err = proc.communicate(timeout=300)
             assert proc.returncode == 0, err
         assert emu.stats["max_in_flight"] <= 2
-        assert emu.stats["requests"] == 160
+        assert emu.stats["requests"] == 2 * n
     a, b = (items(tmp_path / p, f"run-{p}") for p in "ab")
-    assert (a.status == "ok").all() and (b.status == "ok").all() and len(a) == len(b) == 80
+    assert (a.status == "ok").all() and (b.status == "ok").all() and len(a) == len(b) == n
     # They did overlap: each started sending before the other finished.
     assert max(a.created_at.min(), b.created_at.min()) < min(a.created_at.max(), b.created_at.max())
 
