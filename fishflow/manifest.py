@@ -17,7 +17,7 @@ import json
 import os
 import secrets
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -477,17 +477,30 @@ def latest_run_id(store: Store) -> str:
     return newest.split("/")[1].removeprefix("run=")
 
 
-def merge_runs(store: Store, run_id: str, shard_run_ids: list[str]) -> dict[str, str]:
+def merge_runs(
+    store: Store,
+    run_id: str,
+    shard_run_ids: list[str],
+    *,
+    before_finalize: Callable[[ManifestWriter, set[str]], None] | None = None,
+) -> dict[str, str]:
     """One manifest for a sharded run: the shards' final manifests, as rows of `run_id`.
-    Each shard keeps its own manifests too; the run record says which shard ran where."""
+    Each shard keeps its own manifests too; the run record says which shard ran where.
+    `before_finalize(writer, present)` may add parts (the removed items: only the whole run
+    knows what is gone); `present` is every item id the shards read."""
     writer = ManifestWriter(store, run_id)
+    present: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="fishflow-manifest-") as tmp:
         for shard_id in shard_run_ids:
             for name in MANIFESTS:
                 table = _read_store_table(store, f"{run_prefix(shard_id)}/{name}.parquet", tmp)
+                if name == "items":
+                    present.update(i for i in table["item_id"].to_pylist() if i)
                 column = pa.array([run_id] * table.num_rows, pa.string())
                 table = table.set_column(table.schema.get_field_index("run_id"), "run_id", column)
                 writer._write(f"{writer.prefix}/parts/{name}-{shard_id}.parquet", table)
+    if before_finalize is not None:
+        before_finalize(writer, present)
     return writer.finalize()
 
 

@@ -113,6 +113,7 @@ async def refresh_catalog_audio(
                 force=force,
                 api_key_secret=api_key_secret,
                 shards=shards,
+                prune=prune,
             )
         return await _finish(summary, artifacts, max_failed_share)
 

@@ -17,7 +17,8 @@ from prefect import get_run_logger
 from prefect.deployments import run_deployment
 
 from fishflow.errors import ConfigError
-from fishflow.manifest import merge_runs, read_items, write_run_record
+from fishflow.hygiene import Tidied, tidy_output
+from fishflow.manifest import ManifestWriter, merge_runs, read_items, write_run_record
 from fishflow.run import RunTotals, shard_run_id
 from fishflow.settings import RunSettings
 from fishflow.storage import open_store
@@ -41,6 +42,7 @@ async def run_shards(
     force: bool,
     api_key_secret: str | None,
     shards: int,
+    prune: bool = False,
 ) -> Summary:
     logger = get_run_logger()
     full_name = deployment.full_name
@@ -78,7 +80,7 @@ async def run_shards(
             "shard": index,
             "run_id": child_id,
             "parent_run_id": run_id,
-        }
+        }  # no `prune`: a shard sees part of the source, the parent tidies the output
         for attempt in range(1, CHILD_RUNS + 1):
             run = await run_deployment(  # type: ignore[misc]
                 full_name,
@@ -106,12 +108,42 @@ async def run_shards(
 
     children = await asyncio.gather(*(child(i) for i in range(shards)))
     child_ids = [c["run_id"] for c in children]
-    manifests = await asyncio.to_thread(merge_runs, store, run_id, child_ids)
+    tidied = Tidied()
+
+    def tidy(writer: ManifestWriter, present: set[str]) -> None:
+        nonlocal tidied
+        try:
+            tidied = tidy_output(
+                store,
+                writer,
+                run_id=run_id,
+                part="removed",
+                present=present,
+                previous=None,
+                prune=prune,
+                now=datetime.now(UTC),
+            )
+        except Exception:  # the shards' items are done: tidying must not lose them
+            logger.exception("run %s: could not record removed items or prune", run_id)
+
+    manifests = await asyncio.to_thread(
+        merge_runs, store, run_id, child_ids, before_finalize=tidy
+    )
+    if tidied.removed:
+        logger.info(
+            "run %s: %d item(s) gone from the source since the last run "
+            "(status removed in the items manifest)",
+            run_id,
+            len(tidied.removed),
+        )
+    for uri in tidied.pruned:
+        logger.info("run %s: pruned %s", run_id, uri)
     record["shard_runs"] = children
     record["finished_at"] = datetime.now(UTC).isoformat()
     await asyncio.to_thread(write_run_record, store, run_id, record)
     rows = await asyncio.to_thread(read_items, store, run_id, TOTALS_COLUMNS)
     totals = RunTotals.from_items(rows)
+    totals.pruned = len(tidied.pruned)
     return Summary(
         run_id=run_id,
         totals=totals,

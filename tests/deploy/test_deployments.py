@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import signal
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -19,14 +22,18 @@ from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterName,
     FlowRunFilter,
+    FlowRunFilterName,
     FlowRunFilterState,
     FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 
-from fishflow.emulator import Emulator
+from fishflow.emulator import Emulator, EmulatorConfig
+from fishflow.manifest import ItemRow, ManifestWriter
+from fishflow.storage import LocalStore
 from tests.deploy.conftest import API_KEY
 from tests.deploy.site import PrefectSite
+from tests.flows.test_resume import finished_before
 
 FINAL = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
 
@@ -156,24 +163,75 @@ def test_two_concurrent_runs_never_put_more_than_the_shared_limit_on_a_server(
     assert emulator.stats["requests"] == 80
 
 
+def flow_run_processes(flow_run_id: UUID) -> list[int]:
+    """The processes a worker started for a flow run (found by the id in their environment)."""
+    marker = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue  # gone, or not ours to read
+    return found
+
+
+async def flow_runs_named(name: str) -> list[FlowRun]:
+    async with get_client() as client:
+        return await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
+        )
+
+
 def test_a_sharded_run_on_two_workers_writes_one_manifest_with_every_row_once(
     site: PrefectSite, worker: None, tmp_path: Path
 ) -> None:
+    """Two child runs on two workers; one is killed mid-way (its process, as when a machine
+    dies) and run again; the parent writes one manifest, with the item gone since an earlier
+    run recorded as removed (only the parent sees the whole source)."""
+    out = tmp_path / "out"
+    store = LocalStore(str(out))
+    gone = ItemRow(run_id="20261124T000000Z-000000", item_id="gone", source_row=0, status="ok",
+                   created_at=datetime(2026, 11, 24, tzinfo=UTC), content_key="k",
+                   audio_uri=store.uri("audio/gone.wav"))  # fmt: skip
+    ManifestWriter(store, gone.run_id).write_part("p", [gone], [], [])
+    n = 160
     site.start_worker("second")
-    try:
-        out = tmp_path / "out"
-        run_id, flow_run_id = submit(site, catalog(tmp_path / "c.csv", 30), out, "--shards", "2")
-        run = asyncio.run(final_state(flow_run_id))
-        assert run.state.type == StateType.COMPLETED, run.state.message
-    finally:
-        site.stop_worker("second")
+    # A server of its own without a shared limit: a killed run's slots would stay leased for
+    # a minute, and this test is about the re-run.
+    with Emulator(EmulatorConfig(workers=2, service_time_s=0.05)) as emu:
+        try:
+            source = catalog(tmp_path / "c.csv", n)
+            run_id, flow_run_id = submit(site, source, out, "--shards", "2",
+                                         "--batch-size", "10", "--server", emu.url)  # fmt: skip
+            child_id = f"{run_id}-s0"
+            deadline = time.monotonic() + 120
+            while len(finished_before(out, child_id)) < 10:  # shard 0 is well under way
+                assert time.monotonic() < deadline, "shard 0 never got going"
+                time.sleep(0.1)
+            (child,) = asyncio.run(flow_runs_named(child_id))
+            for pid in flow_run_processes(child.id):
+                os.kill(pid, signal.SIGKILL)
+            run = asyncio.run(final_state(flow_run_id))
+            assert run.state.type == StateType.COMPLETED, run.state.message
+        finally:
+            site.stop_worker("second")
+        requests = emu.stats["requests"]
+    assert asyncio.run(final_state(child.id)).state.type == StateType.CRASHED
     table = items(out, run_id)
-    assert sorted(table["source_row"]) == list(range(30))
-    assert set(table["status"]) == {"ok"} and set(table["run_id"]) == {run_id}
+    done = table[table.status != "removed"]
+    assert sorted(done["source_row"]) == list(range(n))
+    assert set(done["status"]) == {"ok"} and set(table["run_id"]) == {run_id}
+    assert table[table.status == "removed"]["item_id"].tolist() == ["gone"]
     for shard in (0, 1):  # each child wrote its own manifest under its own run id
         assert len(items(out, f"{run_id}-s{shard}")) > 0
-    record = (out / "manifests" / f"run={run_id}" / "run.json").read_text()
-    assert f"{run_id}-s0" in record and f"{run_id}-s1" in record
+    record = json.loads((out / "manifests" / f"run={run_id}" / "run.json").read_text())
+    assert [(s["run_id"], s["runs"]) for s in record["shard_runs"]] == [
+        (f"{run_id}-s0", 2),
+        (f"{run_id}-s1", 1),
+    ]
+    # Nothing done twice but what was in flight at the kill (its local limit: 4 requests).
+    assert requests <= n + 4
 
 
 def test_a_killed_workers_run_ends_crashed_and_a_retry_loses_nothing(

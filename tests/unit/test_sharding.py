@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from fishflow.hygiene import tidy_output
 from fishflow.manifest import (
     ErrorRow,
     ItemRow,
@@ -92,3 +93,34 @@ def test_a_run_fails_only_past_its_share_of_failed_items() -> None:
     assert totals.too_many_failed(0.0)
     assert not totals.too_many_failed(0.01)
     assert not RunTotals(ok=5).too_many_failed(0.0)
+
+
+def test_the_merged_manifest_records_items_gone_from_the_whole_source(tmp_path: Path) -> None:
+    """Each shard reads part of the source, so only the merge knows what is gone."""
+    store = LocalStore(str(tmp_path))
+    root = store.uri("")
+    earlier = [
+        ItemRow(run_id="r0", item_id=f"i{n}", source_row=n, status="ok",
+                created_at=datetime(2026, 11, 24, tzinfo=UTC), content_key=f"k{n}",
+                audio_uri=f"{root}audio/i{n}.wav")  # fmt: skip
+        for n in range(4)
+    ]
+    ManifestWriter(store, "r0").write_part("p", earlier, [], [])
+    parent = "20261125T010000Z-abcdef"
+    for shard, source_rows in {0: [0], 1: [1, 2]}.items():  # i3 is gone from the source
+        child = shard_run_id(parent, shard)
+        writer = ManifestWriter(store, child)
+        writer.write_part("p", [_item(child, r, "ok") for r in source_rows], [], [])
+        writer.finalize()
+
+    def tidy(writer: ManifestWriter, present: set[str]) -> None:
+        assert present == {"i0", "i1", "i2"}
+        tidy_output(store, writer, run_id=parent, part="removed", present=present,
+                    previous=None, prune=False, now=datetime.now(UTC))  # fmt: skip
+
+    manifests = merge_runs(store, parent, [shard_run_id(parent, s) for s in (0, 1)],
+                           before_finalize=tidy)  # fmt: skip
+    items = pq.read_table(manifests["items"]).to_pylist()
+    removed = [r for r in items if r["status"] == "removed"]
+    assert [(r["item_id"], r["audio_uri"]) for r in removed] == [("i3", f"{root}audio/i3.wav")]
+    assert RunTotals.from_items(items).removed == 1
