@@ -852,15 +852,17 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
         asyncio.ensure_future(_chunk_audio(ctx, item, c, references, persist=multi)) for c in chunks
     ]
     settings = ctx.spec.audio
+    key = audio_key(item.item_id, settings.format)
     publisher = ItemPublisher(
         store=ctx.store,
-        key=audio_key(item.item_id, settings.format),
+        key=key,
         audio=settings,
         captions=ctx.spec.captions,
         language=item.language,
         chunk_count=len(chunks),
         sample_rate=settings.sample_rate,
         metadata={"text-sha256": text_sha256(item.text), "content-key": item.content_key},
+        existing_sidecars=frozenset(sidecar_keys(key).values()) & ctx.existing_audio,
     )
     loop = asyncio.get_running_loop()
     rows: list[ChunkRow] = []
