@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import hashlib
 import io
@@ -315,11 +316,14 @@ class ChunkCache:
     its published file, so keeping it twice would only cost. Identical chunks in flight at
     once share one request.
 
-    Disk work (encoding, decoding, the output's copy) runs in worker threads: a chunk is
-    encoded once, when it is made, and decoded only when a later run reuses it or when it
-    left memory before its item's writer reached it. Files of the raw layout that came
-    before (``<key>.<rate>.s16``, 16-bit samples) are still read; ``fishflow gc`` deletes
-    them like any other chunk file.
+    Disk work runs in worker threads. A chunk is written raw (16-bit samples, ``.s16``) when
+    it is made and compressed once its item's writer has used it (``compress``, in the
+    publisher thread, from the samples it holds): when synthesis outpaces the writer, chunks
+    leave memory and are read back, and reading FLAC back would cost as much as encoding it
+    again (~0.45 ms per audio second). Raw files left by an item that failed, a run that was
+    stopped or an earlier version are read as they are, and compressed when used. With the
+    output's copy (``RemoteChunks``) the chunk is encoded when it is made, and the same
+    bytes kept locally. ``fishflow gc`` deletes either kind of file.
     """
 
     def __init__(
@@ -334,6 +338,7 @@ class ChunkCache:
         self._memory: collections.OrderedDict[str, Audio] = collections.OrderedDict()
         self._memory_bytes = 0
         self._memory_limit = memory_bytes
+        self._raw: set[str] = set()  # keys kept raw on disk: compressed once used
 
     def _path(self, key: str, rate: int, suffix: str = "flac") -> str:
         return os.path.join(self.directory, key[:2], f"{key}.{rate}.{suffix}")
@@ -354,23 +359,38 @@ class ChunkCache:
     def read(self, key: str, rate: int) -> Audio | None:
         """A chunk's audio from disk, or None (blocking, any thread: memory is not touched).
         A damaged file is a miss: the chunk is made again and the file replaced."""
-        try:
-            with open(self._path(key, rate), "rb") as fh:
-                return decode_chunk(fh.read(), rate)
-        except FileNotFoundError:
-            pass
-        try:
-            return Audio(np.fromfile(self._path(key, rate, "s16"), dtype=np.int16), rate)
-        except FileNotFoundError:
-            return None
+        for _ in range(2):  # a raw file may be compressed (and removed) between the two tries
+            try:
+                with open(self._path(key, rate), "rb") as fh:
+                    if (audio := decode_chunk(fh.read(), rate)) is not None:
+                        return audio
+            except FileNotFoundError:
+                pass
+            try:  # raw: made since (a damaged file is replaced only once the chunk is used)
+                samples = np.fromfile(self._path(key, rate, "s16"), dtype=np.int16)
+            except FileNotFoundError:
+                continue
+            self._raw.add(key)
+            return Audio(samples, rate)
+        return None
+
+    def compress(self, key: str, audio: Audio) -> None:
+        """Once a chunk's audio has been used: its raw file on disk, if any, becomes FLAC
+        (blocking, any thread)."""
+        if key not in self._raw:
+            return
+        self._raw.discard(key)
+        self._write(key, audio.sample_rate, encode_chunk(audio))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path(key, audio.sample_rate, "s16"))
 
     def keep_level(self, key: str, level: Level) -> None:
         """Keep a chunk's loudness with its audio in memory, so it is measured once."""
         if (audio := self._memory.get(key)) is not None:
             self._memory[key] = Audio(audio.samples, audio.sample_rate, level)
 
-    def _write(self, key: str, rate: int, data: bytes) -> None:
-        path = self._path(key, rate)
+    def _write(self, key: str, rate: int, data: bytes, suffix: str = "flac") -> None:
+        path = self._path(key, rate, suffix)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
         with os.fdopen(fd, "wb") as fh:
@@ -378,11 +398,13 @@ class ChunkCache:
         os.replace(tmp, path)
 
     def _keep(self, key: str, audio: Audio) -> None:
-        """Encode once; the same bytes go to the local folder and the output's copy."""
-        data = encode_chunk(audio)
+        if self.remote is None:
+            self._write(key, audio.sample_rate, audio.samples.tobytes(), "s16")
+            self._raw.add(key)
+            return
+        data = encode_chunk(audio)  # encoded once: the local folder and the output's copy
         self._write(key, audio.sample_rate, data)
-        if self.remote is not None:
-            self.remote.keep_encoded(key, audio.sample_rate, data)
+        self.remote.keep_encoded(key, audio.sample_rate, data)
 
     def _fetch(self, key: str, rate: int) -> Audio | None:
         """From the output's copy, kept in the local folder as fetched (no re-encoding)."""
@@ -813,10 +835,12 @@ def _add_chunk(
     cache: ChunkCache, publisher: ItemPublisher, chunk: Chunk, key: str, audio: Audio | None
 ) -> tuple[Level | None, Published | None]:
     """In a publisher thread: the chunk's audio (read back from the cache's disk when it has
-    left memory) added to its item's file."""
+    left memory) added to its item's file; then its raw copy on disk compressed."""
     if audio is None and (audio := cache.read(key, publisher.sample_rate)) is None:
         raise StorageError(f"chunk audio {key} vanished from the chunk cache")
-    return publisher.add(chunk, audio)
+    added = publisher.add(chunk, audio)
+    cache.compress(key, audio)
+    return added
 
 
 async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:

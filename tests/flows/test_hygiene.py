@@ -139,6 +139,7 @@ def test_gc_drops_only_unreferenced_chunk_audio(tmp_path: Path, emulator: Emulat
     assert cli(capsys, "run", str(source), "--out", str(out), "--server", emulator.url)[0] == 0
     first = manifest(out, "chunks", latest_run(out))
     # Chunk audio is kept compressed: well under the wav audio it was made for.
+    assert not list((out / ".fishflow" / "chunks").rglob("*.s16"))  # all used, so compressed
     cache_bytes = sum(p.stat().st_size for p in (out / ".fishflow" / "chunks").rglob("*.flac"))
     audio_bytes = manifest(out, "items", latest_run(out))["bytes"].sum()
     assert 0 < cache_bytes <= 0.5 * audio_bytes

@@ -118,10 +118,14 @@ def test_chunk_cache_keeps_flac_on_disk_and_reads_older_raw_files(tmp_path: Path
 
     async def get(cache: ChunkCache, key: str) -> Audio:
         audio, _ = await cache.get_or_make(key, 44_100, maker(key), persist=True)
+        cache.compress(key, audio)  # as the item's writer does once it has used the chunk
         return audio
 
     folder = tmp_path / "chunks"
-    asyncio.run(get(ChunkCache(str(folder)), "ab" * 16))
+    first = ChunkCache(str(folder))
+    audio, _ = asyncio.run(first.get_or_make("ab" * 16, 44_100, maker("ab" * 16), persist=True))
+    assert [p.suffix for p in folder.rglob("*.*")] == [".s16"]  # raw until used
+    first.compress("ab" * 16, audio)
     (kept,) = folder.rglob("*.*")
     assert kept.name == f"{'ab' * 16}.44100.flac"
     assert kept.stat().st_size < 0.5 * samples.nbytes
@@ -136,4 +140,5 @@ def test_chunk_cache_keeps_flac_on_disk_and_reads_older_raw_files(tmp_path: Path
     for key in ("ab" * 16, "cd" * 16, "ef" * 16):
         assert np.array_equal(asyncio.run(get(later, key)).samples, samples)
     assert made == ["ab" * 16, "ef" * 16]
+    assert sorted(p.suffix for p in folder.rglob("*.*")) == [".flac"] * 3  # the raw one too
     assert ChunkCache(str(folder)).read("ef" * 16, 44_100) is not None
