@@ -339,6 +339,7 @@ class ChunkCache:
         self._memory_bytes = 0
         self._memory_limit = memory_bytes
         self._raw: set[str] = set()  # keys kept raw on disk: compressed once used
+        self._folders: set[str] = set()  # made already: one makedirs each, not one per file
 
     def _path(self, key: str, rate: int, suffix: str = "flac") -> str:
         return os.path.join(self.directory, key[:2], f"{key}.{rate}.{suffix}")
@@ -391,7 +392,9 @@ class ChunkCache:
 
     def _write(self, key: str, rate: int, data: bytes, suffix: str = "flac") -> None:
         path = self._path(key, rate, suffix)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if (folder := os.path.dirname(path)) not in self._folders:
+            os.makedirs(folder, exist_ok=True)
+            self._folders.add(folder)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
