@@ -316,11 +316,13 @@ class ChunkCache:
     its published file, so keeping it twice would only cost. Identical chunks in flight at
     once share one request.
 
-    Disk work runs in worker threads. A chunk is written raw (16-bit samples, ``.s16``) when
-    it is made and compressed once its item's writer has used it (``compress``, in the
-    publisher thread, from the samples it holds): when synthesis outpaces the writer, chunks
-    leave memory and are read back, and reading FLAC back would cost as much as encoding it
-    again (~0.45 ms per audio second). Raw files left by an item that failed, a run that was
+    A chunk is written raw (16-bit samples, ``.s16``) when it is made and compressed once
+    its item's writer has used it (``compress``, in the publisher thread, from the samples
+    it holds): when synthesis outpaces the writer, chunks leave memory and are read back,
+    and reading FLAC back would cost as much as encoding it again (~0.45 ms per audio
+    second). Raw writes and reads stay on the event loop, as they were before FLAC: a
+    thread hop per chunk cost ~15 MB of peak RSS in bench.longform (thread arenas); FLAC
+    decoding goes to a thread. Raw files left by an item that failed, a run that was
     stopped or an earlier version are read as they are, and compressed when used. With the
     output's copy (``RemoteChunks``) the chunk is encoded when it is made, and the same
     bytes kept locally. ``fishflow gc`` deletes either kind of file.
@@ -434,7 +436,11 @@ class ChunkCache:
         try:
             # Only chunks of multi-chunk items are kept on disk: a single-chunk item would look
             # for a file that is, but for a chunk shared with a longer item, never there.
-            found = await asyncio.to_thread(self.read, key, rate) if persist else None
+            found = None
+            if persist and os.path.exists(self._path(key, rate)):
+                found = await asyncio.to_thread(self.read, key, rate)  # FLAC: decoded off the loop
+            elif persist:
+                found = self.read(key, rate)  # a miss (two stats) or raw: cheap enough here
             if found is None and persist and self.remote is not None:
                 found = await asyncio.to_thread(self._fetch, key, rate)
             if found is not None:
@@ -443,7 +449,9 @@ class ChunkCache:
                 return found, None
             made = await make()
             self._remember(key, made.audio)
-            if persist:
+            if persist and self.remote is None:
+                self._keep(key, made.audio)  # raw: one write (~0.04 ms per audio second)
+            elif persist:
                 # Awaited: a chunk counts as made once a later run (here or, through the
                 # output's copy, elsewhere) could reuse it.
                 await asyncio.to_thread(self._keep, key, made.audio)
