@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import hashlib
 import io
@@ -284,14 +285,47 @@ def audio_key(item_id: str, fmt: str) -> str:
     return f"{audio_stem(item_id)}.{fmt}"
 
 
+def encode_chunk(audio: Audio) -> bytes:
+    """Chunk audio as kept in the chunk cache and the output's copy of it: FLAC, lossless.
+
+    Measured on a shared 2-core machine (44.1 kHz mono, libsndfile 1.2.2): ~0.5 ms to encode
+    and ~0.45 ms to decode per audio second, whatever the compression level (libsndfile's own
+    copying and FLAC's MD5 dominate), to 23% of the raw bytes on the emulator's audio and ~60%
+    on noise-like audio. libsndfile's default level: higher levels cost twice as much for 1%.
+    """
+    buf = io.BytesIO()
+    sf.write(buf, audio.samples, audio.sample_rate, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def decode_chunk(data: bytes, rate: int) -> Audio | None:
+    """The audio `encode_chunk` made, or None when it is damaged or at another rate (a miss)."""
+    try:
+        samples, found_rate = sf.read(io.BytesIO(data), dtype="int16")
+    except (RuntimeError, ValueError):  # sf.LibsndfileError is a RuntimeError
+        return None
+    return Audio(samples, found_rate) if found_rate == rate and samples.ndim == 1 else None
+
+
 class ChunkCache:
     """Chunk audio by content key, so identical chunks are synthesised once.
 
     Recent chunks stay in memory (bounded by bytes); chunks of multi-chunk items also go to
-    disk, so that an item whose text changed in one sentence re-synthesises only that chunk on
-    the next run. A single-chunk item's audio is its published file, so writing it twice would
-    only cost (about 0.5 ms of system time per chunk, measured). Identical chunks in flight at
+    disk, FLAC-compressed (``encode_chunk``), so that an item whose text changed in one
+    sentence re-synthesises only that chunk on the next run. A single-chunk item's audio is
+    its published file, so keeping it twice would only cost. Identical chunks in flight at
     once share one request.
+
+    A chunk is written raw (16-bit samples, ``.s16``) when it is made and compressed once
+    its item's writer has used it (``compress``, in the publisher thread, from the samples
+    it holds): when synthesis outpaces the writer, chunks leave memory and are read back,
+    and reading FLAC back would cost as much as encoding it again (~0.45 ms per audio
+    second). Raw writes and reads stay on the event loop, as they were before FLAC: a
+    thread hop per chunk cost ~15 MB of peak RSS in bench.longform (thread arenas); FLAC
+    decoding goes to a thread. Raw files left by an item that failed, a run that was
+    stopped or an earlier version are read as they are, and compressed when used. With the
+    output's copy (``RemoteChunks``) the chunk is encoded when it is made, and the same
+    bytes kept locally. ``fishflow gc`` deletes either kind of file.
     """
 
     def __init__(
@@ -306,9 +340,11 @@ class ChunkCache:
         self._memory: collections.OrderedDict[str, Audio] = collections.OrderedDict()
         self._memory_bytes = 0
         self._memory_limit = memory_bytes
+        self._raw: set[str] = set()  # keys kept raw on disk: compressed once used
+        self._folders: set[str] = set()  # made already: one makedirs each, not one per file
 
-    def _path(self, key: str, rate: int) -> str:
-        return os.path.join(self.directory, key[:2], f"{key}.{rate}.s16")
+    def _path(self, key: str, rate: int, suffix: str = "flac") -> str:
+        return os.path.join(self.directory, key[:2], f"{key}.{rate}.{suffix}")
 
     def _remember(self, key: str, audio: Audio) -> None:
         self._memory[key] = audio
@@ -317,33 +353,75 @@ class ChunkCache:
             _, old = self._memory.popitem(last=False)
             self._memory_bytes -= old.samples.nbytes
 
-    def _load(self, key: str, rate: int, *, from_disk: bool) -> Audio | None:
+    def recall(self, key: str) -> Audio | None:
+        """A chunk's audio if it is still in memory (on the event loop: no disk work)."""
         if (audio := self._memory.get(key)) is not None:
             self._memory.move_to_end(key)
-            return audio
-        if not from_disk:
-            return None
-        try:
-            return Audio(np.fromfile(self._path(key, rate), dtype=np.int16), rate)
-        except FileNotFoundError:
-            return None
+        return audio
 
-    def load(self, key: str, rate: int) -> Audio | None:
-        """Audio of a chunk made earlier in this run (memory, else disk), or None."""
-        return self._load(key, rate, from_disk=True)
+    def read(self, key: str, rate: int) -> Audio | None:
+        """A chunk's audio from disk, or None (blocking, any thread: memory is not touched).
+        A damaged file is a miss: the chunk is made again and the file replaced."""
+        for _ in range(2):  # a raw file may be compressed (and removed) between the two tries
+            try:
+                with open(self._path(key, rate), "rb") as fh:
+                    if (audio := decode_chunk(fh.read(), rate)) is not None:
+                        return audio
+            except FileNotFoundError:
+                pass
+            try:  # raw: made since (a damaged file is replaced only once the chunk is used)
+                samples = np.fromfile(self._path(key, rate, "s16"), dtype=np.int16)
+            except FileNotFoundError:
+                continue
+            self._raw.add(key)
+            return Audio(samples, rate)
+        return None
+
+    def compress(self, key: str, audio: Audio) -> None:
+        """Once a chunk's audio has been used: its raw file on disk, if any, becomes FLAC
+        (blocking, any thread)."""
+        if key not in self._raw:
+            return
+        self._raw.discard(key)
+        self._write(key, audio.sample_rate, encode_chunk(audio))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path(key, audio.sample_rate, "s16"))
 
     def keep_level(self, key: str, level: Level) -> None:
         """Keep a chunk's loudness with its audio in memory, so it is measured once."""
         if (audio := self._memory.get(key)) is not None:
             self._memory[key] = Audio(audio.samples, audio.sample_rate, level)
 
-    def _save(self, key: str, audio: Audio) -> None:
-        path = self._path(key, audio.sample_rate)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+    def _write(self, key: str, rate: int, data: bytes, suffix: str = "flac") -> None:
+        path = self._path(key, rate, suffix)
+        if (folder := os.path.dirname(path)) not in self._folders:
+            os.makedirs(folder, exist_ok=True)
+            self._folders.add(folder)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
         with os.fdopen(fd, "wb") as fh:
-            fh.write(audio.samples.tobytes())
+            fh.write(data)
         os.replace(tmp, path)
+
+    def _keep(self, key: str, audio: Audio) -> None:
+        if self.remote is None:
+            self._write(key, audio.sample_rate, audio.samples.tobytes(), "s16")
+            self._raw.add(key)
+            return
+        data = encode_chunk(audio)  # encoded once: the local folder and the output's copy
+        self._write(key, audio.sample_rate, data)
+        self.remote.keep_encoded(key, audio.sample_rate, data)
+
+    def _fetch(self, key: str, rate: int) -> Audio | None:
+        """From the output's copy, kept in the local folder as fetched (no re-encoding)."""
+        assert self.remote is not None
+        data = self.remote.fetch_encoded(key, rate)
+        if data is None:
+            return None
+        if (audio := decode_chunk(data, rate)) is None:
+            self.remote.errors += 1  # damaged: made again, like a miss
+            return None
+        self._write(key, rate, data)
+        return audio
 
     async def get_or_make(
         self, key: str, rate: int, make: Callable[[], Awaitable[Synthesized]], *, persist: bool
@@ -351,27 +429,32 @@ class ChunkCache:
         """The chunk's audio, and how it was made (None when it was reused)."""
         if (pending := self._pending.get(key)) is not None:
             return await asyncio.shield(pending), None
-        # Only chunks of multi-chunk items are kept on disk: a single-chunk item would look
-        # for a file that is, but for a chunk shared with a longer item, never there.
-        if (cached := self._load(key, rate, from_disk=persist)) is not None:
+        if (cached := self.recall(key)) is not None:
             return cached, None
         future: asyncio.Future[Audio] = asyncio.get_running_loop().create_future()
         self._pending[key] = future
         try:
-            if persist and self.remote is not None:
-                fetched = await asyncio.to_thread(self.remote.fetch, key, rate)
-                if fetched is not None:
-                    self._remember(key, fetched)
-                    self._save(key, fetched)
-                    future.set_result(fetched)
-                    return fetched, None
+            # Only chunks of multi-chunk items are kept on disk: a single-chunk item would look
+            # for a file that is, but for a chunk shared with a longer item, never there.
+            found = None
+            if persist and os.path.exists(self._path(key, rate)):
+                found = await asyncio.to_thread(self.read, key, rate)  # FLAC: decoded off the loop
+            elif persist:
+                found = self.read(key, rate)  # a miss (two stats) or raw: cheap enough here
+            if found is None and persist and self.remote is not None:
+                found = await asyncio.to_thread(self._fetch, key, rate)
+            if found is not None:
+                self._remember(key, found)
+                future.set_result(found)
+                return found, None
             made = await make()
             self._remember(key, made.audio)
-            if persist:
-                self._save(key, made.audio)
-                if self.remote is not None:
-                    # Awaited: a chunk counts as made once a run elsewhere could reuse it.
-                    await asyncio.to_thread(self.remote.keep, key, made.audio)
+            if persist and self.remote is None:
+                self._keep(key, made.audio)  # raw: one write (~0.04 ms per audio second)
+            elif persist:
+                # Awaited: a chunk counts as made once a later run (here or, through the
+                # output's copy, elsewhere) could reuse it.
+                await asyncio.to_thread(self._keep, key, made.audio)
             future.set_result(made.audio)
             return made.audio, made
         except BaseException as exc:
@@ -386,10 +469,10 @@ class RemoteChunks:
     """Chunk audio kept under the output (``.fishflow/chunks/``), FLAC-compressed.
 
     One GET when a chunk of a multi-chunk item is not in the local cache (a 404 when it is
-    new), one PUT when it is made. FLAC is lossless, so a reused chunk is the same samples:
-    a 5 s chunk took ~4 ms to encode here (its synthesis takes seconds) and 22% of the raw
-    16-bit bytes on the emulator's audio, where a generic compressor (zlib -1) kept 79% and
-    took 12 ms. Failures only cost reuse: they are counted, never raised.
+    new), one PUT when it is made, of the bytes the local cache keeps (``encode_chunk``).
+    FLAC is lossless, so a reused chunk is the same samples; a generic compressor (zlib -1)
+    kept 79% of the emulator's audio where FLAC keeps 23%, and took longer. Failures only
+    cost reuse: they are counted, never raised.
     """
 
     PREFIX = ".fishflow/chunks"
@@ -401,29 +484,31 @@ class RemoteChunks:
     def key(self, key: str, rate: int) -> str:
         return f"{self.PREFIX}/{key[:2]}/{key}.{rate}.flac"
 
-    def fetch(self, key: str, rate: int) -> Audio | None:
+    def fetch_encoded(self, key: str, rate: int) -> bytes | None:
         try:
-            data = self.store.get(self.key(key, rate))
+            return self.store.get(self.key(key, rate))
         except FileNotFoundError:
             return None
         except StorageError as exc:
             if exc.http_status != 404:
                 self.errors += 1
             return None
-        try:
-            samples, found_rate = sf.read(io.BytesIO(data), dtype="int16")
-        except (RuntimeError, ValueError):  # damaged: made again, like a miss
-            self.errors += 1
-            return None
-        return Audio(samples, found_rate) if found_rate == rate else None
 
-    def keep(self, key: str, audio: Audio) -> None:
-        buf = io.BytesIO()
-        sf.write(buf, audio.samples, audio.sample_rate, format="FLAC", subtype="PCM_16")
+    def fetch(self, key: str, rate: int) -> Audio | None:
+        if (data := self.fetch_encoded(key, rate)) is None:
+            return None
+        if (audio := decode_chunk(data, rate)) is None:  # damaged: made again, like a miss
+            self.errors += 1
+        return audio
+
+    def keep_encoded(self, key: str, rate: int, data: bytes) -> None:
         try:
-            self.store.put(self.key(key, audio.sample_rate), buf.getvalue(), "audio/flac", {})
+            self.store.put(self.key(key, rate), data, "audio/flac", {})
         except StorageError:
             self.errors += 1
+
+    def keep(self, key: str, audio: Audio) -> None:
+        self.keep_encoded(key, audio.sample_rate, encode_chunk(audio))
 
 
 @dataclass
@@ -757,6 +842,18 @@ def _failed_chunk_row(ctx: RunContext, item: Item, chunk: Chunk, exc: Exception)
     )
 
 
+def _add_chunk(
+    cache: ChunkCache, publisher: ItemPublisher, chunk: Chunk, key: str, audio: Audio | None
+) -> tuple[Level | None, Published | None]:
+    """In a publisher thread: the chunk's audio (read back from the cache's disk when it has
+    left memory) added to its item's file; then its raw copy on disk compressed."""
+    if audio is None and (audio := cache.read(key, publisher.sample_rate)) is None:
+        raise StorageError(f"chunk audio {key} vanished from the chunk cache")
+    added = publisher.add(chunk, audio)
+    cache.compress(key, audio)
+    return added
+
+
 async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
     """Synthesise, stitch and publish one item; never raises for the item's own failures.
 
@@ -790,18 +887,19 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
         asyncio.ensure_future(_chunk_audio(ctx, item, c, references, persist=multi)) for c in chunks
     ]
     settings = ctx.spec.audio
+    key = audio_key(item.item_id, settings.format)
     publisher = ItemPublisher(
         store=ctx.store,
-        key=audio_key(item.item_id, settings.format),
+        key=key,
         audio=settings,
         captions=ctx.spec.captions,
         language=item.language,
         chunk_count=len(chunks),
         sample_rate=settings.sample_rate,
         metadata={"text-sha256": text_sha256(item.text), "content-key": item.content_key},
+        existing_sidecars=frozenset(sidecar_keys(key).values()) & ctx.existing_audio,
     )
     loop = asyncio.get_running_loop()
-    rate = settings.sample_rate
     rows: list[ChunkRow] = []
     errors: list[ErrorRow] = []
     published: Published | None = None
@@ -820,11 +918,11 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
             rows.append(row)
             if errors:
                 continue  # the item fails: collect the other chunks' rows, write nothing
-            if audio is None and (audio := ctx.cache.load(row.chunk_key, rate)) is None:
-                raise StorageError(f"chunk audio {row.chunk_key} vanished from the chunk cache")
+            if audio is None:
+                audio = ctx.cache.recall(row.chunk_key)  # else read back in the publisher thread
             try:
                 level, published = await loop.run_in_executor(
-                    ctx.publisher, publisher.add, chunk, audio
+                    ctx.publisher, _add_chunk, ctx.cache, publisher, chunk, row.chunk_key, audio
                 )
             except RuntimeError as exc:
                 # The run's threads are shut down: it is stopping (Ctrl-C, SIGTERM) and its

@@ -76,6 +76,9 @@ class ItemPublisher:
     chunk_count: int
     sample_rate: int
     metadata: dict[str, str] = field(default_factory=dict)
+    # Files beside the audio before this publish (``sidecar_keys``): those it does not write
+    # again (captions turned off, headings gone) are deleted once the new audio is published.
+    existing_sidecars: frozenset[str] = frozenset()
     _writer: AudioWriter | None = None
     _buffer: io.BytesIO | None = None
     _staging: str | None = None
@@ -149,14 +152,17 @@ class ItemPublisher:
             tag_mp3_chapters(self._buffer or self._staging or "", chapter_list)
         keys = sidecar_keys(self.key)
         captions_uri = chapters_uri = None
+        written: set[str] = set()
         if self.captions.captions == "on":
             cue_list = cues(self._placed, self.language)
             captions_uri = self.store.put(keys["vtt"], webvtt(cue_list), "text/vtt", {})
             self.store.put(keys["srt"], srt(cue_list), "application/x-subrip", {})
+            written.update((keys["vtt"], keys["srt"]))
         if chapter_list:
             chapters_uri = self.store.put(
                 keys["chapters"], chapters_webvtt(chapter_list), "text/vtt", {}
             )
+            written.add(keys["chapters"])
         ctype = content_type(self.audio.format)
         if self._buffer is not None:
             data = self._buffer.getvalue()
@@ -167,6 +173,8 @@ class ItemPublisher:
             digest, size = file_sha256(self._staging)
             uri = self.store.publish_file(self.key, self._staging, ctype, self.metadata)
             self._staging = None
+        if stale := sorted(self.existing_sidecars - written):
+            self.store.delete(stale)
         lufs = None
         if self._segments:
             value = integrated_loudness(np.concatenate(self._segments))

@@ -307,7 +307,9 @@ async def _open_run(
     # Next to a local output; for an S3 output on this machine, so the next run here re-uses it.
     cache_dir = settings.chunk_cache or os.path.join(state_dir(store), "chunks")
     previous = {} if force else await asyncio.to_thread(load_previous, store, run_id)
-    existing = await asyncio.to_thread(existing_audio, store) if previous else set()
+    # Also under --force: what is published decides which caption files a republished item
+    # leaves behind (see ItemPublisher.existing_sidecars).
+    existing = await asyncio.to_thread(existing_audio, store) if previous or force else set()
     pool = ServerPool(
         settings.server_configs(servers),
         api_key=api_key,

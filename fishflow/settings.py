@@ -190,7 +190,8 @@ class AudioSettings(_Frozen):
 class CaptionSettings(_Frozen):
     """Files published beside each item's audio. Not part of the content key: turning them on
     makes items without them be redone from cached chunk audio, turning them off changes
-    nothing already published."""
+    nothing already published. An item published again (its text changed) drops the files
+    beside it that it no longer has: captions turned off, chapters of headings gone."""
 
     captions: OnOff = Field("on", description="WebVTT and SRT captions beside the audio")
     chapters: OnOff = Field("on", description="Chapters from headings: WebVTT, ID3 in mp3")

@@ -105,6 +105,32 @@ def test_prune_deletes_removed_audio_captions_and_old_formats_only(
     assert items.loc["b", "status"] == "removed"
 
 
+def test_a_republished_item_leaves_no_caption_files_it_no_longer_has(
+    tmp_path: Path, emulator: Emulator, capsys
+) -> None:
+    out, source = tmp_path / "out", tmp_path / "course"
+    source.mkdir()
+    lesson = source / "lesson.md"
+    lesson.write_text("# Intro\n\nA first idea. A second idea.\n\n## Setup\n\nInstall it.\n")
+    assert cli(capsys, "run", str(source), "--out", str(out), "--server", emulator.url)[0] == 0
+    audio = out / "audio"
+    assert (audio / "lesson.chapters.vtt").exists()
+
+    lesson.write_text("A first idea. A second idea, said differently.\n\nInstall it.\n")
+    assert cli(capsys, "run", str(source), "--out", str(out), "--server", emulator.url)[0] == 0
+    assert sorted(p.name for p in audio.iterdir()) == ["lesson.srt", "lesson.vtt", "lesson.wav"]
+    assert "differently" in (audio / "lesson.vtt").read_text()
+    assert manifest(out, "items", latest_run(out)).chapters_uri.isna().all()
+
+    lesson.write_text("A first idea, once more. A second idea.\n")
+    code, _ = cli(
+        capsys, "run", str(source), "--out", str(out), "--server", emulator.url,
+        "--captions", "off",
+    )  # fmt: skip
+    assert code == 0
+    assert sorted(p.name for p in audio.iterdir()) == ["lesson.wav"]
+
+
 def test_gc_drops_only_unreferenced_chunk_audio(tmp_path: Path, emulator: Emulator, capsys) -> None:
     out = tmp_path / "out"
     source = tmp_path / "catalog.csv"
@@ -112,6 +138,11 @@ def test_gc_drops_only_unreferenced_chunk_audio(tmp_path: Path, emulator: Emulat
     write_catalog(source, rows)
     assert cli(capsys, "run", str(source), "--out", str(out), "--server", emulator.url)[0] == 0
     first = manifest(out, "chunks", latest_run(out))
+    # Chunk audio is kept compressed: well under the wav audio it was made for.
+    assert not list((out / ".fishflow" / "chunks").rglob("*.s16"))  # all used, so compressed
+    cache_bytes = sum(p.stat().st_size for p in (out / ".fishflow" / "chunks").rglob("*.flac"))
+    audio_bytes = manifest(out, "items", latest_run(out))["bytes"].sum()
+    assert 0 < cache_bytes <= 0.5 * audio_bytes
     edited = rows["edit"].replace("Step 3 of", "Step three of")
     write_catalog(source, {"long": LONG, "edit": edited})
     assert cli(capsys, "run", str(source), "--out", str(out), "--server", emulator.url)[0] == 0

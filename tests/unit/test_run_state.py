@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import pyarrow.parquet as pq
 
 from fishflow.audio import Audio
 from fishflow.manifest import ItemRow, Journal, ManifestWriter, recover, remote_journal_prefix
-from fishflow.pipeline import RemoteChunks
+from fishflow.pipeline import ChunkCache, RemoteChunks
+from fishflow.pool import Synthesized
 from fishflow.storage import LocalStore
 
 
@@ -100,3 +102,43 @@ def test_resume_on_another_machine_recovers_the_rows_in_the_output(tmp_path: Pat
     fresh = Journal(str(tmp_path / "machine-2"), "r1", remote=output)
     assert recover(output, writer, fresh) == {0, 1, 2}
     assert sum(pq.read_table(output.uri(k)).num_rows for k in writer.part_keys("items")) == 3
+
+
+def test_chunk_cache_keeps_flac_on_disk_and_reads_older_raw_files(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    samples = (np.sin(np.arange(88_200) / 30) * 9000 + rng.normal(0, 20, 88_200)).astype(np.int16)
+    made: list[str] = []
+
+    def maker(key: str) -> Callable[[], Awaitable[Synthesized]]:
+        async def make() -> Synthesized:
+            made.append(key)
+            return Synthesized(Audio(samples, 44_100), "s", 1, 0.1)
+
+        return make
+
+    async def get(cache: ChunkCache, key: str) -> Audio:
+        audio, _ = await cache.get_or_make(key, 44_100, maker(key), persist=True)
+        cache.compress(key, audio)  # as the item's writer does once it has used the chunk
+        return audio
+
+    folder = tmp_path / "chunks"
+    first = ChunkCache(str(folder))
+    audio, _ = asyncio.run(first.get_or_make("ab" * 16, 44_100, maker("ab" * 16), persist=True))
+    assert [p.suffix for p in folder.rglob("*.*")] == [".s16"]  # raw until used
+    first.compress("ab" * 16, audio)
+    (kept,) = folder.rglob("*.*")
+    assert kept.name == f"{'ab' * 16}.44100.flac"
+    assert kept.stat().st_size < 0.5 * samples.nbytes
+    # A cache of the raw layout that came before: read as it is.
+    (folder / "cd").mkdir()
+    (folder / "cd" / f"{'cd' * 16}.44100.s16").write_bytes(samples.tobytes())
+    # A damaged file: a miss, made again and replaced.
+    (folder / "ef").mkdir()
+    (folder / "ef" / f"{'ef' * 16}.44100.flac").write_bytes(b"fLaC and then nothing")
+
+    later = ChunkCache(str(folder))  # a later run: nothing in memory
+    for key in ("ab" * 16, "cd" * 16, "ef" * 16):
+        assert np.array_equal(asyncio.run(get(later, key)).samples, samples)
+    assert made == ["ab" * 16, "ef" * 16]
+    assert sorted(p.suffix for p in folder.rglob("*.*")) == [".flac"] * 3  # the raw one too
+    assert ChunkCache(str(folder)).read("ef" * 16, 44_100) is not None
