@@ -48,7 +48,8 @@ def _item_tables(store: Store, exclude_run: str | None) -> list[pa.Table]:
         for k in store.list("manifests/")
         if k.endswith(".parquet")
         and ("/items.parquet" in k or "/parts/items-" in k)
-        and not (exclude_run and k.startswith(f"manifests/run={exclude_run}/items.parquet"))
+        # The run's own rows, final or still in parts (a run tidying before it finalizes).
+        and not (exclude_run and k.startswith(f"manifests/run={exclude_run}/"))
     ]
     tables = []
     with tempfile.TemporaryDirectory(prefix="fishflow-prev-") as tmp:

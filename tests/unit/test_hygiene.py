@@ -174,3 +174,16 @@ def test_prune_on_s3_deletes_the_same_way(bucket: str) -> None:
     assert store.list("audio/") == ["audio/a.mp3", "audio/a.vtt"]
     assert sorted(pruned) == [store.uri(f"audio/{n}") for n in ["a.wav", "b.mp3", "b.srt"]]
     assert store.list("manifests/") == ["manifests/run=r1/items.parquet"]
+
+
+def test_a_run_excluded_from_the_previous_state_is_excluded_before_it_finalizes(
+    tmp_path: Path,
+) -> None:
+    """A run tidies (removed items) before it merges its parts: its own rows, still in parts,
+    are not "previous" (reading them held every row of a 100,000-item run in memory)."""
+    store = LocalStore(str(tmp_path))
+    row = ItemRow(run_id="r1", item_id="a", source_row=0, status="ok", created_at=T0,
+                  content_key="ka", audio_uri=f"{store.uri('')}audio/a.wav")  # fmt: skip
+    ManifestWriter(store, "r1").write_part("p", [row], [], [])
+    assert set(load_previous(store)) == {"a"}
+    assert load_previous(store, exclude_run="r1") == {}
