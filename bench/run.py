@@ -8,7 +8,8 @@ is held: compute plus making the audio) divided by the number of servers. Printe
 - the baseline users start from (asyncio Semaphore + gather, one URL, results in memory);
 - per-server utilisation;
 - killing one of 4 servers a third of the way in;
-- client CPU per chunk against a zero-latency server;
+- client CPU per chunk against a zero-latency server, with the defaults (loudness, captions)
+  and without them;
 - peak RSS of `fishflow run` over 10,000 and 100,000 items (a child process each);
 - start-to-exit time of a one-item `fishflow run`.
 
@@ -301,10 +302,16 @@ def main() -> int:
         with emulators(1, 0.0, workers=4) as procs:
             servers = urls(procs)
             cpu_texts = [json.loads(line)["text"] for line in cpu_source.read_text().splitlines()]
-            runs, floors, bare = [], [], []
+            runs, floors, bare, plain = [], [], [], []
             for i in range(CPU_RUNS):
                 summary = run_fishflow(cpu_source, tmpd / f"cpu-{i}", servers, max_in_flight=4)
                 runs.append(summary["cpu"])
+                # The defaults write three files per item (audio, .vtt, .srt) and measure and
+                # even its loudness: what the same run costs without them.
+                plain.append(
+                    run_fishflow(cpu_source, tmpd / f"cpu-plain-{i}", servers, max_in_flight=4,
+                                 loudness="off", captions="off", chapters="off")["cpu"]
+                )  # fmt: skip
                 size = int(pq.read_table(summary["manifests"]["items"])["bytes"].to_numpy().mean())
                 write = functools.partial(plain_write, tmpd / f"floor-{i}", CHUNKS_CPU, size)
                 floors.append(cpu_ms_each(CHUNKS_CPU, write))
@@ -316,6 +323,13 @@ def main() -> int:
                     f"client CPU per chunk, zero-latency server, {CHUNKS_CPU} chunks",
                     f"{user + system:.2f} ms (user {user:.2f} + system {system:.2f}; median of "
                     f"{CPU_RUNS} runs: {', '.join(f'{sum(r):.2f}' for r in runs)})",
+                )
+            )
+            rows.append(
+                (
+                    "  the same without loudness and captions (audio file only)",
+                    f"{statistics.median(map(sum, plain)):.2f} ms "
+                    f"({', '.join(f'{sum(r):.2f}' for r in plain)})",
                 )
             )
             rows.append(
