@@ -15,12 +15,14 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -92,6 +94,17 @@ def prune_outputs(store: Store, *, present: set[str], latest: dict[str, Previous
 class Tidied:
     removed: list[ItemRow] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
+
+    def log(self, logger: logging.Logger | logging.LoggerAdapter[Any], run_id: str) -> None:
+        if self.removed:
+            logger.info(
+                "run %s: %d item(s) gone from the source since the last run "
+                "(status removed in the items manifest)",
+                run_id,
+                len(self.removed),
+            )
+        for uri in self.pruned:
+            logger.info("run %s: pruned %s", run_id, uri)
 
 
 def tidy_output(

@@ -249,15 +249,7 @@ async def refresh_catalog_audio(
                     logger.exception("run %s: could not record removed items or prune", run_id)
                 else:
                     totals.removed, totals.pruned = len(tidied.removed), len(tidied.pruned)
-                    if tidied.removed:
-                        logger.info(
-                            "run %s: %d item(s) gone from the source since the last run "
-                            "(status removed in the items manifest)",
-                            run_id,
-                            len(tidied.removed),
-                        )
-                    for uri in tidied.pruned:
-                        logger.info("run %s: pruned %s", run_id, uri)
+                    tidied.log(logger, run_id)
             elif prune:
                 logger.warning("run %s: --prune needs a run over the whole source", run_id)
             manifests = await asyncio.to_thread(writer.finalize)

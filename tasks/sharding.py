@@ -126,18 +126,8 @@ async def run_shards(
         except Exception:  # the shards' items are done: tidying must not lose them
             logger.exception("run %s: could not record removed items or prune", run_id)
 
-    manifests = await asyncio.to_thread(
-        merge_runs, store, run_id, child_ids, before_finalize=tidy
-    )
-    if tidied.removed:
-        logger.info(
-            "run %s: %d item(s) gone from the source since the last run "
-            "(status removed in the items manifest)",
-            run_id,
-            len(tidied.removed),
-        )
-    for uri in tidied.pruned:
-        logger.info("run %s: pruned %s", run_id, uri)
+    manifests = await asyncio.to_thread(merge_runs, store, run_id, child_ids, before_finalize=tidy)
+    tidied.log(logger, run_id)
     record["shard_runs"] = children
     record["finished_at"] = datetime.now(UTC).isoformat()
     await asyncio.to_thread(write_run_record, store, run_id, record)

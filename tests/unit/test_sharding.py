@@ -100,9 +100,15 @@ def test_the_merged_manifest_records_items_gone_from_the_whole_source(tmp_path: 
     store = LocalStore(str(tmp_path))
     root = store.uri("")
     earlier = [
-        ItemRow(run_id="r0", item_id=f"i{n}", source_row=n, status="ok",
-                created_at=datetime(2026, 11, 24, tzinfo=UTC), content_key=f"k{n}",
-                audio_uri=f"{root}audio/i{n}.wav")  # fmt: skip
+        ItemRow(
+            run_id="r0",
+            item_id=f"i{n}",
+            source_row=n,
+            status="ok",
+            created_at=datetime(2026, 11, 24, tzinfo=UTC),
+            content_key=f"k{n}",
+            audio_uri=f"{root}audio/i{n}.wav",
+        )
         for n in range(4)
     ]
     ManifestWriter(store, "r0").write_part("p", earlier, [], [])
