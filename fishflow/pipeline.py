@@ -795,15 +795,11 @@ async def _chunk_audio(
         return _synthesize_fitting(ctx, item, chunk.text, references)
 
     audio, made = await ctx.cache.get_or_make(key, rate, make, persist=persist)
-    row = ChunkRow(
-        run_id=ctx.run_id,
-        item_id=item.item_id,
-        source_row=item.row,
-        chunk_index=chunk.index,
-        start_char=chunk.start,
-        end_char=chunk.end,
-        utf8_bytes=chunk.utf8_bytes,
-        chunk_key=key,
+    row = _chunk_row(
+        ctx,
+        item,
+        chunk,
+        key,
         server=made.server if made else None,
         attempts=made.attempts if made else 0,
         latency_s=made.latency_s if made else None,
@@ -824,6 +820,35 @@ async def _references(ctx: RunContext, item: Item) -> tuple[Reference, ...]:
 
 
 def _failed_chunk_row(ctx: RunContext, item: Item, chunk: Chunk, exc: Exception) -> ChunkRow:
+    key = chunk_key(chunk.text, ctx.spec.voice_fingerprint(item.voice_identity))
+    return _chunk_row(
+        ctx,
+        item,
+        chunk,
+        key,
+        server=getattr(exc, "server", None),
+        attempts=getattr(exc, "attempts", 1),
+        latency_s=None,
+        duration_s=None,
+        reused=False,
+        status="failed",
+    )
+
+
+def _chunk_row(
+    ctx: RunContext,
+    item: Item,
+    chunk: Chunk,
+    key: str,
+    *,
+    server: str | None,
+    attempts: int,
+    latency_s: float | None,
+    duration_s: float | None,
+    reused: bool,
+    status: str,
+) -> ChunkRow:
+    """A chunk's manifest row: where it sits in its item, and how it was made."""
     return ChunkRow(
         run_id=ctx.run_id,
         item_id=item.item_id,
@@ -832,13 +857,13 @@ def _failed_chunk_row(ctx: RunContext, item: Item, chunk: Chunk, exc: Exception)
         start_char=chunk.start,
         end_char=chunk.end,
         utf8_bytes=chunk.utf8_bytes,
-        chunk_key=chunk_key(chunk.text, ctx.spec.voice_fingerprint(item.voice_identity)),
-        server=getattr(exc, "server", None),
-        attempts=getattr(exc, "attempts", 1),
-        latency_s=None,
-        duration_s=None,
-        reused=False,
-        status="failed",
+        chunk_key=key,
+        server=server,
+        attempts=attempts,
+        latency_s=latency_s,
+        duration_s=duration_s,
+        reused=reused,
+        status=status,
     )
 
 

@@ -102,13 +102,16 @@ class LocalStore:
     def uri(self, key: str) -> str:
         return os.path.join(self.root, key)
 
+    def _make_folder(self, folder: str) -> None:
+        if folder not in self._made:  # once per folder and store
+            os.makedirs(folder, exist_ok=True)
+            self._made.add(folder)
+
     def _atomic(self, key: str, write: Any) -> str:
         path = self.uri(key)
         folder = os.path.dirname(path)
         try:
-            if folder not in self._made:
-                os.makedirs(folder, exist_ok=True)
-                self._made.add(folder)
+            self._make_folder(folder)
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
             try:
                 with os.fdopen(fd, "wb") as fh:
@@ -140,9 +143,7 @@ class LocalStore:
         path = self.uri(key)
         folder = os.path.dirname(path)
         try:
-            if folder not in self._made:
-                os.makedirs(folder, exist_ok=True)
-                self._made.add(folder)
+            self._make_folder(folder)
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=Path(path).suffix)
         except OSError as exc:
             raise StorageError(f"cannot write {path}: {exc.strerror}", fatal=True) from None

@@ -14,8 +14,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,14 +21,13 @@ from pathlib import Path
 import boto3
 import pandas as pd
 import pytest
-from prefect.settings import get_current_settings
 
 from fishflow.cli import main
 from fishflow.emulator import Emulator, EmulatorConfig
 from fishflow.manifest import read_remote
 from fishflow.storage import open_store
 from tests.flows.helpers import run
-from tests.flows.test_resume import wait_for_requests
+from tests.flows.test_resume import fishflow, wait_for_requests
 
 PARAGRAPHS = [
     f"Paragraph {i} of the lesson explains one idea in enough words to fill it." for i in range(5)
@@ -70,18 +67,7 @@ def machine(tmp_path: Path, name: str) -> dict[str, str]:
         **os.environ,
         "HOME": str(home),
         "XDG_CACHE_HOME": str(home / ".cache"),
-        "PREFECT_API_URL": str(get_current_settings().api.url),
     }
-
-
-def fishflow(env: dict[str, str], *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "fishflow.cli", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def catalog(tmp_path: Path) -> tuple[Path, int]:
@@ -122,7 +108,7 @@ def test_killed_run_redone_on_a_fresh_machine_resends_only_what_was_in_flight(
     first_machine = machine(tmp_path, "first")
     with Emulator(EmulatorConfig(service_time_s=0.03)) as emu:
         proc = fishflow(
-            first_machine, "run", str(source), *args, "--server", emu.url, "--run-id", "killed"
+            "run", str(source), *args, "--server", emu.url, "--run-id", "killed", env=first_machine
         )
         wait_for_requests(emu, 20, proc)
         proc.send_signal(signal.SIGKILL)

@@ -38,8 +38,9 @@ def catalog(tmp_path: Path) -> Path:
     return path
 
 
-def fishflow(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "PREFECT_API_URL": str(get_current_settings().api.url)}
+def fishflow(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`fishflow` in its own process on the test's Prefect API (in `env`, else this one's)."""
+    env = {**(env or os.environ), "PREFECT_API_URL": str(get_current_settings().api.url)}
     return subprocess.Popen(
         [sys.executable, "-m", "fishflow.cli", *args],
         env=env,
