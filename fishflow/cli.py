@@ -23,6 +23,7 @@ import typing
 from typing import Any, get_args, get_origin
 
 from fishflow.errors import ConfigError, FishflowError
+from fishflow.memory import use_one_arena
 from fishflow.settings import RunSettings, ServerConfig, validated
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
@@ -906,6 +907,7 @@ def _voices(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    use_one_arena()  # before any thread allocates (see fishflow.memory)
     args = _build_parser().parse(argv)
     try:
         if args.command == "run":

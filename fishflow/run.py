@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
-import functools
 import gc
 import hashlib
 import logging
@@ -25,6 +23,7 @@ from fishflow.errors import FishflowError
 from fishflow.incremental import existing_audio, load_previous
 from fishflow.lock import held_output_lock
 from fishflow.manifest import Journal, ManifestWriter, journal_dir
+from fishflow.memory import use_one_arena
 from fishflow.pipeline import (
     ChunkCache,
     Item,
@@ -275,20 +274,6 @@ async def held_output(*, out: str, settings: RunSettings, run_id: str) -> AsyncI
         yield
 
 
-# Chunk audio passes through buffers of 0.1-5 MB (response bodies, samples). glibc raises its
-# mmap threshold each time such a buffer is freed, after which they come from the heap and
-# fragment it: a 1 MB course peaked 30 MB higher. A fixed threshold gives each one back at once.
-_MMAP_THRESHOLD = 256 << 10
-_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
-
-
-@functools.cache  # once per process
-def _mmap_large_buffers() -> None:
-    """Fix glibc's mmap threshold (nothing elsewhere, e.g. musl or macOS)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
-
-
 @asynccontextmanager
 async def _open_run(
     *,
@@ -343,7 +328,7 @@ async def _open_run(
     # every full collection walked them all: ~240 ms each, up to 0.36 ms per chunk measured.
     # Frozen, they are left out of collections until the run ends.
     gc.freeze()
-    _mmap_large_buffers()
+    use_one_arena()  # a no-op when `fishflow` or MALLOC_ARENA_MAX set it first
     try:
         async with pool:
             yield ctx, ManifestWriter(store, run_id)
