@@ -392,7 +392,7 @@ class ChunkCache:
         if (audio := self._memory.get(key)) is not None:
             self._memory[key] = Audio(audio.samples, audio.sample_rate, level)
 
-    def _write(self, key: str, rate: int, data: bytes, suffix: str = "flac") -> None:
+    def _write(self, key: str, rate: int, data: bytes | memoryview, suffix: str = "flac") -> None:
         path = self._path(key, rate, suffix)
         if (folder := os.path.dirname(path)) not in self._folders:
             os.makedirs(folder, exist_ok=True)
@@ -404,7 +404,7 @@ class ChunkCache:
 
     def _keep(self, key: str, audio: Audio) -> None:
         if self.remote is None:
-            self._write(key, audio.sample_rate, audio.samples.tobytes(), "s16")
+            self._write(key, audio.sample_rate, np.ascontiguousarray(audio.samples).data, "s16")
             self._raw.add(key)
             return
         data = encode_chunk(audio)  # encoded once: the local folder and the output's copy
