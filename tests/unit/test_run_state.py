@@ -142,3 +142,33 @@ def test_chunk_cache_keeps_flac_on_disk_and_reads_older_raw_files(tmp_path: Path
     assert made == ["ab" * 16, "ef" * 16]
     assert sorted(p.suffix for p in folder.rglob("*.*")) == [".flac"] * 3  # the raw one too
     assert ChunkCache(str(folder)).read("ef" * 16, 44_100) is not None
+
+
+def test_memory_keeps_audio_found_nowhere_else_before_chunks_also_on_disk(tmp_path: Path) -> None:
+    """Chunks also on disk have their own, smaller share of memory: many of them (a long
+    item) never push out a single-chunk item's audio, which only memory holds."""
+    second = np.zeros(44_100, np.int16)  # 88,200 bytes
+    cache = ChunkCache(
+        str(tmp_path / "chunks"), 10 * second.nbytes, on_disk_bytes=3 * second.nbytes
+    )
+    made: list[str] = []
+
+    async def get(key: str, *, persist: bool) -> None:
+        async def make() -> Synthesized:
+            made.append(key)
+            return Synthesized(Audio(second, 44_100), "s", 1, 0.1)
+
+        await cache.get_or_make(key, 44_100, make, persist=persist)
+
+    async def scenario() -> None:
+        await get("aa" * 16, persist=False)  # a one-line item: only in memory
+        for i in range(8):  # a long item's chunks, each also written to disk
+            await get(f"{i:02d}" * 16, persist=True)
+        await get("aa" * 16, persist=False)  # an identical one-line item later in the run
+
+    asyncio.run(scenario())
+    assert made.count("aa" * 16) == 1  # reused from memory, not requested again
+    assert [k for k in made if k != "aa" * 16 and cache.recall(k) is not None] == [
+        f"{i:02d}" * 16 for i in (5, 6, 7)
+    ]  # the three newest of the long item's chunks; the rest are read back from disk
+    assert all(cache.read(f"{i:02d}" * 16, 44_100) is not None for i in range(8))
