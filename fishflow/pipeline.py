@@ -324,11 +324,12 @@ class ChunkCache:
     it holds): when synthesis outpaces the writer, chunks leave memory and are read back,
     and reading FLAC back would cost as much as encoding it again (~0.45 ms per audio
     second). Raw writes and reads stay on the event loop, as they were before FLAC: a
-    thread hop per chunk cost ~15 MB of peak RSS in bench.longform (thread arenas); FLAC
-    decoding goes to a thread. Raw files left by an item that failed, a run that was
-    stopped or an earlier version are read as they are, and compressed when used. With the
-    output's copy (``RemoteChunks``) the chunk is encoded when it is made, and the same
-    bytes kept locally. ``fishflow gc`` deletes either kind of file.
+    thread hop per chunk cost ~15 MB of peak RSS in bench.longform (measured with glibc's
+    arena per thread, before ``fishflow.memory``); FLAC decoding goes to a thread. Raw
+    files left by an item that failed, a run that was stopped or an earlier version are read
+    as they are, and compressed when used. With the output's copy (``RemoteChunks``) the
+    chunk is encoded when it is made, and the same bytes kept locally. ``fishflow gc``
+    deletes either kind of file.
     """
 
     def __init__(
