@@ -11,7 +11,9 @@ emulator process. Reported: the child's peak RSS (goal
 and the child's CPU per second of audio produced (goal <= 0.6 ms for wav; mp3 is reported
 apart, its encoder dominates), also net of a one-item run's CPU (start-up: Prefect, imports).
 Of that, what compressing the chunk cache costs is measured apart, in this process, by
-encoding again up to ``BENCH_LONGFORM_CACHE_SAMPLE`` (40) of the run's own cached chunks.
+encoding again up to ``BENCH_LONGFORM_CACHE_SAMPLE`` (40) of the run's own cached chunks: per
+second of cached audio, which here is all of it (every item has many chunks; only chunks of
+single-chunk items are never cached).
 """
 
 from __future__ import annotations

@@ -11,10 +11,11 @@ chunks, 18,400 s of audio, zero-latency emulator):
 - glibc's defaults: 0.8-1.3M faults, 8.4-9.7 s, 499-507 MB;
 - one arena: 0.21M faults, 5.4-6.7 s, 469-479 MB (0.45 ms less CPU per audio second).
 
-glibc fixes its arena limit when a thread first needs a new arena, so this must come before
-threads allocate: ``fishflow`` calls it first thing, and deployments set ``MALLOC_ARENA_MAX=1``
-in the work pool's environment (the same setting, read by glibc at start-up). Elsewhere
-(musl, macOS) it does nothing.
+A thread keeps the arena it was first given, so this must come before the threads that carry
+audio first allocate: ``fishflow`` calls it first thing, importing ``fishflow.run`` calls it
+(before any run, for flows started otherwise), and deployments set ``MALLOC_ARENA_MAX=1`` in
+the work pool's environment (the same setting, read by glibc at start-up, before Prefect's
+own threads). Elsewhere (musl, macOS) it does nothing.
 """
 
 from __future__ import annotations

@@ -162,13 +162,43 @@ def test_memory_keeps_audio_found_nowhere_else_before_chunks_also_on_disk(tmp_pa
 
     async def scenario() -> None:
         await get("aa" * 16, persist=False)  # a one-line item: only in memory
-        for i in range(8):  # a long item's chunks, each also written to disk
+        for i in range(12):  # a long item's chunks, more than memory holds, each also on disk
             await get(f"{i:02d}" * 16, persist=True)
         await get("aa" * 16, persist=False)  # an identical one-line item later in the run
 
     asyncio.run(scenario())
     assert made.count("aa" * 16) == 1  # reused from memory, not requested again
     assert [k for k in made if k != "aa" * 16 and cache.recall(k) is not None] == [
-        f"{i:02d}" * 16 for i in (5, 6, 7)
+        f"{i:02d}" * 16 for i in (9, 10, 11)
     ]  # the three newest of the long item's chunks; the rest are read back from disk
-    assert all(cache.read(f"{i:02d}" * 16, 44_100) is not None for i in range(8))
+    assert all(cache.read(f"{i:02d}" * 16, 44_100) is not None for i in range(12))
+
+
+def test_a_chunk_made_for_a_one_line_item_and_reused_by_a_long_item_is_kept_on_disk(
+    tmp_path: Path,
+) -> None:
+    """A long item's writer reads a chunk back from disk once it has left memory, so a chunk
+    it reuses from a single-chunk item (memory only) must be written there too."""
+    second = np.ones(44_100, np.int16)
+    cache = ChunkCache(str(tmp_path / "chunks"), 2 * second.nbytes, on_disk_bytes=second.nbytes)
+    made: list[str] = []
+
+    async def get(key: str, *, persist: bool) -> Audio:
+        async def make() -> Synthesized:
+            made.append(key)
+            return Synthesized(Audio(second, 44_100), "s", 1, 0.1)
+
+        audio, _ = await cache.get_or_make(key, 44_100, make, persist=persist)
+        return audio
+
+    async def scenario() -> None:
+        await get("aa" * 16, persist=False)  # "Summary." as a one-line item
+        await get("aa" * 16, persist=True)  # ... and as a heading in a long lesson
+        for key in ("bb" * 16, "cc" * 16):  # the lesson's later chunks push it out of memory
+            await get(key, persist=True)
+
+    asyncio.run(scenario())
+    assert made == ["aa" * 16, "bb" * 16, "cc" * 16]
+    assert cache.recall("aa" * 16) is None
+    recalled = cache.read("aa" * 16, 44_100)  # what the lesson's writer does now
+    assert recalled is not None and np.array_equal(recalled.samples, second)
