@@ -349,7 +349,8 @@ class ChunkCache:
         self._memory: collections.OrderedDict[str, Audio] = collections.OrderedDict()
         self._memory_bytes = 0
         self._memory_limit = memory_bytes
-        self._on_disk: collections.OrderedDict[str, int] = collections.OrderedDict()  # bytes
+        # Keys in memory that are also on disk, oldest first (their bytes are in _memory).
+        self._on_disk: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._on_disk_bytes = 0
         self._on_disk_limit = on_disk_bytes
         self._raw: set[str] = set()  # keys kept raw on disk: compressed once used
@@ -359,8 +360,11 @@ class ChunkCache:
         return os.path.join(self.directory, key[:2], f"{key}.{rate}.{suffix}")
 
     def _forget(self, key: str) -> None:
-        self._memory_bytes -= self._memory.pop(key).samples.nbytes
-        self._on_disk_bytes -= self._on_disk.pop(key, 0)
+        nbytes = self._memory.pop(key).samples.nbytes
+        self._memory_bytes -= nbytes
+        if key in self._on_disk:
+            del self._on_disk[key]
+            self._on_disk_bytes -= nbytes
 
     def _remember(self, key: str, audio: Audio, *, on_disk: bool) -> None:
         if key in self._memory:
@@ -368,7 +372,7 @@ class ChunkCache:
         self._memory[key] = audio
         self._memory_bytes += audio.samples.nbytes
         if on_disk:
-            self._on_disk[key] = audio.samples.nbytes
+            self._on_disk[key] = None
             self._on_disk_bytes += audio.samples.nbytes
         while self._on_disk_bytes > self._on_disk_limit and len(self._on_disk) > 1:
             self._forget(next(iter(self._on_disk)))
