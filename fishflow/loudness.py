@@ -1,16 +1,25 @@
 """Loudness (ITU-R BS.1770-4) of chunk audio, measured once per chunk, and the gains that bring
 an item to a target integrated loudness under a peak ceiling.
 
-A chunk is measured when its audio is first stitched: K-weighted (the two BS.1770 biquads, run
-with ``scipy.signal.sosfilt``, about 4 ms per 13 s of 44.1 kHz audio where pyloudnorm takes
-15 ms) and reduced to the mean square of each 100 ms segment. A 400 ms gating block with 75%
-overlap is four consecutive segments, so an item's integrated loudness is computed from its
-chunks' segments laid end to end with silent segments for the pauses, without the samples.
+A chunk is measured when its audio is first stitched: every second sample K-weighted (the two
+BS.1770 biquads designed for half the rate, run with ``scipy.signal.sosfilt``) and reduced to
+the mean square of each 100 ms segment. Half the samples halve the filter's cost (0.32 ms per
+audio second at 44.1 kHz, against 0.15; pyloudnorm takes 1.2); the mean square of the
+subsampled signal is the full signal's, but what lies above a quarter of the rate (11 kHz at
+44.1 kHz) folds below it, where the weighting differs. Measured against the full-rate filter:
++0.05 LU on a studio speech recording (VCTK p286), +0.06 LU on noise below 8 kHz (the
+half-rate filter's shelf rises a little sooner), and -0.15 to -0.19 LU on white noise, the
+worst case (as strong at 20 kHz as at 1 kHz). Speech has little above 11 kHz.
 
-Approximations, both small against the +/-1 LU goal and tested against pyloudnorm on stitched
-items (within 0.5 LU): the K-weighting filter starts from rest at each chunk (the stitched file
-runs it across joins), and each chunk's last partial segment (< 100 ms) and the pauses' partial
-segments are dropped, so block boundaries near a join are shifted by up to 100 ms.
+A 400 ms gating block with 75% overlap is four consecutive segments, so an item's integrated
+loudness is computed from its chunks' segments laid end to end with silent segments for the
+pauses, without the samples.
+
+Further approximations, small against the +/-1 LU goal and tested against pyloudnorm on
+stitched items (within 0.5 LU): the K-weighting filter starts from rest at each chunk (the
+stitched file runs it across joins), and each chunk's last partial segment (< 100 ms) and the
+pauses' partial segments are dropped, so block boundaries near a join are shifted by up to
+100 ms.
 
 Peaks: the ceiling is held on sample peaks ``PEAK_MARGIN_DB`` below the true-peak ceiling.
 A 4x oversampled true peak (``resample_poly``) costs ~35 ms per 13 s chunk, ten times the rest
@@ -53,7 +62,7 @@ class Level:
 
 
 @cache
-def k_weighting(sample_rate: int) -> np.ndarray:
+def k_weighting(sample_rate: float) -> np.ndarray:
     """BS.1770's pre-filter (high shelf) and RLB high-pass as second-order sections.
 
     The analogue prototypes behind the standard's 48 kHz coefficients, re-derived for any rate
@@ -85,9 +94,11 @@ def measure(samples: np.ndarray, sample_rate: int) -> Level:
     if not len(samples):
         return Level(np.zeros(0), 0.0)
     peak = max(int(samples.max()), -int(samples.min())) / 32768
-    # The filter is linear: it runs on the int16 scale and the energies are scaled once.
-    weighted = sosfilt(k_weighting(sample_rate), samples.astype(np.float32))
-    hop = round(sample_rate * SEGMENT_S)
+    # Every second sample (see the module's docstring). The filter is linear: it runs on the
+    # int16 scale and the energies are scaled once.
+    rate = sample_rate / 2
+    weighted = sosfilt(k_weighting(rate), samples[::2].astype(np.float32))
+    hop = round(rate * SEGMENT_S)
     blocks = weighted[: len(weighted) // hop * hop].reshape(-1, hop)
     energy = np.einsum("ij,ij->i", blocks, blocks).astype(np.float64)
     return Level(energy / (hop * 32768.0**2), peak)

@@ -8,7 +8,7 @@ import numpy as np
 import pyloudnorm
 import pytest
 import soundfile as sf
-from scipy.signal import resample_poly
+from scipy.signal import butter, resample_poly, sosfiltfilt
 
 from fishflow.audio import Audio
 from fishflow.chunking import Chunk
@@ -31,11 +31,30 @@ def _signals() -> dict[str, np.ndarray]:
     }
 
 
-@pytest.mark.parametrize("name", ["noise", "emulator voice", "bursts"])
-def test_chunk_loudness_matches_pyloudnorm_within_a_tenth_of_a_lu(name: str) -> None:
-    samples = _signals()[name]
+def _below_8_khz(samples: np.ndarray) -> np.ndarray:
+    """Where speech has its energy: white noise cut above 8 kHz."""
+    return sosfiltfilt(butter(8, 8000, fs=RATE, output="sos"), samples).astype(np.int16)
+
+
+@pytest.mark.parametrize(
+    ("name", "tolerance_lu"),
+    [
+        # pyloudnorm's own filter design reads ~0.05 LU below the BS.1770 one used here, and
+        # filtering every second sample adds up to ~0.06 on speech-band audio; white noise is
+        # the worst case, as loud at 20 kHz as at 1 kHz (see fishflow.loudness).
+        ("emulator voice", 0.15),
+        ("noise below 8 kHz", 0.15),
+        ("bursts below 8 kHz", 0.15),
+        ("noise", 0.25),
+        ("bursts", 0.25),
+    ],
+)
+def test_chunk_loudness_matches_pyloudnorm(name: str, tolerance_lu: float) -> None:
+    signals = _signals()
+    signals |= {f"{k} below 8 kHz": _below_8_khz(signals[k]) for k in ("noise", "bursts")}
+    samples = signals[name]
     reference = pyloudnorm.Meter(RATE).integrated_loudness(samples / 32768.0)
-    assert abs(integrated_loudness(measure(samples, RATE).segments) - reference) < 0.1
+    assert abs(integrated_loudness(measure(samples, RATE).segments) - reference) < tolerance_lu
 
 
 def _chunk(i: int, text: str = "Words of one chunk.") -> Chunk:
