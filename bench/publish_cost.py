@@ -58,7 +58,9 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="fishflow-publish-") as folder:
             cpu_ms_per_item(folder, loudness=loudness, captions=captions)  # warm-up
         with tempfile.TemporaryDirectory(prefix="fishflow-publish-") as folder:
-            print(f"| {name} | {cpu_ms_per_item(folder, loudness=loudness, captions=captions):.2f} |")
+            print(
+                f"| {name} | {cpu_ms_per_item(folder, loudness=loudness, captions=captions):.2f} |"
+            )
     return 0
 
 
