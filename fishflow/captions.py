@@ -12,11 +12,13 @@ the next one starts (the last at the end of the audio).
 from __future__ import annotations
 
 import io
+import re
 import textwrap
+import unicodedata
 from dataclasses import dataclass
 from typing import IO
 
-import sentencex
+from fishflow.chunking import sentences
 
 MAX_LINE_CHARS = 42
 MAX_LINES = 2
@@ -46,18 +48,53 @@ class Chapter:
     title: str
 
 
+def _width(text: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+# A Chinese or Japanese character is a unit of its own (lines break between any two), other
+# text, Korean included (it spaces its words), a word.
+_WIDE = "\u2e80-\ua4cf\uf900-\ufaff\ufe30-\ufe4f\uff00-\uff60\uffe0-\uffe6"
+_UNITS = re.compile(rf"\s+|[{_WIDE}]|[^\s{_WIDE}]+")
+# Punctuation that never starts a line (kinsoku): it takes the character before it along.
+_NO_LINE_START = frozenset("、。，．！？：；」』）】〕》〉”’ー")
+
+
 def _lines(text: str) -> list[str]:
-    """Wrap to MAX_LINE_CHARS: between words, or anywhere in text without spaces."""
-    lines = textwrap.wrap(text, MAX_LINE_CHARS, break_long_words=True, break_on_hyphens=False)
+    """Wrap to MAX_LINE_CHARS columns, a full-width (CJK) character counting two: between
+    words, between any two full-width characters, or inside a word too long for a line."""
+    if _width(text) == len(text):  # no full-width characters: the stdlib's wrap
+        lines = textwrap.wrap(text, MAX_LINE_CHARS, break_long_words=True, break_on_hyphens=False)
+        return lines or [text]
+    lines: list[str] = []
+    line = ""
+    for unit in _UNITS.findall(text):
+        if unit.isspace():
+            line += " " if line else ""
+            continue
+        while len(unit) > MAX_LINE_CHARS:  # a word longer than a line: cut anywhere
+            if line.strip():
+                lines.append(line.rstrip())
+            lines.append(unit[:MAX_LINE_CHARS])
+            line, unit = "", unit[MAX_LINE_CHARS:]
+        if _width(line + unit) <= MAX_LINE_CHARS:
+            line += unit
+            continue
+        carry = ""
+        if unit in _NO_LINE_START and len(line.rstrip()) > 1:
+            line, carry = line.rstrip()[:-1], line.rstrip()[-1]
+        lines.append(line.rstrip())
+        line = carry + unit
+    if line.strip():
+        lines.append(line.rstrip())
     return lines or [text]
 
 
 def _sentences(text: str, language: str) -> list[str]:
     try:
-        parts = [s.strip() for s in sentencex.segment(language or "en", text)]
+        return sentences(text, language or "en")
     except Exception:  # an unknown language code: one cue stream for the whole chunk
-        parts = [text]
-    return [p for p in parts if p]
+        return [text.strip()] if text.strip() else []
 
 
 def cues(placed: list[Placed], language: str) -> list[Cue]:

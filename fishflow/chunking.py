@@ -130,6 +130,12 @@ def _sentence_spans(paragraph: str, language: str) -> list[tuple[int, int]]:
     return spans
 
 
+def sentences(text: str, language: str) -> list[str]:
+    """A text's sentences as the chunker sees them (an enumerator such as "1." stays with
+    what follows), stripped; empty ones dropped."""
+    return [s for a, b in _sentence_spans(text, language) if (s := text[a:b].strip())]
+
+
 def _continues(paragraph: str, previous: tuple[int, int], start: int) -> bool:
     before = paragraph[previous[0] : previous[1]]
     if _ENUMERATOR.fullmatch(before):

@@ -7,8 +7,11 @@ What each construct becomes (the README's table "What gets spoken from Markdown"
 - code blocks (fenced, indented, HTML ``<pre>``): not read; a short cue in the item's
   language ("Code example.", "代码示例。"), one per run of consecutive blocks, or nothing
   (``code="silent"``);
-- inline code: read only when it is one word-like token (``pandas``, ``read_csv``, said
-  "read csv"); commands, paths, placeholders, URLs and operators are dropped;
+- inline code: read when it is made of words (``pandas``, ``read_csv()`` said "read csv",
+  ``pip install pandas``, ``Ctrl+Shift+P``), options left out (``python --version``:
+  "python"); code with a path, placeholder, URL, operator or sigil in it is never read: it is
+  "the code shown" in the item's language, so that the sentence keeps its sense ("Do not run
+  the code shown", not "Do not run"), or nothing (``code="silent"``);
 - links: their text, never the target; bare URLs and autolinks: their host name
   ("docs.python.org"), which tells the listener where without spelling a path;
 - images: their alt text (``images="skip"``: nothing);
@@ -69,10 +72,36 @@ _CODE_CUES = {
 }
 
 
+# What is said in a sentence in place of inline code that cannot be read.
+_CODE_MENTIONS = {
+    "en": "the code shown",
+    "zh": "所示代码",
+    "ja": "表示のコード",
+    "ko": "표시된 코드",
+    "de": "den gezeigten Code",
+    "fr": "le code affiché",
+    "es": "el código mostrado",
+    "it": "il codice mostrato",
+    "pt": "o código mostrado",
+    "nl": "de getoonde code",
+    "pl": "pokazany kod",
+    "ru": "показанный код",
+    "ar": "الرمز المعروض",
+}
+
+
+def _primary(language: str) -> str:
+    return language.lower().replace("_", "-").split("-")[0]
+
+
 def code_cue(language: str) -> str:
     """What is said in place of a code block, in the item's language (English otherwise)."""
-    primary = language.lower().replace("_", "-").split("-")[0]
-    return _CODE_CUES.get(primary, _CODE_CUES["en"])
+    return _CODE_CUES.get(_primary(language), _CODE_CUES["en"])
+
+
+def code_mention(language: str) -> str:
+    """What a sentence says in place of inline code that cannot be read."""
+    return _CODE_MENTIONS.get(_primary(language), _CODE_MENTIONS["en"])
 
 
 @functools.cache
@@ -110,6 +139,10 @@ _TRAILING = ".,;:!?)]}'\"”’"
 _WORDLIKE = regex.compile(
     r"[\p{L}\p{N}][\p{L}\p{N}\p{M}_\-]{0,39}(?:\.[\p{L}_][\p{L}\p{N}\p{M}_\-]{0,19}){0,2}"
 )
+_CHORD = re.compile(
+    r"(?i)(?:ctrl|control|shift|alt|option|opt|cmd|command|win|super|meta|fn)\+\w+(?:\+\w+)*"
+)
+_MAX_CODE_WORDS = 6  # longer inline code is a command line, not something to read out
 _LABEL = re.compile(r"[A-Za-z0-9\-]+")
 _ALT = re.compile(r"""\balt\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.IGNORECASE)
 _BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
@@ -150,10 +183,23 @@ def _clean(text: str) -> str:
     return text.replace("`", "").replace("|", " ")
 
 
-def _inline_code(code: str) -> str:
-    """Inline code is read only when it is a word (``pandas``, ``read_csv()``)."""
-    code = code.strip().removesuffix("()")
-    return code.replace("_", " ") if _WORDLIKE.fullmatch(code) else ""
+def _inline_code(code: str, mention: str) -> str:
+    """Inline code as said: its words, options left out, or ``mention`` when any part of it
+    is not a word (a path, placeholder, URL, operator, sigil) or nothing is left."""
+    tokens = code.split()
+    if len(tokens) > _MAX_CODE_WORDS:
+        return mention
+    words: list[str] = []
+    for token in tokens:
+        if token.startswith("-"):  # an option: --force, -rf
+            continue
+        token = token.removesuffix("()")
+        # A key chord (Ctrl+Shift+P) is its keys; any other "+" is an operator (a+b, C++).
+        keys = token.split("+") if _CHORD.fullmatch(token) else [token]
+        if not all(_WORDLIKE.fullmatch(key) for key in keys):
+            return mention
+        words += (key.replace("_", " ") for key in keys)
+    return " ".join(words) if words else mention
 
 
 def _alt(tag: str) -> str:
@@ -164,8 +210,9 @@ def _alt(tag: str) -> str:
 class _Inline:
     """Renders an inline token's children to text."""
 
-    def __init__(self, *, images: Images) -> None:
+    def __init__(self, *, images: Images, code_mention: str) -> None:
         self.images = images
+        self.code_mention = code_mention
 
     def render(self, children: Sequence[Token]) -> str:
         parts: list[str] = []
@@ -177,7 +224,7 @@ class _Inline:
             elif kind == "text":
                 parts.append(_clean(child.content))
             elif kind == "code_inline":
-                parts.append(_inline_code(child.content))
+                parts.append(_inline_code(child.content, self.code_mention))
             elif kind == "softbreak":
                 parts.append(" ")
             elif kind == "hardbreak":
@@ -194,7 +241,7 @@ class _Inline:
                 elif tag.startswith("<code"):
                     html_code = []
                 elif tag.startswith("</code") and html_code is not None:
-                    parts.append(_inline_code("".join(html_code)))
+                    parts.append(_inline_code("".join(html_code), self.code_mention))
                     html_code = None
             # link_open/close, emphasis, strikethrough, footnote_ref: no sound of their own
         if html_code is not None:  # an unclosed <code>: its text is still prose
@@ -349,9 +396,12 @@ class _Html(HTMLParser):
     )  # fmt: skip
     _SILENT = frozenset(("script", "style", "template", "svg", "math"))
 
-    def __init__(self, builder: _Builder, *, images: Images, tables: Tables) -> None:
+    def __init__(
+        self, builder: _Builder, *, images: Images, tables: Tables, code_mention: str
+    ) -> None:
         super().__init__(convert_charrefs=True)
         self.builder, self.images, self.tables = builder, images, tables
+        self.code_mention = code_mention
         self.parts: list[str] = []
         self.kind: BlockKind = "paragraph"
         self.level = 0
@@ -403,7 +453,7 @@ class _Html(HTMLParser):
             self.pre -= 1
             self.builder.add("", "code")
         elif tag == "code" and self.code is not None:
-            self.parts.append(_inline_code("".join(self.code)))
+            self.parts.append(_inline_code("".join(self.code), self.code_mention))
             self.code = None
         elif tag in ("td", "th") and self.cells is not None:
             self.cells.append((tag == "th", "".join(self.parts)))
@@ -461,11 +511,12 @@ def markdown_blocks(
     ``language`` picks the code cue's language; by default the language of the prose.
     """
     markdown = markdown.replace("\r\n", "\n").replace(_BREAK, " ")
-    inline = _Inline(images=images)
     tokens = _parser().parse(markdown)
     # The prose's language sets the punctuation (and the code cue) of every block.
     prose = " ".join(t.content for t in tokens if t.type == "inline")
     language = language or detect_language(drop_emoji(prose))
+    mention = code_mention(language) if code == "cue" else ""
+    inline = _Inline(images=images, code_mention=mention)
     builder = _Builder(ideographic=language.lower()[:2] in ("zh", "ja"))
     stack: list[str] = []  # open block tokens
     number: str | None = None  # an ordered list item's number, for its first paragraph
@@ -508,7 +559,7 @@ def markdown_blocks(
             if code == "cue":
                 builder.add("", "code")
         elif kind == "html_block":
-            parser = _Html(builder, images=images, tables=tables)
+            parser = _Html(builder, images=images, tables=tables, code_mention=mention)
             parser.feed(token.content)
             parser.close()
         elif kind == "inline":

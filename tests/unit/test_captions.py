@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import itertools
 import re
+import unicodedata
 from pathlib import Path
 
 import numpy as np
+import pytest
 from mutagen.id3 import ID3
 
 from fishflow.audio import Audio
@@ -34,6 +36,32 @@ def test_cues_are_sentences_of_at_most_two_short_lines_timed_inside_their_chunk(
     assert out[-2].end_s == 10.0 and out[-1].start_s == 10.25 and out[-1].end_s == 11.75
     # Time is shared by characters: the 10-character cue gets 10/(10+len(LONG)) of the chunk.
     assert abs(out[0].end_s - 10.0 * 10 / (10 + len(LONG))) < 0.1
+
+
+def test_a_list_number_stays_with_its_sentence() -> None:
+    out = cues([Placed("1. Install Python. 2. Run it now.", 0.0, 4.0)], "en")
+    assert [c.lines for c in out] == [("1. Install Python.",), ("2. Run it now.",)]
+
+
+def _columns(line: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in line)
+
+
+@pytest.mark.parametrize(
+    ("language", "text"),
+    [
+        ("ja", "パイプラインはデータをソースから宛先へ移動させる仕組みです。" * 3),
+        ("zh", "这是一个很长的中文句子，用来测试字幕的换行是否按照全角字符的宽度来计算。" * 2),
+        ("ko", "한국어 텍스트는 띄어쓰기를 사용합니다 그래서 단어 사이에서 줄을 바꿉니다."),
+    ],
+)
+def test_full_width_text_counts_two_columns_a_character(language: str, text: str) -> None:
+    out = cues([Placed(text, 0.0, 20.0)], language)
+    lines = [line for c in out for line in c.lines]
+    assert all(_columns(line) <= MAX_LINE_CHARS for line in lines)
+    assert max(_columns(line) for line in lines) > MAX_LINE_CHARS - 8  # lines are filled
+    assert not any(line[0] in "、。，！？" for line in lines)  # never a line of its own
+    assert "".join(lines).replace(" ", "") == text.replace(" ", "")
 
 
 def test_webvtt_and_srt_render_the_same_cues() -> None:

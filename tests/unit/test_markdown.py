@@ -52,12 +52,36 @@ def test_code_blocks_become_one_cue_in_the_items_language_or_nothing() -> None:
     assert spoken("<pre><code>x = 1</code></pre>") == ["Code example."]
 
 
-def test_inline_code_is_read_only_when_it_is_a_word() -> None:
+def test_inline_code_is_read_when_it_is_words_and_else_named_so_the_sentence_holds() -> None:
     md = (
-        "Use `pandas` and `read_csv()` in `app.py`; not `pip install x`, `data/x.csv`, "
-        "`<APP_NAME>`, `https://x.example.com/a`, `a + b`, `--force` or `$HOME`."
+        "Use `pandas` and `read_csv()` in `app.py`, `pip install x`, `python --version` "
+        "or `Ctrl+Shift+P`."
     )
-    assert spoken(md) == ["Use pandas and read csv in app.py; not, or."]
+    assert spoken(md) == [
+        "Use pandas and read csv in app.py, pip install x, python or Ctrl Shift P."
+    ]
+    for code in (
+        "rm -rf /",
+        "data/x.csv",
+        "<APP_NAME>",
+        "https://x.example.com/a",
+        "a + b",
+        "a+b",
+        "C++",
+        "--force",
+        "$HOME",
+        "x = 1",
+        "one two three four five six seven",
+    ):
+        assert spoken(f"Do not run `{code}` here.") == ["Do not run the code shown here."], code
+    assert spoken("`npm install` を実行し、`cat /etc/hosts` を確認します。") == [
+        "npm install を実行し、表示のコード を確認します。"
+    ]
+    assert spoken("Führen Sie `cat /etc/hosts` aus.", language="de") == [
+        "Führen Sie den gezeigten Code aus."
+    ]
+    assert spoken("Do not run `rm -rf /` here.", code="silent") == ["Do not run here."]
+    assert spoken("<p>Run <code>rm -rf /</code> never.</p>") == ["Run the code shown never."]
 
 
 def test_links_say_their_text_and_urls_only_their_host() -> None:
@@ -93,7 +117,7 @@ def test_tables_are_read_row_by_row_as_header_value_pairs() -> None:
     assert [b.text for b in blocks] == [
         "Sensor: DHT11; Kind: Digital; Notes: Temperature, humidity.",
         "Sensor: Thermistor; Kind: Analog.",
-        "Sensor: a b; Notes: ok.",
+        "Sensor: a b; Kind: the code shown; Notes: ok.",
     ]
     assert spoken("| a | b |\n|---|---|\n| 1 | 2 |") == ["a: 1, b: 2."]
     assert spoken("| 名称 | 说明 |\n|---|---|\n| 传感器 | 测量<br>温度 |") == [
@@ -115,7 +139,7 @@ def test_html_text_is_kept_tags_never_spoken_details_read_whole() -> None:
         "Lesson 2 · about 45 minutes, Welcome.",
         "Answer.",
         "The body is read too.",
-        "Press Ctrl+C and see main, not.",
+        "Press Ctrl+C and see main, not the code shown.",
     ]
     # Inside an HTML block Markdown is not parsed: its emphasis marks are not read either.
     assert spoken("<div>\n**Bold** and __strong__ words\n</div>") == ["Bold and strong words."]
