@@ -58,7 +58,7 @@ from fishflow.settings import (
     reference_id_problem,
 )
 from fishflow.sources import SourceRow
-from fishflow.storage import Store, safe_key
+from fishflow.storage import FILE_MODE, Store, safe_key
 from fishflow.text import (
     Block,
     blocks_text,
@@ -427,6 +427,7 @@ class ChunkCache:
             self._folders.add(folder)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fd, FILE_MODE)  # not mkstemp's 0600: another account may share the output
             fh.write(data)
         os.replace(tmp, path)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -142,6 +143,11 @@ def test_chunk_cache_keeps_flac_on_disk_and_reads_older_raw_files(tmp_path: Path
     assert made == ["ab" * 16, "ef" * 16]
     assert sorted(p.suffix for p in folder.rglob("*.*")) == [".flac"] * 3  # the raw one too
     assert ChunkCache(str(folder)).read("ef" * 16, 44_100) is not None
+    # Modes as a plain open() gives them (0644 under umask 022): a second worker account that
+    # shares the output reads the cache too.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert {p.stat().st_mode & 0o777 for p in folder.rglob("*.*")} == {0o666 & ~umask}
 
 
 def test_memory_keeps_audio_found_nowhere_else_before_chunks_also_on_disk(tmp_path: Path) -> None:
