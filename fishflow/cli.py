@@ -584,7 +584,27 @@ def _with_flow(
         f"{hygiene}; {summary['audio_seconds']:.1f} s of audio in {wall:.1f} s\n"
         f"manifests: {summary['manifests']['items'].rsplit('/', 1)[0]}"
     )
+    _print_failures(summary)
     return 2 if summary["failed"] else 0
+
+
+FAILURES_PRINTED = 5
+
+
+def _print_failures(summary: dict[str, Any]) -> None:
+    """The first failed items and why, on stderr: the errors manifest has them all."""
+    failures = summary.get("failures") or []
+    for failure in failures[:FAILURES_PRINTED]:
+        first_line = (failure["error"] or "").splitlines()[0] if failure["error"] else ""
+        print(
+            f"  failed: {failure['item_id'] or '(no id)'} (row {failure['source_row']}): "
+            f"{first_line[:200]}",
+            file=sys.stderr,
+        )
+    if summary["failed"] > min(len(failures), FAILURES_PRINTED):
+        print(
+            "  (all failures, with their stage: errors.parquet in the manifests)", file=sys.stderr
+        )
 
 
 class _Progress:

@@ -49,6 +49,11 @@ class Summary:
             "manifests": self.manifests,
             "utilisation": self.utilisation,
             "error": self.error,
+            # The first failed items, so a terminal shows why without opening a manifest.
+            "failures": [
+                {"item_id": item, "source_row": row, "error": error}
+                for item, row, error in t.failures[:FAILURES_SHOWN]
+            ],
         }
         if self.shards:
             result["shards"] = self.shards

@@ -44,7 +44,10 @@ def test_exit_2_when_some_items_failed(tmp_path: Path, emulator: Emulator, capsy
         ["run", catalog(tmp_path, body), "--out", str(tmp_path / "o"), "--server", emulator.url]
     )
     assert code == 2
-    assert "2 ok, 0 skipped, 1 failed" in capsys.readouterr().out
+    out = capsys.readouterr()
+    assert "2 ok, 0 skipped, 1 failed" in out.out
+    # Which item and why, without opening the errors manifest.
+    assert "failed: c (row 2): text is empty" in out.err
 
 
 @pytest.mark.parametrize(
