@@ -337,17 +337,28 @@ class FishSpeechClient:
         return str(body.get("message") or f"voice {reference_id!r} deleted")
 
     async def connection_problem(self, timeout_s: float = 3.0) -> str | None:
-        """Why the server cannot be reached (refused, timed out), or None when it took the
-        connection: any answer counts, and so does none in time (a busy serial server answers
-        /v1/health only when its generation ends)."""
+        """Why the server cannot be used (refused, timed out, not a Fish Speech server), or
+        None when it took the connection: any answer counts but a 404 for /v1/health (every
+        Fish Speech server has it: 200, 405 before 1.5.1, 401 with --api-key), and so does
+        none in time (a busy serial server answers /v1/health only when its generation ends).
+        The cloud API is not asked: it has no /v1/health."""
+        if self.base_url == CLOUD_URL:
+            return None
         try:
-            await self._client.get("/v1/health", timeout=httpx.Timeout(timeout_s, read=1.0))
+            response = await self._client.get(
+                "/v1/health", timeout=httpx.Timeout(timeout_s, read=1.0)
+            )
         except httpx.ConnectTimeout:
             return f"no connection within {timeout_s:.0f} s"
         except httpx.ConnectError as exc:
             return str(exc) or type(exc).__name__
         except httpx.HTTPError:
-            pass
+            return None
+        if response.status_code == 404:
+            return (
+                "it answers, but not as a Fish Speech server (GET /v1/health: HTTP 404); "
+                "is the URL the server's root?"
+            )
         return None
 
     async def health(self, timeout_s: float = 5.0) -> bool:

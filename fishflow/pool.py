@@ -90,7 +90,8 @@ def limit_name(server_url: str) -> str:
 
 
 async def check_servers(servers: list[ServerConfig], *, timeout_s: float = 3.0) -> None:
-    """Raise AllServersDown, naming each server and why, when none of them takes a connection.
+    """Raise AllServersDown, naming each server and why, when none of them can be used: none
+    takes a connection, or those that do are not Fish Speech servers.
 
     One request per server, before a run starts, so a wrong URL or a server not started is
     reported in seconds. A run's pool then copes with servers that come and go on its own.

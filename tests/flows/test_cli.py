@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
 import io
 import os
 import socket
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -70,6 +72,32 @@ def test_exit_1_with_one_line_for_run_level_errors(
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_url_that_is_some_other_web_server_stops_the_run_in_one_line(
+    tmp_path: Path, capsys
+) -> None:
+    """An http.server where Fish Speech should be: its 404 for /v1/health says so at once,
+    before a request is sent (../shared/fish-speech-api.md: every server has /v1/health)."""
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:  # its own lines are not fishflow's
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        code = main(["run", catalog(tmp_path), "--out", str(tmp_path / "o"), "--server", url])
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "not as a Fish Speech server (GET /v1/health: HTTP 404)" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "o" / "manifests").exists()  # stopped before anything was written
 
 
 def test_servers_down_from_the_start_stop_the_flow_with_a_complete_manifest(
