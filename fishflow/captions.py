@@ -64,8 +64,8 @@ def _lines(text: str) -> list[str]:
     """Wrap to MAX_LINE_CHARS columns, a full-width (CJK) character counting two: between
     words, between any two full-width characters, or inside a word too long for a line."""
     if _width(text) == len(text):  # no full-width characters: the stdlib's wrap
-        lines = textwrap.wrap(text, MAX_LINE_CHARS, break_long_words=True, break_on_hyphens=False)
-        return lines or [text]
+        wrapped = textwrap.wrap(text, MAX_LINE_CHARS, break_long_words=True, break_on_hyphens=False)
+        return wrapped or [text]
     lines: list[str] = []
     line = ""
     for unit in _UNITS.findall(text):

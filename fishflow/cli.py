@@ -20,7 +20,9 @@ import sys
 import time
 import types
 import typing
-from typing import Any, get_args, get_origin
+from typing import Any, TypeVar, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
 
 from fishflow.errors import ConfigError, FishflowError
 from fishflow.memory import use_one_arena
@@ -413,6 +415,38 @@ def _filter_prefect_console() -> None:
             handler.addFilter(_OwnWarningsOnly(prefect_dir))
 
 
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+class _BadFlag(Exception):
+    """A flag's value out of range or malformed: a usage error (exit 64), naming the flag."""
+
+
+def _from_flags(model_class: type[_Model], /, **values: object) -> _Model:
+    """A settings model from flags; ``server=`` stands for ServerConfig's url (--server)."""
+    if "server" in values:
+        values["url"] = values.pop("server")
+    try:
+        return model_class(**values)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = str(err["loc"][0]) if err["loc"] else ""
+            flag = "--server" if name == "url" else "--" + name.replace("_", "-")
+            problems.append(f"{flag}: {err['msg'].removeprefix('Value error, ')}")
+        raise _BadFlag("; ".join(problems)) from None
+
+
+def _server_flags(settings: RunSettings, urls: list[str]) -> list[ServerConfig]:
+    """`--server` values as server configs; a malformed one is a usage error."""
+    for url in urls:
+        _from_flags(ServerConfig, server=url.partition("#")[0])
+    try:
+        return settings.server_configs(urls)
+    except ConfigError as exc:  # URL#limit=N with a bad N
+        raise _BadFlag(f"--server: {exc.message}") from None
+
+
 def _preflight(source: str, servers: list[ServerConfig]) -> None:
     """What would stop the run at once, found before Prefect starts (seconds) and before
     anything is written: a source that cannot be read, servers that all refuse connections."""
@@ -425,7 +459,7 @@ def _preflight(source: str, servers: list[ServerConfig]) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     overrides = {k: v for k in RunSettings.model_fields if (v := getattr(args, k)) is not None}
-    settings = validated(RunSettings, **overrides)
+    settings = _from_flags(RunSettings, **overrides)
     from fishflow.database import PASSWORD_ENV, split_password
 
     # A password typed in the URL stays in this process: the flow, its parameters and the run
@@ -441,7 +475,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.shards != 1:
         raise ConfigError("--shards needs --deployment: child runs are runs of a deployment")
     servers = args.servers or [DEFAULT_SERVER]
-    configs = settings.server_configs(servers)  # bad URLs are refused before Prefect starts
+    configs = _server_flags(settings, servers)  # bad URLs are refused before Prefect starts
     _preflight(args.source, configs)
     from fishflow.run import new_run_id
     from fishflow.sources import estimate_rows
@@ -668,8 +702,8 @@ def _plan(args: argparse.Namespace) -> int:
     from fishflow.plan import describe, make_plan
 
     overrides = {k: v for k in RunSettings.model_fields if (v := getattr(args, k)) is not None}
-    settings = validated(RunSettings, **overrides)
-    servers = settings.server_configs(args.servers or ["http://127.0.0.1:8080"])
+    settings = _from_flags(RunSettings, **overrides)
+    servers = _server_flags(settings, args.servers or ["http://127.0.0.1:8080"])
     plan = make_plan(args.source, args.out, settings, servers=len(servers), force=args.force)
     print(json.dumps(plan.as_dict()) if args.json else describe(plan, args.source, args.out))
     return 0
@@ -717,7 +751,7 @@ def _preview(args: argparse.Namespace) -> int:
     from fishflow.run import entry_batches, run_spec
 
     overrides = {k: v for k in RunSettings.model_fields if (v := getattr(args, k)) is not None}
-    settings = validated(RunSettings, **overrides)
+    settings = _from_flags(RunSettings, **overrides)
     spec = run_spec(settings)
     wanted = set(args.item_ids or ())
     items = chunks = mid_sentence = 0
@@ -870,8 +904,8 @@ def _deploy(args: argparse.Namespace) -> int:
 
 
 def _limits(args: argparse.Namespace) -> int:
-    settings = validated(RunSettings, max_in_flight=args.max_in_flight)
-    configs = settings.server_configs(args.servers)
+    settings = _from_flags(RunSettings, max_in_flight=args.max_in_flight)
+    configs = _server_flags(settings, args.servers)
     _quiet_prefect()
     from prefect.settings import get_current_settings
 
@@ -907,7 +941,7 @@ def _voices(args: argparse.Namespace) -> int:
                 audio = fh.read()
         except OSError as exc:
             raise ConfigError(f"cannot read {args.audio}: {exc.strerror}") from None
-    url = validated(ServerConfig, url=args.server).url
+    url = _from_flags(ServerConfig, server=args.server).url
     key = EnvSettings().api_key
 
     async def call() -> int:
@@ -949,6 +983,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "preview":
             return _preview(args)
         return _emulator(args)
+    except _BadFlag as exc:
+        command = f"fishflow {args.command}"
+        print(f"{command}: error: {exc} (see: {command} --help)", file=sys.stderr)
+        return EX_USAGE
     except FishflowError as exc:
         print(f"fishflow: error: {exc.message}", file=sys.stderr)
         return 1

@@ -56,8 +56,6 @@ def test_exit_2_when_some_items_failed(tmp_path: Path, emulator: Emulator, capsy
     ("args", "message"),
     [
         (["run", "missing.csv", "--out", "o"], "no such file"),
-        (["run", "{catalog}", "--out", "o", "--server", "ftp://x"], "http://"),
-        (["run", "{catalog}", "--out", "o", "--temperature", "3"], "temperature"),
         (["run", "{catalog}", "--out", "o", "--id-column", "sku"], "no column 'sku'"),
     ],
 )
@@ -401,6 +399,24 @@ def test_usage_errors_exit_64_with_the_closest_option(
     assert info.value.code == 64  # EX_USAGE; 2 means "some items failed"
     err = capsys.readouterr().err
     assert err.startswith(f"{prog}: error: ") and f"did you mean {hint}?" in err
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--temperature", "3"], "--temperature: Input should be less than or equal to 1"),
+        (["--server", "ftp://x"], "--server: server URL must start with http:// or https://"),
+        (["--server", "http://x#limit=z"], "--server: bad server limit"),
+    ],
+)
+def test_a_bad_flag_value_is_a_usage_error_that_names_the_flag(
+    tmp_path: Path, capsys, flags: list[str], message: str
+) -> None:
+    code = main(["run", catalog(tmp_path), "--out", str(tmp_path / "o"), *flags])
+    err = capsys.readouterr().err
+    assert code == 64  # EX_USAGE, as --help says for a bad value
+    assert err.startswith(f"fishflow run: error: {message}") and "RunSettings" not in err
     assert len(err.splitlines()) == 1
 
 
