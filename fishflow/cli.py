@@ -993,6 +993,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fishflow: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`fishflow plan ... | head`): not an error worth a traceback.
+        # stdout is pointed at /dev/null so that Python's flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     finally:
         logging.shutdown()
 

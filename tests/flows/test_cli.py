@@ -420,6 +420,15 @@ def test_a_bad_flag_value_is_a_usage_error_that_names_the_flag(
     assert len(err.splitlines()) == 1
 
 
+def test_a_reader_that_goes_away_is_not_a_traceback(tmp_path: Path, monkeypatch) -> None:
+    """`fishflow plan ... | head -3`: head exits, the next write fails with EPIPE."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with open(write_end, "w", buffering=1) as broken:
+        monkeypatch.setattr("sys.stdout", broken)
+        assert main(["plan", catalog(tmp_path), "--out", str(tmp_path / "o")]) == 1
+
+
 def test_version(capsys) -> None:
     import importlib.metadata
 
