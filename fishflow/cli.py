@@ -618,11 +618,16 @@ def _with_flow(
         f"{hygiene}; {summary['audio_seconds']:.1f} s of audio in {wall:.1f} s\n"
         f"manifests: {summary['manifests']['items'].rsplit('/', 1)[0]}"
     )
+    pruned = summary.get("pruned_files") or []
+    for uri in pruned[:FAILURES_PRINTED]:
+        print(f"  pruned: {uri}")
+    if summary.get("pruned", 0) > min(len(pruned), FAILURES_PRINTED):
+        print("  (every pruned file is named in the run's log)")
     _print_failures(summary)
     return 2 if summary["failed"] else 0
 
 
-FAILURES_PRINTED = 5
+FAILURES_PRINTED = 5  # and pruned files
 
 
 def _print_failures(summary: dict[str, Any]) -> None:

@@ -171,6 +171,7 @@ class RunTotals:
     failed: int = 0
     removed: int = 0  # items gone from the source: extra manifest rows, not among `items`
     pruned: int = 0  # files deleted by --prune
+    pruned_files: list[str] = field(default_factory=list)  # first few, for reports
     audio_seconds: float = 0.0
     failures: list[tuple[str | None, int, str]] = field(
         default_factory=list

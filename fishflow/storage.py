@@ -177,6 +177,16 @@ class LocalStore:
     def delete(self, keys: builtins.list[str]) -> None:
         for key in keys:
             Path(self.uri(key)).unlink(missing_ok=True)
+        # Folders the deletions left empty go too (a removed lesson's audio/2-setup/), deepest
+        # first, never a top-level one (audio/): an object store has no folders to leave.
+        for folder in sorted({os.path.dirname(k) for k in keys}, key=len, reverse=True):
+            while "/" in folder:
+                try:
+                    os.rmdir(self.uri(folder))
+                except OSError:  # not empty, or gone already
+                    break
+                self._made.discard(self.uri(folder))
+                folder = os.path.dirname(folder)
 
 
 def s3_client() -> Any:

@@ -249,6 +249,7 @@ async def refresh_catalog_audio(
                     logger.exception("run %s: could not record removed items or prune", run_id)
                 else:
                     totals.removed, totals.pruned = len(tidied.removed), len(tidied.pruned)
+                    totals.pruned_files = tidied.pruned[:50]
                     tidied.log(logger, run_id)
             elif prune:
                 logger.warning("run %s: --prune needs a run over the whole source", run_id)

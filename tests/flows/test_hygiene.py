@@ -94,6 +94,9 @@ def test_prune_deletes_removed_audio_captions_and_old_formats_only(
     )  # fmt: skip
     assert code == 0
     assert "2 ok, 0 skipped, 0 failed, 1 removed, 6 pruned" in printed
+    # The first five by name, and where the rest are.
+    assert printed.count("  pruned: ") == 5 and f"  pruned: {audio / 'b.wav'}" in printed
+    assert "every pruned file is named in the run's log" in printed
     left = sorted(p.relative_to(out).as_posix() for p in audio.rglob("*"))
     # Each current item keeps its audio in the new format and its captions.
     current = [f"audio/{i}.{ext}" for i in ("a", "c") for ext in ("flac", "srt", "vtt")]

@@ -98,6 +98,16 @@ def test_prune_keeps_exactly_the_current_files_of_items_in_the_source(tmp_path: 
     assert sorted(pruned) == sorted(
         store.uri(f"audio/{n}") for n in ["a.wav", "b.wav", "b.vtt", "dir/README.md.wav"]
     )
+    # A lesson gone with its folder leaves no empty folder behind; audio/ itself stays.
+    store.put("audio/gone/deep/README.wav", b"x", "", {})
+    prune_outputs(store, present={"a"}, latest=latest)
+    assert not (tmp_path / "audio/gone").exists() and not (tmp_path / "audio/dir").exists()
+    assert sorted(store.list("audio/")) == [
+        "audio/a.chapters.vtt", "audio/a.mp3", "audio/a.srt", "audio/a.vtt",
+    ]  # fmt: skip
+    # A folder emptied and written again in the same process (its cached "made" is forgotten).
+    store.put("audio/gone/deep/README.wav", b"y", "", {})
+    assert store.get("audio/gone/deep/README.wav") == b"y"
 
 
 def test_gc_keeps_chunks_of_each_current_items_newest_ok_and_later_failed_rows(
