@@ -183,7 +183,10 @@ def validate_row(
     stem = "\0audio:" + audio_stem(item_id)
     if stem in seen_ids:
         return Rejection(
-            row.row, item_id, f"id {item_id!r} would share its audio file with an earlier row's id"
+            row.row,
+            item_id,
+            f"id {item_id!r} would share its audio file ({audio_stem(item_id)}.<format>) with "
+            "an earlier row's id: the same name with another extension",
         )
     seen_ids.add(stem)
     if row.voice and (problem := reference_id_problem(row.voice)):
