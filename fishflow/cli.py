@@ -759,7 +759,7 @@ def _preview(args: argparse.Namespace) -> int:
     settings = _from_flags(RunSettings, **overrides)
     spec = run_spec(settings)
     wanted = set(args.item_ids or ())
-    items = chunks = mid_sentence = 0
+    items = chunks = mid_sentence = failing = 0
     for batch in entry_batches(args.source, settings, spec):
         for entry in batch:
             if wanted and entry.item_id not in wanted:
@@ -770,6 +770,7 @@ def _preview(args: argparse.Namespace) -> int:
             wanted.discard(entry.item_id or "")
             if isinstance(entry, Rejection):
                 print(f"== {entry.item_id or '(no id)'} (row {entry.row}): fails: {entry.reason}")
+                failing += 1
                 continue
             parts = item_chunks(entry, spec)
             print(
@@ -788,9 +789,10 @@ def _preview(args: argparse.Namespace) -> int:
     if wanted:
         raise ConfigError(f"no item with id {', '.join(sorted(map(repr, wanted)))} in the source")
     share = f"{mid_sentence / chunks:.1%}" if chunks else "0%"
+    fails = f" ({failing} would fail before synthesis)" if failing else ""
     print(
-        f"fishflow: {items} items, {chunks} chunks (budget {spec.chunking.max_bytes} B), "
-        f"{mid_sentence} end mid-sentence ({share})"
+        f"fishflow: {items} row{'s' * (items != 1)}{fails}, {chunks} chunks "
+        f"(budget {spec.chunking.max_bytes} B), {mid_sentence} end mid-sentence ({share})"
     )
     return 0
 

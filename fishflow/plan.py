@@ -231,13 +231,13 @@ def describe(plan: Plan, source: str, out: str) -> str:
     lines = [
         f"fishflow plan: {source} -> {out} (nothing sent, nothing written)",
         f"rows            {plan.rows:,} ({plan.rejected:,} would fail before synthesis)",
-        f"items           {plan.items:,}, {plan.chars:,} characters",
+        f"items           {plan.items:,}, {plan.chars:,} characters of source text",
         f"chunks          {plan.chunks:,} ({plan.distinct_chunks:,} distinct)",
         f"already done    {plan.skipped_items:,} items unchanged since an earlier run "
         f"({plan.skipped_chars:,} characters) would be skipped",
         f"to synthesise   {plan.items_to_make:,} items, {plan.chunks_to_make:,} chunks; "
         f"{plan.cached_chunks:,} distinct chunks already in the chunk cache",
-        f"requests        {plan.requests:,} ({plan.request_chars:,} characters)",
+        f"requests        {plan.requests:,} ({plan.request_chars:,} characters spoken)",
         f"audio           about {_duration(plan.audio_s)} in all, "
         f"{_duration(plan.request_audio_s)} to synthesise ({plan.audio_basis})",
         f"server time     about {_duration(plan.server_s)} ({plan.server_basis})",

@@ -21,7 +21,7 @@ def test_preview_prints_each_chunk_with_the_pause_after_it(capsys) -> None:
     assert any(line.endswith("⟂ 700 ms (paragraph)") for line in out)
     assert any(line.endswith("⟂ 150 ms (clause)") for line in out)  # a sentence too long
     assert out[-2].endswith("(end)")
-    assert out[-1].startswith("fishflow: 1 items, ") and "end mid-sentence" in out[-1]
+    assert out[-1].startswith("fishflow: 1 row, ") and "end mid-sentence" in out[-1]
     spoken = " ".join(out[1:-1])
     assert "://" not in spoken and "<APP_NAME>" not in spoken and "`" not in spoken
 
@@ -36,6 +36,15 @@ def test_preview_follows_the_run_options(capsys) -> None:
     out = capsys.readouterr().out
     assert out.count("\n== ") + out.startswith("== ") == 2
     assert "# Getting started" in out or "# コネクテッド" in out  # plain: the Markdown as is
+
+
+def test_rows_that_would_fail_are_counted_apart(tmp_path: Path, capsys) -> None:
+    (tmp_path / "good.md").write_text("# Intro\n\nHello there.")
+    (tmp_path / "empty.md").write_text("")
+    assert main(["preview", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "== empty.md (row 0): fails: text is empty" in out
+    assert out[-1].startswith("fishflow: 2 rows (1 would fail before synthesis), 2 chunks")
 
 
 def test_an_unknown_id_is_one_clear_line(capsys) -> None:
