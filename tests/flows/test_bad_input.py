@@ -212,8 +212,6 @@ RUN_CASES = [
         "not valid CSV",
     ),
     ("unknown extension", lambda t: _file(t / "c.xlsx", b"PK"), [], "unknown source type"),
-    ("invalid sampling field", None, ["--top-p", "1.5"], "top_p"),
-    ("invalid repetition penalty", None, ["--repetition-penalty", "0.5"], "repetition_penalty"),
     ("unwritable output", None, ["--out", "/dev/null/x"], "cannot create output folder"),
 ]
 

@@ -406,6 +406,8 @@ def test_usage_errors_exit_64_with_the_closest_option(
     ("flags", "message"),
     [
         (["--temperature", "3"], "--temperature: Input should be less than or equal to 1"),
+        (["--top-p", "1.5"], "--top-p: Input should be less than or equal to 1"),
+        (["--repetition-penalty", "0.5"], "--repetition-penalty: Input should be greater than"),
         (["--server", "ftp://x"], "--server: server URL must start with http:// or https://"),
         (["--server", "http://x#limit=z"], "--server: bad server limit"),
     ],

@@ -65,13 +65,13 @@ def test_a_bad_run_wide_reference_id_stops_before_any_request(
     tmp_path: Path, emulator: Emulator, capsys
 ) -> None:
     """Row 'reference_id is validated, as a 500': `narrator.v2` would fail every request, so
-    the run refuses it at once, in one line."""
+    the run refuses it at once, in one line: a usage error (exit 64), naming the flag."""
     source = jsonl(tmp_path, [{"id": "a", "text": "Hello there."}])
     args = ["--out", str(tmp_path / "o"), "--server", emulator.url]
     code = main(["run", str(source), *args, "--reference-id", "narrator.v2"])
     err = capsys.readouterr().err
-    assert code == 1 and len(err.strip().splitlines()) == 1
-    assert "'narrator.v2'" in err and "Traceback" not in err
+    assert code == 64 and len(err.strip().splitlines()) == 1
+    assert "--reference-id: reference_id 'narrator.v2'" in err and "Traceback" not in err
     assert emulator.stats["requests"] == 0
 
 
