@@ -62,32 +62,38 @@ _NO_LINE_START = frozenset("、。，．！？：；」』）】〕》〉”’�
 
 def _lines(text: str) -> list[str]:
     """Wrap to MAX_LINE_CHARS columns, a full-width (CJK) character counting two: between
-    words, between any two full-width characters, or inside a word too long for a line."""
+    words, between any two Chinese or Japanese characters, or inside a word too long for a
+    line; a line never starts with closing punctuation (it takes what it closes along)."""
     if _width(text) == len(text):  # no full-width characters: the stdlib's wrap
         wrapped = textwrap.wrap(text, MAX_LINE_CHARS, break_long_words=True, break_on_hyphens=False)
         return wrapped or [text]
-    lines: list[str] = []
-    line = ""
+    units: list[str] = []
     for unit in _UNITS.findall(text):
+        while _width(unit) > MAX_LINE_CHARS:  # a word longer than a line: cut it by columns
+            cut = next(i for i in range(len(unit), 0, -1) if _width(unit[:i]) <= MAX_LINE_CHARS)
+            units.append(unit[:cut])
+            unit = unit[cut:]
+        units.append(unit)
+    lines: list[list[str]] = [[]]
+    for unit in units:
+        line = lines[-1]
         if unit.isspace():
-            line += " " if line else ""
+            if line:
+                line.append(" ")
             continue
-        while len(unit) > MAX_LINE_CHARS:  # a word longer than a line: cut anywhere
-            if line.strip():
-                lines.append(line.rstrip())
-            lines.append(unit[:MAX_LINE_CHARS])
-            line, unit = "", unit[MAX_LINE_CHARS:]
-        if _width(line + unit) <= MAX_LINE_CHARS:
-            line += unit
+        if _width("".join(line) + unit) <= MAX_LINE_CHARS or not line:
+            line.append(unit)
             continue
-        carry = ""
-        if unit in _NO_LINE_START and len(line.rstrip()) > 1:
-            line, carry = line.rstrip()[:-1], line.rstrip()[-1]
-        lines.append(line.rstrip())
-        line = carry + unit
-    if line.strip():
-        lines.append(line.rstrip())
-    return lines or [text]
+        carried = [unit]
+        while line and line[-1] == " ":
+            line.pop()
+        # Closing punctuation takes the units before it along (a word, 。 before 」).
+        while carried[0][0] in _NO_LINE_START and len(line) > 1:
+            carried.insert(0, line.pop())
+            while line and line[-1] == " ":
+                line.pop()
+        lines.append(carried)
+    return ["".join(line).strip() for line in lines if "".join(line).strip()] or [text]
 
 
 def _sentences(text: str, language: str) -> list[str]:

@@ -433,7 +433,8 @@ def _from_flags(model_class: type[_Model], /, **values: object) -> _Model:
         for err in exc.errors():
             name = str(err["loc"][0]) if err["loc"] else ""
             flag = "--server" if name == "url" else "--" + name.replace("_", "-")
-            problems.append(f"{flag}: {err['msg'].removeprefix('Value error, ')}")
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{flag}: {message}" if name else message)
         raise _BadFlag("; ".join(problems)) from None
 
 
@@ -531,6 +532,8 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 def _retry_errors(args: argparse.Namespace) -> int:
+    for url in args.servers or []:
+        _from_flags(ServerConfig, server=url.partition("#")[0])
     return _with_flow(
         args,
         None,
@@ -1001,10 +1004,13 @@ def main(argv: list[str] | None = None) -> int:
         print("fishflow: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        # The reader went away (`fishflow plan ... | head`): not an error worth a traceback.
-        # stdout is pointed at /dev/null so that Python's flush at exit does not fail again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        try:  # only stdout's reader going away (`fishflow plan ... | head`) ends quietly
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # stdout goes to /dev/null so that Python's flush at exit does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+        raise
     finally:
         logging.shutdown()
 

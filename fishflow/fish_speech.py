@@ -341,8 +341,9 @@ class FishSpeechClient:
         None when it took the connection: any answer counts but a 404 for /v1/health (every
         Fish Speech server has it: 200, 405 before 1.5.1, 401 with --api-key), and so does
         none in time (a busy serial server answers /v1/health only when its generation ends).
-        The cloud API is not asked: it has no /v1/health."""
-        if self.base_url == CLOUD_URL:
+        The cloud API is not asked: it has no /v1/health; nor can a proxy that passes only
+        /v1/tts be used."""
+        if httpx.URL(self.base_url).host == httpx.URL(CLOUD_URL).host:
             return None
         try:
             response = await self._client.get(

@@ -8,10 +8,10 @@ What each construct becomes (the README's table "What gets spoken from Markdown"
   language ("Code example.", "代码示例。"), one per run of consecutive blocks, or nothing
   (``code="silent"``);
 - inline code: read when it is made of words (``pandas``, ``read_csv()`` said "read csv",
-  ``pip install pandas``, ``Ctrl+Shift+P``), options left out (``python --version``:
-  "python"); code with a path, placeholder, URL, operator or sigil in it is never read: it is
-  "the code shown" in the item's language, so that the sentence keeps its sense ("Do not run
-  the code shown", not "Do not run"), or nothing (``code="silent"``);
+  ``pip install pandas``, ``Ctrl+Shift+P``); code with an option, path, placeholder, URL,
+  operator or sigil in it (``python --version``, ``rm -rf /``) is never read: it is "the code
+  shown" in the item's language, so that the sentence keeps its sense ("Do not run the code
+  shown", not "Do not run"), or nothing (``code="silent"``);
 - links: their text, never the target; bare URLs and autolinks: their host name
   ("docs.python.org"), which tells the listener where without spelling a path;
 - images: their alt text (``images="skip"``: nothing);
@@ -187,12 +187,14 @@ def _inline_code(code: str, mention: str) -> str:
     """Inline code as said: its words, options left out, or ``mention`` when any part of it
     is not a word (a path, placeholder, URL, operator, sigil) or nothing is left."""
     tokens = code.split()
+    if not tokens:
+        return ""
     if len(tokens) > _MAX_CODE_WORDS:
         return mention
     words: list[str] = []
     for token in tokens:
-        if token.startswith("-"):  # an option: --force, -rf
-            continue
+        if token.startswith("-"):  # an option (--force, -rf): a command line to look at
+            return mention
         token = token.removesuffix("()")
         # A key chord (Ctrl+Shift+P) is its keys; any other "+" is an operator (a+b, C++).
         keys = token.split("+") if _CHORD.fullmatch(token) else [token]

@@ -164,6 +164,9 @@ def entry_batches(
             yield entries
 
 
+REPORTED = 50  # failures and pruned files a run's summary names (the manifests hold them all)
+
+
 @dataclass
 class RunTotals:
     ok: int = 0
@@ -183,7 +186,7 @@ class RunTotals:
             setattr(self, row.status, getattr(self, row.status) + 1)
             if row.status == "ok" and row.duration_s:
                 self.audio_seconds += row.duration_s
-            if row.status == "failed" and len(self.failures) < 50:
+            if row.status == "failed" and len(self.failures) < REPORTED:
                 self.failures.append((row.item_id, row.source_row, row.error or ""))
 
     @property
@@ -203,7 +206,7 @@ class RunTotals:
             setattr(totals, status, getattr(totals, status) + 1)
             if status == "ok" and row["duration_s"]:
                 totals.audio_seconds += row["duration_s"]
-            if status == "failed" and len(totals.failures) < 50:
+            if status == "failed" and len(totals.failures) < REPORTED:
                 totals.failures.append((row["item_id"], row["source_row"], row["error"] or ""))
         return totals
 

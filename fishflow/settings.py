@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -207,6 +208,12 @@ class ServerConfig(_Frozen):
     def _url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"server URL must start with http:// or https://: {value!r}")
+        if "@" in urlsplit(value).netloc:
+            # The URL names the server in logs, errors and manifests: never with a password.
+            raise ValueError(
+                "a server URL must not carry a user or password (it names the server in logs "
+                "and manifests): give the key in FISHFLOW_API_KEY"
+            )
         return value.rstrip("/")
 
 

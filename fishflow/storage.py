@@ -107,12 +107,22 @@ class LocalStore:
             os.makedirs(folder, exist_ok=True)
             self._made.add(folder)
 
+    def _temp_in(self, folder: str, suffix: str = "") -> tuple[int, str]:
+        """A new temporary file in `folder`, made if needed, and made again if it went away
+        since (`delete` removes folders it empties, maybe through another store on this root)."""
+        self._make_folder(folder)
+        try:
+            return tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
+        except FileNotFoundError:
+            self._made.discard(folder)
+            self._make_folder(folder)
+            return tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
+
     def _atomic(self, key: str, write: Any) -> str:
         path = self.uri(key)
         folder = os.path.dirname(path)
         try:
-            self._make_folder(folder)
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+            fd, tmp = self._temp_in(folder)
             try:
                 with os.fdopen(fd, "wb") as fh:
                     write(fh)
@@ -143,8 +153,7 @@ class LocalStore:
         path = self.uri(key)
         folder = os.path.dirname(path)
         try:
-            self._make_folder(folder)
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=Path(path).suffix)
+            fd, tmp = self._temp_in(folder, Path(path).suffix)
         except OSError as exc:
             raise StorageError(f"cannot write {path}: {exc.strerror}", fatal=True) from None
         os.close(fd)

@@ -18,6 +18,7 @@ from fishflow.hygiene import tidy_output
 from fishflow.manifest import recover, run_record_exists, write_run_record
 from fishflow.pipeline import internal_failure
 from fishflow.run import (
+    REPORTED,
     entry_batches,
     held_output,
     is_run_id,
@@ -249,7 +250,7 @@ async def refresh_catalog_audio(
                     logger.exception("run %s: could not record removed items or prune", run_id)
                 else:
                     totals.removed, totals.pruned = len(tidied.removed), len(tidied.pruned)
-                    totals.pruned_files = tidied.pruned[:50]
+                    totals.pruned_files = tidied.pruned[:REPORTED]
                     tidied.log(logger, run_id)
             elif prune:
                 logger.warning("run %s: --prune needs a run over the whole source", run_id)

@@ -50,7 +50,7 @@ class Summary:
             "utilisation": self.utilisation,
             "error": self.error,
             # The first failed items, so a terminal shows why without opening a manifest.
-            "pruned_files": t.pruned_files[:FAILURES_SHOWN],
+            "pruned_files": t.pruned_files,
             "failures": [
                 {"item_id": item, "source_row": row, "error": error}
                 for item, row, error in t.failures[:FAILURES_SHOWN]

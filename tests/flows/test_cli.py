@@ -410,6 +410,7 @@ def test_usage_errors_exit_64_with_the_closest_option(
         (["--repetition-penalty", "0.5"], "--repetition-penalty: Input should be greater than"),
         (["--server", "ftp://x"], "--server: server URL must start with http:// or https://"),
         (["--server", "http://x#limit=z"], "--server: bad server limit"),
+        (["--server", "http://u:s3cret@127.0.0.1:9"], "--server: a server URL must not carry"),
     ],
 )
 def test_a_bad_flag_value_is_a_usage_error_that_names_the_flag(
@@ -419,6 +420,7 @@ def test_a_bad_flag_value_is_a_usage_error_that_names_the_flag(
     err = capsys.readouterr().err
     assert code == 64  # EX_USAGE, as --help says for a bad value
     assert err.startswith(f"fishflow run: error: {message}") and "RunSettings" not in err
+    assert "s3cret" not in err
     assert len(err.splitlines()) == 1
 
 

@@ -64,6 +64,22 @@ def test_full_width_text_counts_two_columns_a_character(language: str, text: str
     assert "".join(lines).replace(" ", "") == text.replace(" ", "")
 
 
+@pytest.mark.parametrize(
+    ("text", "whole"),
+    [
+        ("我们使用" * 4 + "Kubernetes。然后继续", "Kubernetes。"),  # a word is never cut for 。
+        ("あ" * 20 + "。」いいいい", "。」"),  # closing marks stay together, off the line start
+        ("한국어" * 7 + "입니다 그리고 끝.", "한국어" * 7),  # a word as long as a line, by columns
+    ],
+)
+def test_wrapping_keeps_words_and_closing_marks_whole(text: str, whole: str) -> None:
+    lines = [line for cue in cues([Placed(text, 0.0, 5.0)], "zh") for line in cue.lines]
+    assert all(0 < _columns(line) <= MAX_LINE_CHARS for line in lines)
+    assert any(whole in line for line in lines)
+    assert not any(line[0] in "、。，！？」" for line in lines)
+    assert "".join(lines).replace(" ", "") == text.replace(" ", "")
+
+
 def test_webvtt_and_srt_render_the_same_cues() -> None:
     out = cues([Placed("Fish & chips <cheap>. Then tea.", 61.5, 3.0)], "en")
     vtt = webvtt(out).decode()

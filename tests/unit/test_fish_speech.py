@@ -253,3 +253,34 @@ def test_an_items_references_and_seed_override_the_runs_and_drop_the_id() -> Non
     body = seen["body"]
     assert body["reference_id"] is None and body["seed"] == 42
     assert body["references"] == [{"audio": b"RIFF-anna", "text": "I am Anna."}]
+
+
+@pytest.mark.parametrize(
+    ("status", "usable"),
+    [
+        (200, True),  # GET /v1/health from 1.5.1: 200 {"status": "ok"}
+        (405, True),  # before 1.5.1 the route is POST only
+        (401, True),  # started with --api-key: every route, health included, needs the key
+        (404, False),  # no such route: some other web server, or not the server's root
+    ],
+)
+def test_the_preflight_knows_a_fish_speech_server_by_its_health_route(
+    status: int, usable: bool
+) -> None:
+    """Rows `/v1/health` and `--api-key` of ../shared/fish-speech-api.md."""
+    asked: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(f"{request.method} {request.url.path}")
+        return httpx.Response(status, json={"status": "ok"} if status == 200 else {})
+
+    async def problem(url: str) -> str | None:
+        async with FishSpeechClient(url, transport=httpx.MockTransport(handler)) as client:
+            return await client.connection_problem(1.0)
+
+    found = asyncio.run(problem("http://fish"))
+    assert (found is None) == usable and asked == ["GET /v1/health"]
+    if not usable:
+        assert found is not None and "not as a Fish Speech server" in found
+    # The cloud API has no /v1/health: it is not asked, however its URL is spelled.
+    assert asyncio.run(problem("https://API.fish.audio:443")) is None and len(asked) == 1

@@ -105,9 +105,15 @@ def test_prune_keeps_exactly_the_current_files_of_items_in_the_source(tmp_path: 
     assert sorted(store.list("audio/")) == [
         "audio/a.chapters.vtt", "audio/a.mp3", "audio/a.srt", "audio/a.vtt",
     ]  # fmt: skip
-    # A folder emptied and written again in the same process (its cached "made" is forgotten).
+    # A folder emptied and written again in the same process (its cached "made" is forgotten),
+    # or through another store on the same root, which still believes the folder is there.
+    other = LocalStore(str(tmp_path))
+    other.put("audio/gone/deep/README.wav", b"x", "", {})
     store.put("audio/gone/deep/README.wav", b"y", "", {})
     assert store.get("audio/gone/deep/README.wav") == b"y"
+    store.delete(["audio/gone/deep/README.wav"])
+    other.put("audio/gone/deep/README.wav", b"z", "", {})
+    assert store.get("audio/gone/deep/README.wav") == b"z"
 
 
 def test_gc_keeps_chunks_of_each_current_items_newest_ok_and_later_failed_rows(
