@@ -34,6 +34,7 @@ from fishflow.errors import (
 from fishflow.settings import Reference, SynthesisOptions, WireEncoding, reference_id_problem
 
 CLOUD_URL = "https://api.fish.audio"
+NOT_FISH_SPEECH = "it answers, but not as a Fish Speech server"  # connection_problem's verdict
 SAMPLE_RATE = 44_100
 # The server's --max-text-length answer; N counts characters.
 _TOO_LONG = re.compile(r"Text is too long, max length is (\d+)")
@@ -356,10 +357,7 @@ class FishSpeechClient:
         except httpx.HTTPError:
             return None
         if response.status_code == 404:
-            return (
-                "it answers, but not as a Fish Speech server (GET /v1/health: HTTP 404); "
-                "is the URL the server's root?"
-            )
+            return f"{NOT_FISH_SPEECH} (GET /v1/health: HTTP 404); is the URL the server's root?"
         return None
 
     async def health(self, timeout_s: float = 5.0) -> bool:

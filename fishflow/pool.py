@@ -39,7 +39,7 @@ from fishflow.errors import (
     TextTooLong,
     VoiceRefused,
 )
-from fishflow.fish_speech import FishSpeechClient
+from fishflow.fish_speech import NOT_FISH_SPEECH, FishSpeechClient
 from fishflow.settings import (
     Reference,
     RetryPolicy,
@@ -89,9 +89,12 @@ def limit_name(server_url: str) -> str:
     return f"fishflow-server-{url.host}-{port}".replace(".", "-").replace(":", "-")
 
 
-async def check_servers(servers: list[ServerConfig], *, timeout_s: float = 3.0) -> None:
+async def check_servers(
+    servers: list[ServerConfig], *, timeout_s: float = 3.0, unreachable_ok: bool = False
+) -> None:
     """Raise AllServersDown, naming each server and why, when none of them can be used: none
-    takes a connection, or those that do are not Fish Speech servers.
+    takes a connection, or those that do are not Fish Speech servers. With `unreachable_ok`
+    (a flow, whose pool waits a while for servers that are not up yet) only the latter count.
 
     One request per server, before a run starts, so a wrong URL or a server not started is
     reported in seconds. A run's pool then copes with servers that come and go on its own.
@@ -102,6 +105,8 @@ async def check_servers(servers: list[ServerConfig], *, timeout_s: float = 3.0) 
             return await client.connection_problem(timeout_s)
 
     problems = await asyncio.gather(*(problem(s) for s in servers))
+    if unreachable_ok:
+        problems = [p if p and p.startswith(NOT_FISH_SPEECH) else None for p in problems]
     if all(problems):
         where = "; ".join(f"{s.url}: {p}" for s, p in zip(servers, problems, strict=True))
         raise AllServersDown(

@@ -17,6 +17,7 @@ from fishflow.errors import FishflowError
 from fishflow.hygiene import tidy_output
 from fishflow.manifest import recover, run_record_exists, write_run_record
 from fishflow.pipeline import internal_failure
+from fishflow.pool import check_servers
 from fishflow.run import (
     REPORTED,
     entry_batches,
@@ -100,6 +101,9 @@ async def refresh_catalog_audio(
     # written for the run.
     readable = await resolve_source(source)
     await asyncio.to_thread(check_source, readable)
+    # Servers that answer as something else (a wrong URL) stop the run before anything is
+    # written, as the CLI's pre-check does; servers not up yet are the pool's to wait for.
+    await check_servers(settings.server_configs(servers), unreachable_ok=True)
     await tag_flow_run(source=mask(source), deployment=deployment.name, shard=shard)
     artifacts = reporting.Reporter(deployment.name, run_id)
     if shards > 1 and shard is None:

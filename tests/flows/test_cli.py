@@ -98,6 +98,27 @@ def test_a_url_that_is_some_other_web_server_stops_the_run_in_one_line(
     assert not (tmp_path / "o" / "manifests").exists()  # stopped before anything was written
 
 
+def test_a_flow_pointed_at_some_other_web_server_stops_before_writing(tmp_path: Path) -> None:
+    """A deployment's path (no CLI pre-check): the flow checks /v1/health itself."""
+    from fishflow.pool import AllServersDown
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    out = tmp_path / "o"
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        with pytest.raises(AllServersDown, match="not as a Fish Speech server"):
+            run(catalog(tmp_path), out, [url])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not out.exists()
+
+
 def test_servers_down_from_the_start_stop_the_flow_with_a_complete_manifest(
     tmp_path: Path,
 ) -> None:
