@@ -56,7 +56,7 @@ def _width(text: str) -> int:
 # text, Korean included (it spaces its words), a word.
 _WIDE = "\u2e80-\ua4cf\uf900-\ufaff\ufe30-\ufe4f\uff00-\uff60\uffe0-\uffe6"
 _UNITS = re.compile(rf"\s+|[{_WIDE}]|[^\s{_WIDE}]+")
-# Punctuation that never starts a line (kinsoku): it takes the character before it along.
+# Punctuation that never starts a line (kinsoku): it takes the unit before it along.
 _NO_LINE_START = frozenset("、。，．！？：；」』）】〕》〉”’ー")
 
 
@@ -93,7 +93,7 @@ def _lines(text: str) -> list[str]:
             while line and line[-1] == " ":
                 line.pop()
         lines.append(carried)
-    return ["".join(line).strip() for line in lines if "".join(line).strip()] or [text]
+    return [joined for line in lines if (joined := "".join(line).strip())] or [text]
 
 
 def _sentences(text: str, language: str) -> list[str]:

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 
 from fishflow.errors import ConfigError, FishflowError
 from fishflow.memory import use_one_arena
-from fishflow.settings import RunSettings, ServerConfig, validated
+from fishflow.settings import RunSettings, ServerConfig, problems, validated
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 EX_USAGE = 64  # sysexits.h: the command was used incorrectly
@@ -429,19 +429,25 @@ def _from_flags(model_class: type[_Model], /, **values: object) -> _Model:
     try:
         return model_class(**values)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            name = str(err["loc"][0]) if err["loc"] else ""
-            flag = "--server" if name == "url" else "--" + name.replace("_", "-")
-            message = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{flag}: {message}" if name else message)
-        raise _BadFlag("; ".join(problems)) from None
+        raise _BadFlag(problems(exc, _flag)) from None
+
+
+def _flag(loc: tuple[Any, ...]) -> str:
+    """The flag an error's location stands for ("" for the model as a whole)."""
+    if not loc:
+        return ""
+    return "--server" if loc[0] == "url" else "--" + str(loc[0]).replace("_", "-")
+
+
+def _check_server_flags(urls: list[str]) -> None:
+    """Each `--server` value's URL (before any #limit=N) is one a server can have."""
+    for url in urls:
+        _from_flags(ServerConfig, server=url.partition("#")[0])
 
 
 def _server_flags(settings: RunSettings, urls: list[str]) -> list[ServerConfig]:
     """`--server` values as server configs; a malformed one is a usage error."""
-    for url in urls:
-        _from_flags(ServerConfig, server=url.partition("#")[0])
+    _check_server_flags(urls)
     try:
         return settings.server_configs(urls)
     except ConfigError as exc:  # URL#limit=N with a bad N
@@ -532,8 +538,7 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 def _retry_errors(args: argparse.Namespace) -> int:
-    for url in args.servers or []:
-        _from_flags(ServerConfig, server=url.partition("#")[0])
+    _check_server_flags(args.servers or [])
     return _with_flow(
         args,
         None,
@@ -622,28 +627,28 @@ def _with_flow(
         f"manifests: {summary['manifests']['items'].rsplit('/', 1)[0]}"
     )
     pruned = summary.get("pruned_files") or []
-    for uri in pruned[:FAILURES_PRINTED]:
+    for uri in pruned[:PRINTED]:
         print(f"  pruned: {uri}")
-    if summary.get("pruned", 0) > min(len(pruned), FAILURES_PRINTED):
+    if summary.get("pruned", 0) > min(len(pruned), PRINTED):
         print("  (every pruned file is named in the run's log)")
     _print_failures(summary)
     return 2 if summary["failed"] else 0
 
 
-FAILURES_PRINTED = 5  # and pruned files
+PRINTED = 5  # failed items, and pruned files, named after a run
 
 
 def _print_failures(summary: dict[str, Any]) -> None:
     """The first failed items and why, on stderr: the errors manifest has them all."""
     failures = summary.get("failures") or []
-    for failure in failures[:FAILURES_PRINTED]:
+    for failure in failures[:PRINTED]:
         first_line = (failure["error"] or "").splitlines()[0] if failure["error"] else ""
         print(
             f"  failed: {failure['item_id'] or '(no id)'} (row {failure['source_row']}): "
             f"{first_line[:200]}",
             file=sys.stderr,
         )
-    if summary["failed"] > min(len(failures), FAILURES_PRINTED):
+    if summary["failed"] > min(len(failures), PRINTED):
         print(
             "  (all failures, with their stage: errors.parquet in the manifests)", file=sys.stderr
         )

@@ -184,8 +184,8 @@ def _clean(text: str) -> str:
 
 
 def _inline_code(code: str, mention: str) -> str:
-    """Inline code as said: its words, options left out, or ``mention`` when any part of it
-    is not a word (a path, placeholder, URL, operator, sigil) or nothing is left."""
+    """Inline code as said: its words, or ``mention`` when any part of it is not a word (an
+    option, path, placeholder, URL, operator, sigil) or it is too long to read out."""
     tokens = code.split()
     if not tokens:
         return ""

@@ -189,6 +189,9 @@ class RunTotals:
             if row.status == "failed" and len(self.failures) < REPORTED:
                 self.failures.append((row.item_id, row.source_row, row.error or ""))
 
+    def note_pruned(self, uris: list[str]) -> None:
+        self.pruned, self.pruned_files = len(uris), uris[:REPORTED]
+
     @property
     def items(self) -> int:
         return self.ok + self.skipped + self.failed

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -260,17 +261,23 @@ class EnvSettings(BaseSettings):
     )
 
 
+def problems(exc: ValidationError, label: Callable[[tuple[Any, ...]], str]) -> str:
+    """Pydantic's report as one line, each error after the ``label`` of its location (if
+    the label is not empty)."""
+    said = []
+    for err in exc.errors():
+        message = err["msg"].removeprefix("Value error, ")
+        said.append(f"{where}: {message}" if (where := label(err["loc"])) else message)
+    return "; ".join(said)
+
+
 def validated(model_class: type[_Model], /, **values: object) -> _Model:
     """Build a settings model, turning pydantic's report into one readable ConfigError."""
     try:
         return model_class(**values)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or model_class.__name__}: "
-            + err["msg"].removeprefix("Value error, ")
-            for err in exc.errors()
-        )
-        raise ConfigError(f"invalid {model_class.__name__}: {problems}") from exc
+        report = problems(exc, lambda loc: ".".join(map(str, loc)) or model_class.__name__)
+        raise ConfigError(f"invalid {model_class.__name__}: {report}") from exc
 
 
 class RunSettings(_Frozen):

@@ -19,7 +19,6 @@ from fishflow.manifest import recover, run_record_exists, write_run_record
 from fishflow.pipeline import internal_failure
 from fishflow.pool import check_servers
 from fishflow.run import (
-    REPORTED,
     entry_batches,
     held_output,
     is_run_id,
@@ -253,8 +252,8 @@ async def refresh_catalog_audio(
                 except Exception:  # the run's items are done: tidying must not lose them
                     logger.exception("run %s: could not record removed items or prune", run_id)
                 else:
-                    totals.removed, totals.pruned = len(tidied.removed), len(tidied.pruned)
-                    totals.pruned_files = tidied.pruned[:REPORTED]
+                    totals.removed = len(tidied.removed)
+                    totals.note_pruned(tidied.pruned)
                     tidied.log(logger, run_id)
             elif prune:
                 logger.warning("run %s: --prune needs a run over the whole source", run_id)

@@ -21,8 +21,6 @@ from prefect.artifacts import (
 
 from fishflow.run import RunTotals
 
-FAILURES_SHOWN = 50
-
 
 @dataclass
 class Summary:
@@ -49,16 +47,18 @@ class Summary:
             "manifests": self.manifests,
             "utilisation": self.utilisation,
             "error": self.error,
-            # The first failed items, so a terminal shows why without opening a manifest.
             "pruned_files": t.pruned_files,
-            "failures": [
-                {"item_id": item, "source_row": row, "error": error}
-                for item, row, error in t.failures[:FAILURES_SHOWN]
-            ],
+            # The first failed items, so a terminal shows why without opening a manifest.
+            "failures": failure_rows(t),
         }
         if self.shards:
             result["shards"] = self.shards
         return result
+
+
+def failure_rows(t: RunTotals) -> list[dict[str, Any]]:
+    """The run's first failed items (RunTotals keeps the first few), as table rows."""
+    return [{"item_id": item, "source_row": row, "error": error} for item, row, error in t.failures]
 
 
 def artifact_key(deployment: str | None) -> str:
@@ -133,10 +133,7 @@ class Reporter:
         )
         if s.totals.failures:
             await acreate_table_artifact(
-                [
-                    {"item_id": item, "source_row": row, "error": error}
-                    for item, row, error in s.totals.failures[:FAILURES_SHOWN]
-                ],
+                failure_rows(s.totals),
                 key=f"{self.key}-failures",
                 description=f"fishflow run {s.run_id}: the first failed items",
             )

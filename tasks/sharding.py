@@ -19,7 +19,7 @@ from prefect.deployments import run_deployment
 from fishflow.errors import ConfigError
 from fishflow.hygiene import Tidied, tidy_output
 from fishflow.manifest import ManifestWriter, merge_runs, read_items, write_run_record
-from fishflow.run import REPORTED, RunTotals, shard_run_id
+from fishflow.run import RunTotals, shard_run_id
 from fishflow.settings import RunSettings
 from fishflow.storage import open_store
 from tasks.prefect_run import DeploymentContext, RunFailed
@@ -133,8 +133,7 @@ async def run_shards(
     await asyncio.to_thread(write_run_record, store, run_id, record)
     rows = await asyncio.to_thread(read_items, store, run_id, TOTALS_COLUMNS)
     totals = RunTotals.from_items(rows)
-    totals.pruned = len(tidied.pruned)
-    totals.pruned_files = tidied.pruned[:REPORTED]
+    totals.note_pruned(tidied.pruned)
     return Summary(
         run_id=run_id,
         totals=totals,
