@@ -14,6 +14,7 @@ import ssl
 import time
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -34,10 +35,18 @@ from fishflow.errors import (
 from fishflow.settings import Reference, SynthesisOptions, WireEncoding, reference_id_problem
 
 CLOUD_URL = "https://api.fish.audio"
-NOT_FISH_SPEECH = "it answers, but not as a Fish Speech server"  # connection_problem's verdict
 SAMPLE_RATE = 44_100
 # The server's --max-text-length answer; N counts characters.
 _TOO_LONG = re.compile(r"Text is too long, max length is (\d+)")
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionProblem:
+    """Why a server cannot be used, as found before a run (``connection_problem``)."""
+
+    reason: str
+    # It answers, as some other web server: a wrong URL, which waiting will not mend.
+    wrong_url: bool = False
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -337,7 +346,7 @@ class FishSpeechClient:
         )
         return str(body.get("message") or f"voice {reference_id!r} deleted")
 
-    async def connection_problem(self, timeout_s: float = 3.0) -> str | None:
+    async def connection_problem(self, timeout_s: float = 3.0) -> ConnectionProblem | None:
         """Why the server cannot be used (refused, timed out, not a Fish Speech server), or
         None when it took the connection: any answer counts but a 404 for /v1/health (every
         Fish Speech server has it: 200, 405 before 1.5.1, 401 with --api-key), and so does
@@ -351,13 +360,17 @@ class FishSpeechClient:
                 "/v1/health", timeout=httpx.Timeout(timeout_s, read=1.0)
             )
         except httpx.ConnectTimeout:
-            return f"no connection within {timeout_s:.0f} s"
+            return ConnectionProblem(f"no connection within {timeout_s:.0f} s")
         except httpx.ConnectError as exc:
-            return str(exc) or type(exc).__name__
+            return ConnectionProblem(str(exc) or type(exc).__name__)
         except httpx.HTTPError:
             return None
         if response.status_code == 404:
-            return f"{NOT_FISH_SPEECH} (GET /v1/health: HTTP 404); is the URL the server's root?"
+            return ConnectionProblem(
+                "it answers, but not as a Fish Speech server (GET /v1/health: HTTP 404); "
+                "is the URL the server's root?",
+                wrong_url=True,
+            )
         return None
 
     async def health(self, timeout_s: float = 5.0) -> bool:

@@ -30,6 +30,7 @@ import httpx
 from fishflow.audio import Audio
 from fishflow.errors import (
     AllServersDown,
+    ConfigError,
     FishflowError,
     RequestRejected,
     ServerBusy,
@@ -39,7 +40,7 @@ from fishflow.errors import (
     TextTooLong,
     VoiceRefused,
 )
-from fishflow.fish_speech import NOT_FISH_SPEECH, FishSpeechClient
+from fishflow.fish_speech import ConnectionProblem, FishSpeechClient
 from fishflow.settings import (
     Reference,
     RetryPolicy,
@@ -92,23 +93,24 @@ def limit_name(server_url: str) -> str:
 async def check_servers(
     servers: list[ServerConfig], *, timeout_s: float = 3.0, unreachable_ok: bool = False
 ) -> None:
-    """Raise AllServersDown, naming each server and why, when none of them can be used: none
-    takes a connection, or those that do are not Fish Speech servers. With `unreachable_ok`
-    (a flow, whose pool waits a while for servers that are not up yet) only the latter count.
+    """Stop a run before it starts when its servers cannot be used, naming each and why.
 
-    One request per server, before a run starts, so a wrong URL or a server not started is
-    reported in seconds. A run's pool then copes with servers that come and go on its own.
+    A URL that answers as some other web server is a mistake in the server list, whatever the
+    others do: ConfigError, since chunks sent there would only fail. AllServersDown when no
+    server takes a connection, unless `unreachable_ok` (a flow, whose pool waits a while for
+    servers that are not up yet). One request per server, so a wrong URL or a server not
+    started is reported in seconds; a run's pool then copes with servers that come and go.
     """
 
-    async def problem(config: ServerConfig) -> str | None:
+    async def problem(config: ServerConfig) -> ConnectionProblem | None:
         async with FishSpeechClient(config.url) as client:
             return await client.connection_problem(timeout_s)
 
-    problems = await asyncio.gather(*(problem(s) for s in servers))
-    if unreachable_ok:
-        problems = [p if p and p.startswith(NOT_FISH_SPEECH) else None for p in problems]
-    if all(problems):
-        where = "; ".join(f"{s.url}: {p}" for s, p in zip(servers, problems, strict=True))
+    found = list(zip(servers, await asyncio.gather(*(problem(s) for s in servers)), strict=True))
+    if wrong := [f"{s.url}: {p.reason}" for s, p in found if p and p.wrong_url]:
+        raise ConfigError(f"wrong server URL {'; '.join(wrong)}")
+    if not unreachable_ok and all(p for _, p in found):
+        where = "; ".join(f"{s.url}: {p.reason}" for s, p in found if p)
         raise AllServersDown(
             f"no Fish Speech server answers ({where}): "
             "check that they are running and the --server URLs"

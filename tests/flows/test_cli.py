@@ -72,11 +72,13 @@ def test_exit_1_with_one_line_for_run_level_errors(
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("with_a_good_server", [False, True])
 def test_a_url_that_is_some_other_web_server_stops_the_run_in_one_line(
-    tmp_path: Path, capsys
+    tmp_path: Path, capsys, with_a_good_server: bool
 ) -> None:
     """An http.server where Fish Speech should be: its 404 for /v1/health says so at once,
-    before a request is sent (../shared/fish-speech-api.md: every server has /v1/health)."""
+    before a request is sent (../shared/fish-speech-api.md: every server has /v1/health),
+    even beside a good server, which would otherwise see its chunks fail on the wrong one."""
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args: object) -> None:  # its own lines are not fishflow's
@@ -85,22 +87,26 @@ def test_a_url_that_is_some_other_web_server_stops_the_run_in_one_line(
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
-        code = main(["run", catalog(tmp_path), "--out", str(tmp_path / "o"), "--server", url])
-    finally:
-        server.shutdown()
-        server.server_close()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    with Emulator(EmulatorConfig()) as good:
+        servers = ["--server", url] + (["--server", good.url] if with_a_good_server else [])
+        try:
+            code = main(["run", catalog(tmp_path), "--out", str(tmp_path / "o"), *servers])
+        finally:
+            server.shutdown()
+            server.server_close()
+        assert good.stats["requests"] == 0
     err = capsys.readouterr().err
     assert code == 1
-    assert "not as a Fish Speech server (GET /v1/health: HTTP 404)" in err
+    assert f"wrong server URL {url}: it answers, but not as a Fish Speech server" in err
+    assert "(GET /v1/health: HTTP 404)" in err and good.url not in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "o" / "manifests").exists()  # stopped before anything was written
 
 
 def test_a_flow_pointed_at_some_other_web_server_stops_before_writing(tmp_path: Path) -> None:
     """A deployment's path (no CLI pre-check): the flow checks /v1/health itself."""
-    from fishflow.pool import AllServersDown
+    from fishflow.errors import ConfigError
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
@@ -111,7 +117,7 @@ def test_a_flow_pointed_at_some_other_web_server_stops_before_writing(tmp_path: 
     out = tmp_path / "o"
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}"
-        with pytest.raises(AllServersDown, match="not as a Fish Speech server"):
+        with pytest.raises(ConfigError, match="not as a Fish Speech server"):
             run(catalog(tmp_path), out, [url])
     finally:
         server.shutdown()

@@ -23,7 +23,7 @@ from fishflow.errors import (
     ServerError,
     ServerUnavailable,
 )
-from fishflow.fish_speech import FishSpeechClient, proxy_for
+from fishflow.fish_speech import ConnectionProblem, FishSpeechClient, proxy_for
 from fishflow.settings import Reference, SynthesisOptions
 
 TEXT = "Hello there, this is a test sentence."
@@ -274,13 +274,14 @@ def test_the_preflight_knows_a_fish_speech_server_by_its_health_route(
         asked.append(f"{request.method} {request.url.path}")
         return httpx.Response(status, json={"status": "ok"} if status == 200 else {})
 
-    async def problem(url: str) -> str | None:
+    async def problem(url: str) -> ConnectionProblem | None:
         async with FishSpeechClient(url, transport=httpx.MockTransport(handler)) as client:
             return await client.connection_problem(1.0)
 
     found = asyncio.run(problem("http://fish"))
     assert (found is None) == usable and asked == ["GET /v1/health"]
     if not usable:
-        assert found is not None and "not as a Fish Speech server" in found
+        assert found is not None and found.wrong_url
+        assert "not as a Fish Speech server" in found.reason
     # The cloud API has no /v1/health: it is not asked, however its URL is spelled.
     assert asyncio.run(problem("https://API.fish.audio:443")) is None and len(asked) == 1
