@@ -10,10 +10,8 @@ emulator process. Reported: the child's peak RSS (goal
 <= 500 MB), wall time against the server's ideal (the time its workers spent making audio),
 and the child's CPU per second of audio produced (goal <= 0.6 ms for wav; mp3 is reported
 apart, its encoder dominates), also net of a one-item run's CPU (start-up: Prefect, imports).
-Of that, what compressing the chunk cache costs is measured apart, in this process, by
-encoding again up to ``BENCH_LONGFORM_CACHE_SAMPLE`` (40) of the run's own cached chunks: per
-second of cached audio, which here is all of it (every item has many chunks; only chunks of
-single-chunk items are never cached).
+Of that, the chunk cache's share is counted in the run (``bench.cache_cpu``): the raw spill of
+each chunk when it is made, reading chunks back, and compressing them to FLAC once used.
 """
 
 from __future__ import annotations
@@ -28,8 +26,6 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from bench.run import VENV_BIN, emulators, service_s, stats, urls
-from fishflow.fish_speech import SAMPLE_RATE
-from fishflow.pipeline import decode_chunk, encode_chunk
 
 # A busy machine can take longer than Prefect's default 20 s to start the child's ephemeral API.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
@@ -41,7 +37,6 @@ FORMATS = os.environ.get("BENCH_LONGFORM_FORMATS", "wav,flac,mp3").split(",")
 # take 12 minutes in mp3 alone, so its mp3 course is smaller (memory does not follow length).
 MP3_COURSE_BYTES = int(os.environ.get("BENCH_LONGFORM_MP3_BYTES", "250000"))
 WORKERS = 4  # the emulator's parallel workers; the ideal wall time is their busy time / 4
-CACHE_SAMPLE = int(os.environ.get("BENCH_LONGFORM_CACHE_SAMPLE", "40"))
 
 _PROSE = (
     "the model reads each sensor value and sends a short message to the cloud where a small "
@@ -93,9 +88,14 @@ def long_item(path: Path, chars: int) -> Path:
 
 
 def run_child(source: Path, out: Path, servers: list[str], fmt: str) -> dict[str, float]:
-    """`fishflow run` as a child: wall time, peak RSS and CPU from its own rusage."""
+    """`fishflow run` as a child (through bench.cache_cpu): wall time, peak RSS and CPU from
+    its own rusage, and the chunk cache's share of that CPU."""
+    report = out.with_name(out.name + "-cache-cpu.json")
     cmd = [
-        str(VENV_BIN / "fishflow"),
+        str(VENV_BIN / "python"),
+        "-m",
+        "bench.cache_cpu",
+        str(report),
         "run",
         str(source),
         "--out",
@@ -117,23 +117,15 @@ def run_child(source: Path, out: Path, servers: list[str], fmt: str) -> dict[str
     audio_s = 0.0
     for items in out.glob("manifests/run=*/items.parquet"):
         audio_s += sum(d or 0 for d in pq.read_table(items, columns=["duration_s"])[0].to_pylist())
+    cache = json.loads(report.read_text())
     return {
         "wall": wall,
         "rss_mb": usage.ru_maxrss / 1024,
         "cpu_s": usage.ru_utime + usage.ru_stime,
         "audio_s": audio_s,
+        "cache_s": cache["spill_s"] + cache["read_s"] + cache["compress_s"],
+        "compress_s": cache["compress_s"],
     }
-
-
-def cache_encode_ms(out: Path) -> float:
-    """CPU per audio second of the chunk cache's FLAC encoding, on the run's own chunks."""
-    files = sorted((out / ".fishflow" / "chunks").rglob("*.flac"))[:CACHE_SAMPLE]
-    chunks = [a for f in files if (a := decode_chunk(f.read_bytes(), SAMPLE_RATE)) is not None]
-    started = time.process_time()
-    for audio in chunks:
-        encode_chunk(audio)
-    seconds = sum(a.duration_s for a in chunks)
-    return (time.process_time() - started) * 1000 / seconds if seconds else float("nan")
 
 
 def main() -> int:
@@ -156,7 +148,7 @@ def main() -> int:
             startup = first["cpu_s"]
             rows.append(
                 f"| {fmt} | one item of one sentence (start-up) | {first['audio_s']:,.0f} "
-                f"| {first['rss_mb']:.0f} | {first['wall']:.1f} | | | | | |"
+                f"| {first['rss_mb']:.0f} | {first['wall']:.1f} | | | | | | | |"
             )
             size = min(COURSE_BYTES, MP3_COURSE_BYTES) if fmt == "mp3" else COURSE_BYTES
             cases = {
@@ -169,13 +161,13 @@ def main() -> int:
                 out = tmpd / f"out-{fmt}"
                 result = run_child(source, out, servers, fmt)
                 ideal = service_s(servers) / (len(servers) * WORKERS)
-                per_s = result["cpu_s"] / max(result["audio_s"], 1e-9) * 1000
-                net = (result["cpu_s"] - startup) / max(result["audio_s"], 1e-9) * 1000
-                cache = cache_encode_ms(out)
+                ms = 1000 / max(result["audio_s"], 1e-9)  # per second of audio
+                net = (result["cpu_s"] - startup) * ms
                 rows.append(
                     f"| {fmt} | {name} | {result['audio_s']:,.0f} | {result['rss_mb']:.0f} "
                     f"| {result['wall']:.1f} | {ideal:.1f} | {result['wall'] / ideal:.2f} "
-                    f"| {per_s:.3f} | {net:.3f} | {cache:.3f} |"
+                    f"| {result['cpu_s'] * ms:.3f} | {net:.3f} | {result['cache_s'] * ms:.3f} "
+                    f"| {result['compress_s'] * ms:.3f} | {net - result['cache_s'] * ms:.3f} |"
                 )
                 print(rows[-1], file=sys.stderr, flush=True)
                 for path in sorted(out.rglob("*"), reverse=True):  # gigabytes of wav: free them
@@ -183,9 +175,10 @@ def main() -> int:
                         path.unlink()
     print(
         "| format | case | audio s | peak RSS MB | wall s | ideal s | wall/ideal "
-        "| client CPU ms per audio s | net of start-up | of which the cache's FLAC |"
+        "| client CPU ms per audio s | net of start-up | of which the chunk cache "
+        "| of that, compressing | net of start-up and the cache |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     return 0
 
