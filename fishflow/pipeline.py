@@ -45,7 +45,7 @@ from fishflow.errors import (
 )
 from fishflow.loudness import Level
 from fishflow.manifest import ChunkRow, ErrorRow, ItemRow, Journal
-from fishflow.markdown import markdown_blocks
+from fishflow.markdown import code_cue, markdown_blocks
 from fishflow.pool import ServerPool, Synthesized
 from fishflow.publish import ItemPublisher, Published, sidecar_keys
 from fishflow.settings import (
@@ -85,6 +85,7 @@ class Item:
     reference_text: str | None = None  # ... and its transcript
     reference_digest: str | None = None  # of both: part of the content and chunk keys
     seed: int | None = None  # pinned when the item has no reference: one voice for its chunks
+    only_code: bool = False  # Markdown of code blocks alone: what is spoken is their cue
 
     @property
     def voice_identity(self) -> str:
@@ -159,11 +160,14 @@ class RunSpec:
 def validate_row(
     row: SourceRow,
     spec: RunSpec,
-    seen_ids: set[str],
+    seen: dict[str, int],
     *,
     references: ReferenceFiles | None = None,
 ) -> Item | Rejection:
     """Turn a source row into an Item, or say why it cannot be one.
+
+    ``seen`` maps the ids (and audio names) of earlier rows to their row, to name it when a
+    later row repeats one.
 
     A reference recording is read here (once per run, through ``references``) to put its
     digest in the content key; ``row.reference_audio`` is already resolved to a path or URI.
@@ -173,22 +177,19 @@ def validate_row(
         return Rejection(row.row, item_id, row.problem)
     if not item_id:
         return Rejection(row.row, None, "row has no id")
-    if item_id in seen_ids:
-        return Rejection(row.row, item_id, f"duplicate id {item_id!r} (first seen earlier)")
-    seen_ids.add(item_id)
+    if (first := seen.setdefault(item_id, row.row)) != row.row:
+        return Rejection(row.row, item_id, f"duplicate id {item_id!r} (first at row {first})")
     if row.text is None or not row.text.strip():
         return Rejection(row.row, item_id, "text is empty")
     # `intro.md` and `intro.txt` would both be published as audio/intro.<fmt>: the stems share
-    # the set of seen ids, under a prefix (NUL) that ids do not carry.
-    stem = "\0audio:" + audio_stem(item_id)
-    if stem in seen_ids:
+    # the map of seen ids, under a prefix (NUL) that ids do not carry.
+    if (first := seen.setdefault("\0audio:" + audio_stem(item_id), row.row)) != row.row:
         return Rejection(
             row.row,
             item_id,
             f"id {item_id!r} would share its audio file ({audio_stem(item_id)}.<format>) with "
-            "an earlier row's id: the same name with another extension",
+            f"the id at row {first}: the same name with another extension",
         )
-    seen_ids.add(stem)
     if row.voice and (problem := reference_id_problem(row.voice)):
         return Rejection(row.row, item_id, problem)
     digest = None
@@ -234,6 +235,7 @@ def validate_row(
         reference_text=row.reference_text if digest else None,
         reference_digest=digest,
         seed=seed,
+        only_code=all(b.kind == "code" for b in blocks),
     )
 
 
@@ -947,6 +949,13 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
             "server picks a voice from the seed, so fishflow pins one per item (--seed, or one "
             "derived from the item id) and all its chunks share it; items may differ in voice",
             note=True,
+        )
+    if item.only_code:
+        ctx.warn_once(
+            "only-code",
+            f"{item.item_id!r} (row {item.row}) is only code blocks: its audio is the code cue "
+            f"alone ({code_cue(item.language)!r}); with --markdown-code silent such items fail "
+            "instead",
         )
     try:
         references = await _references(ctx, item)

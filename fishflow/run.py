@@ -130,7 +130,7 @@ def entry_batches(
     Reference recordings are read through ``references`` (pass the run's, so that each is
     read once); relative paths are relative to the source's folder.
     """
-    seen: set[str] = set()
+    seen: dict[str, int] = {}  # id (and audio name) -> its row
     references = references if references is not None else ReferenceFiles()
     for rows in read_source(
         source,

@@ -37,7 +37,7 @@ def test_a_lesson_is_sent_as_speech_and_stitched_with_pauses_by_boundary(
 
     # The same chunks, and so the same joins, as `fishflow preview` shows.
     spec = run_spec(settings)
-    entry = validate_row(next(iter(read_source(str(source))))[0], spec, set())
+    entry = validate_row(next(iter(read_source(str(source))))[0], spec, {})
     assert isinstance(entry, Item)
     expected = item_chunks(entry, spec)
     assert list(chunks["utf8_bytes"]) == [c.utf8_bytes for c in expected]
@@ -45,3 +45,25 @@ def test_a_lesson_is_sent_as_speech_and_stitched_with_pauses_by_boundary(
     assert {c.boundary for c in expected} >= {"section", "paragraph", "clause"}
     _, duration, _ = decode(Path(row.audio_uri).read_bytes())
     assert duration == pytest.approx(chunks["duration_s"].sum() + pauses, abs=0.01)
+
+
+def test_a_lesson_of_code_alone_is_published_with_a_warning(
+    tmp_path: Path, emulator: Emulator, caplog
+) -> None:
+    source = tmp_path / "course"
+    source.mkdir()
+    (source / "snippets.md").write_text("```python\nprint('hi')\n```\n\n    make test\n")
+    (source / "intro.md").write_text("# Intro\n\nWelcome.\n\n```sh\nmake demo\n```\n")
+    summary = run(source, tmp_path / "out", [emulator.url])
+    assert summary["ok"] == 2
+    items = manifest(tmp_path / "out", "items", summary["run_id"]).set_index("item_id")
+    _, duration, _ = decode(Path(items.loc["snippets.md", "audio_uri"]).read_bytes())
+    assert duration == pytest.approx(items.loc["snippets.md", "duration_s"], abs=0.01)
+    warned = [r.getMessage() for r in caplog.records if "is only code blocks" in r.getMessage()]
+    assert len(warned) == 1 and "'snippets.md'" in warned[0] and "Code example." in warned[0]
+    # Silent code leaves nothing to speak: the item fails, as the warning says.
+    silent = run(
+        source, tmp_path / "silent", [emulator.url], settings=RunSettings(markdown_code="silent")
+    )
+    rows = manifest(tmp_path / "silent", "items", silent["run_id"]).set_index("item_id")
+    assert rows.loc["snippets.md", "status"] == "failed" and rows.loc["intro.md", "status"] == "ok"

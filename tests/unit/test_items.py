@@ -17,7 +17,7 @@ MARKDOWN = (
 
 def item(text: str, file_format: str | None = None, **settings: object) -> Item:
     spec = run_spec(RunSettings(**settings))  # type: ignore[arg-type]
-    entry = validate_row(SourceRow(0, "a", text, text_format=file_format), spec, set())
+    entry = validate_row(SourceRow(0, "a", text, text_format=file_format), spec, {})
     assert isinstance(entry, Item)
     return entry
 

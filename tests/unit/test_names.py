@@ -30,15 +30,17 @@ def test_captions_sit_beside_the_audio_with_its_stem() -> None:
 
 
 def test_two_ids_that_would_share_an_audio_file_are_not_both_accepted() -> None:
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
     spec = RunSpec()
-    first = validate_row(SourceRow(0, "intro.md", "Hello there."), spec, seen)
-    second = validate_row(SourceRow(1, "intro.txt", "Hello again."), spec, seen)
+    first = validate_row(SourceRow(3, "intro.md", "Hello there."), spec, seen)
+    second = validate_row(SourceRow(7, "intro.txt", "Hello again."), spec, seen)
+    again = validate_row(SourceRow(9, "intro.md", "Hello once more."), spec, seen)
     assert isinstance(first, Item)
-    assert isinstance(second, Rejection)
-    assert "share its audio file (audio/intro.<format>)" in second.reason
+    assert isinstance(second, Rejection) and isinstance(again, Rejection)
+    assert "share its audio file (audio/intro.<format>) with the id at row 3" in second.reason
+    assert again.reason == "duplicate id 'intro.md' (first at row 3)"
 
 
 def test_items_have_no_length_limit() -> None:
     text = "A sentence of a very long book. " * 10_000  # 320,000 characters
-    assert isinstance(validate_row(SourceRow(0, "book", text), RunSpec(), set()), Item)
+    assert isinstance(validate_row(SourceRow(0, "book", text), RunSpec(), {}), Item)
