@@ -580,7 +580,7 @@ def _with_flow(
 
     mode = "off" if args.quiet else "bar" if sys.stderr.isatty() else "lines"
     progress = _Progress(mode, total, EnvSettings().progress_interval_s)
-    runtime.set_progress_listener(progress.update)
+    runtime.set_progress_listener(progress.update, progress.start)
     # SIGTERM (a scheduler stopping us) ends the run like Ctrl-C: in-flight work is abandoned,
     # finished items stay recorded in the journal and manifest parts.
     previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -688,6 +688,12 @@ class _Progress:
 
     def _print_line(self) -> None:
         print(self.tally.line(), file=sys.stderr, flush=True)
+
+    def start(self, already: int) -> None:
+        """The run had finished `already` items before (resumed): counted, not paced."""
+        self.tally.already = already
+        if self.bar is not None and already:
+            self.bar.update(self.task, completed=self.tally.done)
 
     def update(self, row: Any) -> None:
         self.tally.add(row.status)

@@ -581,6 +581,9 @@ class RunContext:
     force: bool = False
     fatal_error: FishflowError | None = None
     on_item_done: Callable[[ItemRow], None] | None = None
+    # Chunks placed in their items' files, and their audio: progress within long items.
+    chunks_done: int = 0
+    audio_done_s: float = 0.0
     item_slots: asyncio.Semaphore | None = None
     journal: Journal | None = None
     publisher: Executor | None = None  # runs stitch, encode and put (None: asyncio's default)
@@ -1011,6 +1014,8 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
                 raise asyncio.CancelledError from exc
             if level is not None:
                 ctx.cache.keep_level(row.chunk_key, level)
+            ctx.chunks_done += 1
+            ctx.audio_done_s += row.duration_s or 0.0
     except StorageError as exc:
         if exc.fatal:
             ctx.stop(exc)

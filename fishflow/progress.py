@@ -1,7 +1,8 @@
 """How far a run is: counts, a total from a cheap estimate, and an ETA, as one line of text.
 
 Used by the CLI for its progress bar (on a terminal) and for the line it prints every so often
-when stderr is not a terminal (a scheduler's log, `nohup`, CI).
+when stderr is not a terminal (a scheduler's log, `nohup`, CI), and by the flow for the line it
+logs every so often when no CLI watches it (a deployment's run on a worker).
 """
 
 from __future__ import annotations
@@ -25,8 +26,15 @@ class Tally:
     """Items finished so far, by status; thread-safe (items finish on the run's event loop,
     lines are written from a timer thread)."""
 
-    def __init__(self, total: int | None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        total: int | None,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        already: int = 0,
+    ) -> None:
         self.total = total
+        self.already = already  # finished before this session (a resumed run): not in the pace
         self.counts = {"ok": 0, "skipped": 0, "failed": 0}
         self._clock = clock
         self._first: float | None = None  # when the first item finished: start-up excluded
@@ -40,24 +48,24 @@ class Tally:
 
     @property
     def done(self) -> int:
-        return sum(self.counts.values())
+        return self.already + sum(self.counts.values())
 
     def eta_s(self) -> float | None:
         """Seconds left at the pace since the first item finished, when there is a total."""
         with self._lock:
-            done, first = self.done, self._first
-        if not self.total or first is None or done < 2 or done >= self.total:
+            done, first = sum(self.counts.values()), self._first
+        if not self.total or first is None or done < 2 or self.already + done >= self.total:
             return None
         elapsed = self._clock() - first
         if elapsed <= 0:
             return None
-        return (self.total - done) * elapsed / (done - 1)
+        return (self.total - self.already - done) * elapsed / (done - 1)
 
     def line(self) -> str:
         """fishflow: 1,200 of 10,000 items (12%), 1,180 ok, 20 failed, ETA 4m10s"""
         with self._lock:
             c = dict(self.counts)
-        done = sum(c.values())
+        done = self.already + sum(c.values())
         if self.total:
             head = f"{done:,} of {self.total:,} items ({min(100, 100 * done // self.total)}%)"
         else:
@@ -74,9 +82,12 @@ class Tally:
 class Ticker:
     """Calls `emit` every `interval_s` seconds from a daemon thread until stopped."""
 
-    def __init__(self, interval_s: float, emit: Callable[[], None]) -> None:
+    def __init__(
+        self, interval_s: float, emit: Callable[[], None], *, at_start: bool = False
+    ) -> None:
         self._interval = interval_s
         self._emit = emit
+        self._at_start = at_start  # a first line at once: the run has begun, and its total
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fishflow-progress", daemon=True)
 
@@ -84,6 +95,8 @@ class Ticker:
         self._thread.start()
 
     def _loop(self) -> None:
+        if self._at_start:
+            self._emit()
         while not self._stop.wait(self._interval):
             self._emit()
 

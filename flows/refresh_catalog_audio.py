@@ -18,6 +18,7 @@ from fishflow.hygiene import tidy_output
 from fishflow.manifest import recover, run_record_exists, write_run_record
 from fishflow.pipeline import internal_failure
 from fishflow.pool import check_servers
+from fishflow.progress import Tally, Ticker, format_duration
 from fishflow.run import (
     entry_batches,
     held_output,
@@ -26,7 +27,7 @@ from fishflow.run import (
     open_run,
     run_spec,
 )
-from fishflow.settings import RunSettings, validated
+from fishflow.settings import EnvSettings, RunSettings, validated
 from fishflow.sources import check_source, estimate_rows
 from tasks import reporting, runtime
 from tasks.limits import PrefectSlotLeaser
@@ -139,6 +140,7 @@ async def refresh_catalog_audio(
         api_key=await api_key(api_key_secret),
     ) as (ctx, writer):
         totals = runtime.register(ctx, writer).totals
+        ticker: Ticker | None = None
         try:
             # What logs and the run record show: a database URL without its password, or the
             # env:/secret: reference that `resume` and `retry-errors` resolve again.
@@ -183,6 +185,25 @@ async def refresh_catalog_audio(
             )
             session = new_run_id()  # part names stay unique when a run is resumed
             done_before = len(recorded)
+            runtime.progress_started(done_before)
+            if not runtime.progress_shown():
+                # No CLI watches this run (a deployment's, on a worker): its log gets a
+                # progress line now and every FISHFLOW_PROGRESS_INTERVAL_S, chunks and audio
+                # included, so that an hours-long item is not silent either.
+                whole = only_rows is None and shard is None
+                tally = Tally(total_rows if whole else None, already=done_before)
+                ctx.on_item_done = lambda row: tally.add(row.status)
+
+                def progress_line() -> None:
+                    logger.info(
+                        "%s; %s chunks, %s of audio",
+                        tally.line(),
+                        f"{ctx.chunks_done:,}",
+                        format_duration(ctx.audio_done_s),
+                    )
+
+                ticker = Ticker(EnvSettings().progress_interval_s, progress_line, at_start=True)
+                ticker.start()
 
             async def run_batch(index: int, entries: list[Any]) -> None:
                 part = f"{session}-{index:06d}"
@@ -263,6 +284,8 @@ async def refresh_catalog_audio(
             wall_s = time.monotonic() - started
             utilisation = ctx.pool.utilisation(wall_s)
         finally:
+            if ticker is not None:
+                ticker.stop()
             runtime.unregister(run_id)
     summary = reporting.Summary(
         run_id=run_id,

@@ -24,6 +24,7 @@ class OpenRun:
 
 _runs: dict[str, OpenRun] = {}
 _progress: Callable[[ItemRow], None] | None = None
+_progress_start: Callable[[int], None] | None = None
 
 
 def register(ctx: RunContext, writer: ManifestWriter) -> OpenRun:
@@ -43,7 +44,22 @@ def lookup(run_id: str) -> OpenRun:
         raise RuntimeError(f"run {run_id} is not open in this process") from exc
 
 
-def set_progress_listener(listener: Callable[[ItemRow], None] | None) -> None:
-    """Called with each finished item's row (the CLI's progress bar)."""
-    global _progress
-    _progress = listener
+def set_progress_listener(
+    listener: Callable[[ItemRow], None] | None,
+    on_start: Callable[[int], None] | None = None,
+) -> None:
+    """``listener`` is called with each finished item's row (the CLI's progress bar), and
+    ``on_start`` once a run knows how many items it had finished before (a resumed run)."""
+    global _progress, _progress_start
+    _progress, _progress_start = listener, on_start
+
+
+def progress_started(already: int) -> None:
+    """A run starts its items, ``already`` of them finished by an earlier session."""
+    if _progress_start is not None:
+        _progress_start(already)
+
+
+def progress_shown() -> bool:
+    """Whether a listener (the CLI) shows this process's progress."""
+    return _progress is not None

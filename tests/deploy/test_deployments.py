@@ -25,6 +25,8 @@ from prefect.client.schemas.filters import (
     FlowRunFilterName,
     FlowRunFilterState,
     FlowRunFilterStateType,
+    LogFilter,
+    LogFilterFlowRunId,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 
@@ -82,6 +84,22 @@ def items(out: Path, run_id: str) -> pd.DataFrame:
     return pd.read_parquet(out / "manifests" / f"run={run_id}" / "items.parquet")
 
 
+async def logged(flow_run_id: UUID, fragment: str, timeout_s: float = 60) -> list[str]:
+    """The flow run's log messages holding `fragment`, waiting for its logs to reach the API
+    (the run's process sends them in batches, the last ones as it exits)."""
+    deadline = time.monotonic() + timeout_s
+    async with get_client() as client:
+        while True:
+            logs = await client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+            )
+            if found := [log.message for log in logs if fragment in log.message]:
+                return found
+            if time.monotonic() > deadline:
+                return []
+            await asyncio.sleep(0.5)
+
+
 async def artifacts(flow_run_id: UUID) -> dict[str, Any]:
     async with get_client() as client:
         found = await client.read_artifacts(
@@ -105,6 +123,9 @@ def test_a_manual_run_with_the_key_from_a_secret_block_completes(
     found = asyncio.run(artifacts(flow_run_id))
     assert "items.parquet" in found["fishflow-catalog-manual"]
     assert found["fishflow-catalog-manual-progress"] == 100.0
+    # No CLI watches a deployment's run: the flow logs its own progress lines.
+    lines = asyncio.run(logged(flow_run_id, "fishflow: "))
+    assert "fishflow: 0 of 6 items (0%), 0 ok, 0 failed; 0 chunks, 0s of audio" in lines
     assert API_KEY not in site.worker_log("main")
 
 

@@ -246,3 +246,27 @@ def test_without_a_terminal_progress_lines_go_to_stderr(tmp_path: Path) -> None:
     assert counts == sorted(counts)
     assert any(0 < c < 12 for c in counts)  # seen mid-run, not only before or after
     assert "12 ok, 0 skipped, 0 failed" in done.stdout
+
+
+def test_a_flow_without_the_cli_logs_progress_with_chunks_and_audio(
+    tmp_path: Path, monkeypatch, caplog
+) -> None:
+    """A deployment's run (the flow on a worker, no CLI): one long item is not silent."""
+    source = tmp_path / "book.jsonl"
+    text = " ".join(f"Sentence number {i} of the only chapter is here." for i in range(40))
+    source.write_text(json.dumps({"id": "book", "text": text}) + "\n")
+    monkeypatch.setenv("FISHFLOW_PROGRESS_INTERVAL_S", "0.2")
+    # Slow answers so that the run outlasts a few intervals.
+    with Emulator(EmulatorConfig(workers=1, service_time_s=0.1)) as emu:
+        summary = run(source, tmp_path / "out", [emu.url], settings_kw={"chunk_bytes": 200})
+    assert summary["ok"] == 1
+    pattern = re.compile(
+        r"fishflow: (\d) of 1 items \(\d+%\), \d ok, 0 failed; (\d+) chunks, (\d+)s of audio$"
+    )
+    lines = [m for r in caplog.records if (m := pattern.match(r.getMessage()))]
+    assert lines and lines[0].group(0).startswith("fishflow: 0 of 1 items (0%)")
+    assert lines[0].group(2, 3) == ("0", "0")  # the first line comes at once
+    chunks = len(manifest(tmp_path / "out", "chunks", summary["run_id"]))
+    assert chunks >= 10
+    # Seen mid-item: some chunks placed, the item not yet finished.
+    assert any(m.group(1) == "0" and 0 < int(m.group(2)) < chunks for m in lines)

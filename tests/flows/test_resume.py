@@ -138,7 +138,19 @@ def test_rerun_with_the_same_arguments_after_a_kill_skips_finished_items(tmp_pat
     assert max(counts.values()) <= 2 and sum(counts.values()) < 2 * N
 
 
-def test_sigterm_stops_cleanly_and_resume_finishes(tmp_path: Path) -> None:
+def test_sigterm_stops_cleanly_and_resume_finishes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fishflow import cli
+
+    started: list[int] = []
+    original = cli._Progress.start
+
+    def start(self: cli._Progress, already: int) -> None:  # what the progress line counts from
+        started.append(already)
+        original(self, already)
+
+    monkeypatch.setattr(cli._Progress, "start", start)
     source, out = catalog(tmp_path), tmp_path / "out"
     with Emulator(EmulatorConfig(service_time_s=0.03)) as emu:
         proc = start_run(source, out, emu, "termed", "--batch-size", "5")
@@ -151,8 +163,12 @@ def test_sigterm_stops_cleanly_and_resume_finishes(tmp_path: Path) -> None:
         assert parts  # the batches finished so far are on record, as whole Parquet files
         import pyarrow.parquet as pq
 
-        assert sum(pq.read_table(p).num_rows for p in parts) > 0
+        recorded = sum(pq.read_table(p).num_rows for p in parts)
+        assert recorded > 0
         assert main(["resume", "termed", "--out", str(out)]) == 0
+    # Progress counts on from what was recorded (the parts, and items the journal holds since
+    # the last part), not from 0.
+    assert len(started) == 1 and recorded <= started[0] < N
     items = manifest(out, "items", "termed")
     assert sorted(items["source_row"]) == list(range(N))
 

@@ -14,7 +14,7 @@ from fishflow.hygiene import (
 from fishflow.incremental import load_previous
 from fishflow.manifest import ChunkRow, ItemRow, ManifestWriter
 from fishflow.pipeline import PreviousItem
-from fishflow.progress import Tally, format_duration
+from fishflow.progress import Tally, Ticker, format_duration
 from fishflow.storage import LocalStore
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -170,6 +170,26 @@ def test_progress_line_has_a_total_share_counts_and_eta() -> None:
         "fishflow: 1,200 of 10,000 items (12%), 1,180 ok, 20 failed, ETA 29m20s"
     )
     assert Tally(None).line() == "fishflow: 0 items, 0 ok, 0 failed"
+
+
+def test_a_resumed_run_counts_what_it_had_done_and_paces_only_this_session() -> None:
+    now = [0.0]
+    tally = Tally(1_000, clock=lambda: now[0], already=600)
+    assert tally.line() == "fishflow: 600 of 1,000 items (60%), 0 ok, 0 failed"
+    tally.add("ok")  # the first item of this session: its pace is measured from here
+    for _ in range(100):
+        now[0] += 1.0
+        tally.add("ok")
+    # 100 items in 100 s after the first of this session: 299 more take 299 s.
+    assert tally.line() == "fishflow: 701 of 1,000 items (70%), 101 ok, 0 failed, ETA 4m59s"
+
+
+def test_a_ticker_can_say_its_first_line_at_once() -> None:
+    said: list[str] = []
+    ticker = Ticker(3600, lambda: said.append("line"), at_start=True)
+    ticker.start()
+    ticker.stop()  # joins the thread: the line at start is said before the first wait
+    assert said == ["line"]
 
 
 def test_durations_read_as_people_write_them() -> None:
