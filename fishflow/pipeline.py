@@ -737,12 +737,19 @@ def _skip_if_unchanged(ctx: RunContext, item: Item) -> ItemOutcome | None:
         return None
     if prev.audio_key not in ctx.existing_audio:
         return None
-    captions = sidecar_keys(prev.audio_key)["vtt"]
-    has_captions = captions in ctx.existing_audio
+    sidecars = sidecar_keys(prev.audio_key)
+    has_captions = sidecars["vtt"] in ctx.existing_audio
+    has_chapters = sidecars["chapters"] in ctx.existing_audio
     if ctx.spec.captions.captions == "on" and not has_captions:
         # Captions are part of the published item: redo it (its chunk audio is in the cache
         # when it had several chunks) rather than report it complete without them.
         return None
+    if (
+        ctx.spec.captions.chapters == "on"
+        and not has_chapters
+        and any(chunk.heading_level for chunk in item.chunks)
+    ):
+        return None  # chapters turned on since (in mp3 they are in the audio too): the same
     row = ItemRow(
         run_id=ctx.run_id,
         item_id=item.item_id,
@@ -760,8 +767,8 @@ def _skip_if_unchanged(ctx: RunContext, item: Item) -> ItemOutcome | None:
         audio_sha256=prev.audio_sha256,
         attempts=0,
         loudness_lufs=prev.loudness_lufs,
-        captions_uri=ctx.store.uri(captions) if has_captions else None,
-        chapters_uri=prev.chapters_uri,
+        captions_uri=ctx.store.uri(sidecars["vtt"]) if has_captions else None,
+        chapters_uri=ctx.store.uri(sidecars["chapters"]) if has_chapters else None,
     )
     return ItemOutcome(row)
 

@@ -134,6 +134,37 @@ def test_a_republished_item_leaves_no_caption_files_it_no_longer_has(
     assert sorted(p.name for p in audio.iterdir()) == ["lesson.wav"]
 
 
+def test_chapters_turned_on_later_are_added_to_unchanged_items(
+    tmp_path: Path, emulator: Emulator, capsys
+) -> None:
+    out, source = tmp_path / "out", tmp_path / "course"
+    source.mkdir()
+    (source / "lesson.md").write_text("# Intro\n\nA first idea.\n\n## Setup\n\nInstall it.\n")
+    (source / "notes.md").write_text("No headings here. Just a note.\n")
+    run = ["run", str(source), "--out", str(out), "--server", emulator.url, "--audio-format", "mp3"]
+    assert cli(capsys, *run, "--chapters", "off")[0] == 0
+    assert not (out / "audio" / "lesson.chapters.vtt").exists()
+    requests = emulator.stats["requests"]
+
+    assert cli(capsys, *run)[0] == 0
+    items = manifest(out, "items", latest_run(out)).set_index("item_id")
+    # The lesson is published again with its chapters, from the chunk cache; the note, which
+    # has no headings, stays as it was.
+    assert items.loc["lesson.md", "status"] == "ok"
+    assert items.loc["lesson.md", "chapters_uri"].endswith("lesson.chapters.vtt")
+    assert "Setup" in (out / "audio" / "lesson.chapters.vtt").read_text()
+    assert items.loc["notes.md", "status"] == "skipped"
+    assert emulator.stats["requests"] == requests
+    from mutagen.id3 import ID3
+
+    assert len(ID3(out / "audio" / "lesson.mp3").getall("CHAP")) == 2
+
+    assert cli(capsys, *run)[0] == 0  # now complete: skipped, and still naming its chapters
+    again = manifest(out, "items", latest_run(out)).set_index("item_id")
+    assert set(again.status) == {"skipped"}
+    assert again.loc["lesson.md", "chapters_uri"] == items.loc["lesson.md", "chapters_uri"]
+
+
 def test_gc_drops_only_unreferenced_chunk_audio(tmp_path: Path, emulator: Emulator, capsys) -> None:
     out = tmp_path / "out"
     source = tmp_path / "catalog.csv"
