@@ -71,3 +71,27 @@ def test_missing_bucket_is_a_clear_run_level_error(aws: None, emulator: Emulator
     (tmp_path / "c.csv").write_text("id,text\na,Hello there.\n")
     with pytest.raises(StorageError, match="no-such-bucket"):
         run(tmp_path / "c.csv", "s3://no-such-bucket/x", [emulator.url])
+
+
+def test_a_long_item_is_uploaded_from_its_file_in_parts(
+    bucket: str, emulator: Emulator, tmp_path
+) -> None:
+    """Audio over 8 MB goes up as a multipart upload of the staged file, and arrives whole."""
+    import hashlib
+    import json
+
+    text = " ".join(f"Sentence {i} of a long chapter reads one more idea aloud." for i in range(50))
+    source = tmp_path / "book.jsonl"
+    source.write_text(json.dumps({"id": "book", "text": text}) + "\n")
+    summary = run(source, f"s3://{bucket}/tts", [emulator.url])
+    assert summary["ok"] == 1
+    row = read_parquet(bucket, f"tts/manifests/run={summary['run_id']}/items.parquet").iloc[0]
+    assert row.bytes > 8 << 20  # above the multipart threshold
+    s3 = boto3.client("s3")
+    key = row.audio_uri.removeprefix(f"s3://{bucket}/")
+    etag = s3.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
+    assert etag.endswith(f"-{-(-row.bytes // (8 << 20))}")  # a multipart ETag: -<parts>
+    data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert hashlib.sha256(data).hexdigest() == row.audio_sha256 and len(data) == row.bytes
+    _, duration, _ = decode(data)
+    assert duration == pytest.approx(row.duration_s, abs=1e-3)
