@@ -80,7 +80,7 @@ def chunk_budget(
     return budget
 
 
-DEFAULT_CHUNK_BYTES = chunk_budget(max_new_tokens=1024)  # 380
+DEFAULT_CHUNK_BYTES = chunk_budget(max_new_tokens=1024)  # 381
 
 
 @dataclass(frozen=True, slots=True)

@@ -737,30 +737,48 @@ def _size(n: int) -> str:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    from fishflow.hygiene import chunk_cache_dir, collect_chunks
+    from fishflow.hygiene import (
+        Collected,
+        chunk_cache_dir,
+        collect_chunks,
+        collect_output_chunks,
+        referenced_chunk_keys,
+    )
+    from fishflow.pipeline import RemoteChunks
     from fishflow.storage import open_store
 
     if not args.out.startswith("s3://") and not os.path.isdir(args.out):
         raise ConfigError(f"{args.out}: no such output folder")
     store = open_store(args.out)
     cache_dir = chunk_cache_dir(store, args.chunk_cache)
-    if not os.path.isdir(cache_dir):
+    keys = referenced_chunk_keys(store)
+    found: list[tuple[str, Collected]] = []
+    if os.path.isdir(cache_dir):
+        local = collect_chunks(
+            store, cache_dir, dry_run=args.dry_run, min_age_s=args.grace_s, keys=keys
+        )
+        found.append((cache_dir, local))
+    if args.out.startswith("s3://"):  # the output's own copy, which runs on any machine reuse
+        copy = collect_output_chunks(store, dry_run=args.dry_run, min_age_s=args.grace_s, keys=keys)
+        found.append((store.uri(RemoteChunks.PREFIX), copy))
+    if not found:
         print(f"fishflow: no chunk audio in {cache_dir}: nothing to collect")
         return 0
-    done = collect_chunks(store, cache_dir, dry_run=args.dry_run, min_age_s=args.grace_s)
     verb = "would delete" if args.dry_run else "deleted"
-    if args.dry_run:
-        for path, size in done.deleted:
-            print(f"would delete {path} ({_size(size)})")
-    young = (
-        f"; {done.recent_files:,} unreferenced file(s) younger than {args.grace_s:g} s kept"
-        if done.recent_files
-        else ""
-    )
-    print(
-        f"fishflow: {verb} {len(done.deleted):,} chunk file(s), {_size(done.deleted_bytes)}; "
-        f"kept {done.kept_files:,} referenced, {_size(done.kept_bytes)}{young} ({cache_dir})"
-    )
+    for where, done in found:
+        if args.dry_run:
+            for path, size in done.deleted:
+                print(f"would delete {path} ({_size(size)})")
+        young = (
+            f"; {done.recent_files:,} unreferenced file(s) younger than {args.grace_s:g} s kept"
+            if done.recent_files
+            else ""
+        )
+        print(
+            f"fishflow: {verb} {len(done.deleted):,} chunk file(s), "
+            f"{_size(done.deleted_bytes)}; kept {done.kept_files:,} referenced, "
+            f"{_size(done.kept_bytes)}{young} ({where})"
+        )
     return 0
 
 

@@ -9,7 +9,8 @@
 - **Prune** (``--prune``): afterwards ``audio/`` holds only what the manifests say is current
   for an item in the source (its audio file and the captions beside it). Removed items' files,
   a previous output format's files and files left under an older name all go.
-- **gc**: chunk audio (the chunk cache) that no current item's manifest rows reference.
+- **gc**: chunk audio (the chunk cache, and an S3 output's own copy of it) that no current
+  item's manifest rows reference.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -28,9 +29,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fishflow.incremental import load_previous
-from fishflow.manifest import ChunkRow, ItemRow, Journal, ManifestWriter, journal_dir
-from fishflow.pipeline import PreviousItem
-from fishflow.storage import Store, state_dir
+from fishflow.manifest import (
+    ChunkRow,
+    ItemRow,
+    Journal,
+    ManifestWriter,
+    journal_dir,
+    read_remote,
+)
+from fishflow.pipeline import PreviousItem, RemoteChunks
+from fishflow.storage import Listed, Store, state_dir
 
 # Files published beside an item's audio, named after its stem (`audio/x.wav` -> `audio/x.vtt`).
 CAPTION_SUFFIXES = (".vtt", ".srt", ".chapters.vtt")
@@ -162,12 +170,16 @@ def referenced_chunk_keys(store: Store) -> set[str]:
     for table in _manifest_tables(store, "items", item_cols):
         rows.extend(zip(*(table[c].to_pylist() for c in item_cols), strict=True))
     journal_chunks: list[ChunkRow] = []
+    entries = []
     directory = journal_dir(store)
     if os.path.isdir(directory):
         for name in sorted(os.listdir(directory)):
-            for item, chunks, _ in Journal.read(os.path.join(directory, name)):
-                rows.append((item.created_at, item.item_id or "", item.run_id, item.status))
-                journal_chunks.extend(chunks)
+            entries.extend(Journal.read(os.path.join(directory, name)))
+    if store.root.startswith("s3://"):  # runs elsewhere keep theirs in the output too
+        entries.extend(read_remote(store))
+    for item, chunks, _ in entries:
+        rows.append((item.created_at, item.item_id or "", item.run_id, item.status))
+        journal_chunks.extend(chunks)
     newest: dict[str, str] = {}
     wanted: dict[str, set[str]] = {}  # item_id -> run ids whose chunks to keep
     for _, item_id, run, status in sorted(r for r in rows if r[1]):
@@ -213,32 +225,62 @@ def chunk_cache_dir(store: Store, chunk_cache: str | None) -> str:
     return chunk_cache or os.path.join(state_dir(store), "chunks")
 
 
+def _sort_out(found: Iterable[Listed], keys: set[str], cutoff: float) -> Collected:
+    """Which chunk files are referenced (kept), young (kept) or to delete (``deleted``)."""
+    result = Collected()
+    for entry in found:
+        name = entry.key.rsplit("/", 1)[-1]
+        if not name.startswith(".") and name.split(".", 1)[0] in keys:
+            result.kept_files += 1
+            result.kept_bytes += entry.size
+        elif entry.modified > cutoff:
+            result.recent_files += 1
+        else:
+            result.deleted.append((entry.key, entry.size))
+    return result
+
+
 def collect_chunks(
-    store: Store, cache_dir: str, *, dry_run: bool, min_age_s: float = 3600.0
+    store: Store,
+    cache_dir: str,
+    *,
+    dry_run: bool,
+    min_age_s: float = 3600.0,
+    keys: set[str] | None = None,
 ) -> Collected:
-    """Delete the chunk audio under `cache_dir` that no current item references.
+    """Delete the chunk audio under `cache_dir` that no current item references (`keys`, read
+    from the output's manifests when not given).
 
     Files younger than `min_age_s` stay: a run going on now writes chunks before its manifests
     name them (its journal names an item's chunks only once the item is finished).
     """
-    keys = referenced_chunk_keys(store)
-    cutoff = time.time() - min_age_s
-    result = Collected()
-    for folder, _, files in os.walk(cache_dir):
-        for name in sorted(files):
-            path = os.path.join(folder, name)
-            try:
-                stat = os.stat(path)
-            except FileNotFoundError:
-                continue
-            if not name.startswith(".") and name.split(".", 1)[0] in keys:
-                result.kept_files += 1
-                result.kept_bytes += stat.st_size
-            elif stat.st_mtime > cutoff:
-                result.recent_files += 1
-            else:
-                result.deleted.append((path, stat.st_size))
-                if not dry_run:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
+    keys = referenced_chunk_keys(store) if keys is None else keys
+
+    def found() -> Iterator[Listed]:
+        for folder, _, files in os.walk(cache_dir):
+            for name in sorted(files):
+                path = os.path.join(folder, name)
+                with contextlib.suppress(FileNotFoundError):
+                    stat = os.stat(path)
+                    yield Listed(path, stat.st_size, stat.st_mtime)
+
+    result = _sort_out(found(), keys, time.time() - min_age_s)
+    if not dry_run:
+        for path, _ in result.deleted:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+    return result
+
+
+def collect_output_chunks(
+    store: Store, *, dry_run: bool, min_age_s: float = 3600.0, keys: set[str] | None = None
+) -> Collected:
+    """The same for the copy of chunk audio an S3 output keeps in itself (``RemoteChunks``),
+    which runs on any machine reuse: ``deleted`` holds URIs."""
+    keys = referenced_chunk_keys(store) if keys is None else keys
+    listed = store.list_sized(RemoteChunks.PREFIX + "/")
+    result = _sort_out(listed, keys, time.time() - min_age_s)
+    if not dry_run and result.deleted:
+        store.delete([key for key, _ in result.deleted])
+    result.deleted = [(store.uri(key), size) for key, size in result.deleted]
     return result

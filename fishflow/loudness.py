@@ -3,15 +3,15 @@ an item to a target integrated loudness under a peak ceiling.
 
 A chunk is measured when its audio is first stitched: every second sample K-weighted (the two
 BS.1770 biquads designed for half the rate, run with ``scipy.signal.sosfilt``) and reduced to
-the mean square of each 100 ms segment. Half the samples halve the filter's cost (0.32 ms per
-audio second at 44.1 kHz, against 0.15; pyloudnorm takes 1.2); the mean square of the
-subsampled signal is the full signal's on average, but what lies above a quarter of the rate
-(11 kHz at 44.1 kHz) folds below it, where the weighting differs, and a pure tone at exactly
-that quarter would read far too low. Below 32 kHz, where speech reaches a quarter of the
-rate, every sample is filtered. Measured against the full-rate filter:
-+0.05 LU on a studio speech recording (VCTK p286), +0.06 LU on noise below 8 kHz (the
-half-rate filter's shelf rises a little sooner), and -0.15 to -0.19 LU on white noise, the
-worst case (as strong at 20 kHz as at 1 kHz). Speech has little above 11 kHz.
+the mean square of each 100 ms segment. Half the samples halve the filter's cost (0.15 ms per
+audio second at 44.1 kHz, against 0.32 for every sample; pyloudnorm takes 1.2); the mean square
+of the subsampled signal is the full signal's on average, but what lies above a quarter of the
+rate (11 kHz at 44.1 kHz) folds below it, where the weighting differs, and a pure tone at
+exactly that quarter would read far too low. Below 32 kHz, where speech reaches a quarter of
+the rate, every sample is filtered. Measured against the full-rate filter: +0.05 LU on a studio
+speech recording (VCTK p286), +0.06 LU on noise below 8 kHz (the half-rate filter's shelf rises
+a little sooner), and -0.15 to -0.19 LU on white noise, the worst case (as strong at 20 kHz as
+at 1 kHz). Speech has little above 11 kHz.
 
 A 400 ms gating block with 75% overlap is four consecutive segments, so an item's integrated
 loudness is computed from its chunks' segments laid end to end with silent segments for the

@@ -293,8 +293,8 @@ def audio_key(item_id: str, fmt: str) -> str:
 def encode_chunk(audio: Audio) -> bytes:
     """Chunk audio as kept in the chunk cache and the output's copy of it: FLAC, lossless.
 
-    Measured on a shared 2-core machine (44.1 kHz mono, libsndfile 1.2.2): ~0.5 ms to encode
-    and ~0.45 ms to decode per audio second, whatever the compression level (libsndfile's own
+    Measured on a shared 2-core machine (44.1 kHz mono, libsndfile 1.2.2): 0.3-0.5 ms to encode
+    and ~0.3-0.45 ms to decode per audio second, whatever the compression level (libsndfile's own
     copying and FLAC's MD5 dominate), to 23% of the raw bytes on the emulator's audio and ~60%
     on noise-like audio. libsndfile's default level: higher levels cost twice as much for 1%.
     """

@@ -7,6 +7,7 @@ Keys are pure functions of the item id. Blocking boto3 and file calls run in wor
 from __future__ import annotations
 
 import builtins
+import contextlib
 import hashlib
 import os
 import re
@@ -62,6 +63,15 @@ def safe_key(item_id: str) -> str:
     return cleaned
 
 
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """A stored file or object, as a listing shows it."""
+
+    key: str
+    size: int
+    modified: float  # seconds since the epoch
+
+
 class Store(Protocol):
     """An output location. Keys are relative ('audio/x.wav'); URIs are what users read."""
 
@@ -77,6 +87,7 @@ class Store(Protocol):
     ) -> str: ...
     def get(self, key: str) -> bytes: ...
     def list(self, prefix: str) -> builtins.list[str]: ...
+    def list_sized(self, prefix: str) -> builtins.list[Listed]: ...
     def delete(self, keys: builtins.list[str]) -> None: ...
 
 
@@ -182,6 +193,14 @@ class LocalStore:
             for p in base.rglob("*")
             if p.is_file() and not p.name.startswith(".tmp-")
         )
+
+    def list_sized(self, prefix: str) -> builtins.list[Listed]:
+        found = []
+        for key in self.list(prefix):
+            with contextlib.suppress(FileNotFoundError):  # deleted since the listing
+                stat = os.stat(self.uri(key))
+                found.append(Listed(key, stat.st_size, stat.st_mtime))
+        return found
 
     def delete(self, keys: builtins.list[str]) -> None:
         for key in keys:
@@ -330,12 +349,19 @@ class S3Store:
             raise wrap_s3_error(exc, self.uri(key)) from exc
 
     def list(self, prefix: str) -> builtins.list[str]:
+        return sorted(o.key for o in self.list_sized(prefix))
+
+    def list_sized(self, prefix: str) -> builtins.list[Listed]:
         start = len(self._key(""))
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=self._key(prefix)
             )
-            return sorted(o["Key"][start:] for page in pages for o in page.get("Contents", []))
+            return [
+                Listed(o["Key"][start:], o["Size"], o["LastModified"].timestamp())
+                for page in pages
+                for o in page.get("Contents", [])
+            ]
         except Exception as exc:
             raise wrap_s3_error(exc, self.uri(prefix)) from exc
 

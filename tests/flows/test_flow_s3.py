@@ -95,3 +95,51 @@ def test_a_long_item_is_uploaded_from_its_file_in_parts(
     assert hashlib.sha256(data).hexdigest() == row.audio_sha256 and len(data) == row.bytes
     _, duration, _ = decode(data)
     assert duration == pytest.approx(row.duration_s, abs=1e-3)
+
+
+def test_gc_drops_the_outputs_own_chunk_copy_nothing_references(
+    bucket: str, emulator: Emulator, tmp_path, monkeypatch, capsys
+) -> None:
+    """On a fresh machine (empty local cache), gc still finds what the output keeps."""
+    import json
+
+    from fishflow.cli import main
+
+    def lesson(word: str) -> str:
+        return " ".join(f"Step {i} of the {word} lesson says one thing." for i in range(6))
+
+    source = tmp_path / "c.jsonl"
+    out = f"s3://{bucket}/tts"
+
+    def write(rows: dict[str, str]) -> None:
+        source.write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in rows.items()))
+
+    write({"a": lesson("first"), "b": lesson("second")})
+    first = run(source, out, [emulator.url], settings_kw={"chunk_bytes": 100})
+    write({"a": lesson("first")})  # b is gone from the source
+    second = run(source, out, [emulator.url], settings_kw={"chunk_bytes": 100})
+    chunks = read_parquet(bucket, f"tts/manifests/run={first['run_id']}/chunks.parquet")
+    kept = set(chunks[chunks.item_id == "a"].chunk_key)
+    gone = set(chunks[chunks.item_id == "b"].chunk_key)
+    assert second["removed"] == 1 and kept and gone
+
+    s3 = boto3.client("s3")
+
+    def copy() -> set[str]:
+        listed = s3.list_objects_v2(Bucket=bucket, Prefix="tts/.fishflow/chunks/")
+        return {o["Key"].rsplit("/", 1)[-1].split(".")[0] for o in listed.get("Contents", [])}
+
+    assert copy() == kept | gone
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "fresh-machine"))
+    assert main(["gc", out, "--grace-s", "3600"]) == 0  # all younger than the grace: kept
+    assert copy() == kept | gone
+    assert main(["gc", out, "--dry-run", "--grace-s", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("would delete s3://") == len(gone) and copy() == kept | gone
+    assert main(["gc", out, "--grace-s", "0"]) == 0
+    assert copy() == kept
+    assert f"deleted {len(gone)} chunk file(s)" in capsys.readouterr().out
+    # What is left is what a re-run reuses: nothing is synthesised again.
+    emulator.reset_stats()
+    again = run(source, out, [emulator.url], settings_kw={"chunk_bytes": 100}, force=True)
+    assert again["ok"] == 1 and emulator.stats["requests"] == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -279,22 +280,39 @@ def test_without_a_terminal_progress_lines_go_to_stderr(tmp_path: Path) -> None:
     assert "12 ok, 0 skipped, 0 failed" in done.stdout
 
 
+class _Messages(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 def test_a_flow_without_the_cli_logs_progress_with_chunks_and_audio(
-    tmp_path: Path, monkeypatch, caplog
+    tmp_path: Path, monkeypatch
 ) -> None:
     """A deployment's run (the flow on a worker, no CLI): one long item is not silent."""
     source = tmp_path / "book.jsonl"
     text = " ".join(f"Sentence number {i} of the only chapter is here." for i in range(40))
     source.write_text(json.dumps({"id": "book", "text": text}) + "\n")
     monkeypatch.setenv("FISHFLOW_PROGRESS_INTERVAL_S", "0.2")
-    # Slow answers so that the run outlasts a few intervals.
-    with Emulator(EmulatorConfig(workers=1, service_time_s=0.1)) as emu:
-        summary = run(source, tmp_path / "out", [emu.url], settings_kw={"chunk_bytes": 200})
+    # The flow run's own logger (what Prefect sends to its API), whatever the CLI tests before
+    # did to the console's handlers.
+    logged = _Messages()
+    run_logger = logging.getLogger("prefect.flow_runs")
+    run_logger.addHandler(logged)
+    try:
+        # Slow answers so that the run outlasts a few intervals.
+        with Emulator(EmulatorConfig(workers=1, service_time_s=0.1)) as emu:
+            summary = run(source, tmp_path / "out", [emu.url], settings_kw={"chunk_bytes": 200})
+    finally:
+        run_logger.removeHandler(logged)
     assert summary["ok"] == 1
     pattern = re.compile(
         r"fishflow: (\d) of 1 items \(\d+%\), \d ok, 0 failed; (\d+) chunks, (\d+)s of audio$"
     )
-    lines = [m for r in caplog.records if (m := pattern.match(r.getMessage()))]
+    lines = [m for message in logged.messages if (m := pattern.match(message))]
     assert lines and lines[0].group(0).startswith("fishflow: 0 of 1 items (0%)")
     assert lines[0].group(2, 3) == ("0", "0")  # the first line comes at once
     chunks = len(manifest(tmp_path / "out", "chunks", summary["run_id"]))
