@@ -19,7 +19,7 @@ What each construct becomes (the README's table "What gets spoken from Markdown"
   ``<br>`` in a cell is a comma's pause, never glued words; pipes are never spoken;
 - HTML: text kept, tags never spoken; ``<details>``: summary and body both read;
   ``<script>``/``<style>`` and comments dropped;
-- front matter: only its ``title``, as a heading;
+- front matter (YAML, or Hugo's TOML): only its ``title``, as a heading;
 - ordered lists keep their numbers ("1. Install Python."); bullets are not spoken; task-list
   boxes ("[ ]", "[x]") and GitHub alert markers ("[!NOTE]") are dropped;
 - footnote markers dropped, and footnote bodies too: at the end of a lesson, cut off from the
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import re
+import tomllib
 import unicodedata
 from collections.abc import Sequence
 from html.parser import HTMLParser
@@ -252,8 +253,10 @@ class _Inline:
 
 
 def _is_lone_link(children: Sequence[Token]) -> bool:
-    """The paragraph is one link and nothing else (but spaces)."""
+    """The paragraph is one link, or one image, and nothing else (but spaces)."""
     inner = [c for c in children if not (c.type == "text" and not c.content.strip())]
+    if len(inner) == 1 and inner[0].type == "image":
+        return True
     return (
         len(inner) >= 2
         and inner[0].type == "link_open"
@@ -268,7 +271,13 @@ _FULL_STOPS = ".!?。！？…‼⁇⁈⁉؟।॥"
 _CLOSERS = "\"'”’」』）)]】»"
 _SOFT_ENDS = ",;:，；：、"
 _MARKER = re.compile(r"^\s*\[(?:!\w+|[ xX])\]\s+")  # "[!NOTE]" alerts, "[ ]" task boxes
-_SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.;:!?。，、；：！？)\]）】])")
+# A space before punctuation that ends something ("it ." -> "it."), never before a path or an
+# emoji shortcode that starts with it ("see ./docs", "a :rocket:").
+_SPACE_BEFORE_PUNCT = re.compile(
+    r"\s+([,.;:!?)\]](?=[\s,.;:!?)\]\"'”’»]|$)|[。，、；：！？）】])"
+)
+# GitHub's emoji shortcodes (":rocket:", ":+1:"): emoji, which are never spoken.
+_SHORTCODE = re.compile(r"(?<![\w:]):[a-z0-9_+-]+:(?![\w:])")
 _EMPTY_BRACKETS = re.compile(r"\(\s*\)|（\s*）|\[\s*\]")
 # What dropping pieces leaves: ", , ," or ", ." or a block starting with a comma.
 _SOFT_RUN = re.compile(r"([,;:，；：、])(?:\s*[,;:，；：、])+")
@@ -299,7 +308,7 @@ def _resolve_breaks(text: str) -> str:
 def _tidy(text: str) -> str:
     """One line of speech: breaks resolved, whitespace collapsed, no gaps before punctuation
     or empty brackets left behind by what was dropped."""
-    text = _resolve_breaks(" ".join(text.split()))
+    text = _resolve_breaks(" ".join(_SHORTCODE.sub(" ", text).split()))
     text = _EMPTY_BRACKETS.sub(" ", text)
     text = _SPACE_BEFORE_PUNCT.sub(r"\1", " ".join(text.split()))
     text = _SOFT_BEFORE_STOP.sub(r"\1", _SOFT_RUN.sub(r"\1", text))
@@ -355,7 +364,9 @@ class _Builder:
             return
         comparable = _comparable(text)
         if comparable == self.last_heading and (lone_link or kind == "heading"):
-            return  # "## Quiz" then "[Quiz](url)", or a title repeated as the first heading
+            # "## Quiz" then "[Quiz](url)" or an image with that alt text, or a title repeated
+            # as the first heading
+            return
         text = terminate(text, ideographic=self.wide(text))
         if _URL_RESIDUE.search(text):  # a bare "www" given its full stop
             text = terminate(_tidy(_URL_RESIDUE.sub("", text)), ideographic=self.wide(text))
@@ -490,6 +501,22 @@ class _Html(HTMLParser):
         self._flush()
 
 
+# Hugo's TOML front matter, between "+++" lines (markdown-it's plugin reads YAML's "---").
+_TOML_FRONT_MATTER = re.compile(r"\A\+\+\+[ \t]*\n(.*?)\n\+\+\+[ \t]*(?:\n|\Z)", re.DOTALL)
+
+
+def _toml_front_matter_as_yaml(markdown: str) -> str:
+    """TOML front matter replaced by YAML front matter holding its title alone."""
+    if (match := _TOML_FRONT_MATTER.match(markdown)) is None:
+        return markdown
+    try:
+        title = tomllib.loads(match.group(1)).get("title")
+    except tomllib.TOMLDecodeError:
+        title = None
+    title = " ".join(title.split()) if isinstance(title, str) else ""
+    return (f"---\ntitle: {title}\n---\n" if title else "") + markdown[match.end() :]
+
+
 def _front_matter_title(content: str) -> str:
     match = re.search(r"(?m)^title\s*:\s*(.*?)\s*$", content)
     if not match:
@@ -512,7 +539,7 @@ def markdown_blocks(
 
     ``language`` picks the code cue's language; by default the language of the prose.
     """
-    markdown = markdown.replace("\r\n", "\n").replace(_BREAK, " ")
+    markdown = _toml_front_matter_as_yaml(markdown.replace("\r\n", "\n").replace(_BREAK, " "))
     tokens = _parser().parse(markdown)
     # The prose's language sets the punctuation (and the code cue) of every block.
     prose = " ".join(t.content for t in tokens if t.type == "inline")

@@ -38,6 +38,8 @@ def test_a_heading_repeated_by_the_link_under_it_is_said_once() -> None:
     # A link with other words around it is content, and said.
     md = "## Quiz\n\nTake the [quiz](https://quiz.example.net) now."
     assert spoken(md) == ["Quiz.", "Take the quiz now."]
+    # So is an image whose alt text repeats the heading.
+    assert spoken("## Diagram\n\n![Diagram](img/diagram.png)\n\nAfter.") == ["Diagram.", "After."]
 
 
 def test_code_blocks_become_one_cue_in_the_items_language_or_nothing() -> None:
@@ -146,12 +148,23 @@ def test_front_matter_gives_only_its_title_said_once() -> None:
     md = '---\ntitle: "Lesson 3"\nauthor: Jane\n---\n# Lesson 3\n\nBody.'
     assert markdown_blocks(md) == (Block("Lesson 3.", "heading", 1), Block("Body."))
     assert spoken("---\nauthor: Jane\n---\nBody.") == ["Body."]
+    # Hugo's TOML front matter, the same way.
+    md = '+++\ntitle = "Lesson 3"\nauthor = "Jane"\ntags = ["iot"]\n+++\n# Lesson 3\n\nBody.'
+    assert markdown_blocks(md) == (Block("Lesson 3.", "heading", 1), Block("Body."))
+    assert spoken("+++\ndraft = true\n+++\n\nBody.") == ["Body."]
 
 
 def test_emoji_and_pictographs_are_never_kept() -> None:
     md = "## 🚀 Challenge\n\n✅ Do it 👍🏽 now! 🇩🇪\n\n- 🧠 a processor"
     assert spoken(md) == ["Challenge.", "Do it now!", "a processor."]
     assert spoken("🎉🎉") == []
+    # GitHub's shortcodes for them too, and nothing is glued where they were.
+    assert spoken("Ship it :rocket: today :+1:") == ["Ship it today."]
+    assert spoken("At 10:30:45 the ratio is 1:2:3.") == ["At 10:30:45 the ratio is 1:2:3."]
+
+
+def test_a_path_in_prose_keeps_the_space_before_it() -> None:
+    assert spoken("See ./docs/setup.md for more .") == ["See ./docs/setup.md for more."]
 
 
 def test_lists_keep_their_numbers_and_drop_bullets_and_boxes() -> None:
