@@ -485,7 +485,6 @@ def _run(args: argparse.Namespace) -> int:
     configs = _server_flags(settings, servers)  # bad URLs are refused before Prefect starts
     _preflight(args.source, configs)
     from fishflow.run import new_run_id
-    from fishflow.sources import estimate_rows
 
     run_id = args.run_id or new_run_id()
     if password:
@@ -504,19 +503,16 @@ def _run(args: argparse.Namespace) -> int:
             run_id=run_id,
             api_key_secret=args.api_key_secret,
         ),
-        total=estimate_rows(args.source),
     )
 
 
 def _resume(args: argparse.Namespace) -> int:
     from fishflow.manifest import read_run_record
-    from fishflow.sources import estimate_rows
     from fishflow.storage import open_store
 
     record = read_run_record(open_store(args.out), args.run_id)
     settings = validated(RunSettings, **record["settings"])
     _preflight(record["source"], settings.server_configs(record["servers"]))
-    total = None if record.get("only_rows") is not None else estimate_rows(record["source"])
     return _with_flow(
         args,
         args.run_id,
@@ -533,7 +529,6 @@ def _resume(args: argparse.Namespace) -> int:
             resume=True,
             only_rows=record.get("only_rows"),
         ),
-        total=total,
     )
 
 
@@ -551,9 +546,7 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _with_flow(
-    args: argparse.Namespace, run_id: str | None, out: str, call: Any, total: int | None = None
-) -> int:
+def _with_flow(args: argparse.Namespace, run_id: str | None, out: str, call: Any) -> int:
     """Run a flow in this process with a progress bar, then print the summary."""
     _quiet_prefect()
     from prefect.exceptions import TerminationSignal  # Prefect's own SIGTERM handler raises it
@@ -579,7 +572,7 @@ def _with_flow(
     from fishflow.settings import EnvSettings
 
     mode = "off" if args.quiet else "bar" if sys.stderr.isatty() else "lines"
-    progress = _Progress(mode, total, EnvSettings().progress_interval_s)
+    progress = _Progress(mode, EnvSettings().progress_interval_s)
     runtime.set_progress_listener(progress.update, progress.start)
     # SIGTERM (a scheduler stopping us) ends the run like Ctrl-C: in-flight work is abandoned,
     # finished items stay recorded in the journal and manifest parts.
@@ -658,10 +651,10 @@ class _Progress:
     """A bar with a total and ETA on a terminal; otherwise (mode "lines": a scheduler's log,
     nohup, CI) a progress line on stderr every `interval_s`, so a long run is never silent."""
 
-    def __init__(self, mode: str, total: int | None, interval_s: float) -> None:
+    def __init__(self, mode: str, interval_s: float) -> None:
         from fishflow.progress import Tally, Ticker
 
-        self.tally = Tally(total)
+        self.tally = Tally(None)  # the flow gives the total it estimates (start)
         self.bar = None
         self.ticker: Ticker | None = None
         if mode == "bar":
@@ -675,25 +668,34 @@ class _Progress:
                 TimeRemainingColumn,
             )
 
-            columns: list[Any] = [SpinnerColumn(), TextColumn("{task.description}")]
-            if total:
-                columns += [BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
-                            TimeRemainingColumn()]  # fmt: skip
-            self.bar = Progress(*columns, TimeElapsedColumn(), transient=True)
-            self.task = self.bar.add_task("starting Prefect...", total=total)
+            # Until the flow gives its total (start), the bar pulses and the count reads "n/?".
+            self.bar = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                TimeElapsedColumn(),
+                transient=True,
+            )
+            self.task = self.bar.add_task("starting Prefect...", total=None)
             self.bar.start()
-        elif mode == "lines":
+        elif mode == "lines":  # ticking from when the flow starts its items, total known
             self.ticker = Ticker(interval_s, self._print_line)
-            self.ticker.start()
 
     def _print_line(self) -> None:
         print(self.tally.line(), file=sys.stderr, flush=True)
 
-    def start(self, already: int) -> None:
-        """The run had finished `already` items before (resumed): counted, not paced."""
+    def start(self, already: int, total: int | None) -> None:
+        """The flow starts its items: `already` of them finished before (a resumed run:
+        counted, not paced), about `total` in all (its estimate from the source)."""
         self.tally.already = already
-        if self.bar is not None and already:
-            self.bar.update(self.task, completed=self.tally.done)
+        self.tally.total = total
+        if self.ticker is not None:
+            self.ticker.start()
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.tally.done, total=self.tally.total)
 
     def update(self, row: Any) -> None:
         self.tally.add(row.status)

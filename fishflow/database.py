@@ -142,6 +142,27 @@ def _text(value: Any) -> str | None:
     return value if value is None or type(value) is str else str(value)
 
 
+def count_rows(source: str, table: str) -> int | None:
+    """How many rows ``table`` holds (COUNT(*)), or None when that cannot be told."""
+    import sqlalchemy as sa
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        engine = _engine(_url(source))
+    except SourceError:
+        return None
+    schema, _, name = table.rpartition(".")
+    try:
+        with engine.connect() as conn:
+            # sa.table quotes the names itself: nothing the user typed is pasted into SQL.
+            counted = sa.select(sa.func.count()).select_from(sa.table(name, schema=schema or None))
+            return int(conn.execute(counted).scalar_one())
+    except SQLAlchemyError:
+        return None  # the reader says what is wrong, with the password scrubbed
+    finally:
+        engine.dispose()
+
+
 def read_database(
     source: str, cols: Columns, batch_rows: int, *, table: str | None, query: str | None
 ) -> Iterator[list[SourceRow]]:

@@ -273,9 +273,7 @@ _SOFT_ENDS = ",;:，；：、"
 _MARKER = re.compile(r"^\s*\[(?:!\w+|[ xX])\]\s+")  # "[!NOTE]" alerts, "[ ]" task boxes
 # A space before punctuation that ends something ("it ." -> "it."), never before a path or an
 # emoji shortcode that starts with it ("see ./docs", "a :rocket:").
-_SPACE_BEFORE_PUNCT = re.compile(
-    r"\s+([,.;:!?)\]](?=[\s,.;:!?)\]\"'”’»]|$)|[。，、；：！？）】])"
-)
+_SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.;:!?)\]](?=[\s,.;:!?)\]\"'”’»]|$)|[。，、；：！？）】])")
 # GitHub's emoji shortcodes (":rocket:", ":+1:"): emoji, which are never spoken.
 _SHORTCODE = re.compile(r"(?<![\w:]):[a-z0-9_+-]+:(?![\w:])")
 _EMPTY_BRACKETS = re.compile(r"\(\s*\)|（\s*）|\[\s*\]")

@@ -92,7 +92,9 @@ class Ticker:
         self._thread = threading.Thread(target=self._loop, name="fishflow-progress", daemon=True)
 
     def start(self) -> None:
-        self._thread.start()
+        """Start ticking; again: nothing (a run may announce its start more than once)."""
+        if self._thread.ident is None:
+            self._thread.start()
 
     def _loop(self) -> None:
         if self._at_start:

@@ -330,14 +330,23 @@ def read_source(
     return read_table(uri, cols, batch_rows)
 
 
-def estimate_rows(uri: str) -> int | None:
-    """About how many rows a local source holds, cheaply (for progress), or None if unknown.
+def estimate_rows(uri: str, *, table: str | None = None) -> int | None:
+    """About how many rows a source holds, cheaply (for progress), or None if unknown.
 
     Parquet from its footer, a folder by its files, CSV/JSONL by their line count (a quoted
-    newline in a CSV cell counts twice: this is for a progress bar, not for the manifest).
+    newline in a CSV cell counts twice: this is for a progress bar, not for the manifest); an
+    S3 prefix by listing it (up to ``ESTIMATE_LIST_PAGES`` pages), a database ``table`` by
+    COUNT(*). A query, or a CSV/JSONL/Parquet object on S3, is not estimated.
     """
+    from fishflow import database
+
     try:
-        if uri.startswith("s3://") or "://" in uri:
+        uri = database.resolve_env(uri)
+        if database.is_database_url(uri):
+            return database.count_rows(uri, table) if table else None
+        if uri.startswith("s3://"):
+            return _estimate_s3_prefix(uri)
+        if "://" in uri:
             return None
         if os.path.isdir(uri):
             walk = os.walk(uri)
@@ -352,5 +361,36 @@ def estimate_rows(uri: str) -> int | None:
                     lines += block.count(b"\n")
             return max(0, lines - (suffix == ".csv"))
         return 1 if suffix in TEXT_SUFFIXES else None
-    except (OSError, ValueError):  # pyarrow's ArrowInvalid is a ValueError
+    except (OSError, ValueError, SourceError):  # pyarrow's ArrowInvalid is a ValueError
         return None  # the reader says what is wrong with the source
+
+
+ESTIMATE_LIST_PAGES = 20  # 20,000 keys: beyond, a progress total is not worth the listing
+
+
+def _estimate_s3_prefix(uri: str) -> int | None:
+    bucket, key = parse_s3_uri(uri)
+    if PurePosixPath(key).suffix.lower() in TABLE_SUFFIXES:
+        return None  # counting its rows would mean reading it
+    prefix = key if not key or key.endswith("/") else key + "/"
+    try:
+        pages = (
+            s3_client()
+            .get_paginator("list_objects_v2")
+            .paginate(
+                Bucket=bucket,
+                Prefix=prefix,
+                PaginationConfig={
+                    "PageSize": LIST_PAGE_SIZE,
+                    "MaxItems": ESTIMATE_LIST_PAGES * 1000,
+                },
+            )
+        )
+        count = listed = 0
+        for page in pages:
+            for obj in page.get("Contents", []):
+                listed += 1
+                count += PurePosixPath(obj["Key"]).suffix.lower() in TEXT_SUFFIXES
+        return None if listed >= ESTIMATE_LIST_PAGES * 1000 else count
+    except Exception:  # botocore's errors: the reader reports them, with the bucket's name
+        return None

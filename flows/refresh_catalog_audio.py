@@ -124,7 +124,7 @@ async def refresh_catalog_audio(
 
     started = time.monotonic()
     fatal: FishflowError | None = None
-    total_rows = await asyncio.to_thread(estimate_rows, readable)
+    total_rows = await asyncio.to_thread(estimate_rows, readable, table=settings.table)
     await artifacts.start(total_rows)
     # Limits shared with other runs live on a Prefect API that outlives this process; the
     # ephemeral one started for a lone `fishflow run` has nobody to share with.
@@ -185,12 +185,12 @@ async def refresh_catalog_audio(
             )
             session = new_run_id()  # part names stay unique when a run is resumed
             done_before = len(recorded)
-            runtime.progress_started(done_before)
+            whole = only_rows is None and shard is None  # else the source's total is not ours
+            runtime.progress_started(done_before, total_rows if whole else None)
             if not runtime.progress_shown():
                 # No CLI watches this run (a deployment's, on a worker): its log gets a
                 # progress line now and every FISHFLOW_PROGRESS_INTERVAL_S, chunks and audio
                 # included, so that an hours-long item is not silent either.
-                whole = only_rows is None and shard is None
                 tally = Tally(total_rows if whole else None, already=done_before)
                 ctx.on_item_done = lambda row: tally.add(row.status)
 

@@ -24,7 +24,7 @@ class OpenRun:
 
 _runs: dict[str, OpenRun] = {}
 _progress: Callable[[ItemRow], None] | None = None
-_progress_start: Callable[[int], None] | None = None
+_progress_start: Callable[[int, int | None], None] | None = None
 
 
 def register(ctx: RunContext, writer: ManifestWriter) -> OpenRun:
@@ -46,18 +46,20 @@ def lookup(run_id: str) -> OpenRun:
 
 def set_progress_listener(
     listener: Callable[[ItemRow], None] | None,
-    on_start: Callable[[int], None] | None = None,
+    on_start: Callable[[int, int | None], None] | None = None,
 ) -> None:
     """``listener`` is called with each finished item's row (the CLI's progress bar), and
-    ``on_start`` once a run knows how many items it had finished before (a resumed run)."""
+    ``on_start`` once a run knows how many items it had finished before (a resumed run) and
+    about how many its source holds."""
     global _progress, _progress_start
     _progress, _progress_start = listener, on_start
 
 
-def progress_started(already: int) -> None:
-    """A run starts its items, ``already`` of them finished by an earlier session."""
+def progress_started(already: int, total: int | None) -> None:
+    """A run starts its items: ``already`` of them finished by an earlier session, about
+    ``total`` in all (None: not known)."""
     if _progress_start is not None:
-        _progress_start(already)
+        _progress_start(already, total)
 
 
 def progress_shown() -> bool:

@@ -3,6 +3,9 @@ from __future__ import annotations
 import asyncio
 import glob
 import io
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +76,22 @@ def decode(data: bytes) -> tuple[int, float, int]:
     """(sample rate, duration in seconds, channels) of an audio file's bytes."""
     info = sf.info(io.BytesIO(data))
     return info.samplerate, info.frames / info.samplerate, info.channels
+
+
+@contextmanager
+def flow_run_messages() -> Iterator[list[str]]:
+    """What flow runs log while the block runs: their own logger, which Prefect sends to its
+    API, whatever earlier CLI calls in the session did to the console's handlers."""
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler = Collect()
+    run_logger = logging.getLogger("prefect.flow_runs")
+    run_logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        run_logger.removeHandler(handler)

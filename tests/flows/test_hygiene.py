@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import subprocess
@@ -15,7 +14,7 @@ from prefect.settings import get_current_settings
 
 from fishflow.cli import main
 from fishflow.emulator import Emulator, EmulatorConfig
-from tests.flows.helpers import latest_run, manifest, run
+from tests.flows.helpers import flow_run_messages, latest_run, manifest, run
 
 LONG = " ".join(
     f"Sentence {i} of the long lesson explains one more idea in detail." for i in range(8)
@@ -280,15 +279,6 @@ def test_without_a_terminal_progress_lines_go_to_stderr(tmp_path: Path) -> None:
     assert "12 ok, 0 skipped, 0 failed" in done.stdout
 
 
-class _Messages(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 def test_a_flow_without_the_cli_logs_progress_with_chunks_and_audio(
     tmp_path: Path, monkeypatch
 ) -> None:
@@ -297,22 +287,17 @@ def test_a_flow_without_the_cli_logs_progress_with_chunks_and_audio(
     text = " ".join(f"Sentence number {i} of the only chapter is here." for i in range(40))
     source.write_text(json.dumps({"id": "book", "text": text}) + "\n")
     monkeypatch.setenv("FISHFLOW_PROGRESS_INTERVAL_S", "0.2")
-    # The flow run's own logger (what Prefect sends to its API), whatever the CLI tests before
-    # did to the console's handlers.
-    logged = _Messages()
-    run_logger = logging.getLogger("prefect.flow_runs")
-    run_logger.addHandler(logged)
-    try:
-        # Slow answers so that the run outlasts a few intervals.
-        with Emulator(EmulatorConfig(workers=1, service_time_s=0.1)) as emu:
-            summary = run(source, tmp_path / "out", [emu.url], settings_kw={"chunk_bytes": 200})
-    finally:
-        run_logger.removeHandler(logged)
+    # Slow answers so that the run outlasts a few intervals.
+    with (
+        flow_run_messages() as logged,
+        Emulator(EmulatorConfig(workers=1, service_time_s=0.1)) as emu,
+    ):
+        summary = run(source, tmp_path / "out", [emu.url], settings_kw={"chunk_bytes": 200})
     assert summary["ok"] == 1
     pattern = re.compile(
         r"fishflow: (\d) of 1 items \(\d+%\), \d ok, 0 failed; (\d+) chunks, (\d+)s of audio$"
     )
-    lines = [m for message in logged.messages if (m := pattern.match(message))]
+    lines = [m for message in logged if (m := pattern.match(message))]
     assert lines and lines[0].group(0).startswith("fishflow: 0 of 1 items (0%)")
     assert lines[0].group(2, 3) == ("0", "0")  # the first line comes at once
     chunks = len(manifest(tmp_path / "out", "chunks", summary["run_id"]))

@@ -146,9 +146,9 @@ def test_sigterm_stops_cleanly_and_resume_finishes(
     started: list[int] = []
     original = cli._Progress.start
 
-    def start(self: cli._Progress, already: int) -> None:  # what the progress line counts from
-        started.append(already)
-        original(self, already)
+    def start(self: cli._Progress, already: int, total: int | None) -> None:
+        started.append(already)  # what the progress line counts from
+        original(self, already, total)
 
     monkeypatch.setattr(cli._Progress, "start", start)
     source, out = catalog(tmp_path), tmp_path / "out"

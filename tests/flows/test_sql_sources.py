@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from fishflow.cli import main
 from fishflow.database import PASSWORD_ENV
 from fishflow.emulator import Emulator
-from tests.flows.helpers import latest_run, manifest, run
+from tests.flows.helpers import flow_run_messages, latest_run, manifest, run
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 MARIADB_ADMIN = "mysql+pymysql://root@127.0.0.1:3306/test"
@@ -112,7 +112,10 @@ def test_every_row_once_then_nothing_then_only_the_edited_row(
 ) -> None:
     name = table(database, ROWS)
     out = tmp_path / "out"
-    first = run(database, out, [emulator.url], settings_kw={"table": name, "batch_size": 3})
+    with flow_run_messages() as logged:
+        first = run(database, out, [emulator.url], settings_kw={"table": name, "batch_size": 3})
+    # The table's rows counted for the progress line (a deployment's run logs it at its start).
+    assert f"fishflow: 0 of {len(ROWS)} items (0%), 0 ok, 0 failed; 0 chunks, 0s of audio" in logged
     items = manifest(out, "items", first["run_id"])
     assert sorted(items["source_row"]) == list(range(len(ROWS)))
     assert sorted(items["item_id"]) == sorted(r["id"] for r in ROWS)

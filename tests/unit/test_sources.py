@@ -133,3 +133,32 @@ def test_check_source_on_s3_asks_for_the_object_or_the_prefix(bucket: str) -> No
         check_source(f"s3://{bucket}/nothing-here/")
     with pytest.raises(SourceError, match="NoSuchBucket"):
         check_source("s3://no-such-bucket-fishflow/items.csv")
+
+
+def test_progress_totals_of_an_s3_prefix_and_a_database_table(
+    bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    import boto3
+
+    from fishflow import sources
+    from fishflow.sources import estimate_rows
+
+    s3 = boto3.client("s3")
+    for key in ("course/a.md", "course/b/c.md", "course/notes.txt", "course/img.png"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"Text.")
+    s3.put_object(Bucket=bucket, Key="in/c.csv", Body=b"id,text\na,b\n")
+    assert estimate_rows(f"s3://{bucket}/course") == 3  # the .md and .txt objects a run reads
+    assert estimate_rows(f"s3://{bucket}/in/c.csv") is None  # only by reading it
+    monkeypatch.setattr(sources, "ESTIMATE_LIST_PAGES", 0)
+    assert estimate_rows(f"s3://{bucket}/course") is None  # too long a listing for a total
+
+    db = tmp_path / "c.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute('CREATE TABLE "my items" (id INTEGER, text TEXT)')
+        conn.executemany('INSERT INTO "my items" VALUES (?, ?)', [(i, "x") for i in range(7)])
+    monkeypatch.setenv("CATALOG", f"sqlite:///{db}")
+    assert estimate_rows("env:CATALOG", table="my items") == 7
+    assert estimate_rows("env:CATALOG") is None  # a query: not counted
+    assert estimate_rows("env:CATALOG", table="missing") is None  # the reader will say why
