@@ -14,12 +14,13 @@ the masked one. A masked URL given back (by ``resume``) takes its password from
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from fishflow.errors import ConfigError, SourceError
+from fishflow.errors import ConfigError, FishflowError, SourceError
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -142,23 +143,36 @@ def _text(value: Any) -> str | None:
     return value if value is None or type(value) is str else str(value)
 
 
+COUNT_TIMEOUT_S = 5.0  # a progress total is not worth a long scan of a huge table
+
+
 def count_rows(source: str, table: str) -> int | None:
-    """How many rows ``table`` holds (COUNT(*)), or None when that cannot be told."""
+    """How many rows ``table`` holds (COUNT(*)), or None when that cannot be told within
+    ``COUNT_TIMEOUT_S`` (PostgreSQL, MariaDB and MySQL stop the statement; SQLite is local)."""
     import sqlalchemy as sa
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
         engine = _engine(_url(source))
-    except SourceError:
+    except FishflowError:
         return None
     schema, _, name = table.rpartition(".")
     try:
         with engine.connect() as conn:
+            if conn.dialect.name == "postgresql":  # for this transaction only
+                conn.execute(sa.text(f"SET LOCAL statement_timeout = {COUNT_TIMEOUT_S * 1000:.0f}"))
+            elif conn.dialect.name in ("mysql", "mariadb"):
+                for setting in (  # MariaDB's, in seconds; MySQL's, in ms
+                    f"SET SESSION max_statement_time = {COUNT_TIMEOUT_S:g}",
+                    f"SET SESSION max_execution_time = {COUNT_TIMEOUT_S * 1000:.0f}",
+                ):
+                    with contextlib.suppress(SQLAlchemyError):
+                        conn.execute(sa.text(setting))
             # sa.table quotes the names itself: nothing the user typed is pasted into SQL.
             counted = sa.select(sa.func.count()).select_from(sa.table(name, schema=schema or None))
             return int(conn.execute(counted).scalar_one())
     except SQLAlchemyError:
-        return None  # the reader says what is wrong, with the password scrubbed
+        return None  # too slow, or the reader will say what is wrong (password scrubbed)
     finally:
         engine.dispose()
 

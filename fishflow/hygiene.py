@@ -28,6 +28,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fishflow.errors import StorageError
 from fishflow.incremental import load_previous
 from fishflow.manifest import (
     ChunkRow,
@@ -176,7 +177,7 @@ def referenced_chunk_keys(store: Store) -> set[str]:
         for name in sorted(os.listdir(directory)):
             entries.extend(Journal.read(os.path.join(directory, name)))
     if store.root.startswith("s3://"):  # runs elsewhere keep theirs in the output too
-        entries.extend(read_remote(store))
+        entries.extend(read_remote(store, strict=True))
     for item, chunks, _ in entries:
         rows.append((item.created_at, item.item_id or "", item.run_id, item.status))
         journal_chunks.extend(chunks)
@@ -281,6 +282,11 @@ def collect_output_chunks(
     listed = store.list_sized(RemoteChunks.PREFIX + "/")
     result = _sort_out(listed, keys, time.time() - min_age_s)
     if not dry_run and result.deleted:
-        store.delete([key for key, _ in result.deleted])
+        refused = store.delete([key for key, _ in result.deleted])
+        if refused:
+            raise StorageError(
+                f"{store.uri(RemoteChunks.PREFIX)}: {len(refused):,} of "
+                f"{len(result.deleted):,} chunk objects were not deleted ({refused[0]})"
+            )
     result.deleted = [(store.uri(key), size) for key, size in result.deleted]
     return result

@@ -402,14 +402,22 @@ class Journal:
         return []
 
 
-def read_remote(store: Store, run_id: str | None = None) -> list[Entry]:
-    """Journal entries kept under the output: of one run, or of every run (run_id None)."""
+def read_remote(store: Store, run_id: str | None = None, *, strict: bool = False) -> list[Entry]:
+    """Journal entries kept under the output: of one run, or of every run (run_id None).
+    A segment deleted meanwhile is skipped; one that cannot be read is too, unless ``strict``
+    (gc, which must not take what it could not read for unreferenced)."""
     prefix = remote_journal_prefix(run_id) if run_id else REMOTE_JOURNAL + "/"
     entries: list[Entry] = []
     for key in store.list(prefix):
-        if key.endswith(".jsonl"):
-            with contextlib.suppress(FileNotFoundError, StorageError):  # deleted meanwhile
-                entries.extend(Journal.parse(store.get(key).splitlines()))
+        if not key.endswith(".jsonl"):
+            continue
+        try:
+            entries.extend(Journal.parse(store.get(key).splitlines()))
+        except FileNotFoundError:
+            continue
+        except StorageError as exc:
+            if strict and exc.http_status != 404:  # 404: deleted meanwhile
+                raise
     return entries
 
 

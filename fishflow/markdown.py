@@ -273,9 +273,11 @@ _SOFT_ENDS = ",;:，；：、"
 _MARKER = re.compile(r"^\s*\[(?:!\w+|[ xX])\]\s+")  # "[!NOTE]" alerts, "[ ]" task boxes
 # A space before punctuation that ends something ("it ." -> "it."), never before a path or an
 # emoji shortcode that starts with it ("see ./docs", "a :rocket:").
-_SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.;:!?)\]](?=[\s,.;:!?)\]\"'”’»]|$)|[。，、；：！？）】])")
-# GitHub's emoji shortcodes (":rocket:", ":+1:"): emoji, which are never spoken.
-_SHORTCODE = re.compile(r"(?<![\w:]):[a-z0-9_+-]+:(?![\w:])")
+_SPACE_BEFORE_PUNCT = re.compile(
+    r"\s+([,;!?)\]]|[.:](?=[\s,.;:!?)\]\"'”’»」』）】]|$)|[。，、；：！？）】])"
+)
+# GitHub's emoji shortcodes (":rocket:", ":+1:"), as words of their own: emoji, never spoken.
+_SHORTCODE = re.compile(r"(?<!\S):[a-z0-9_+-]+:(?![\w:])")
 _EMPTY_BRACKETS = re.compile(r"\(\s*\)|（\s*）|\[\s*\]")
 # What dropping pieces leaves: ", , ," or ", ." or a block starting with a comma.
 _SOFT_RUN = re.compile(r"([,;:，；：、])(?:\s*[,;:，；：、])+")
@@ -500,19 +502,18 @@ class _Html(HTMLParser):
 
 
 # Hugo's TOML front matter, between "+++" lines (markdown-it's plugin reads YAML's "---").
-_TOML_FRONT_MATTER = re.compile(r"\A\+\+\+[ \t]*\n(.*?)\n\+\+\+[ \t]*(?:\n|\Z)", re.DOTALL)
+_TOML_FRONT_MATTER = re.compile(r"\A\+\+\+[ \t]*\n(.*?)^\+\+\+[ \t]*$\n?", re.DOTALL | re.MULTILINE)
 
 
-def _toml_front_matter_as_yaml(markdown: str) -> str:
-    """TOML front matter replaced by YAML front matter holding its title alone."""
+def _toml_front_matter(markdown: str) -> tuple[str, str]:
+    """The document without its TOML front matter, and that front matter's title ("")."""
     if (match := _TOML_FRONT_MATTER.match(markdown)) is None:
-        return markdown
+        return markdown, ""
     try:
         title = tomllib.loads(match.group(1)).get("title")
     except tomllib.TOMLDecodeError:
         title = None
-    title = " ".join(title.split()) if isinstance(title, str) else ""
-    return (f"---\ntitle: {title}\n---\n" if title else "") + markdown[match.end() :]
+    return markdown[match.end() :], title if isinstance(title, str) else ""
 
 
 def _front_matter_title(content: str) -> str:
@@ -537,7 +538,7 @@ def markdown_blocks(
 
     ``language`` picks the code cue's language; by default the language of the prose.
     """
-    markdown = _toml_front_matter_as_yaml(markdown.replace("\r\n", "\n").replace(_BREAK, " "))
+    markdown, toml_title = _toml_front_matter(markdown.replace("\r\n", "\n").replace(_BREAK, " "))
     tokens = _parser().parse(markdown)
     # The prose's language sets the punctuation (and the code cue) of every block.
     prose = " ".join(t.content for t in tokens if t.type == "inline")
@@ -551,6 +552,8 @@ def markdown_blocks(
     rows: list[list[str]] = []
     row: list[str] | None = None
     footnotes = 0
+    if toml_title:
+        builder.add(_clean(toml_title), "heading", 1)
     for i, token in enumerate(tokens):
         kind = token.type
         if kind.startswith("footnote_block"):

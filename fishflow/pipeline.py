@@ -962,7 +962,7 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
         )
     if item.only_code:
         ctx.warn_once(
-            "only-code",
+            f"only-code:{item.item_id}",
             f"{item.item_id!r} (row {item.row}) is only code blocks: its audio is the code cue "
             f"alone ({code_cue(item.language)!r}); with --markdown-code silent such items fail "
             "instead",

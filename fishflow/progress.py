@@ -1,8 +1,8 @@
 """How far a run is: counts, a total from a cheap estimate, and an ETA, as one line of text.
 
 Used by the CLI for its progress bar (on a terminal) and for the line it prints every so often
-when stderr is not a terminal (a scheduler's log, `nohup`, CI), and by the flow for the line it
-logs every so often when no CLI watches it (a deployment's run on a worker).
+when stderr is not a terminal (a scheduler's log, `nohup`, CI), and by the flow for the lines it
+logs when no CLI watches it (a deployment's run on a worker: ``ProgressLog``).
 """
 
 from __future__ import annotations
@@ -70,7 +70,8 @@ class Tally:
             head = f"{done:,} of {self.total:,} items ({min(100, 100 * done // self.total)}%)"
         else:
             head = f"{done:,} items"
-        parts = [head, f"{c['ok']:,} ok"]
+        parts = [head] + ([f"{self.already:,} earlier"] if self.already else [])
+        parts.append(f"{c['ok']:,} ok")
         if c["skipped"]:
             parts.append(f"{c['skipped']:,} skipped")
         parts.append(f"{c['failed']:,} failed")
@@ -82,12 +83,9 @@ class Tally:
 class Ticker:
     """Calls `emit` every `interval_s` seconds from a daemon thread until stopped."""
 
-    def __init__(
-        self, interval_s: float, emit: Callable[[], None], *, at_start: bool = False
-    ) -> None:
+    def __init__(self, interval_s: float, emit: Callable[[], None]) -> None:
         self._interval = interval_s
         self._emit = emit
-        self._at_start = at_start  # a first line at once: the run has begun, and its total
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fishflow-progress", daemon=True)
 
@@ -97,8 +95,6 @@ class Ticker:
             self._thread.start()
 
     def _loop(self) -> None:
-        if self._at_start:
-            self._emit()
         while not self._stop.wait(self._interval):
             self._emit()
 
@@ -106,3 +102,36 @@ class Ticker:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
+
+
+class ProgressLog:
+    """A run's progress as log lines, for a run no CLI watches (a deployment's, on a worker):
+    one when its items start, then one every `interval_s`, with the chunks placed and the
+    audio made so far, so that an hours-long item is not silent either."""
+
+    def __init__(
+        self,
+        tally: Tally,
+        placed: Callable[[], tuple[int, float]],  # chunks placed, seconds of audio made
+        log: Callable[[str], None],
+        interval_s: float,
+    ) -> None:
+        self.tally = tally
+        self._placed = placed
+        self._log = log
+        self._ticker = Ticker(interval_s, self.say)
+
+    def line(self) -> str:
+        """fishflow: 3 of 41 items (7%), 3 ok, 0 failed, ETA 38m12s; 212 chunks, 1h02m of audio"""
+        chunks, audio_s = self._placed()
+        return f"{self.tally.line()}; {chunks:,} chunks, {format_duration(audio_s)} of audio"
+
+    def say(self) -> None:
+        self._log(self.line())
+
+    def start(self) -> None:
+        self.say()  # now, before any item: the run has begun, with its total
+        self._ticker.start()
+
+    def stop(self) -> None:
+        self._ticker.stop()

@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fishflow.errors import ConfigError, SourceError
+from fishflow.errors import ConfigError, FishflowError, SourceError
 from fishflow.storage import parse_s3_uri, s3_client, wrap_s3_error
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
@@ -335,7 +335,7 @@ def estimate_rows(uri: str, *, table: str | None = None) -> int | None:
 
     Parquet from its footer, a folder by its files, CSV/JSONL by their line count (a quoted
     newline in a CSV cell counts twice: this is for a progress bar, not for the manifest); an
-    S3 prefix by listing it (up to ``ESTIMATE_LIST_PAGES`` pages), a database ``table`` by
+    S3 prefix by listing it (up to ``ESTIMATE_LIST_KEYS`` keys), a database ``table`` by
     COUNT(*). A query, or a CSV/JSONL/Parquet object on S3, is not estimated.
     """
     from fishflow import database
@@ -361,11 +361,11 @@ def estimate_rows(uri: str, *, table: str | None = None) -> int | None:
                     lines += block.count(b"\n")
             return max(0, lines - (suffix == ".csv"))
         return 1 if suffix in TEXT_SUFFIXES else None
-    except (OSError, ValueError, SourceError):  # pyarrow's ArrowInvalid is a ValueError
+    except (OSError, ValueError, FishflowError):  # pyarrow's ArrowInvalid is a ValueError
         return None  # the reader says what is wrong with the source
 
 
-ESTIMATE_LIST_PAGES = 20  # 20,000 keys: beyond, a progress total is not worth the listing
+ESTIMATE_LIST_KEYS = 20_000  # 20 listing requests: beyond, a progress total is not worth it
 
 
 def _estimate_s3_prefix(uri: str) -> int | None:
@@ -380,17 +380,14 @@ def _estimate_s3_prefix(uri: str) -> int | None:
             .paginate(
                 Bucket=bucket,
                 Prefix=prefix,
-                PaginationConfig={
-                    "PageSize": LIST_PAGE_SIZE,
-                    "MaxItems": ESTIMATE_LIST_PAGES * 1000,
-                },
+                PaginationConfig={"PageSize": LIST_PAGE_SIZE, "MaxItems": ESTIMATE_LIST_KEYS},
             )
         )
-        count = listed = 0
-        for page in pages:
-            for obj in page.get("Contents", []):
-                listed += 1
-                count += PurePosixPath(obj["Key"]).suffix.lower() in TEXT_SUFFIXES
-        return None if listed >= ESTIMATE_LIST_PAGES * 1000 else count
+        count = sum(
+            PurePosixPath(obj["Key"]).suffix.lower() in TEXT_SUFFIXES
+            for page in pages
+            for obj in page.get("Contents", [])
+        )
+        return None if pages.resume_token else count  # more keys than the listing allows
     except Exception:  # botocore's errors: the reader reports them, with the bucket's name
         return None

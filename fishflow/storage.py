@@ -88,7 +88,7 @@ class Store(Protocol):
     def get(self, key: str) -> bytes: ...
     def list(self, prefix: str) -> builtins.list[str]: ...
     def list_sized(self, prefix: str) -> builtins.list[Listed]: ...
-    def delete(self, keys: builtins.list[str]) -> None: ...
+    def delete(self, keys: builtins.list[str]) -> builtins.list[str]: ...
 
 
 @dataclass
@@ -202,7 +202,9 @@ class LocalStore:
                 found.append(Listed(key, stat.st_size, stat.st_mtime))
         return found
 
-    def delete(self, keys: builtins.list[str]) -> None:
+    def delete(self, keys: builtins.list[str]) -> builtins.list[str]:
+        """Delete files (missing ones are fine); returns what could not be deleted (nothing:
+        a local failure raises)."""
         for key in keys:
             Path(self.uri(key)).unlink(missing_ok=True)
         # Folders the deletions left empty go too (a removed lesson's audio/2-setup/), deepest
@@ -215,6 +217,7 @@ class LocalStore:
                     break
                 self._made.discard(self.uri(folder))
                 folder = os.path.dirname(folder)
+        return []
 
 
 def s3_client() -> Any:
@@ -365,10 +368,21 @@ class S3Store:
         except Exception as exc:
             raise wrap_s3_error(exc, self.uri(prefix)) from exc
 
-    def delete(self, keys: builtins.list[str]) -> None:
+    def delete(self, keys: builtins.list[str]) -> builtins.list[str]:
+        """Delete objects, 1,000 per request; returns those S3 refused, each with its reason
+        ("key: AccessDenied"), for the caller to report or leave."""
+        refused: builtins.list[str] = []
+        start = len(self._key(""))
         for i in range(0, len(keys), 1000):
             objects = [{"Key": self._key(k)} for k in keys[i : i + 1000]]
-            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects})
+            try:
+                answer = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects})
+            except Exception as exc:
+                raise wrap_s3_error(exc, self.uri(keys[i])) from None
+            refused += [
+                f"{e['Key'][start:]}: {e.get('Code', 'refused')}" for e in answer.get("Errors", [])
+            ]
+        return refused
 
 
 def state_dir(store: Store) -> str:

@@ -18,7 +18,7 @@ from fishflow.hygiene import tidy_output
 from fishflow.manifest import recover, run_record_exists, write_run_record
 from fishflow.pipeline import internal_failure
 from fishflow.pool import check_servers
-from fishflow.progress import Tally, Ticker, format_duration
+from fishflow.progress import ProgressLog, Tally
 from fishflow.run import (
     entry_batches,
     held_output,
@@ -124,7 +124,12 @@ async def refresh_catalog_audio(
 
     started = time.monotonic()
     fatal: FishflowError | None = None
-    total_rows = await asyncio.to_thread(estimate_rows, readable, table=settings.table)
+    # The source's size is this run's total only when it reads the whole source (not one
+    # shard, not a retry of some rows).
+    whole = only_rows is None and shard is None
+    total_rows = (
+        await asyncio.to_thread(estimate_rows, readable, table=settings.table) if whole else None
+    )
     await artifacts.start(total_rows)
     # Limits shared with other runs live on a Prefect API that outlives this process; the
     # ephemeral one started for a lone `fishflow run` has nobody to share with.
@@ -140,7 +145,7 @@ async def refresh_catalog_audio(
         api_key=await api_key(api_key_secret),
     ) as (ctx, writer):
         totals = runtime.register(ctx, writer).totals
-        ticker: Ticker | None = None
+        progress: ProgressLog | None = None
         try:
             # What logs and the run record show: a database URL without its password, or the
             # env:/secret: reference that `resume` and `retry-errors` resolve again.
@@ -185,25 +190,17 @@ async def refresh_catalog_audio(
             )
             session = new_run_id()  # part names stay unique when a run is resumed
             done_before = len(recorded)
-            whole = only_rows is None and shard is None  # else the source's total is not ours
-            runtime.progress_started(done_before, total_rows if whole else None)
-            if not runtime.progress_shown():
-                # No CLI watches this run (a deployment's, on a worker): its log gets a
-                # progress line now and every FISHFLOW_PROGRESS_INTERVAL_S, chunks and audio
-                # included, so that an hours-long item is not silent either.
-                tally = Tally(total_rows if whole else None, already=done_before)
+            runtime.progress_started(done_before, total_rows)
+            if not runtime.progress_shown():  # no CLI watches (a deployment's run): log it
+                tally = Tally(total_rows, already=done_before)
                 ctx.on_item_done = lambda row: tally.add(row.status)
-
-                def progress_line() -> None:
-                    logger.info(
-                        "%s; %s chunks, %s of audio",
-                        tally.line(),
-                        f"{ctx.chunks_done:,}",
-                        format_duration(ctx.audio_done_s),
-                    )
-
-                ticker = Ticker(EnvSettings().progress_interval_s, progress_line, at_start=True)
-                ticker.start()
+                progress = ProgressLog(
+                    tally,
+                    lambda: (ctx.chunks_done, ctx.audio_done_s),
+                    logger.info,
+                    EnvSettings().progress_interval_s,
+                )
+                progress.start()
 
             async def run_batch(index: int, entries: list[Any]) -> None:
                 part = f"{session}-{index:06d}"
@@ -257,7 +254,7 @@ async def refresh_catalog_audio(
                 logger.info(note)
             # Output hygiene (issue 9): only a run that read the whole source knows what is
             # gone from it; a retry of some rows or one shard sees only part of it.
-            if fatal is None and only_rows is None and shard is None:
+            if fatal is None and whole:
                 try:
                     tidied = await asyncio.to_thread(
                         tidy_output,
@@ -284,8 +281,8 @@ async def refresh_catalog_audio(
             wall_s = time.monotonic() - started
             utilisation = ctx.pool.utilisation(wall_s)
         finally:
-            if ticker is not None:
-                ticker.stop()
+            if progress is not None:
+                progress.stop()
             runtime.unregister(run_id)
     summary = reporting.Summary(
         run_id=run_id,

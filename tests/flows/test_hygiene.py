@@ -295,11 +295,14 @@ def test_a_flow_without_the_cli_logs_progress_with_chunks_and_audio(
         summary = run(source, tmp_path / "out", [emu.url], settings_kw={"chunk_bytes": 200})
     assert summary["ok"] == 1
     pattern = re.compile(
-        r"fishflow: (\d) of 1 items \(\d+%\), \d ok, 0 failed; (\d+) chunks, (\d+)s of audio$"
+        r"fishflow: (\d) of 1 items \(\d+%\), \d ok, 0 failed(?:, ETA \S+)?; "
+        r"([\d,]+) chunks, (\d+s|\d+m\d\ds|\d+h\d\dm) of audio$"
     )
-    lines = [m for message in logged if (m := pattern.match(message))]
-    assert lines and lines[0].group(0).startswith("fishflow: 0 of 1 items (0%)")
-    assert lines[0].group(2, 3) == ("0", "0")  # the first line comes at once
+    progress = [message for message in logged if message.startswith("fishflow: ")]
+    lines = [m for message in progress if (m := pattern.match(message))]
+    assert progress and len(lines) == len(progress), progress  # every line reads as it should
+    # The first line comes as the run's items start, before any of them.
+    assert lines[0].group(0) == "fishflow: 0 of 1 items (0%), 0 ok, 0 failed; 0 chunks, 0s of audio"
     chunks = len(manifest(tmp_path / "out", "chunks", summary["run_id"]))
     assert chunks >= 10
     # Seen mid-item: some chunks placed, the item not yet finished.

@@ -288,3 +288,21 @@ def test_url_from_a_prefect_secret_block(
     assert summary["ok"] == 2
     record = (out / "manifests" / f"run={summary['run_id']}" / "run.json").read_text()
     assert f'"source": "secret:{block}"' in record
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
+def test_a_count_too_slow_for_a_progress_total_gives_none(
+    backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fishflow import database
+
+    if backend == "postgresql":
+        url, sleep = request.getfixturevalue("postgres_url"), "pg_sleep(1)"
+    else:
+        url, sleep = request.getfixturevalue("mariadb")[0], "SLEEP(1)"
+    name = f"slow_{secrets.token_hex(3)}"  # a view that takes a second to count
+    view = f"SELECT 'a' AS id, 'x' AS text FROM (SELECT {sleep} AS z) s"
+    execute(url, f"CREATE VIEW {name} AS {view}")
+    assert database.count_rows(url, name) == 1  # within the default limit
+    monkeypatch.setattr(database, "COUNT_TIMEOUT_S", 0.2)
+    assert database.count_rows(url, name) is None  # the server stopped it: no total

@@ -14,7 +14,7 @@ from fishflow.hygiene import (
 from fishflow.incremental import load_previous
 from fishflow.manifest import ChunkRow, ItemRow, ManifestWriter
 from fishflow.pipeline import PreviousItem
-from fishflow.progress import Tally, Ticker, format_duration
+from fishflow.progress import ProgressLog, Tally, format_duration
 from fishflow.storage import LocalStore
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -175,21 +175,31 @@ def test_progress_line_has_a_total_share_counts_and_eta() -> None:
 def test_a_resumed_run_counts_what_it_had_done_and_paces_only_this_session() -> None:
     now = [0.0]
     tally = Tally(1_000, clock=lambda: now[0], already=600)
-    assert tally.line() == "fishflow: 600 of 1,000 items (60%), 0 ok, 0 failed"
+    assert tally.line() == "fishflow: 600 of 1,000 items (60%), 600 earlier, 0 ok, 0 failed"
     tally.add("ok")  # the first item of this session: its pace is measured from here
     for _ in range(100):
         now[0] += 1.0
         tally.add("ok")
     # 100 items in 100 s after the first of this session: 299 more take 299 s.
-    assert tally.line() == "fishflow: 701 of 1,000 items (70%), 101 ok, 0 failed, ETA 4m59s"
+    assert tally.line() == (
+        "fishflow: 701 of 1,000 items (70%), 600 earlier, 101 ok, 0 failed, ETA 4m59s"
+    )
 
 
-def test_a_ticker_can_say_its_first_line_at_once() -> None:
+def test_a_progress_log_says_its_first_line_when_started_then_ticks() -> None:
     said: list[str] = []
-    ticker = Ticker(3600, lambda: said.append("line"), at_start=True)
-    ticker.start()
-    ticker.stop()  # joins the thread: the line at start is said before the first wait
-    assert said == ["line"]
+    placed = [0, 0.0]
+    progress = ProgressLog(Tally(41), lambda: (placed[0], placed[1]), said.append, 3600)
+    progress.start()
+    # The first line comes from start() itself: before any item, whatever the threads do.
+    assert said == ["fishflow: 0 of 41 items (0%), 0 ok, 0 failed; 0 chunks, 0s of audio"]
+    progress.tally.add("ok")
+    placed[:] = [212, 3725.0]
+    assert progress.line() == (
+        "fishflow: 1 of 41 items (2%), 1 ok, 0 failed; 212 chunks, 1h02m of audio"
+    )
+    progress.stop()
+    assert len(said) == 1  # the next line was an hour away
 
 
 def test_durations_read_as_people_write_them() -> None:
@@ -223,3 +233,24 @@ def test_a_run_excluded_from_the_previous_state_is_excluded_before_it_finalizes(
     ManifestWriter(store, "r1").write_part("p", [row], [], [])
     assert set(load_previous(store)) == {"a"}
     assert load_previous(store, exclude_run="r1") == {}
+
+
+def test_gc_of_the_outputs_copy_says_what_the_store_refused_to_delete(tmp_path: Path) -> None:
+    import pytest
+
+    from fishflow.errors import StorageError
+    from fishflow.hygiene import collect_output_chunks
+
+    class Refusing(LocalStore):  # as S3 answers DeleteObjects for keys the role may not delete
+        def delete(self, keys: list[str]) -> list[str]:
+            return [f"{keys[0]}: AccessDenied"]
+
+    store = Refusing(str(tmp_path / "out"))
+    for key in ("kept-1", "gone-1", "gone-2"):
+        store.put(f".fishflow/chunks/{key[:2]}/{key}.44100.flac", b"\0" * 10, "audio/flac", {})
+    dry = collect_output_chunks(store, dry_run=True, min_age_s=0, keys={"kept-1"})
+    assert sorted(Path(p).name for p, _ in dry.deleted) == [
+        "gone-1.44100.flac", "gone-2.44100.flac",
+    ]  # fmt: skip
+    with pytest.raises(StorageError, match=r"1 of 2 chunk objects were not deleted \(.*gone-1"):
+        collect_output_chunks(store, dry_run=False, min_age_s=0, keys={"kept-1"})

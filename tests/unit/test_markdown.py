@@ -152,6 +152,8 @@ def test_front_matter_gives_only_its_title_said_once() -> None:
     md = '+++\ntitle = "Lesson 3"\nauthor = "Jane"\ntags = ["iot"]\n+++\n# Lesson 3\n\nBody.'
     assert markdown_blocks(md) == (Block("Lesson 3.", "heading", 1), Block("Body."))
     assert spoken("+++\ndraft = true\n+++\n\nBody.") == ["Body."]
+    assert spoken("+++\n+++\n\nBody.") == ["Body."]  # empty
+    assert spoken("+++\ntitle = \"'A' and 'B'\"\n+++\nBody.") == ["'A' and 'B'.", "Body."]
 
 
 def test_emoji_and_pictographs_are_never_kept() -> None:
@@ -161,10 +163,12 @@ def test_emoji_and_pictographs_are_never_kept() -> None:
     # GitHub's shortcodes for them too, and nothing is glued where they were.
     assert spoken("Ship it :rocket: today :+1:") == ["Ship it today."]
     assert spoken("At 10:30:45 the ratio is 1:2:3.") == ["At 10:30:45 the ratio is 1:2:3."]
+    assert spoken("Take x[:2:] here.") == ["Take x[:2:] here."]  # a slice, not a shortcode
 
 
 def test_a_path_in_prose_keeps_the_space_before_it() -> None:
     assert spoken("See ./docs/setup.md for more .") == ["See ./docs/setup.md for more."]
+    assert spoken("「ここにある .」と言った", language="ja") == ["「ここにある.」と言った。"]
 
 
 def test_lists_keep_their_numbers_and_drop_bullets_and_boxes() -> None:

@@ -151,8 +151,10 @@ def test_progress_totals_of_an_s3_prefix_and_a_database_table(
     s3.put_object(Bucket=bucket, Key="in/c.csv", Body=b"id,text\na,b\n")
     assert estimate_rows(f"s3://{bucket}/course") == 3  # the .md and .txt objects a run reads
     assert estimate_rows(f"s3://{bucket}/in/c.csv") is None  # only by reading it
-    monkeypatch.setattr(sources, "ESTIMATE_LIST_PAGES", 0)
-    assert estimate_rows(f"s3://{bucket}/course") is None  # too long a listing for a total
+    monkeypatch.setattr(sources, "ESTIMATE_LIST_KEYS", 4)  # exactly the prefix's 4 keys
+    assert estimate_rows(f"s3://{bucket}/course") == 3
+    monkeypatch.setattr(sources, "ESTIMATE_LIST_KEYS", 3)  # more keys than it may list
+    assert estimate_rows(f"s3://{bucket}/course") is None
 
     db = tmp_path / "c.db"
     with sqlite3.connect(db) as conn:
