@@ -425,6 +425,16 @@ class _Html(HTMLParser):
         self.headers: list[str] = []
         self.rows: list[list[str]] = []
 
+    def parse_marked_section(self, i: int, report: int = 1) -> int:
+        """``<![`` that opens no CDATA or conditional section (``<![alt](x.png)`` after a tag)
+        is a bogus comment to browsers, up to the next ``>``; Python 3.11's parser raises
+        AssertionError on it."""
+        try:
+            return super().parse_marked_section(i, report)
+        except AssertionError:
+            end = self.rawdata.find(">", i + 3)
+            return len(self.rawdata) if end < 0 else end + 1
+
     def _flush(self) -> None:
         if self.cells is not None:  # a block inside a table cell: a break within the cell
             self.parts.append(_BREAK)
