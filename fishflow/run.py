@@ -41,7 +41,7 @@ from fishflow.settings import (
     RunSettings,
     TextSettings,
 )
-from fishflow.sources import Columns, read_source
+from fishflow.sources import Columns, SourceRow, read_source
 from fishflow.storage import Store, open_store, state_dir
 from fishflow.voices import ReferenceFiles, resolve
 
@@ -109,6 +109,21 @@ def columns(settings: RunSettings) -> Columns:
     )
 
 
+def _validated(
+    row: SourceRow, spec: RunSpec, seen: dict[str, int], references: ReferenceFiles
+) -> Item | Rejection:
+    """``validate_row``, where a bug on one row's text fails that row, not the whole run."""
+    try:
+        return validate_row(row, spec, seen, references=references)
+    except FishflowError:
+        raise
+    except Exception as exc:
+        logger.exception("row %d: could not read its text", row.row)
+        item_id = row.item_id.strip() if row.item_id else None
+        reason = f"internal error reading its text ({type(exc).__name__}: {exc}): please report it"
+        return Rejection(row.row, item_id, reason)
+
+
 def entry_batches(
     source: str,
     settings: RunSettings,
@@ -153,7 +168,7 @@ def entry_batches(
             else row
             for row in rows
         ]
-        entries = [validate_row(row, spec, seen, references=references) for row in rows]
+        entries = [_validated(row, spec, seen, references) for row in rows]
         if skip_rows or only_rows is not None:
             entries = [
                 e for e in entries

@@ -271,3 +271,28 @@ def test_missing_bucket_is_a_run_level_error(
         main(["run", str(source), "--out", "s3://no-such-bucket/x", "--server", emulator.url]) == 1
     )
     assert "no-such-bucket" in capsys.readouterr().err
+
+
+def test_a_bug_on_one_rows_text_fails_that_row_not_the_run(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the HTML parser's AssertionError on '<![alt' once would have: one row, not the run."""
+    from fishflow import pipeline
+
+    real = pipeline.speech_blocks
+
+    def fragile(row: Any, *args: Any, **kwargs: Any) -> Any:
+        if "boom" in (row.text or ""):
+            raise AssertionError("unknown status keyword 'alt ' in marked section")
+        return real(row, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "speech_blocks", fragile)
+    rows = [GOOD, {"id": "bad", "text": "A boom here."}, {"id": "later", "text": "Still read."}]
+    out = tmp_path / "out"
+    path = write_source(tmp_path, rows, "jsonl")
+    assert main(["run", str(path), "--out", str(out), "--server", emulator.url]) == 2
+    items = manifest(out, "items", latest_run(out)).set_index("item_id")
+    assert items.status.to_dict() == {"good": "ok", "bad": "failed", "later": "ok"}
+    error = manifest(out, "errors", latest_run(out)).set_index("item_id").loc["bad"]
+    assert error.error_message.startswith("internal error reading its text (AssertionError:")
+    assert error.stage == "source" and not error.retryable
