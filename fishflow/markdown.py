@@ -425,7 +425,7 @@ class _Html(HTMLParser):
         self.headers: list[str] = []
         self.rows: list[list[str]] = []
 
-    def parse_marked_section(self, i: int, report: int = 1) -> int:
+    def parse_marked_section(self, i: int, report: bool = True) -> int:
         """``<![`` that opens no CDATA or conditional section (``<![alt](x.png)`` after a tag)
         is a bogus comment to browsers, up to the next ``>``; Python 3.11's parser raises
         AssertionError on it."""
