@@ -274,7 +274,7 @@ _MARKER = re.compile(r"^\s*\[(?:!\w+|[ xX])\]\s+")  # "[!NOTE]" alerts, "[ ]" ta
 # A space before punctuation that ends something ("it ." -> "it."), never before a path or an
 # emoji shortcode that starts with it ("see ./docs", "a :rocket:").
 _SPACE_BEFORE_PUNCT = re.compile(
-    r"\s+([,;!?)\]]|[.:](?=[\s,.;:!?)\]\"'”’»」』）】]|$)|[。，、；：！？）】])"
+    rf"\s+([,;!?)\]]|[.:](?=[\s,.;:!?{re.escape(_CLOSERS)}]|$)|[。，、；：！？）】])"
 )
 # GitHub's emoji shortcodes (":rocket:", ":+1:"), as words of their own: emoji, never spoken.
 _SHORTCODE = re.compile(r"(?<!\S):[a-z0-9_+-]+:(?![\w:])")

@@ -186,6 +186,11 @@ def read_folder(path: str, batch_rows: int) -> Iterator[list[SourceRow]]:
         ]
 
 
+def _folder_prefix(key: str) -> str:
+    """An S3 key read as a folder: "course" lists "course/...", never "course-2/..."."""
+    return key if not key or key.endswith("/") else key + "/"
+
+
 def _read_s3(uri: str, cols: Columns, batch_rows: int) -> Iterator[list[SourceRow]]:
     bucket, key = parse_s3_uri(uri)
     s3 = s3_client()
@@ -198,7 +203,7 @@ def _read_s3(uri: str, cols: Columns, batch_rows: int) -> Iterator[list[SourceRo
                 s3.download_file(bucket, key, local)
                 yield from read_table(local, cols, batch_rows)
             return
-        prefix = key if not key or key.endswith("/") else key + "/"
+        prefix = _folder_prefix(key)
         yield from _read_s3_prefix(s3, bucket, prefix, uri, batch_rows)
     except SourceError:
         raise
@@ -287,7 +292,7 @@ def _check_s3(uri: str) -> None:
         if PurePosixPath(key).suffix.lower() in TABLE_SUFFIXES:
             s3.head_object(Bucket=bucket, Key=key)
             return
-        prefix = key if not key or key.endswith("/") else key + "/"
+        prefix = _folder_prefix(key)
         listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
     except Exception as exc:  # botocore errors: name the object, never the credentials
         error = wrap_s3_error(exc, uri)
@@ -372,7 +377,7 @@ def _estimate_s3_prefix(uri: str) -> int | None:
     bucket, key = parse_s3_uri(uri)
     if PurePosixPath(key).suffix.lower() in TABLE_SUFFIXES:
         return None  # counting its rows would mean reading it
-    prefix = key if not key or key.endswith("/") else key + "/"
+    prefix = _folder_prefix(key)
     try:
         pages = (
             s3_client()
