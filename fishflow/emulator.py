@@ -17,11 +17,16 @@ the authors' own server code answers, and what this follows):
 - ``--workers N`` serial workers, first in first out; ``/v1/health`` waits for a free worker,
   as the real server's blocked event loop does;
 - ``--api-key``: every route needs the Bearer key, checked before the method: no key -> 401
-  with ``WWW-Authenticate``, a wrong one -> 401 "Invalid token"; OPTIONS -> 200, HEAD -> 405;
+  with ``WWW-Authenticate``, a wrong one -> 401 "Invalid token"; but OPTIONS -> 200 and HEAD ->
+  405 (no body) whatever the key; an unknown path -> 404 with the JSON error body, the
+  connection kept open;
 - the ``POST /generate {"text", "language"}`` -> WAV dialect of some packaged images.
 
 Audio is deterministic (a tone derived from the text) and lasts about as long as the text takes
-to speak. Generating takes ``rtf`` seconds per audio second (or a fixed ``service_time_s``).
+to speak. ``bad_answers`` makes that share of answers wrong as a model does (``BAD_MODES``: the
+end said again, the end swallowed, a noise tail, babble), drawn from text and seed;
+``Emulator.bad_answers`` lists them, so tests count what the client caught. Generating takes
+``rtf`` seconds per audio second (or a fixed ``service_time_s``).
 Fault knobs inject 500s, connection resets, truncated bodies, 429s with Retry-After, audio cut
 short and extra latency. ``GET /_emulator/stats`` reports requests per text and the most requests
 ever in flight at once, so tests count rather than time; ``Emulator.received`` lists what each
@@ -93,6 +98,11 @@ class EmulatorConfig:
     seed: int = 0
     level_db: float | None = None  # peak level of the voice, dBFS (None: -10.5, the default)
     faults: Faults = field(default_factory=Faults)
+    # Share of answers (0..1) that are 200 with the wrong speech, as a model misbehaves (see
+    # BAD_MODES); drawn from the text and seed, so the same request is answered the same way
+    # and another seed usually well.
+    bad_answers: float = 0.0
+    bad_modes: tuple[str, ...] = ("repeat_end", "drop_end", "trail_noise", "babble")
 
 
 def speech_duration_s(text: str) -> float:
@@ -116,6 +126,48 @@ def synth_samples(text: str, seconds: float, voice: str | None) -> np.ndarray:
     t = np.arange(n, dtype=np.float32) / SAMPLE_RATE
     wave = 0.3 * np.sin(2 * np.pi * freq * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))
     return (wave * 32767).astype(np.int16)
+
+
+# What a TTS model does wrong while answering 200 (the Fish Speech issue tracker has each):
+BAD_MODES = {
+    "repeat_end": "the last half or more said again (#1087, #866)",
+    "drop_end": "the last 45-55% swallowed (#632, #604, #1102)",
+    "trail_noise": "1.5-4 s of noise right after the speech",
+    "babble": "speech-shaped noise instead of speech (#944, #765)",
+}
+
+
+def bad_answer(
+    text: str, seed: int | None, *, rate: float, modes: tuple[str, ...], salt: int = 0
+) -> tuple[str, float] | None:
+    """Whether the answer to (text, seed) is bad, how (a mode) and by how much (0..1)."""
+    if rate <= 0 or not modes:
+        return None
+    digest = hashlib.sha256(f"bad\0{salt}\0{seed}\0{text}".encode()).digest()
+    if int.from_bytes(digest[:8], "big") / 2**64 >= rate:
+        return None
+    return modes[digest[8] % len(modes)], int.from_bytes(digest[9:13], "big") / 2**32
+
+
+def misbehave(samples: np.ndarray, mode: str, x: float, key: str) -> np.ndarray:
+    """The answer ``samples`` spoiled in the way ``mode`` names, by ``x`` (0..1)."""
+    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big"))
+    n = len(samples)
+    if mode == "repeat_end":
+        return np.concatenate([samples, samples[n - int(n * (0.5 + 0.5 * x)) :]])
+    if mode == "drop_end":
+        return samples[: max(1, int(n * (0.45 + 0.1 * x)))]
+    if mode == "trail_noise":
+        tail = rng.normal(0.0, 0.05 * 32767, int(SAMPLE_RATE * (1.5 + 2.5 * x)))
+        return np.concatenate([samples, tail.clip(-32768, 32767).astype(np.int16)])
+    if mode == "babble":
+        # Low-passed noise with a syllable-rate envelope: the level of speech, no voice in it.
+        noise = np.convolve(rng.normal(0.0, 1.0, n), np.ones(6) / 6, mode="same")
+        t = np.arange(n) / SAMPLE_RATE
+        envelope = 0.55 + 0.45 * np.sin(2 * np.pi * (3.5 + x) * t)
+        wave = noise * envelope * (0.25 * 32767 / max(float(noise.std()), 1e-9))
+        return wave.clip(-32768, 32767).astype(np.int16)
+    raise ValueError(f"unknown bad answer mode {mode!r}")
 
 
 def wav_bytes(samples: np.ndarray, fmt: str = "wav") -> bytes:
@@ -210,6 +262,7 @@ class _Stats:
         self.max_in_flight = 0
         self.faults: collections.Counter[str] = collections.Counter()
         self.capped = 0  # answers cut at max_new_tokens
+        self.bad: collections.Counter[str] = collections.Counter()  # bad answers, by mode
         self.busy_s = 0.0
         self.service_s = 0.0  # time workers were held: compute plus making the audio
         self.first_service_at: float | None = None  # time.time() a worker was first taken
@@ -226,6 +279,7 @@ class _Stats:
                 "max_in_flight": self.max_in_flight,
                 "faults": dict(self.faults),
                 "capped": self.capped,
+                "bad": dict(self.bad),
                 "busy_s": self.busy_s,
                 "service_s": self.service_s,
                 "first_service_at": self.first_service_at,
@@ -269,7 +323,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self._response_ending()
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":  # a body after a HEAD answer would be read as the next one
+            self.wfile.write(body)
 
     def _error(
         self, status: int, message: str | None, headers: dict[str, str] | None = None
@@ -357,6 +412,10 @@ class _Handler(BaseHTTPRequestHandler):
                 },
             )
             return
+        if method == "HEAD":  # the framework answers HEAD itself, before auth looks at the key
+            self._body()
+            self._send(405, b"", headers={"Allow": ", ".join(self._ROUTES[path])})
+            return
         # Auth wraps every route, method check included: GET /v1/tts without a key is a 401.
         if not self._authorized():
             self._body()
@@ -392,6 +451,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_OPTIONS(self) -> None:
         self._dispatch("OPTIONS")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
 
     def _health(self) -> None:
         self._body()
@@ -510,6 +572,16 @@ class _Handler(BaseHTTPRequestHandler):
                 self._error(500, "Failed to generate speech")
                 return
             samples = synth_samples(text, seconds, voice if isinstance(voice, str) else None)
+            bad = bad_answer(
+                text,
+                req.seed,
+                rate=srv.config.bad_answers,
+                modes=srv.config.bad_modes,
+                salt=srv.config.seed,
+            )
+            if bad is not None:
+                samples = misbehave(samples, *bad, key=f"{req.seed}\0{text}")
+                srv.note_bad(req, bad[0])
             if srv.config.level_db is not None:  # a quiet or loud server, for loudness tests
                 gain = 10 ** (srv.config.level_db / 20) / 0.3
                 samples = np.clip(samples * gain, -32768, 32767).astype(np.int16)
@@ -657,6 +729,7 @@ class _Server(ThreadingHTTPServer):
         }
         self.folders: set[str] = set(config.reference_ids)  # references/<id>/ on disk
         self.received: collections.deque[dict[str, Any]] = collections.deque(maxlen=10_000)
+        self.bad_answers: collections.deque[dict[str, Any]] = collections.deque(maxlen=10_000)
         self._rng = random.Random(config.seed)
         self._rng_lock = threading.Lock()
         self._workers: queue.Queue[int] = queue.Queue()
@@ -711,6 +784,11 @@ class _Server(ThreadingHTTPServer):
                 "format": req.format,
             }
         )
+
+    def note_bad(self, req: Any, mode: str) -> None:
+        self.bad_answers.append({"text": req.text, "seed": req.seed, "mode": mode})
+        with self.stats.lock:
+            self.stats.bad[mode] += 1
 
     def load_voice(self, req: Any) -> str | object | None:
         """The voice the engine would speak in, or _INVALID where loading it raises.
@@ -823,6 +901,11 @@ class Emulator:
     def received(self) -> list[dict[str, Any]]:
         """The valid /v1/tts requests so far (the last 10,000), reference audio as sha256."""
         return list(self._server.received)
+
+    @property
+    def bad_answers(self) -> list[dict[str, Any]]:
+        """The answers made bad on purpose (``bad_answers``), in order: text, seed and mode."""
+        return list(self._server.bad_answers)
 
     @property
     def reference_ids(self) -> list[str]:

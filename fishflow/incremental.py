@@ -39,6 +39,8 @@ _COLUMNS = [
     "loudness_lufs",
     "captions_uri",
     "chapters_uri",
+    "qa",
+    "seed",
 ]
 
 
@@ -114,14 +116,24 @@ def load_previous(store: Store, exclude_run: str | None = None) -> dict[str, Pre
     prefix = store.uri("")
     latest: dict[str, PreviousItem] = {}
     names = [c for c in _COLUMNS if c != "created_at"]  # in _COLUMNS' order
-    for item_id, status, key, uri, duration, size, sha, lufs, captions, chapters in zip(
+    for item_id, status, key, uri, duration, size, sha, lufs, captions, chapters, qa, seed in zip(
         *(table[c].to_pylist() for c in names), strict=True
     ):
         if status == "removed":
             latest.pop(item_id, None)
         elif item_id and key and uri and uri.startswith(prefix):
             latest[item_id] = PreviousItem(
-                key, uri, uri[len(prefix) :], duration, size, sha, lufs, captions, chapters
+                key,
+                uri,
+                uri[len(prefix) :],
+                duration,
+                size,
+                sha,
+                lufs,
+                captions,
+                chapters,
+                qa=qa,
+                seed=seed,
             )
     return latest
 

@@ -55,6 +55,13 @@ ITEMS_SCHEMA = pa.schema(
         pa.field("loudness_lufs", pa.float64()),  # integrated (BS.1770) as published
         pa.field("captions_uri", pa.string()),  # the .vtt; the .srt has the same stem
         pa.field("chapters_uri", pa.string()),  # .chapters.vtt, when the item has headings
+        # The answer check (fishflow.qa): "pass", "marked" (every answer of a chunk was suspect:
+        # the best kept), null when not checked (skipped, failed, checks off).
+        pa.field("qa", pa.string()),
+        pa.field("qa_check", pa.string()),  # the check that marked it, e.g. rate_long
+        pa.field("qa_measure", pa.float64()),
+        pa.field("qa_attempts", pa.int32()),  # answers tried (for a seed voice: whole items)
+        pa.field("seed", pa.int64()),  # the seed the voice came from (no reference voice)
     ]
 )
 
@@ -74,6 +81,9 @@ CHUNKS_SCHEMA = pa.schema(
         pa.field("duration_s", pa.float64()),
         pa.field("reused", pa.bool_(), nullable=False),  # audio shared with an identical chunk
         pa.field("status", pa.string(), nullable=False),  # ok | failed
+        pa.field("qa_check", pa.string()),  # the check the kept answer failed (null: passed)
+        pa.field("qa_measure", pa.float64()),
+        pa.field("qa_attempts", pa.int32()),  # answers tried for this chunk
     ]
 )
 
@@ -121,6 +131,11 @@ class ItemRow:
     loudness_lufs: float | None = None
     captions_uri: str | None = None
     chapters_uri: str | None = None
+    qa: str | None = None
+    qa_check: str | None = None
+    qa_measure: float | None = None
+    qa_attempts: int | None = None
+    seed: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -139,6 +154,9 @@ class ChunkRow:
     duration_s: float | None
     reused: bool
     status: str
+    qa_check: str | None = None
+    qa_measure: float | None = None
+    qa_attempts: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

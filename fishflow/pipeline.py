@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -35,6 +35,7 @@ from fishflow.chunking import (
     split_in_two,
 )
 from fishflow.errors import (
+    ConfigError,
     CutAtTokenCap,
     FishflowError,
     SourceError,
@@ -48,10 +49,13 @@ from fishflow.manifest import ChunkRow, ErrorRow, ItemRow, Journal
 from fishflow.markdown import code_cue, markdown_blocks
 from fishflow.pool import ServerPool, Synthesized
 from fishflow.publish import ItemPublisher, Published, sidecar_keys
+from fishflow.qa import Checked, SpeechRates, Verdict, retry_seed
+from fishflow.qa import check as check_answer
 from fishflow.settings import (
     AudioSettings,
     CaptionSettings,
     ChunkSettings,
+    QaSettings,
     Reference,
     SynthesisOptions,
     TextSettings,
@@ -124,6 +128,8 @@ class PreviousItem:
     loudness_lufs: float | None = None
     captions_uri: str | None = None
     chapters_uri: str | None = None
+    qa: str | None = None  # "marked": published, but every answer of a chunk was suspect
+    seed: int | None = None  # the seed its voice came from, when it had no reference voice
 
 
 @dataclass(frozen=True)
@@ -135,6 +141,7 @@ class RunSpec:
     chunking: ChunkSettings = field(default_factory=ChunkSettings)
     captions: CaptionSettings = field(default_factory=CaptionSettings)
     text: TextSettings = field(default_factory=TextSettings)
+    qa: QaSettings = field(default_factory=QaSettings)
 
     @functools.cached_property
     def _fingerprints(self) -> tuple[str, str]:
@@ -472,10 +479,16 @@ class ChunkCache:
         self, key: str, rate: int, make: Callable[[], Awaitable[Synthesized]], *, persist: bool
     ) -> tuple[Audio, Synthesized | None]:
         """The chunk's audio, and how it was made (None when it was reused)."""
-        reused: Audio | None
-        if (pending := self._pending.get(key)) is not None:
-            reused = await asyncio.shield(pending)
-        else:
+        reused: Audio | None = None
+        while (pending := self._pending.get(key)) is not None:
+            try:
+                reused = await asyncio.shield(pending)
+                break
+            except asyncio.CancelledError:
+                if (task := asyncio.current_task()) is not None and task.cancelling():
+                    raise
+                # The item making it was abandoned (made again in another voice): make it here.
+        if reused is None:
             reused = self.recall(key)
         if reused is not None:
             if persist and key not in self._on_disk:
@@ -500,9 +513,11 @@ class ChunkCache:
                 future.set_result(found)
                 return found, None
             made = await make()
-            if persist:
+            if persist and not (made.checked is not None and made.checked.marked):
                 await self._persist(key, made.audio)
             else:
+                # A marked answer (every one suspect) stays out of the disk cache: the next run
+                # makes it again rather than reuse it.
                 self._remember(key, made.audio, on_disk=False)
             future.set_result(made.audio)
             return made.audio, made
@@ -590,6 +605,7 @@ class RunContext:
     warnings: list[str] = field(default_factory=list)  # said once each, in the run's log
     notes: list[str] = field(default_factory=list)  # the same, at info level
     references: ReferenceFiles = field(default_factory=ReferenceFiles)
+    rates: SpeechRates = field(default_factory=SpeechRates)  # voices' rates learned in the run
     _voices: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     _said: set[str] = field(default_factory=set)
 
@@ -599,8 +615,9 @@ class RunContext:
             (self.notes if note else self.warnings).append(message)
 
     async def check_voice(self, voice: str | None) -> None:
-        """Warn once per reference_id the server does not list: current servers answer 200
-        and speak it in a default voice."""
+        """Raise ConfigError for a reference_id the server lists its voices without (current
+        servers answer 200 for it and speak in a default voice); with ``unknown_voice:
+        default``, warn once instead."""
         voice = voice or self.spec.options.reference_id
         if not voice:
             return
@@ -612,6 +629,14 @@ class RunContext:
         server = self.pool.servers[0]
         known = await server.client.reference_ids()
         if known is not None and voice not in known:
+            if self.spec.qa.unknown_voice == "stop":
+                held = ", ".join(repr(v) for v in sorted(known)[:10]) or "none"
+                more = f" and {len(known) - 10} more" if len(known) > 10 else ""
+                raise ConfigError(
+                    f"reference_id {voice!r} is not among the voices {server.url} holds "
+                    f"({held}{more}): the server would speak it in a default voice; fix the id, "
+                    "add the voice with `fishflow voices add`, or pass --unknown-voice default"
+                )
             self.warnings.append(
                 f"reference_id {voice!r} is not among the voices {server.url} lists: current "
                 "servers answer 200 for it and speak those items in a default voice, chosen by "
@@ -735,6 +760,8 @@ def _skip_if_unchanged(ctx: RunContext, item: Item) -> ItemOutcome | None:
     prev = ctx.previous.get(item.item_id)
     if ctx.force or prev is None or prev.content_key != item.content_key:
         return None
+    if prev.qa == "marked" and not ctx.spec.qa.accept_marked:
+        return None  # published, but an answer in it was suspect: made again
     if prev.audio_key not in ctx.existing_audio:
         return None
     sidecars = sidecar_keys(prev.audio_key)
@@ -769,6 +796,8 @@ def _skip_if_unchanged(ctx: RunContext, item: Item) -> ItemOutcome | None:
         loudness_lufs=prev.loudness_lufs,
         captions_uri=ctx.store.uri(sidecars["vtt"]) if has_captions else None,
         chapters_uri=ctx.store.uri(sidecars["chapters"]) if has_chapters else None,
+        qa=prev.qa,
+        seed=prev.seed,
     )
     return ItemOutcome(row)
 
@@ -791,20 +820,27 @@ def _split(ctx: RunContext, item: Item, text: str, exc: SynthesisError) -> list[
 
 
 async def _synthesize_fitting(
-    ctx: RunContext, item: Item, text: str, references: tuple[Reference, ...], depth: int = 0
+    ctx: RunContext,
+    item: Item,
+    text: str,
+    references: tuple[Reference, ...],
+    depth: int = 0,
+    *,
+    seed: int | None = None,
 ) -> Synthesized:
     """Synthesise a chunk's text; where the server cannot take it whole, its parts.
 
     Audio cut at the token cap is cut again if sent again, and a text over the server's
     --max-text-length is refused again: the text is split (see ``_split``) and each part
-    sent (split again if need be), then joined with the pause of a cut clause."""
+    sent (split again if need be), then joined with the pause of a cut clause. ``seed``
+    overrides the item's (another answer after a suspect one)."""
     try:
         return await ctx.pool.synthesize(
             text,
             ctx.spec.options,
             reference_id=item.voice,
             references=references,
-            seed=item.seed,
+            seed=item.seed if seed is None else seed,
             voice=item.voice_name,
         )
     except (CutAtTokenCap, TextTooLong) as exc:
@@ -813,13 +849,15 @@ async def _synthesize_fitting(
             raise
         spent = exc.attempts  # requests that told us to split (0: the known limit did)
         fingerprint = ctx.spec.voice_fingerprint(item.voice_identity)
+        if seed is not None:
+            fingerprint += f":{seed}"  # another answer: not the first one's pieces again
 
         def part_of(piece: str) -> Awaitable[tuple[Audio, Synthesized | None]]:
             # Through the chunk cache: a repeated piece of one item is sent once.
             return ctx.cache.get_or_make(
                 chunk_key(piece, fingerprint),
                 ctx.spec.audio.sample_rate,
-                lambda: _synthesize_fitting(ctx, item, piece, references, depth + 1),
+                lambda: _synthesize_fitting(ctx, item, piece, references, depth + 1, seed=seed),
                 persist=False,
             )
 
@@ -837,6 +875,68 @@ async def _synthesize_fitting(
     )
 
 
+def _rate_voice(ctx: RunContext, item: Item) -> str:
+    """Whose speaking rate a chunk's answer is judged by: the item's reference voice, else
+    the run's, else the seed voices together (each item has its own: too few answers each)."""
+    if item.voice or item.reference_digest:
+        return item.voice or f"audio:{item.reference_digest}"
+    options = ctx.spec.options
+    if options.reference_id or options.references:
+        return options.reference_id or "references"
+    return "seed"
+
+
+def _accepted(audio: Audio, verdict: Verdict) -> Audio:
+    if verdict.outcome != "trim":
+        return audio
+    return Audio(audio.samples[verdict.start : verdict.end], audio.sample_rate)
+
+
+async def _synthesize_checked(
+    ctx: RunContext, item: Item, text: str, references: tuple[Reference, ...]
+) -> Synthesized:
+    """Synthesise a chunk's text and check the answer (``fishflow.qa``) before it is cached.
+
+    A suspect answer of an item with a reference voice is asked for again with another seed,
+    this chunk alone (the voice stays the reference's), up to ``qa.retries`` more times; the
+    first that passes is kept, else the least bad. An item whose voice is its seed cannot
+    change seed for one chunk: its suspect answer goes back marked, and ``process_item``
+    makes the whole item again with another seed."""
+    made = await _synthesize_fitting(ctx, item, text, references)
+    settings = ctx.spec.qa
+    if not settings.enabled:
+        return made
+    voice = _rate_voice(ctx, item)
+    spent, latency = made.attempts, made.latency_s
+    best: tuple[Synthesized, Verdict] | None = None
+    answers = 0
+    while True:
+        answers += 1
+        audio = made.audio
+        verdict = check_answer(
+            audio.samples,
+            audio.sample_rate,
+            text,
+            ctx.rates.expected(voice, item.language),
+            settings,
+        )
+        if not verdict.suspect:
+            if verdict.ratio is not None:
+                ctx.rates.add(voice, item.language, verdict.ratio)
+            accepted = _accepted(audio, verdict)
+            return Synthesized(accepted, made.server, spent, latency, Checked(answers))
+        if best is None or verdict.severity < best[1].severity:
+            best = (made, verdict)
+        if item.seed is not None or answers > settings.retries:
+            kept_made, kept = best
+            checked = Checked(answers, kept.check, kept.measure)
+            return Synthesized(kept_made.audio, kept_made.server, spent, latency, checked)
+        seed = retry_seed(ctx.spec.options.seed, text, answers)
+        made = await _synthesize_fitting(ctx, item, text, references, seed=seed)
+        spent += made.attempts
+        latency += made.latency_s
+
+
 async def _chunk_audio(
     ctx: RunContext,
     item: Item,
@@ -851,9 +951,10 @@ async def _chunk_audio(
     rate = ctx.spec.audio.sample_rate
 
     def make() -> Awaitable[Synthesized]:
-        return _synthesize_fitting(ctx, item, chunk.text, references)
+        return _synthesize_checked(ctx, item, chunk.text, references)
 
     audio, made = await ctx.cache.get_or_make(key, rate, make, persist=persist)
+    checked = made.checked if made else None
     row = _chunk_row(
         ctx,
         item,
@@ -865,8 +966,11 @@ async def _chunk_audio(
         duration_s=audio.duration_s,
         reused=made is None,
         status="ok",
+        checked=checked,
     )
-    return (None if persist else audio), row
+    # A marked answer is not on disk (see ChunkCache.get_or_make): handed over as it is.
+    kept_on_disk = persist and not (checked is not None and checked.marked)
+    return (None if kept_on_disk else audio), row
 
 
 async def _references(ctx: RunContext, item: Item) -> tuple[Reference, ...]:
@@ -906,6 +1010,7 @@ def _chunk_row(
     duration_s: float | None,
     reused: bool,
     status: str,
+    checked: Checked | None = None,
 ) -> ChunkRow:
     """A chunk's manifest row: where it sits in its item, and how it was made."""
     return ChunkRow(
@@ -923,6 +1028,9 @@ def _chunk_row(
         duration_s=duration_s,
         reused=reused,
         status=status,
+        qa_check=checked.check if checked else None,
+        qa_measure=checked.measure if checked else None,
+        qa_attempts=checked.answers if checked else None,
     )
 
 
@@ -951,7 +1059,11 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
         err = _error_row(ctx, item.row, item.item_id, ctx.fatal_error, stage="run")
         return _failed(ctx, item, [err], [])
     if not item.reference_audio:  # a recording, not an id, is this item's voice
-        await ctx.check_voice(item.voice)
+        try:
+            await ctx.check_voice(item.voice)
+        except ConfigError as exc:  # a voice the server does not hold: stop the run
+            ctx.stop(exc)
+            return _failed(ctx, item, [_error_row(ctx, item.row, item.item_id, exc)], [])
     if item.seed is not None:
         ctx.warn_once(
             "seed",
@@ -973,6 +1085,70 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
         return _failed(ctx, item, [_error_row(ctx, item.row, item.item_id, exc)], [])
     chunks = item_chunks(item, ctx.spec)
     started = time.monotonic()
+    qa = ctx.spec.qa
+    voiced = item  # the item as made: its seed may change (a seed voice answered badly)
+    prev = ctx.previous.get(item.item_id)
+    if (
+        item.seed is not None
+        and ctx.spec.options.seed is None
+        and prev is not None
+        and prev.seed is not None
+        and prev.qa != "marked"
+    ):
+        # Its text changed: keep the voice (the seed) its published audio was accepted in.
+        voiced = replace(item, seed=prev.seed)
+    spent = 0
+    attempt = 1
+    while True:
+        may_redo = qa.enabled and voiced.seed is not None and attempt <= qa.retries
+        made = await _make_item(
+            ctx, voiced, chunks, references, started, may_redo=may_redo, spent=spent
+        )
+        if isinstance(made, ItemOutcome):
+            return _with_qa(ctx, made, voiced, attempt)
+        # A suspect answer, in a voice that is the seed's: the whole item in another voice.
+        spent = made
+        voiced = replace(item, seed=retry_seed(item.seed, item.item_id, attempt))
+        attempt += 1
+
+
+def _with_qa(ctx: RunContext, outcome: ItemOutcome, item: Item, attempt: int) -> ItemOutcome:
+    """The item's row with what the answer check found: "marked" when a chunk's kept answer
+    was suspect (the first such chunk's check and measure), else "pass"; for a seed voice,
+    the whole-item attempts as every chunk's answers tried."""
+    row = outcome.item
+    if row.status != "ok" or not ctx.spec.qa.enabled:
+        return outcome
+    chunks = outcome.chunks
+    if item.seed is not None:
+        chunks = [
+            replace(c, qa_attempts=attempt) if c.qa_attempts is not None else c for c in chunks
+        ]
+    marked = next((c for c in chunks if c.qa_check is not None), None)
+    tried = [c.qa_attempts for c in chunks if c.qa_attempts is not None]
+    row = replace(
+        row,
+        qa="marked" if marked else "pass",
+        qa_check=marked.qa_check if marked else None,
+        qa_measure=marked.qa_measure if marked else None,
+        qa_attempts=attempt if item.seed is not None else max(tried, default=1),
+        seed=item.seed,
+    )
+    return ItemOutcome(row, chunks, outcome.errors)
+
+
+async def _make_item(
+    ctx: RunContext,
+    item: Item,
+    chunks: list[Chunk],
+    references: tuple[Reference, ...],
+    started: float,
+    *,
+    may_redo: bool,
+    spent: int,
+) -> ItemOutcome | int:
+    """One attempt at an item: its outcome, or (``may_redo`` and a chunk's answer suspect)
+    the requests it spent, abandoned: nothing of it is published."""
     multi = len(chunks) > 1
     tasks = [
         asyncio.ensure_future(_chunk_audio(ctx, item, c, references, persist=multi)) for c in chunks
@@ -1009,6 +1185,8 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
             rows.append(row)
             if errors:
                 continue  # the item fails: collect the other chunks' rows, write nothing
+            if may_redo and row.qa_check is not None:
+                return spent + sum(r.attempts for r in rows)  # the `finally` drops the rest
             if audio is None:
                 audio = ctx.cache.recall(row.chunk_key)  # else read back in the publisher thread
             try:
@@ -1036,7 +1214,7 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
             [_error_row(ctx, item.row, item.item_id, exc)],
             rows,
             chunk_count=len(chunks),
-            attempts=sum(r.attempts for r in rows),
+            attempts=spent + sum(r.attempts for r in rows),
         )
     finally:
         for task in tasks:
@@ -1044,7 +1222,7 @@ async def process_item(ctx: RunContext, item: Item) -> ItemOutcome:
         if published is None:
             publisher.abort()  # not in the publisher threads: they may be shut down already
     synth_seconds = time.monotonic() - started
-    attempts = sum(r.attempts for r in rows)
+    attempts = spent + sum(r.attempts for r in rows)
     if errors or published is None:
         return _failed(
             ctx,

@@ -41,6 +41,7 @@ from fishflow.errors import (
     VoiceRefused,
 )
 from fishflow.fish_speech import ConnectionProblem, FishSpeechClient
+from fishflow.qa import Checked
 from fishflow.settings import (
     Reference,
     RetryPolicy,
@@ -134,6 +135,7 @@ class Synthesized:
     server: str
     attempts: int
     latency_s: float
+    checked: Checked | None = None  # what the answer check made of it (None: not checked)
 
 
 class ServerPool:

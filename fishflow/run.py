@@ -95,6 +95,7 @@ def run_spec(settings: RunSettings) -> RunSpec:
             tables=settings.markdown_tables,
         ),
         captions=CaptionSettings(captions=settings.captions, chapters=settings.chapters),
+        qa=settings.qa_settings(),
     )
 
 

@@ -83,7 +83,11 @@ class SynthesisOptions(_Frozen):
     max_new_tokens: int = Field(1024, ge=1, le=8192, description="~21.5 tokens per audio second")
     chunk_length: int = Field(200, ge=100, le=1000, description="Server-side split size (bytes)")
     normalize: bool = Field(True, description="Text normalisation (ignored by 1.5+ servers)")
-    use_memory_cache: Literal["on", "off"] = Field("off", description="Cache encoded references")
+    use_memory_cache: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Server keeps encoded reference audio (auto: on when a request names a "
+        "voice); no change to the audio",
+    )
 
     _reference_id = field_validator("reference_id")(_check_reference_id)
 
@@ -99,14 +103,19 @@ class SynthesisOptions(_Frozen):
 
         Inline references go without a reference_id: the server would use the id instead."""
         refs = references or self.references
+        voice = None if references else (reference_id or self.reference_id)
+        cache = self.use_memory_cache
+        if cache == "auto":
+            # Without it the server encodes the reference audio again for every request.
+            cache = "on" if refs or voice else "off"
         return {
             "text": text,
             "chunk_length": self.chunk_length,
             "format": "wav",  # batch clients ask for wav and encode other formats themselves
             "references": [{"audio": r.audio, "text": r.text} for r in refs],
-            "reference_id": None if references else (reference_id or self.reference_id),
+            "reference_id": voice,
             "seed": self.seed if seed is None else seed,
-            "use_memory_cache": self.use_memory_cache,
+            "use_memory_cache": cache,
             "normalize": self.normalize,
             "streaming": False,
             "max_new_tokens": self.max_new_tokens,
@@ -119,6 +128,8 @@ class SynthesisOptions(_Frozen):
         """Stable digest of every field that changes the audio (references by their hash)."""
         data = self.model_dump(exclude={"references"})
         data["references"] = [r.digest() for r in self.references]
+        # The server's cache changes no audio: keys stay those of runs from before "auto".
+        data["use_memory_cache"] = "off"
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -197,6 +208,75 @@ class CaptionSettings(_Frozen):
 
     captions: OnOff = Field("on", description="WebVTT and SRT captions beside the audio")
     chapters: OnOff = Field("on", description="Chapters from headings: WebVTT, ID3 in mp3")
+
+
+class QaSettings(_Frozen):
+    """The check of every chunk's answer before it is cached or stitched (``fishflow.qa``).
+    Not part of the content key: an answer that passes is the same audio either way."""
+
+    enabled: bool = Field(True, description="Check every answer; suspect ones are made again")
+    retries: int = Field(
+        2, ge=0, le=10, description="Answers made again (another seed) after a suspect one"
+    )
+    rate_long: float = Field(
+        1.35,
+        gt=1,
+        le=10,
+        description="Suspect when speech lasts more than this times what its text predicts at "
+        "the voice's rate (repetition)",
+    )
+    rate_short: float = Field(
+        0.7,
+        gt=0,
+        lt=1,
+        description="Suspect when speech lasts less than this times what its text predicts "
+        "(words skipped)",
+    )
+    rate_spread: float = Field(
+        4.0, ge=0, le=50, description="... or further than this many robust deviations (MAD)"
+    )
+    rate_slack_s: float = Field(
+        0.25, ge=0, le=10, description="Seconds either way a short chunk may be off its rate"
+    )
+    rate_warmup: int = Field(
+        8,
+        ge=0,
+        le=10_000,
+        description="Answers of a voice before its own rate is used (until then the rough "
+        "rate, with bounds twice as wide)",
+    )
+    max_edge_s: float = Field(
+        0.6,
+        ge=0.05,
+        le=60,
+        description="Non-speech before or after the speech beyond this is trimmed (apart from "
+        "the speech) or suspect (running into it)",
+    )
+    edge_pad_s: float = Field(0.15, ge=0, le=5, description="Silence kept at a trimmed edge")
+    edge_gap_s: float = Field(
+        0.2, ge=0.02, le=5, description="Quiet between speech and an edge that makes it apart"
+    )
+    consonant_s: float = Field(
+        0.3, ge=0, le=2, description="Unvoiced sound next to the voiced speech counted as speech"
+    )
+    min_voiced: float = Field(
+        0.3, ge=0, le=1, description="Suspect (babble) below this share of voiced loud frames"
+    )
+    max_flatness: float = Field(
+        0.45, gt=0, le=1, description="Suspect (noise) above this median spectral flatness"
+    )
+    max_clipped: float = Field(
+        0.002, ge=0, le=1, description="Suspect above this share of samples at full scale"
+    )
+    max_dc: float = Field(0.05, ge=0, le=1, description="Suspect above this DC offset (FS)")
+    accept_marked: bool = Field(
+        False, description="Treat an item published marked as done on the next run"
+    )
+    unknown_voice: Literal["stop", "default"] = Field(
+        "stop",
+        description="A reference_id the server does not list: stop the run before any request "
+        "for it, or go on (the server speaks it in a default voice)",
+    )
 
 
 class ServerConfig(_Frozen):
@@ -375,6 +455,52 @@ class RunSettings(_Frozen):
         le=3600,
         description="How long the output lock of a run that stopped renewing it (crashed) holds",
     )
+    memory_cache: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Ask the server to keep encoded reference audio (use_memory_cache); auto: "
+        "on for requests with a reference_id or reference audio",
+    )
+    unknown_voice: Literal["stop", "default"] = Field(
+        "stop",
+        description="A reference_id the server does not list: stop the run before any request "
+        "for it, or go on in the server's default voice",
+    )
+    qa: OnOff = Field(
+        "on",
+        description="Check every chunk's answer before it is cached or stitched (speech rate, "
+        "noise at the edges, babble, clipping) and make suspect ones again",
+    )
+    qa_retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="Answers asked for again, with another seed, after a suspect one",
+    )
+    qa_rate_long: float = Field(
+        1.35,
+        gt=1,
+        le=10,
+        description="Suspect when a chunk's speech lasts over this times what its text "
+        "predicts at the voice's rate learned in the run",
+    )
+    qa_rate_short: float = Field(
+        0.7, gt=0, lt=1, description="Suspect when it lasts under this times that"
+    )
+    qa_max_edge_s: float = Field(
+        0.6,
+        ge=0.05,
+        le=60,
+        description="Non-speech at either end beyond this: trimmed when apart from the speech, "
+        "else suspect",
+    )
+    qa_on_marked: Literal["warn", "fail"] = Field(
+        "warn",
+        description="Items published marked (every answer of a chunk suspect): warn (exit 0, "
+        "counted) or fail (exit 2, the items stay published)",
+    )
+    qa_accept_marked: bool = Field(
+        False, description="Treat items published marked as done on the next run"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -396,6 +522,18 @@ class RunSettings(_Frozen):
             top_p=self.top_p,
             repetition_penalty=self.repetition_penalty,
             max_new_tokens=self.max_new_tokens,
+            use_memory_cache=self.memory_cache,
+        )
+
+    def qa_settings(self) -> QaSettings:
+        return QaSettings(
+            enabled=self.qa == "on",
+            retries=self.qa_retries,
+            rate_long=self.qa_rate_long,
+            rate_short=self.qa_rate_short,
+            max_edge_s=self.qa_max_edge_s,
+            accept_marked=self.qa_accept_marked,
+            unknown_voice=self.unknown_voice,
         )
 
     def retry_policy(self) -> RetryPolicy:
