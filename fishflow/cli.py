@@ -36,7 +36,8 @@ exit status:
   0    nothing failed
   1    a run-level error (unreadable source, no server answering, bad API key, no credit,
        missing bucket, disk full): one line on stderr says what to fix
-  2    some items failed; the manifests say which and why
+  2    some items failed; the manifests say which and why (also: items published marked,
+       with --qa-on-marked fail)
   64   usage error (unknown option, missing argument, bad value)
   130  stopped (Ctrl-C or SIGTERM); finished items are recorded: fishflow resume RUN_ID --out OUT
 """
@@ -327,6 +328,14 @@ def _build_parser() -> _Parser:
         help="400 above this length (default: no limit)",
     )
     emu.add_argument(
+        "--bad-answers",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="share of answers (0..1) that are 200 with the wrong speech: the end said again, "
+        "the end swallowed, a noise tail or babble, drawn from text and seed (default: 0)",
+    )
+    emu.add_argument(
         "--accept-any-reference-id",
         action="store_true",
         help="answer ids outside [a-zA-Z0-9 _-] like servers before March 2026 (default voice)",
@@ -612,7 +621,7 @@ def _with_flow(args: argparse.Namespace, run_id: str | None, out: str, call: Any
         return 0
     # Removed items are extra manifest rows (gone from the source), not among the run's items.
     hygiene = "".join(
-        f", {n} {what}" for what in ("removed", "pruned") if (n := summary.get(what, 0))
+        f", {n} {what}" for what in ("marked", "removed", "pruned") if (n := summary.get(what, 0))
     )
     print(
         f"fishflow: {summary['ok']} ok, {summary['skipped']} skipped, {summary['failed']} failed"
@@ -625,7 +634,14 @@ def _with_flow(args: argparse.Namespace, run_id: str | None, out: str, call: Any
     if summary.get("pruned", 0) > min(len(pruned), PRINTED):
         print("  (every pruned file is named in the run's log)")
     _print_failures(summary)
-    return 2 if summary["failed"] else 0
+    if marked := summary.get("marked", 0):
+        print(
+            f"  marked: {marked} item(s) published with an answer that failed the check on every "
+            "try (items.parquet: qa, qa_check); the next run makes them again",
+            file=sys.stderr,
+        )
+    failing_marked = marked and summary.get("qa_on_marked") == "fail"
+    return 2 if summary["failed"] or failing_marked else 0
 
 
 PRINTED = 5  # failed items, and pruned files, named after a run
@@ -856,6 +872,7 @@ def _emulator(args: argparse.Namespace) -> int:
         check_reference_ids=not args.accept_any_reference_id,
         tier_limit=args.tier_limit,
         faults=faults,
+        bad_answers=args.bad_answers,
     )
     emulator = Emulator(config, host=host or "127.0.0.1", port=int(port))
     print(f"fishflow emulator on {emulator.url} ({args.workers} worker(s))", flush=True)

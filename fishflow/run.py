@@ -189,6 +189,7 @@ class RunTotals:
     skipped: int = 0
     failed: int = 0
     removed: int = 0  # items gone from the source: extra manifest rows, not among `items`
+    marked: int = 0  # published (ok) with a chunk whose every answer was suspect
     pruned: int = 0  # files deleted by --prune
     pruned_files: list[str] = field(default_factory=list)  # first few, for reports
     audio_seconds: float = 0.0
@@ -202,6 +203,8 @@ class RunTotals:
             setattr(self, row.status, getattr(self, row.status) + 1)
             if row.status == "ok" and row.duration_s:
                 self.audio_seconds += row.duration_s
+            if row.status == "ok" and row.qa == "marked":
+                self.marked += 1
             if row.status == "failed" and len(self.failures) < REPORTED:
                 self.failures.append((row.item_id, row.source_row, row.error or ""))
 
@@ -225,6 +228,8 @@ class RunTotals:
             setattr(totals, status, getattr(totals, status) + 1)
             if status == "ok" and row["duration_s"]:
                 totals.audio_seconds += row["duration_s"]
+            if status == "ok" and row.get("qa") == "marked":
+                totals.marked += 1
             if status == "failed" and len(totals.failures) < REPORTED:
                 totals.failures.append((row["item_id"], row["source_row"], row["error"] or ""))
         return totals

@@ -291,6 +291,7 @@ async def refresh_catalog_audio(
         manifests=manifests,
         utilisation=utilisation,
         error=fatal.message if fatal else None,
+        qa_on_marked=settings.qa_on_marked,
     )
     return await _finish(summary, artifacts, max_failed_share)
 

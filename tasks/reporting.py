@@ -31,6 +31,7 @@ class Summary:
     utilisation: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     shards: list[dict[str, Any]] = field(default_factory=list)
+    qa_on_marked: str = "warn"  # the CLI exits 2 for marked items under "fail"
 
     def as_dict(self) -> dict[str, Any]:
         """The flow's return value (and what the CLI prints from)."""
@@ -40,6 +41,8 @@ class Summary:
             "ok": t.ok,
             "skipped": t.skipped,
             "failed": t.failed,
+            "marked": t.marked,
+            "qa_on_marked": self.qa_on_marked,
             "removed": t.removed,
             "pruned": t.pruned,
             "audio_seconds": round(t.audio_seconds, 3),
@@ -100,6 +103,13 @@ def summary_markdown(s: Summary) -> str:
         lines += ["", f"**Run stopped:** {s.error}"]
     if t.failures:
         lines += ["", f"{t.failed} item(s) failed; the first are in the `-failures` artifact."]
+    if t.marked:
+        lines += [
+            "",
+            f"**{t.marked} item(s) published marked**: every answer of one of their chunks was "
+            "suspect (the items manifest's `qa`, `qa_check` and `qa_measure` say which and why); "
+            "the next run makes them again.",
+        ]
     return "\n".join(lines)
 
 

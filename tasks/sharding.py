@@ -28,7 +28,7 @@ from tasks.reporting import Summary
 # A child whose worker died ends Crashed (heartbeats + `fishflow deploy`'s automation); each
 # child gets this many runs in all before the parent gives up on it.
 CHILD_RUNS = 3
-TOTALS_COLUMNS = ["item_id", "source_row", "status", "duration_s", "error"]
+TOTALS_COLUMNS = ["item_id", "source_row", "status", "duration_s", "error", "qa"]
 
 
 async def run_shards(
@@ -140,4 +140,5 @@ async def run_shards(
         wall_s=time.monotonic() - started,
         manifests=manifests,
         shards=children,
+        qa_on_marked=settings.qa_on_marked,
     )

@@ -83,12 +83,8 @@ ROW_CASES = [
     RowCase("absolute path id", [GOOD, {"id": "/etc/shadow", "text": "Absolute."}], "ok"),
     RowCase("backslashes in id", [GOOD, {"id": "a\\b\\..\\c", "text": "Windows."}], "ok"),
     RowCase("very long id", [GOOD, {"id": "x" * 3000, "text": "Long id."}], "ok"),
-    RowCase(
-        "unknown reference_id",
-        [GOOD, {"id": "x", "text": "Voice?", "reference_id": "ghost"}],
-        "ok",
-        "Voice?",
-    ),
+    # An unknown (well-formed) reference_id stops the run, or with --unknown-voice default is
+    # spoken in the server's default voice: see the tests after this one.
 ]
 
 
@@ -159,7 +155,9 @@ def test_ids_that_collide_after_cleaning_keep_apart(tmp_path: Path, emulator: Em
     assert items["audio_uri"].nunique() == 4
 
 
-def test_unknown_reference_id_is_warned_about_once(tmp_path: Path, caplog) -> None:
+def test_unknown_reference_id_is_warned_about_once_when_told_to_go_on(
+    tmp_path: Path, caplog
+) -> None:
     rows = [
         {"id": f"i{i}", "text": f"Row {i}.", "reference_id": "ghost" if i % 2 else "anna"}
         for i in range(6)
@@ -175,12 +173,40 @@ def test_unknown_reference_id_is_warned_about_once(tmp_path: Path, caplog) -> No
                     str(out),
                     "--server",
                     emu.url,
+                    "--unknown-voice",
+                    "default",
                 ]
             )
             == 0
         )
     warnings = [r.getMessage() for r in caplog.records if "not among the voices" in r.getMessage()]
     assert len(warnings) == 1 and "ghost" in warnings[0]
+
+
+def test_a_voice_the_server_does_not_hold_stops_the_run_before_any_request(
+    tmp_path: Path, capsys
+) -> None:
+    rows = [{"id": f"i{i}", "text": f"Row {i} of the catalog."} for i in range(5)]
+    with Emulator(EmulatorConfig(reference_ids=("anna", "bob"))) as emu:
+        code = main(
+            [
+                "run",
+                str(write_source(tmp_path, rows, "jsonl")),
+                "--out",
+                str(tmp_path / "out"),
+                "--server",
+                emu.url,
+                "--reference-id",
+                "anan",
+            ]
+        )
+        requests = emu.stats["requests"]
+    err = capsys.readouterr().err
+    assert code == 1
+    lines = [line for line in err.splitlines() if "anan" in line]
+    assert len(lines) == 1 and "'anna'" in lines[0] and "'bob'" in lines[0], err
+    assert "Traceback" not in err
+    assert requests == 0  # no /v1/tts request was sent
 
 
 def _parquet_with_int_text(path: Path) -> None:
