@@ -17,48 +17,12 @@ from fishflow.emulator import Emulator, EmulatorConfig
 from fishflow.voices import item_seed
 from tests.flows.helpers import latest_run, manifest, run
 
-WORDS = [
-    "the",
-    "kettle",
-    "holds",
-    "water",
-    "and",
-    "boils",
-    "it",
-    "quickly",
-    "while",
-    "a",
-    "small",
-    "light",
-    "shows",
-    "when",
-    "ready",
-    "for",
-    "tea",
-    "coffee",
-    "or",
-    "soup",
-    "handle",
-    "stays",
-    "cool",
-    "lid",
-    "opens",
-    "with",
-    "one",
-    "press",
-    "every",
-    "part",
-    "comes",
-    "apart",
-    "cleaning",
-    "base",
-    "turns",
-    "so",
-    "either",
-    "hand",
-    "can",
-    "pour",
-]
+PROSE = (
+    "the kettle holds water and boils it quickly while a small light shows when ready for tea "
+    "coffee or soup handle stays cool lid opens with one press every part comes apart cleaning "
+    "base turns so either hand can pour"
+)
+WORDS = PROSE.split()
 
 
 def sentence(rng: random.Random) -> str:
