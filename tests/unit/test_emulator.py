@@ -320,3 +320,54 @@ def test_msgpack_errors_lax_bools_head_and_options(emulator: Emulator) -> None:
     assert tts(emulator, normalize="perhaps").status_code == 422
     assert httpx.head(f"{emulator.url}/v1/health").status_code == 405
     assert httpx.options(f"{emulator.url}/v1/tts").status_code == 200
+
+
+def test_head_is_405_before_the_key_is_looked_at_and_unknown_paths_keep_the_connection() -> None:
+    """Issue 19: HEAD /v1/health with a wrong or no key -> 405 (the server answers it before
+    auth); an unknown path -> 404 with the JSON error body, on a connection that stays usable."""
+    with Emulator(EmulatorConfig(api_key="k")) as emu, httpx.Client(base_url=emu.url) as client:
+        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Bearer k"}):
+            r = client.head("/v1/health", headers=headers)
+            assert r.status_code == 405 and r.content == b""
+        for method in ("GET", "HEAD", "POST"):
+            r = client.request(method, "/v1/nowhere")
+            assert r.status_code == 404
+            if method != "HEAD":
+                assert r.json() == {"statusCode": 404, "message": "Not Found", "error": "Not Found"}
+        # All on one connection: nothing was left unread or closed in between.
+        assert client.get("/v1/health", headers={"Authorization": "Bearer k"}).status_code == 200
+        assert emu.stats["requests"] == 0
+
+
+def test_bad_answers_are_drawn_from_text_and_seed_and_logged() -> None:
+    """Issue 19: a share of answers is 200 with the wrong speech, the same for the same
+    request, usually good with another seed; each is logged with its mode."""
+    config = EmulatorConfig(bad_answers=0.3, seed=1)
+    texts = [f"Sentence number {i} of a catalog that is long enough to say." for i in range(40)]
+    with Emulator(config) as emu:
+
+        def duration(text: str, seed: int) -> float:
+            r = tts(emu, text=text, seed=seed)
+            info = sf.info(io.BytesIO(r.content))
+            return info.frames / info.samplerate
+
+        first = [duration(t, 1) for t in texts]
+        made_bad = emu.bad_answers
+        assert [duration(t, 1) for t in texts] == first  # the same request, the same answer
+        bad = emu.bad_answers
+        assert bad == made_bad + made_bad and 4 <= len(made_bad) <= 20  # about 30% of 40
+        assert {b["mode"] for b in bad} <= {"repeat_end", "drop_end", "trail_noise", "babble"}
+        assert emu.stats["bad"] and sum(emu.stats["bad"].values()) == len(bad)
+        once = {b["text"] for b in bad}
+        # Another seed: most of the bad ones come out right.
+        before = len(emu.bad_answers)
+        for text in once:
+            duration(text, 2)
+        assert len(emu.bad_answers) - before <= len(once) // 2
+
+
+def test_the_emulator_command_takes_bad_answers() -> None:
+    from fishflow.cli import _build_parser
+
+    args = _build_parser().parse_args(["emulator", "--bad-answers", "0.08"])
+    assert args.bad_answers == 0.08

@@ -285,3 +285,21 @@ def test_the_preflight_knows_a_fish_speech_server_by_its_health_route(
         assert "not as a Fish Speech server" in found.reason
     # The cloud API has no /v1/health: it is not asked, however its URL is spelled.
     assert asyncio.run(problem("https://API.fish.audio:443")) is None and len(asked) == 1
+
+
+def test_use_memory_cache_is_on_for_requests_that_carry_a_voice() -> None:
+    """Issue 19: the server encodes reference audio again on every request unless asked to keep
+    it; asking changes no audio, so no content key either."""
+    ref = Reference(audio=b"RIFF....", text="Hello.")
+    auto = SynthesisOptions()
+    assert auto.request_fields("Hi.")["use_memory_cache"] == "off"  # a seed voice: nothing to keep
+    assert auto.request_fields("Hi.", "anna")["use_memory_cache"] == "on"
+    assert auto.request_fields("Hi.", references=(ref,))["use_memory_cache"] == "on"
+    assert SynthesisOptions(reference_id="anna").request_fields("Hi.")["use_memory_cache"] == "on"
+    off = SynthesisOptions(use_memory_cache="off")
+    assert off.request_fields("Hi.", "anna")["use_memory_cache"] == "off"
+    # The keys of runs from before: the same fingerprints, whatever the setting.
+    assert {SynthesisOptions(use_memory_cache=v).fingerprint() for v in ("auto", "on", "off")} == {
+        "66e516c25069e0cf"
+    }
+    assert SynthesisOptions(reference_id="anna", seed=3).fingerprint() == "61c77aa4e1f7d570"
