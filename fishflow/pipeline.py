@@ -920,9 +920,9 @@ async def _synthesize_checked(
             ctx.rates.expected(voice, item.language),
             settings,
         )
+        if verdict.ratio is not None:  # speech, of whatever length: its rate is the voice's
+            ctx.rates.add(voice, item.language, verdict.ratio)
         if not verdict.suspect:
-            if verdict.ratio is not None:
-                ctx.rates.add(voice, item.language, verdict.ratio)
             accepted = _accepted(audio, verdict)
             return Synthesized(accepted, made.server, spent, latency, Checked(answers))
         if best is None or verdict.severity < best[1].severity:

@@ -184,6 +184,7 @@ def make_plan(
                 prev is not None
                 and prev.content_key == entry.content_key
                 and prev.audio_key in existing
+                and (prev.qa != "marked" or spec.qa.accept_marked)  # marked: made again
             ):
                 plan.skipped_items += 1
                 plan.skipped_chars += len(entry.text)

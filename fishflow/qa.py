@@ -23,8 +23,10 @@ The speaking rate is learned in the run per voice and language (``SpeechRates``)
 and MAD of log(duration / rough duration) over the accepted answers, where the rough duration
 is ``fishflow.audio.expected_duration_s`` (14 Latin or 4.5 CJK characters per second, the rate
 the pipeline's "far too short" and "wildly long" checks use). Until ``rate_warmup`` answers of a
-voice have been accepted, that rough rate is the prior and the bounds are twice as wide (in log
-terms).
+voice have been measured, that rough rate is the prior, with those checks' bounds (under 0.4x
+- 0.1 s, over 3x + 5 s): a voice may speak at half or twice the rough rate. Every answer whose
+signal is speech teaches the rate, suspect for its length or not: the median and MAD shrug off
+the few bad ones, and follow a voice that is slower than the rough rate all along.
 
 Cost: the signal is looked at in 46 ms frames of every 4th sample (about 11 kHz, enough for a
 voice's pitch and the shape of its spectrum); one FFT per frame gives the flatness and, through
@@ -57,6 +59,9 @@ _FLAT_HZ = (100.0, 5000.0)  # band the flatness is measured over
 _VOICED = 0.5  # normalised autocorrelation peak above which a frame is voiced
 _LOUD_BELOW_PEAK_DB = 40.0  # a frame within this of the loudest one is "loud"
 _FLOOR_DB = -60.0  # ... and above this absolute level (dBFS)
+# Bounds on a voice not yet learned: those of fishflow.audio.check_plausible (factor, seconds).
+_PRIOR_SHORT = (0.4, 0.1)
+_PRIOR_LONG = (3.0, 5.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,13 +172,15 @@ def _frame_measures(
     return level, voicing, flatness, _FRAME / fs
 
 
-def _suspect(check: str, measure: float, bound: float, *, above: bool) -> Verdict:
+def _suspect(
+    check: str, measure: float, bound: float, *, above: bool, ratio: float | None = None
+) -> Verdict:
     """A suspect verdict; severity is the measure's distance past its bound, relative."""
     if above:
         severity = measure / bound if bound > 0 else 1.0 + measure
     else:
         severity = bound / measure if measure > 0 else 100.0
-    return Verdict("suspect", check, round(measure, 4), severity=max(1.0, severity))
+    return Verdict("suspect", check, round(measure, 4), ratio=ratio, severity=max(1.0, severity))
 
 
 def check(
@@ -250,18 +257,20 @@ def check(
     ratio = speech_s / rough if rough > 0 else None
     if rough > 0:
         predicted = rough * expected.ratio
-        warm = expected.count >= settings.rate_warmup
-        widen = 1.0 if warm else 2.0  # the prior is a rough rate: twice the bounds, in log
-        spread = settings.rate_spread * expected.spread if warm else 0.0
-        hi = math.exp(max(math.log(settings.rate_long) * widen, spread))
-        lo = math.exp(-max(-math.log(settings.rate_short) * widen, spread))
+        if expected.count >= settings.rate_warmup:
+            spread = settings.rate_spread * expected.spread
+            hi = math.exp(max(math.log(settings.rate_long), spread))
+            lo = math.exp(-max(-math.log(settings.rate_short), spread))
+            slack_long = slack_short = settings.rate_slack_s
+        else:  # the rough rate, with the rough checks' bounds
+            (lo, slack_short), (hi, slack_long) = _PRIOR_SHORT, _PRIOR_LONG
         measure = speech_s / predicted
-        if speech_s > predicted * hi + settings.rate_slack_s:
-            bound = hi + settings.rate_slack_s / predicted
-            return _suspect("rate_long", measure, bound, above=True)
-        if speech_s < predicted * lo - settings.rate_slack_s:
-            bound = max(1e-3, lo - settings.rate_slack_s / predicted)
-            return _suspect("rate_short", measure, bound, above=False)
+        if speech_s > predicted * hi + slack_long:
+            bound = hi + slack_long / predicted
+            return _suspect("rate_long", measure, bound, above=True, ratio=ratio)
+        if speech_s < predicted * lo - slack_short:
+            bound = max(1e-3, lo - slack_short / predicted)
+            return _suspect("rate_short", measure, bound, above=False, ratio=ratio)
     return Verdict(
         "trim" if trimmed else "pass",
         start=verdict_start,

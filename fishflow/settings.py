@@ -239,11 +239,11 @@ class QaSettings(_Frozen):
         0.25, ge=0, le=10, description="Seconds either way a short chunk may be off its rate"
     )
     rate_warmup: int = Field(
-        8,
+        5,
         ge=0,
         le=10_000,
         description="Answers of a voice before its own rate is used (until then the rough "
-        "rate, with bounds twice as wide)",
+        "rate, with the rough checks' bounds: 0.4x and 3x + 5 s)",
     )
     max_edge_s: float = Field(
         0.6,

@@ -117,12 +117,26 @@ def test_the_rate_is_judged_at_the_voice_s_learned_rate() -> None:
     assert check(tone(), RATE, TEXT, slow_voice, SETTINGS).check == "rate_short"
 
 
-def test_before_warmup_the_rough_rate_is_used_with_wider_bounds() -> None:
-    cold = RateStats()  # no answer of this voice yet
-    longer = tone(seconds=1.6 * speech_duration_s(TEXT))
-    assert check(longer, RATE, TEXT, cold, SETTINGS).outcome == "pass"  # 1.6 < 1.35^2
-    twice = tone(seconds=2.2 * speech_duration_s(TEXT))
-    assert check(twice, RATE, TEXT, cold, SETTINGS).check == "rate_long"
+def test_before_warmup_the_rough_rate_is_used_with_the_rough_bounds() -> None:
+    cold = RateStats()  # no answer of this voice yet: a slow or fast voice must not be marked
+    seconds = speech_duration_s(TEXT)
+    for factor in (0.5, 1.6, 2.5):
+        assert check(tone(seconds=factor * seconds), RATE, TEXT, cold, SETTINGS).outcome == "pass"
+    verdict = check(tone(seconds=4 * seconds), RATE, TEXT, cold, SETTINGS)  # over 3x + 5 s
+    assert verdict.check == "rate_long" and verdict.ratio == pytest.approx(4, rel=0.1)
+    assert check(tone(seconds=0.3 * seconds), RATE, TEXT, cold, SETTINGS).check == "rate_short"
+
+
+def test_a_voice_slower_than_the_rough_rate_is_learned_in_a_few_answers() -> None:
+    rates = SpeechRates()
+    slow = tone(seconds=2.2 * speech_duration_s(TEXT))
+    for _ in range(SETTINGS.rate_warmup):
+        verdict = check(slow, RATE, TEXT, rates.expected("anna", "en"), SETTINGS)
+        assert verdict.outcome == "pass" and verdict.ratio is not None
+        rates.add("anna", "en", verdict.ratio)
+    assert check(slow, RATE, TEXT, rates.expected("anna", "en"), SETTINGS).outcome == "pass"
+    twice = tone(seconds=2 * 2.2 * speech_duration_s(TEXT))  # said twice, at this voice's rate
+    assert check(twice, RATE, TEXT, rates.expected("anna", "en"), SETTINGS).check == "rate_long"
 
 
 def test_a_noisy_voice_widens_its_own_bounds() -> None:
