@@ -217,4 +217,7 @@ def test_the_check_can_be_turned_off(tmp_path: Path, qa: str) -> None:
         summary = run(path, tmp_path / "out", [emu.url], settings_kw=kw)
         items = manifest(tmp_path / "out", "items", summary["run_id"])
         assert len(emu.received) == (3 if qa == "on" else 1)
-    assert items["qa"].tolist() == (["marked"] if qa == "on" else [None])
+    if qa == "on":
+        assert items["qa"].tolist() == ["marked"] and items["qa_check"].tolist() == ["babble"]
+    else:
+        assert items[["qa", "qa_check", "qa_attempts"]].isna().all(axis=None)
