@@ -336,6 +336,12 @@ def _build_parser() -> _Parser:
         "the end swallowed, a noise tail or babble, drawn from text and seed (default: 0)",
     )
     emu.add_argument(
+        "--speak",
+        action="store_true",
+        help="say the text in real words (espeak-ng: pip install 'fishflow[speech]') "
+        "instead of a tone",
+    )
+    emu.add_argument(
         "--accept-any-reference-id",
         action="store_true",
         help="answer ids outside [a-zA-Z0-9 _-] like servers before March 2026 (default voice)",
@@ -873,6 +879,7 @@ def _emulator(args: argparse.Namespace) -> int:
         tier_limit=args.tier_limit,
         faults=faults,
         bad_answers=args.bad_answers,
+        speak=args.speak,
     )
     emulator = Emulator(config, host=host or "127.0.0.1", port=int(port))
     print(f"fishflow emulator on {emulator.url} ({args.workers} worker(s))", flush=True)

@@ -22,11 +22,12 @@ the authors' own server code answers, and what this follows):
   connection kept open;
 - the ``POST /generate {"text", "language"}`` -> WAV dialect of some packaged images.
 
-Audio is deterministic (a tone derived from the text) and lasts about as long as the text takes
-to speak. ``bad_answers`` makes that share of answers wrong as a model does (``BAD_MODES``: the
-end said again, the end swallowed, a noise tail, babble), drawn from text and seed;
-``Emulator.bad_answers`` lists them, so tests count what the client caught. Generating takes
-``rtf`` seconds per audio second (or a fixed ``service_time_s``).
+Audio is deterministic (a tone derived from the text, or with ``speak`` real words from
+espeak-ng) and lasts about as long as the text takes to speak. ``bad_answers`` makes that share
+of answers wrong as a model does (``BAD_MODES``: the end said again, the end swallowed, a noise
+tail, babble), drawn from text and seed; ``Emulator.bad_answers`` lists them, so tests count
+what the client caught. Generating takes ``rtf`` seconds per audio second (or a fixed
+``service_time_s``).
 Fault knobs inject 500s, connection resets, truncated bodies, 429s with Retry-After, audio cut
 short and extra latency. ``GET /_emulator/stats`` reports requests per text and the most requests
 ever in flight at once, so tests count rather than time; ``Emulator.received`` lists what each
@@ -103,6 +104,9 @@ class EmulatorConfig:
     # and another seed usually well.
     bad_answers: float = 0.0
     bad_modes: tuple[str, ...] = ("repeat_end", "drop_end", "trail_noise", "babble")
+    # Say the text in real words (espeak-ng, fishflow[speech]) rather than a tone; the voice
+    # sets the pitch. Durations are then espeak's, cut at the token cap as the tone is.
+    speak: bool = False
 
 
 def speech_duration_s(text: str) -> float:
@@ -168,6 +172,23 @@ def misbehave(samples: np.ndarray, mode: str, x: float, key: str) -> np.ndarray:
         wave = noise * envelope * (0.25 * 32767 / max(float(noise.std()), 1e-9))
         return wave.clip(-32768, 32767).astype(np.int16)
     raise ValueError(f"unknown bad answer mode {mode!r}")
+
+
+def spoken_samples(
+    text: str, seconds: float, voice: str | None, max_new_tokens: int, fault: str | None
+) -> np.ndarray:
+    """The text in real words (espeak-ng), pitched by the voice, cut like the tone would be
+    (at the token cap; to a fifth under the ``short`` fault)."""
+    from fishflow.speech import speak
+
+    pitch = 25 + hashlib.sha256(f"{voice}".encode()).digest()[0] % 50
+    samples = speak(text, pitch=pitch)
+    limit = len(samples)
+    if max_new_tokens > 0:
+        limit = min(limit, int(max_new_tokens / TOKENS_PER_SECOND * SAMPLE_RATE))
+    if fault == "short":
+        limit = min(limit, int(seconds * SAMPLE_RATE))  # already a fifth of the text's time
+    return samples[: max(1, limit)]
 
 
 def wav_bytes(samples: np.ndarray, fmt: str = "wav") -> bytes:
@@ -571,7 +592,11 @@ class _Handler(BaseHTTPRequestHandler):
             if fault == "error" or req.format in ("pcm", "opus"):
                 self._error(500, "Failed to generate speech")
                 return
-            samples = synth_samples(text, seconds, voice if isinstance(voice, str) else None)
+            named = voice if isinstance(voice, str) else None
+            if srv.config.speak:
+                samples = spoken_samples(text, seconds, named, req.max_new_tokens, fault)
+            else:
+                samples = synth_samples(text, seconds, named)
             bad = bad_answer(
                 text,
                 req.seed,

@@ -9,6 +9,7 @@ import pytest
 from fishflow.emulator import BAD_MODES, SAMPLE_RATE, misbehave, speech_duration_s, synth_samples
 from fishflow.qa import RateStats, SpeechRates, check, retry_seed
 from fishflow.settings import QaSettings
+from fishflow.speech import speak
 
 TEXT = (
     "The kettle holds one and a half litres and boils in under three minutes, "
@@ -177,3 +178,51 @@ def test_checks_can_be_loosened_by_settings() -> None:
     lenient = SETTINGS.model_copy(update={"max_edge_s": 5.0})
     assert check(joined, RATE, TEXT, LEARNED, SETTINGS).suspect
     assert check(joined, RATE, TEXT, LEARNED, lenient).check != "trail_noise"
+
+
+SPOKEN = [
+    "The kettle holds one and a half litres and boils in under three minutes.",
+    "Every part comes apart for cleaning, and the base turns so either hand can pour.",
+    "This lesson explains how a small model learns to read and speak, one idea at a time.",
+    "She sells sea shells by the sea shore, and the shells she sells are surely sea shells.",
+    "Numbers such as 350 millilitres or 249 euros are read out in full by the voice.",
+    "A short one.",
+]
+
+
+def test_real_speech_passes_and_teaches_its_rate() -> None:
+    """espeak-ng's words (voiced and unvoiced sounds, pauses, consonants at the ends) are
+    speech to every check, in several languages and pitches."""
+    rates = SpeechRates()
+    for round_ in range(3):
+        for i, text in enumerate(SPOKEN):
+            samples = speak(text, pitch=20 + 25 * (i % 3))
+            verdict = check(samples, RATE, text, rates.expected("e", "en"), SETTINGS)
+            assert verdict.outcome in ("pass", "trim"), (round_, text, verdict)
+            assert verdict.ratio is not None
+            rates.add("e", "en", verdict.ratio)
+    assert rates.expected("e", "en").count == 3 * len(SPOKEN)
+    for language, text in [
+        ("de", "Ein Stuhl aus Eiche für das Esszimmer, gebaut für viele Jahre."),
+        ("zh", "这款绿茶产自杭州，香气清高，每罐二百五十克。"),
+    ]:
+        verdict = check(speak(text, language=language), RATE, text, RateStats(), SETTINGS)
+        assert verdict.outcome in ("pass", "trim"), (language, verdict)
+
+
+@pytest.mark.parametrize("mode", sorted(BAD_MODES))
+def test_each_fault_on_real_speech_is_suspect_or_cut_away(mode: str) -> None:
+    rates = SpeechRates()
+    for text in SPOKEN[:4] * 2:
+        verdict = check(speak(text), RATE, text, rates.expected("e", "en"), SETTINGS)
+        rates.add("e", "en", verdict.ratio or 1.0)
+    text = SPOKEN[2]
+    good = speak(text)
+    verdict = check(
+        misbehave(good, mode, 0.3, "k"), RATE, text, rates.expected("e", "en"), SETTINGS
+    )
+    if mode == "trail_noise" and verdict.outcome == "trim":
+        # espeak ends in silence, so the noise is apart from the speech: it is cut, all of it.
+        assert verdict.end is not None and verdict.end <= len(good)
+    else:
+        assert verdict.suspect, verdict
