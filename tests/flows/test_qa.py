@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +45,40 @@ def catalog(tmp_path: Path, count: int, *, sentences: tuple[int, int] = (1, 2), 
     return path, rows
 
 
-def answers_by_text(emu: Emulator) -> dict[str, list[Any]]:
-    """The seeds asked for, per text, in the order the requests came."""
-    asked: dict[str, list[Any]] = collections.defaultdict(list)
-    for request in emu.received:
-        asked[request["text"]].append(request["seed"])
-    return asked
+@dataclass
+class Tally:
+    """What became of the emulator's answers, counted from what it was asked and what it
+    spoiled: a bad answer is caught when the same text was asked for again after it (or it was
+    the last of a chunk whose every answer was bad: marked)."""
+
+    bad: int = 0
+    caught: int = 0
+    good: int = 0
+    good_made_again: int = 0
+    chunks: int = 0
+    made_again: int = 0  # chunks asked for more than once
+    published_bad: int = 0  # chunks whose every answer was bad: the least bad is published
+
+    @classmethod
+    def of(cls, emu: Emulator) -> Tally:
+        asked: dict[str, list[Any]] = collections.defaultdict(list)
+        for request in emu.received:
+            asked[request["text"]].append(request["seed"])
+        bad = {(b["text"], b["seed"]) for b in emu.bad_answers}
+        t = cls(bad=len(emu.bad_answers), chunks=len(asked))
+        for text, seeds in asked.items():
+            for i, seed in enumerate(seeds):
+                again = i + 1 < len(seeds)
+                if (text, seed) in bad:
+                    t.caught += again
+                else:
+                    t.good += 1
+                    t.good_made_again += again
+            t.made_again += len(seeds) > 1
+            if all((text, s) in bad for s in seeds):
+                t.published_bad += 1
+                t.caught += 1  # its last answer, found bad too: the item is marked
+        return t
 
 
 def test_bad_answers_are_caught_and_made_again_in_the_same_voice(tmp_path: Path) -> None:
@@ -63,31 +92,14 @@ def test_bad_answers_are_caught_and_made_again_in_the_same_voice(tmp_path: Path)
             [f"{emu.url}#limit=3"],
             settings_kw={"reference_id": "anna", "captions": "off"},
         )
-        asked = answers_by_text(emu)
-        bad = {(b["text"], b["seed"]) for b in emu.bad_answers}
+        t = Tally.of(emu)
     assert all(r["reference_id"] == "anna" for r in emu.received)  # one voice throughout
-
-    made_again = caught = good_made_again = good = published_bad = 0
-    for text, seeds in asked.items():
-        for i, seed in enumerate(seeds):
-            again = i + 1 < len(seeds)
-            if (text, seed) in bad:
-                caught += again
-            else:
-                good += 1
-                good_made_again += again
-        made_again += len(seeds) > 1
-        published_bad += all((text, s) in bad for s in seeds)
-    chunks_published = len(asked)
-    print(
-        f"bad answers {len(bad)}, caught {caught}; good {good}, made again {good_made_again}; "
-        f"published from a bad answer {published_bad} of {chunks_published}"
-    )
-    assert len(bad) >= 20  # enough to measure by
-    assert caught >= 0.95 * (len(bad) - published_bad * 3)  # the last of three is kept
-    assert caught >= 0.95 * len(bad) - 3
-    assert good_made_again <= 0.03 * good
-    assert published_bad <= 0.005 * chunks_published
+    print(t)
+    assert t.bad >= 20  # enough to measure by
+    assert t.caught >= 0.95 * t.bad
+    assert t.good_made_again <= 0.03 * t.good
+    assert t.published_bad <= 0.005 * t.chunks
+    published_bad, made_again = t.published_bad, t.made_again
 
     # Every item accounted, the manifests say what was tried.
     items = manifest(out, "items", summary["run_id"])
@@ -221,3 +233,29 @@ def test_the_check_can_be_turned_off(tmp_path: Path, qa: str) -> None:
         assert items["qa"].tolist() == ["marked"] and items["qa_check"].tolist() == ["babble"]
     else:
         assert items[["qa", "qa_check", "qa_attempts"]].isna().all(axis=None)
+
+
+def test_real_words_with_bad_answers(tmp_path: Path) -> None:
+    """The emulator speaking (espeak-ng) rather than humming: the checks hold on speech."""
+    path, rows = catalog(tmp_path, 40, seed=2)
+    config = EmulatorConfig(
+        workers=2,
+        reference_ids=("anna",),
+        bad_answers=0.15,
+        # Not trail_noise: after espeak's own silence the noise is apart from the speech, so
+        # it is trimmed rather than asked for again (tests/unit/test_qa.py).
+        bad_modes=("repeat_end", "drop_end", "babble"),
+        seed=3,  # no bad answer among a voice's first five, judged by the rough bounds
+        speak=True,
+    )
+    with Emulator(config) as emu:
+        summary = run(
+            path, tmp_path / "out", [f"{emu.url}#limit=2"], settings_kw={"reference_id": "anna"}
+        )
+        t = Tally.of(emu)
+    print(t)
+    assert t.bad >= 4 and t.caught == t.bad
+    assert t.good_made_again <= 1
+    items = manifest(tmp_path / "out", "items", summary["run_id"])
+    assert len(items) == len(rows) and set(items["status"]) == {"ok"}
+    assert (items["qa"] == "marked").sum() == t.published_bad
