@@ -110,11 +110,14 @@ class EmulatorConfig:
 
 
 def speech_duration_s(text: str) -> float:
-    """How long the emulated voice takes: 0.065 s per Latin character, 0.21 s per CJK one."""
+    """How long the emulated voice takes: 0.065 s per Latin character, 0.21 s per CJK one,
+    0.25 s per digit (a number is said in words: "350", "three hundred and fifty")."""
     seconds = 0.0
     for ch in text:
         if ch.isspace():
             seconds += 0.03
+        elif ch.isdigit():
+            seconds += 0.25
         elif ord(ch) >= 0x2E80:
             seconds += 0.21
         else:
