@@ -226,3 +226,36 @@ def test_each_fault_on_real_speech_is_suspect_or_cut_away(mode: str) -> None:
         assert verdict.end is not None and verdict.end <= len(good)
     else:
         assert verdict.suspect, verdict
+
+
+def test_marked_items_are_counted_in_the_totals_the_summary_and_its_artifact() -> None:
+    from datetime import UTC, datetime
+
+    from fishflow.manifest import ItemRow
+    from fishflow.pipeline import ItemOutcome
+    from fishflow.run import RunTotals
+    from tasks.reporting import Summary, summary_markdown
+
+    def row(i: int, status: str, qa: str | None) -> ItemRow:
+        now = datetime.now(UTC)
+        return ItemRow(
+            run_id="r", item_id=f"i{i}", source_row=i, status=status, created_at=now, qa=qa
+        )
+
+    rows = [
+        row(0, "ok", "marked"),
+        row(1, "ok", "pass"),
+        row(2, "ok", None),
+        row(3, "failed", None),
+    ]
+    totals = RunTotals()
+    totals.add([ItemOutcome(r) for r in rows])
+    assert (totals.ok, totals.failed, totals.marked) == (3, 1, 1)
+    read_back = [{name: getattr(r, name) for name in r.__slots__} for r in rows]
+    assert RunTotals.from_items(read_back).marked == 1
+    summary = Summary(run_id="r", totals=totals, wall_s=1.0, manifests={}, qa_on_marked="fail")
+    assert summary.as_dict()["marked"] == 1 and summary.as_dict()["qa_on_marked"] == "fail"
+    assert "1 item(s) published marked" in summary_markdown(summary)
+    assert "published marked" not in summary_markdown(
+        Summary(run_id="r", totals=RunTotals(ok=2), wall_s=1.0, manifests={})
+    )
