@@ -1117,8 +1117,10 @@ def _with_qa(ctx: RunContext, outcome: ItemOutcome, item: Item, attempt: int) ->
     was suspect (the first such chunk's check and measure), else "pass"; for a seed voice,
     the whole-item attempts as every chunk's answers tried."""
     row = outcome.item
-    if row.status != "ok" or not ctx.spec.qa.enabled:
+    if row.status != "ok":
         return outcome
+    if not ctx.spec.qa.enabled:
+        return replace(outcome, item=replace(row, seed=item.seed))
     chunks = outcome.chunks
     if item.seed is not None:
         chunks = [

@@ -39,6 +39,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import math
+import threading
 from dataclasses import dataclass
 from typing import Literal
 
@@ -121,11 +122,13 @@ def retry_seed(base: int | None, what: str, attempt: int) -> int:
 
 
 class SpeechRates:
-    """Speaking rates learned in a run, per (voice, language): the last ``window`` accepted
-    answers of each, as log(duration / rough duration)."""
+    """Speaking rates learned in a run, per (voice, language): the last ``window`` answers of
+    each that were speech, as log(duration / rough duration). Batches run in threads of their
+    own (Prefect's task runner) and share one: a lock keeps the windows whole."""
 
     def __init__(self, window: int = 256) -> None:
         self._window = window
+        self._lock = threading.Lock()
         self._logs: dict[tuple[str, str], collections.deque[float]] = {}
         self._stats: dict[tuple[str, str], RateStats] = {}
 
@@ -136,12 +139,13 @@ class SpeechRates:
         if not ratio > 0 or not math.isfinite(ratio):
             return
         key = (voice, language)
-        logs = self._logs.setdefault(key, collections.deque(maxlen=self._window))
-        logs.append(math.log(ratio))
-        values = np.fromiter(logs, dtype=np.float64, count=len(logs))
+        with self._lock:
+            logs = self._logs.setdefault(key, collections.deque(maxlen=self._window))
+            logs.append(math.log(ratio))
+            values = np.fromiter(logs, dtype=np.float64, count=len(logs))
         median = float(np.median(values))
         mad = float(np.median(np.abs(values - median)))
-        self._stats[key] = RateStats(math.exp(median), 1.4826 * mad, len(logs))
+        self._stats[key] = RateStats(math.exp(median), 1.4826 * mad, len(values))
 
 
 def _frame_measures(
