@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from fishflow.cli import main as cli_main
 from fishflow.emulator import Emulator, EmulatorConfig
 
@@ -14,12 +16,27 @@ OUT = Path.cwd() / "demo-output"
 
 
 def main() -> int:
-    # rtf 0.05: the emulator spends 50 ms of "GPU" per second of audio, like a fast server.
-    with Emulator(EmulatorConfig(workers=1, rtf=0.05)) as emulator:
+    # rtf 0.05: the emulator spends 50 ms of "GPU" per second of audio, like a fast server;
+    # and it answers some requests badly, as a model does, for the answer check to catch.
+    with Emulator(EmulatorConfig(workers=1, rtf=0.05, bad_answers=0.1)) as emulator:
         print(f"demo: Fish Speech emulator on {emulator.url}; catalog {CATALOG}")
         code = cli_main(["run", str(CATALOG), "--out", str(OUT), "--server", emulator.url])
+        bad = emulator.bad_answers
     if code not in (0, 2):
         return code
+    if bad:
+        items = pq.read_table(
+            max(OUT.glob("manifests/run=*/items.parquet"), key=lambda p: p.stat().st_mtime),
+            columns=["qa", "qa_attempts"],
+        ).to_pylist()
+        again = sum((r["qa_attempts"] or 0) > 1 for r in items)
+        marked = sum(r["qa"] == "marked" for r in items)
+        modes = ", ".join(sorted({b["mode"] for b in bad}))
+        print(
+            f"\ndemo: the emulator answered {len(bad)} request(s) badly on purpose ({modes});\n"
+            f"      the answer check had {again} item(s) made again with another seed, "
+            f"{marked} published marked\n      (qa, qa_check, qa_attempts in items.parquet)"
+        )
     print(
         f"\ndemo: audio in {OUT / 'audio'}, manifests in {OUT / 'manifests'}\n"
         "demo: the catalog holds two bad rows on purpose (blank text, duplicate id): they are\n"
