@@ -212,7 +212,8 @@ class CaptionSettings(_Frozen):
 
 class QaSettings(_Frozen):
     """The check of every chunk's answer before it is cached or stitched (``fishflow.qa``).
-    Not part of the content key: an answer that passes is the same audio either way."""
+    Not part of the content key: changing it redoes nothing already published (only items
+    published marked are made again, see ``accept_marked``)."""
 
     enabled: bool = Field(True, description="Check every answer; suspect ones are made again")
     retries: int = Field(
