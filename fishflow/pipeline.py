@@ -1188,6 +1188,9 @@ async def _make_item(
             if errors:
                 continue  # the item fails: collect the other chunks' rows, write nothing
             if may_redo and row.qa_check is not None:
+                # Progress counted for this attempt's chunks is taken back: they are redone.
+                ctx.chunks_done -= len(rows) - 1
+                ctx.audio_done_s -= sum(r.duration_s or 0.0 for r in rows[:-1])
                 return spent + sum(r.attempts for r in rows)  # the `finally` drops the rest
             if audio is None:
                 audio = ctx.cache.recall(row.chunk_key)  # else read back in the publisher thread
