@@ -151,20 +151,23 @@ class SpeechRates:
 def _frame_measures(
     samples: np.ndarray, rate: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Per 46 ms frame: level (dBFS), voicing (autocorrelation peak in the pitch range, 0..1),
-    spectral flatness (0..1); and the frames' length in seconds."""
+    """Per 46 ms frame: whether it is loud, its voicing (autocorrelation peak in the pitch
+    range, 0..1) and spectral flatness (0..1), both 0 for a quiet frame (not looked at: the
+    pauses cost nothing); and the frames' length in seconds."""
     step = max(1, round(rate / _ANALYSIS_RATE))
     fs = rate / step
     y = samples[::step].astype(np.float32)
     count = len(y) // _FRAME
+    voicing = np.zeros(count, dtype=np.float32)
+    flatness = np.zeros(count, dtype=np.float32)
     if count == 0:
-        empty = np.zeros(0, dtype=np.float32)
-        return empty, empty, empty, _FRAME / fs
+        return np.zeros(0, dtype=bool), voicing, flatness, _FRAME / fs
     frames = y[: count * _FRAME].reshape(count, _FRAME)
     power = np.einsum("ij,ij->i", frames, frames) / _FRAME
     level = 10 * np.log10(power / _FULL_SCALE**2 + 1e-12)
+    loud = level > max(float(level.max()) - _LOUD_BELOW_PEAK_DB, _FLOOR_DB)
     # scipy's FFT keeps float32 (numpy's computes in float64): a seventh of the time.
-    spectrum = scipy.fft.rfft(frames, n=_FFT, axis=1)
+    spectrum = scipy.fft.rfft(frames[loud], n=_FFT, axis=1)
     psd = spectrum.real**2 + spectrum.imag**2
     # Autocorrelation by Wiener-Khinchin, unbiased (each lag over the samples it has), peak in
     # the pitch range over lag 0.
@@ -172,11 +175,11 @@ def _frame_measures(
     lo, hi = int(fs / _PITCH_HZ[1]), int(fs / _PITCH_HZ[0]) + 1
     lags = np.arange(lo, hi)
     unbiased = ac[:, lo:hi] * (_FRAME / (_FRAME - lags))
-    voicing = unbiased.max(axis=1) / np.maximum(ac[:, 0], 1e-9)
+    voicing[loud] = unbiased.max(axis=1) / np.maximum(ac[:, 0], 1e-9)
     b0, b1 = int(_FLAT_HZ[0] * _FFT / fs), int(_FLAT_HZ[1] * _FFT / fs)
     band = psd[:, b0:b1] + 1e-9
-    flatness = np.exp(np.mean(np.log(band), axis=1)) / np.mean(band, axis=1)
-    return level, voicing, flatness, _FRAME / fs
+    flatness[loud] = np.exp(np.mean(np.log(band), axis=1)) / np.mean(band, axis=1)
+    return loud, voicing, flatness, _FRAME / fs
 
 
 def _suspect(
@@ -211,12 +214,9 @@ def check(
     if dc > settings.max_dc:
         return _suspect("dc_offset", dc, settings.max_dc, above=True)
 
-    level, voicing, flatness, frame_s = _frame_measures(samples, rate)
-    if len(level) == 0:  # under 46 ms: nothing to judge but its length (below)
-        loud = voiced = np.zeros(0, dtype=bool)
-    else:
-        loud = level > max(float(level.max()) - _LOUD_BELOW_PEAK_DB, _FLOOR_DB)
-        voiced = loud & (voicing > _VOICED)
+    # Under 46 ms there are no frames: nothing to judge but its length (below).
+    loud, voicing, flatness, frame_s = _frame_measures(samples, rate)
+    voiced = loud & (voicing > _VOICED)
     if loud.any():
         share = float(np.count_nonzero(voiced)) / float(np.count_nonzero(loud))
         if share < settings.min_voiced:
@@ -260,7 +260,8 @@ def check(
         start_s, end_s = speech_from, min(end_s, speech_to)
 
     speech_s = max(0.0, end_s - start_s)
-    rough = expected_duration_s(text) + _DIGIT_S * sum(ch.isdigit() for ch in text)
+    digits = sum(text.count(d) for d in "0123456789")  # in C: ten scans beat a Python loop
+    rough = expected_duration_s(text) + _DIGIT_S * digits
     ratio = speech_s / rough if rough > 0 else None
     if rough > 0:
         predicted = rough * expected.ratio
