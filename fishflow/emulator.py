@@ -808,6 +808,7 @@ class _Server(ThreadingHTTPServer):
                     for r in req.references
                 ],
                 "seed": req.seed,
+                "use_memory_cache": req.use_memory_cache,
                 "max_new_tokens": req.max_new_tokens,
                 "format": req.format,
             }

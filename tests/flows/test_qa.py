@@ -94,6 +94,7 @@ def test_bad_answers_are_caught_and_made_again_in_the_same_voice(tmp_path: Path)
         )
         t = Tally.of(emu)
     assert all(r["reference_id"] == "anna" for r in emu.received)  # one voice throughout
+    assert all(r["use_memory_cache"] == "on" for r in emu.received)  # encoded once, kept
     print(t)
     assert t.bad >= 20  # enough to measure by
     assert t.caught >= 0.95 * t.bad
@@ -190,6 +191,7 @@ def test_a_seed_voice_is_made_again_whole_and_a_rerun_keeps_that_voice(tmp_path:
         redone = [i for i in items.index if items.loc[i, "seed"] != item_seed(i)]
         assert redone, "no item drew a bad answer: pick another emulator seed"
         assert (items["status"] == "ok").all()
+        assert all(r["use_memory_cache"] == "off" for r in received)  # no reference to keep
         for item_id in items.index:
             seed = int(items.loc[item_id, "seed"])
             texts = {r["text"] for r in received if r["seed"] == seed}
