@@ -67,12 +67,40 @@ BlockKind = Literal["heading", "paragraph", "list_item", "table_row", "code"]
 
 
 @dataclass(frozen=True, slots=True)
+class Mark:
+    """A span of written text that is not prose: inline code, or a ``<sup>``/``<sub>``."""
+
+    start: int
+    end: int
+    kind: Literal["code", "sup", "sub"] = "code"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A span said differently from how it is written (``fishflow.spoken``): offsets into the
+    written and the spoken text of one block, and the rule that changed it."""
+
+    written_start: int
+    written_end: int
+    spoken_start: int
+    spoken_end: int
+    rule: str
+
+
+@dataclass(frozen=True, slots=True)
 class Block:
-    """One unit of an item's speech: normalised text (one line) and what it is."""
+    """One unit of an item's speech: normalised text (one line) and what it is.
+
+    As written (``fishflow.markdown``, ``plain_blocks``), ``marks`` locate inline code in
+    ``text``; as spoken (``fishflow.spoken``), ``text`` is what the model says, ``written``
+    what the author wrote (None when the same) and ``changes`` where they differ."""
 
     text: str
     kind: BlockKind = "paragraph"
     level: int = 0  # heading level, 1-6; 0 for other kinds
+    marks: tuple[Mark, ...] = ()
+    written: str | None = None
+    changes: tuple[Change, ...] = ()
 
 
 def plain_blocks(text: str) -> tuple[Block, ...]:
