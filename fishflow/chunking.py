@@ -96,6 +96,8 @@ class Chunk:
     # What the author wrote for this chunk, where it differs from what is said (inline code,
     # numbers, lexicon terms): captions and chapter titles show it.
     written: str | None = None
+    # Each span said differently: (as written, as said, rule), for preview and plan.
+    said: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def shown(self) -> str:
@@ -360,6 +362,7 @@ def chunk_blocks(
                 _boundary(blocks, c, chunks[k + 1] if k + 1 < len(chunks) else None),
                 first.level if first.kind == "heading" and c.starts_block else 0,
                 written=None if written == spoken else written,
+                said=shown.said(c.start, c.end) if shown else (),
             )
         )
     return out
@@ -394,6 +397,25 @@ class _WrittenText:
                 + (local - len(block.text))
             )
         return self.written_starts[i] + written_offset(block, local, end=end)
+
+    def said(self, start: int, end: int) -> tuple[tuple[str, str, str], ...]:
+        """The changes that start within [start, end) of the spoken text."""
+        out = []
+        for i, block in enumerate(self.blocks):
+            base = self.spoken_starts[i]
+            if base >= end:
+                break
+            if base + len(block.text) < start:
+                continue
+            written = block.text if block.written is None else block.written
+            for c in block.changes:
+                if c.rule == "tidy" or not start <= base + c.spoken_start < end:
+                    continue
+                was = written[c.written_start : c.written_end].strip()
+                said = block.text[c.spoken_start : c.spoken_end].strip()
+                if was != said:
+                    out.append((was, said, c.rule))
+        return tuple(out)
 
     def between(self, start: int, end: int) -> str:
         return self.text[self._offset(start, end=False) : self._offset(end, end=True)]

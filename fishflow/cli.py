@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import difflib
 import functools
@@ -788,12 +789,14 @@ def _preview(args: argparse.Namespace) -> int:
     """Chunks as `run` would send them, from the same code path, without Prefect or servers."""
     from fishflow.pipeline import Rejection, item_chunks
     from fishflow.run import entry_batches, run_spec
+    from fishflow.spoken import rule_summary, said_as
 
     overrides = {k: v for k in RunSettings.model_fields if (v := getattr(args, k)) is not None}
     settings = _from_flags(RunSettings, **overrides)
     spec = run_spec(settings)
     wanted = set(args.item_ids or ())
     items = chunks = mid_sentence = failing = 0
+    rules: collections.Counter[str] = collections.Counter()
     for batch in entry_batches(args.source, settings, spec):
         for entry in batch:
             if wanted and entry.item_id not in wanted:
@@ -818,6 +821,9 @@ def _preview(args: argparse.Namespace) -> int:
                     else f"⟂ {spec.audio.pause_after_ms(c.boundary)} ms ({c.boundary})"
                 )
                 print(f"[chunk {c.index}, {c.utf8_bytes} B] {c.text} {join}")
+                if c.said:
+                    print("    said: " + " · ".join(said_as(w, s, r) for w, s, r in c.said))
+                rules.update(r for _, _, r in c.said)
             chunks += len(parts)
             mid_sentence += sum(c.ends_mid_sentence for c in parts)
     if wanted:
@@ -828,6 +834,8 @@ def _preview(args: argparse.Namespace) -> int:
         f"fishflow: {items} row{'s' * (items != 1)}{fails}, {chunks} chunks "
         f"(budget {spec.chunking.max_bytes} B), {mid_sentence} end mid-sentence ({share})"
     )
+    if rules:
+        print(f"fishflow: said differently from the text: {rule_summary(rules)}")
     return 0
 
 

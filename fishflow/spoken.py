@@ -14,14 +14,14 @@ marked) into blocks as spoken, in this order:
 
 Each spoken block keeps what was written (``Block.written``) and where the two differ
 (``Block.changes``), so captions and chapter titles show the author's text, ``fishflow
-preview`` marks every change, and ``fishflow plan`` counts them by rule. A block the rules do
+preview`` lists every change, and ``fishflow plan`` counts them by rule. A block the rules do
 not touch is returned as it is.
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import regex
@@ -197,16 +197,35 @@ def _split(segs: list[_Seg], finder, rule_of) -> list[_Seg]:  # type: ignore[no-
     return out
 
 
-def _drop_hanging(segs: list[_Seg], language: str) -> None:
-    """After dropped code: no article, preposition or lone conjunction left hanging."""
+def _drop_hanging(segs: list[_Seg], language: str) -> list[_Seg]:
+    """After dropped code: no article, preposition or lone conjunction left hanging. The
+    words dropped become segments of their own, so the rest of the prose is read as usual."""
     lang = _primary(language)
     before = _HANGING_BEFORE.get(lang, frozenset())
     conjunctions = _CONJUNCTIONS.get(lang, frozenset())
+    out: list[_Seg] = []
     for i, seg in enumerate(segs):
         if seg.rule != "code dropped":
+            out.append(seg)
             continue
         nxt = segs[i + 1] if i + 1 < len(segs) else None
-        # "`a` or `b`": the conjunction between two dropped snippets goes
+        following = (nxt.spoken if nxt else "").lstrip()
+        # The words before the snippet that would hang, last first.
+        while out and out[-1].rule is None and out[-1].spoken:
+            prev = out[-1]
+            match = _LAST_WORD.search(prev.spoken)
+            if not match or match.group(2).lower() not in before | conjunctions:
+                break
+            # A verb before the snippet ("run", "use") keeps its sentence if words follow.
+            if match.group(2).lower() in _VERBS and following[:1].isalpha():
+                break
+            cut = match.start(2)
+            out.pop()
+            if cut:
+                out.append(_Seg(prev.written[:cut], prev.spoken[:cut]))
+            out.append(_Seg(prev.written[cut:], "", "code dropped"))
+        out.append(seg)
+        # "`a` or `b`": the conjunction between two dropped snippets goes too
         if (
             nxt is not None
             and nxt.rule is None
@@ -215,21 +234,10 @@ def _drop_hanging(segs: list[_Seg], language: str) -> None:
             and nxt.spoken.strip(" ,").lower() in conjunctions | {""}
         ):
             nxt.spoken, nxt.rule = " ", "code dropped"
-        prev = segs[i - 1] if i else None
-        while prev is not None and prev.spoken:
-            match = _LAST_WORD.search(prev.spoken)
-            if not match or match.group(2).lower() not in before | conjunctions:
-                break
-            word = match.group(2).lower()
-            following = (nxt.spoken if nxt else "").lstrip()
-            # A verb or noun before the snippet ("run", "the file") keeps its sentence if
-            # something follows; articles and prepositions never stay.
-            if word in ("use", "using", "run", "type", "enter") and following[:1].isalpha():
-                break
-            prev.spoken = prev.spoken[: match.start()] + match.group(1)
-            prev.rule = prev.rule or "code dropped"
-            if not prev.spoken.strip():
-                break
+    return out
+
+
+_VERBS = frozenset(("use", "using", "run", "type", "enter"))
 
 
 def speak_block(block: Block, language: str, options: SpeechOptions) -> Block:
@@ -245,7 +253,7 @@ def speak_block(block: Block, language: str, options: SpeechOptions) -> Block:
     if at < len(text):
         segs.append(_Seg(text[at:], text[at:]))
     if any(s.rule == "code dropped" for s in segs):
-        _drop_hanging(segs, language)
+        segs = _drop_hanging(segs, language)
     if options.lexicon:
         segs = _split(
             segs,
@@ -273,7 +281,7 @@ def _mark_seg(written: str, kind: str, language: str, options: SpeechOptions) ->
     if kind == "sup":
         template = _POWER.get(_primary(language), _POWER["en"])
         return _Seg(written_mark(kind, written), template.format(inner), "power", kind)
-    return _Seg(written_mark(kind, written), " " + inner, "index", kind)
+    return _Seg(written_mark(kind, written), f" {inner} ", "index", kind)
 
 
 # Space before punctuation that dropping left ("Run the file ." -> "Run the file.").
@@ -366,21 +374,11 @@ def written_offset(block: Block, spoken_offset: int, *, end: bool) -> int:
     return spoken_offset + shift
 
 
-def rule_counts(blocks: Iterable[Block]) -> collections.Counter[str]:
-    """How many spans each rule changed (``fishflow plan``)."""
-    return collections.Counter(c.rule for b in blocks for c in b.changes if c.rule != "tidy")
+def said_as(written: str, spoken: str, rule: str) -> str:
+    """One change as ``preview`` shows it: "`String::new` → String new (code)"."""
+    return f"{written} → {spoken or '(not said)'} ({rule})"
 
 
-def marked_text(block: Block) -> str:
-    """The block's spoken text with each change shown as ``⟦written → spoken⟧`` (preview)."""
-    written = block.written if block.written is not None else block.text
-    out, at = [], 0
-    for c in block.changes:
-        if c.rule == "tidy":
-            continue
-        out.append(block.text[at : c.spoken_start])
-        said = block.text[c.spoken_start : c.spoken_end].strip()
-        out.append(f"⟦{written[c.written_start : c.written_end].strip()} → {said or '∅'}⟧")
-        at = c.spoken_end
-    out.append(block.text[at:])
-    return "".join(out)
+def rule_summary(counts: collections.Counter[str]) -> str:
+    """ "412 code, 96 number cardinal, 12 lexicon": spans changed, by rule, most first."""
+    return ", ".join(f"{n:,} {rule}" for rule, n in counts.most_common())
