@@ -20,6 +20,7 @@ import regex
 
 # symbol -> (en, de, zh, ja); longest first when matching.
 _SYMBOLS: dict[str, tuple[str, str, str, str]] = {
+    "--": ("dash dash", "Strich Strich", "双横杠", "ダブルハイフン"),
     "..=": ("dot dot equals", "Punkt Punkt gleich", "点点等于", "ドットドットイコール"),
     "...": ("dot dot dot", "Punkt Punkt Punkt", "点点点", "ドットドットドット"),
     "===": ("triple equals", "dreifach gleich", "全等于", "トリプルイコール"),

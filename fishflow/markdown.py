@@ -114,7 +114,10 @@ _HOST_PATH = re.compile(
     rf"\b((?:[a-zA-Z0-9\-]+\.)+[a-zA-Z]{{2,}})(?:/[^\s<>\"'`|\ue000{_MARK_CHARS}]*)", re.ASCII
 )
 # What is left of a URL glued to other text, after the above: never spoken.
-_URL_RESIDUE = re.compile(r"(?<![A-Za-z])(?:https?|ftp|file|mailto):|:/+|www\.", re.IGNORECASE)
+# A scheme only when something follows it: "the file: it" is prose.
+_URL_RESIDUE = re.compile(
+    r"(?<![A-Za-z])(?:https?|ftp|file|mailto):(?=[^\s.,;!?])|:/+|www\.", re.IGNORECASE
+)
 # A placeholder or a stray tag left as text ("<APP_NAME>", an escaped "&lt;div&gt;").
 _ANGLED = re.compile(r"<[^\s<>][^<>\n]{0,80}>")
 # Emphasis marks markdown-it left as text (unmatched): runs of two or more, or one "*" that
@@ -592,7 +595,14 @@ def markdown_blocks(
     markdown, toml_title = _toml_front_matter(markdown.replace("\r\n", "\n").replace(_BREAK, " "))
     tokens = _parser().parse(markdown)
     # The prose's language sets the punctuation (and the code cue) of every block.
-    prose = " ".join(t.content for t in tokens if t.type == "inline")
+    # Inline code is not prose: a Chinese lesson full of `console.log` is still Chinese.
+    prose = " ".join(
+        c.content
+        for t in tokens
+        if t.type == "inline"
+        for c in t.children or ()
+        if c.type == "text"
+    )
     language = language or detect_language(drop_emoji(prose))
     marks = _Marks()
     inline = _Inline(images=images, marks=marks)
@@ -621,7 +631,7 @@ def markdown_blocks(
             elif kind == "list_item_open":
                 number = None
                 if "ordered_list_open" in stack[-2:-1] and counters:
-                    number = f"{counters[-1]}. "
+                    number = f"{counters[-1]}{'、' if builder.ideographic else '. '}"
                     counters[-1] += 1
             elif kind == "tr_open":
                 row = []

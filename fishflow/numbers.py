@@ -202,6 +202,9 @@ class _Reader:
             return f"{base} cubed"
         return f"{base} {self.word(3)} {exponent}".strip()
 
+    def times(self, number: str) -> str:
+        return f"{number} times"
+
     def fraction(self, n: int, d: int) -> str:
         if d == 2:
             return "one half" if n == 1 else f"{self.cardinal(n)} halves"
@@ -255,6 +258,9 @@ class _German(_Reader):
     def power(self, base: str, exponent: str) -> str:
         return f"{base} hoch {exponent}".strip()
 
+    def times(self, number: str) -> str:
+        return f"{number}-mal"
+
     def fraction(self, n: int, d: int) -> str:
         if d == 2:
             return "ein halb" if n == 1 else f"{self.cardinal(n)} Halbe"
@@ -299,6 +305,9 @@ class _Japanese(_Reader):
 
     def power(self, base: str, exponent: str) -> str:
         return f"{base}の{exponent}乗"
+
+    def times(self, number: str) -> str:
+        return f"{number}倍"
 
     def fraction(self, n: int, d: int) -> str:
         return f"{self.cardinal(d)}分の{self.cardinal(n)}"
@@ -427,6 +436,7 @@ def _pattern(decimal_comma: bool) -> regex.Pattern[str]:
       | (?P<percent>{_BEFORE}(?P<pneg>-)?(?P<pnum>{num})\s?[%％])
       | (?P<range>{_BEFORE}(?P<ra>{num})\s?[\-–—~〜～]\s?(?P<rb>{num})
           (?:\s?(?P<runit>{_UNIT_ALT}))?{_AFTER})
+      | (?P<times>{_BEFORE}(?P<tn>{num})[x×](?![\p{{L}}\p{{N}}_]))
       | (?P<fraction>{_BEFORE}(?P<fn>\d{{1,3}})/(?P<fd>\d{{1,3}})(?![/\d\p{{L}}]))
       | (?P<ordinal>{_BEFORE}(?P<on>\d+)(?:st|nd|rd|th)\b)
       | (?P<cjkordinal>第(?P<con>\d+))
@@ -508,7 +518,8 @@ def _say(
     if kind == "version":
         parts = (m["vn"] or m["vd"]).split(".")
         said = reader.version(parts)
-        if m["vp"]:
+        before = text[max(0, m.start() - 9) : m.start()].split()
+        if m["vp"] and not (before and before[-1].lower() in ("version", "版本", "バージョン")):
             return f"{reader.word(5)} {said}", "version"
         return said, "version"
     if kind == "currency":
@@ -531,6 +542,8 @@ def _say(
             unit = _UNIT_ALIASES.get(m["runit"], m["runit"])
             said = reader.range(a, reader.unit(b, Decimal(2), unit))
         return said, "range"
+    if kind == "times":
+        return reader.times(_number(reader, m["tn"], decimal_comma)), "times"
     if kind == "fraction":
         return reader.fraction(int(m["fn"]), int(m["fd"])), "fraction"
     if kind == "ordinal":

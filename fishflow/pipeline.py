@@ -65,6 +65,7 @@ from fishflow.text import (
     blocks_text,
     detect_language,
     is_speakable,
+    prose_text,
     plain_blocks,
     text_sha256,
 )
@@ -214,7 +215,7 @@ def validate_row(
         digest = hashlib.sha256(f"{audio_digest}\0{row.reference_text}".encode()).hexdigest()[:16]
     language = (row.language or "").strip().lower() or None
     written = speech_blocks(row, spec.text, language=language)
-    language = language or detect_language(blocks_text(written))
+    language = language or detect_language(prose_text(written))
     blocks = speak_blocks(written, language, spec.text.speech())
     text = blocks_text(blocks)
     if not is_speakable(text):

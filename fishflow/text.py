@@ -113,6 +113,19 @@ def blocks_text(blocks: Sequence[Block]) -> str:
     return PARAGRAPH_SEPARATOR.join(b.text for b in blocks)
 
 
+def prose_text(blocks: Sequence[Block]) -> str:
+    """The blocks' text without their marked spans (inline code): what a language is
+    detected from, so that a Chinese lesson full of ``console.log`` is still Chinese."""
+    parts = []
+    for block in blocks:
+        at = 0
+        for mark in block.marks:
+            parts.append(block.text[at : mark.start])
+            at = mark.end
+        parts.append(block.text[at:] + PARAGRAPH_SEPARATOR)
+    return "".join(parts)
+
+
 def text_sha256(normalized: str) -> str:
     return hashlib.sha256(normalized.encode()).hexdigest()
 
