@@ -438,11 +438,13 @@ def _pattern(decimal_comma: bool) -> regex.Pattern[str]:
           (?:\s?(?P<runit>{_UNIT_ALT}))?{_AFTER})
       | (?P<times>{_BEFORE}(?P<tn>{num})[x×](?![\p{{L}}\p{{N}}_]))
       | (?P<fraction>{_BEFORE}(?P<fn>\d{{1,3}})/(?P<fd>\d{{1,3}})(?![/\d\p{{L}}]))
-      | (?P<ordinal>{_BEFORE}(?P<on>\d+)(?:st|nd|rd|th)\b)
+      | (?P<ordinal>{_BEFORE}(?P<on>\d+)(?:st|nd|rd|th)(?![\p{{L}}_]))
       | (?P<cjkordinal>第(?P<con>\d+))
       | (?P<power>(?P<pbase>(?:{_BEFORE}{num})|[\p{{L}}])(?P<pexp>[⁻]?[{_SUPER}]+))
       | (?P<number>(?:(?<=^|[\s(\[（:=])(?P<neg>[\-−]))?{_BEFORE}(?P<nnum>{num})
           (?:\s?(?P<unit>{_UNIT_ALT})(?![\p{{L}}\p{{N}}]))?{_AFTER})
+      | (?P<sequence>{_BEFORE}\d+(?:[.,]\d+)+
+          (?:\s?(?P<sunit>{_UNIT_ALT})(?![\p{{L}}\p{{N}}]))?{_AFTER})
         """,
         regex.VERBOSE,
     )
@@ -558,6 +560,20 @@ def _say(
         base_said = _number(reader, base, decimal_comma) if base[0].isdigit() else base
         exp_said = reader.cardinal(int(exponent))
         return reader.power(base_said, exp_said), "power"
+    if kind == "sequence":  # "1,2,3"; "3.14" where the decimal mark is a comma
+        out = []
+        numeral = full[: len(full) - len(m["sunit"] or "")].rstrip()
+        for piece in regex.split(r"([.,])", numeral):
+            if piece == ".":
+                out.append(f" {reader.word(0) if decimal_comma else 'point'} ")
+            elif piece == ",":
+                out.append("，" if reader.lang == "zh" else "、" if reader.lang == "ja" else ", ")
+            else:
+                out.append(reader.cardinal(int(piece)))
+        if m["sunit"]:
+            unit = _UNIT_ALIASES.get(m["sunit"], m["sunit"])
+            return reader.unit("".join(out), Decimal(2), unit), "unit"
+        return "".join(out), "cardinal"
     # a plain number, perhaps negative, perhaps with a unit
     written = m["nnum"]
     whole, frac = _value(written, decimal_comma)

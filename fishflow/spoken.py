@@ -210,20 +210,23 @@ def _drop_hanging(segs: list[_Seg], language: str) -> list[_Seg]:
             continue
         nxt = segs[i + 1] if i + 1 < len(segs) else None
         following = (nxt.spoken if nxt else "").lstrip()
-        # The words before the snippet that would hang, last first.
-        while out and out[-1].rule is None and out[-1].spoken:
+        # The words before the snippet that would hang, last first, go as one segment.
+        if out and out[-1].rule is None and out[-1].spoken:
             prev = out[-1]
-            match = _LAST_WORD.search(prev.spoken)
-            if not match or match.group(2).lower() not in before | conjunctions:
-                break
-            # A verb before the snippet ("run", "use") keeps its sentence if words follow.
-            if match.group(2).lower() in _VERBS and following[:1].isalpha():
-                break
-            cut = match.start(2)
-            out.pop()
-            if cut:
-                out.append(_Seg(prev.written[:cut], prev.spoken[:cut]))
-            out.append(_Seg(prev.written[cut:], "", "code dropped"))
+            cut = len(prev.spoken)
+            while match := _LAST_WORD.search(prev.spoken[:cut]):
+                word = match.group(2).lower()
+                if word not in before | conjunctions:
+                    break
+                # A verb before the snippet ("run", "use") keeps its sentence if words follow.
+                if word in _VERBS and following[:1].isalpha():
+                    break
+                cut = match.start(2)
+            if cut < len(prev.spoken):
+                out.pop()
+                if cut:
+                    out.append(_Seg(prev.written[:cut], prev.spoken[:cut]))
+                out.append(_Seg(prev.written[cut:], "", "code dropped"))
         out.append(seg)
         # "`a` or `b`": the conjunction between two dropped snippets goes too
         if (
@@ -286,7 +289,7 @@ def _mark_seg(written: str, kind: str, language: str, options: SpeechOptions) ->
 
 # Space before punctuation that dropping left ("Run the file ." -> "Run the file.").
 _GAP_BEFORE_PUNCT = regex.compile(r"\s+(?=[,.;:!?。，、；：！？)])")
-_PUNCT_RUN = regex.compile(r"([,;:，；：、])\s*(?=[,;:.!?，；：、。！？])")
+_PUNCT_RUN = regex.compile(r"[,;:，；：、]\s*(?=[.!?。！？])|([,;:，；：、])\s*[,;:，；：、]")
 
 
 def _assemble(block: Block, segs: list[_Seg]) -> Block:
@@ -308,7 +311,8 @@ def _assemble(block: Block, segs: list[_Seg]) -> Block:
     # Gaps and doubled soft punctuation that dropping left, removed in the segment that
     # holds them (a prose segment becomes a "tidy" change).
     joined = "".join(spoken_parts)
-    cleaned = _PUNCT_RUN.sub(r"\1", _GAP_BEFORE_PUNCT.sub("", joined)).strip()
+    cleaned = _PUNCT_RUN.sub(lambda m: m.group(1) or "", _GAP_BEFORE_PUNCT.sub("", joined))
+    cleaned = cleaned.strip()
     if cleaned != joined:
         _retidy(segs, cleaned)
     changes = []
