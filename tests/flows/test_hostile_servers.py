@@ -72,3 +72,27 @@ def test_a_wav_cut_short_is_never_published(tmp_path: Path) -> None:
     assert list(items["status"]) == ["failed"] and items["audio_uri"].isna().all()
     assert errors["retryable"].all() and errors["error_message"].str.contains("cut short").all()
     assert not list(out.glob("**/*.wav"))
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/self/status")
+
+
+def test_an_endless_body_fails_its_rows_and_memory_stays_bounded(tmp_path: Path) -> None:
+    """Before, the client read all of it: 12-17 GB in 70-90 s of an endless body."""
+    out = tmp_path / "o"
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM: the peak from here on
+    before = _status_kb("VmRSS")
+    with HostileServer("endless", endless_bytes=300 << 20) as server:
+        summary = run(
+            catalog(tmp_path, ["a", "b"]), out, [server.url], settings_kw={"max_attempts": 2}
+        )
+    growth_mb = (_status_kb("VmHWM") - before) / 1024
+    items = manifest(out, "items", summary["run_id"])
+    errors = manifest(out, "errors", summary["run_id"])
+    assert len(items) == 2 and (items["status"] == "failed").all()
+    assert errors["retryable"].all() and errors["error_message"].str.contains("runs over").all()
+    assert growth_mb < 200
