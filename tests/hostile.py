@@ -3,7 +3,8 @@
 It answers ``/v1/health`` like a server (so a run's preflight passes) and every ``/v1/tts`` in
 one of these ways:
 
-- ``endless``: 200 audio/wav, a WAV header then samples without end (up to ``endless_bytes``);
+- ``endless``: 200 audio/wav, a WAV header then samples without end (up to ``endless_bytes``),
+  or with another ``status`` an error body without end;
 - ``trickle``: 200 with a Content-Length, then one byte every ``trickle_s`` seconds;
 - ``short_wav``: a WAV whose header promises three times the samples the body holds, with a
   Content-Length matching the body;
@@ -40,8 +41,16 @@ def cut_wav(data: bytes, keep: float) -> bytes:
 
 
 class HostileServer:
-    def __init__(self, mode: Mode, *, endless_bytes: int = 1 << 30, trickle_s: float = 0.2) -> None:
+    def __init__(
+        self,
+        mode: Mode,
+        *,
+        endless_bytes: int = 1 << 30,
+        trickle_s: float = 0.2,
+        status: int = 200,
+    ) -> None:
         self.mode = mode
+        self.status = status
         self.endless_bytes = endless_bytes
         self.trickle_s = trickle_s
         self.sent = 0
@@ -87,7 +96,7 @@ class HostileServer:
 
     # -- the answers --------------------------------------------------------------------------
     def _endless(self, h: http.server.BaseHTTPRequestHandler) -> None:
-        h.send_response(200)
+        h.send_response(self.status)
         h.send_header("Content-Type", "audio/wav")
         h.send_header("Connection", "close")  # no length: the body ends when the socket does
         h.end_headers()

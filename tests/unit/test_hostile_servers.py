@@ -54,6 +54,17 @@ def test_an_endless_body_is_cut_at_the_cap_and_memory_stays_flat() -> None:
     assert growth_mb < 3 * cap / (1 << 20) + 40
 
 
+@pytest.mark.parametrize("status", [500, 503])
+def test_an_endless_error_body_is_read_only_as_far_as_its_first_words(status: int) -> None:
+    with HostileServer("endless", endless_bytes=200 << 20, status=status) as server:
+        with pytest.raises(SynthesisError) as caught:
+            synthesize(server.url)
+        sent = server.sent
+    assert caught.value.http_status == status and caught.value.retryable
+    assert len(caught.value.message) < 400 and "\x00" not in caught.value.message
+    assert sent < 64 << 20  # the socket buffers' worth, not the 200 MB
+
+
 def test_a_trickling_server_times_out_as_a_whole(tmp_path: Path) -> None:
     """One byte every 0.1 s never trips a 1 s read timeout; the whole-exchange deadline does."""
     with HostileServer("trickle", trickle_s=0.1) as server:
