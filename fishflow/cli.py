@@ -28,6 +28,7 @@ from pydantic import BaseModel, ValidationError
 from fishflow.errors import ConfigError, FishflowError
 from fishflow.memory import use_one_arena
 from fishflow.settings import RunSettings, ServerConfig, problems, validated
+from fishflow.untrusted import printable
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 EX_USAGE = 64  # sysexits.h: the command was used incorrectly
@@ -637,9 +638,10 @@ def _print_failures(summary: dict[str, Any]) -> None:
     failures = summary.get("failures") or []
     for failure in failures[:PRINTED]:
         first_line = (failure["error"] or "").splitlines()[0] if failure["error"] else ""
+        # Ids and error text come from the source and the servers: escaped for the terminal.
         print(
-            f"  failed: {failure['item_id'] or '(no id)'} (row {failure['source_row']}): "
-            f"{first_line[:200]}",
+            f"  failed: {printable(failure['item_id'] or '(no id)')} "
+            f"(row {failure['source_row']}): {printable(first_line[:200])}",
             file=sys.stderr,
         )
     if summary["failed"] > min(len(failures), PRINTED):
@@ -806,12 +808,13 @@ def _preview(args: argparse.Namespace) -> int:
             items += 1
             wanted.discard(entry.item_id or "")
             if isinstance(entry, Rejection):
-                print(f"== {entry.item_id or '(no id)'} (row {entry.row}): fails: {entry.reason}")
+                shown = printable(entry.item_id or "(no id)")
+                print(f"== {shown} (row {entry.row}): fails: {printable(entry.reason)}")
                 failing += 1
                 continue
             parts = item_chunks(entry, spec)
             print(
-                f"== {entry.item_id} (row {entry.row}, {entry.language}, "
+                f"== {printable(entry.item_id)} (row {entry.row}, {printable(entry.language)}, "
                 f"{len(entry.text):,} characters, {len(parts)} chunk{'s' * (len(parts) != 1)})"
             )
             for c in parts:
@@ -820,9 +823,10 @@ def _preview(args: argparse.Namespace) -> int:
                     if c.boundary == "end"
                     else f"⟂ {spec.audio.pause_after_ms(c.boundary)} ms ({c.boundary})"
                 )
-                print(f"[chunk {c.index}, {c.utf8_bytes} B] {c.text} {join}")
+                print(f"[chunk {c.index}, {c.utf8_bytes} B] {printable(c.text)} {join}")
                 if c.said:
-                    print("    said: " + " · ".join(said_as(w, s, r) for w, s, r in c.said))
+                    said = " · ".join(said_as(w, s, r) for w, s, r in c.said)
+                    print(f"    said: {printable(said)}")
                 rules.update(r for _, _, r in c.said)
             chunks += len(parts)
             mid_sentence += sum(c.ends_mid_sentence for c in parts)
@@ -1037,7 +1041,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{command}: error: {exc} (see: {command} --help)", file=sys.stderr)
         return EX_USAGE
     except FishflowError as exc:
-        print(f"fishflow: error: {exc.message}", file=sys.stderr)
+        print(f"fishflow: error: {printable(exc.message)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("fishflow: interrupted", file=sys.stderr)

@@ -65,8 +65,8 @@ from fishflow.text import (
     blocks_text,
     detect_language,
     is_speakable,
-    prose_text,
     plain_blocks,
+    prose_text,
     text_sha256,
 )
 from fishflow.voices import ReferenceFiles, item_seed

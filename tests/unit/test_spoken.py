@@ -214,7 +214,7 @@ def test_lexicon_csv_and_pls() -> None:
         LexiconEntry("rustc", "rust see", "en"),
         LexiconEntry("RustC", "rust see", "en"),
     )
-    with pytest.raises(ConfigError, match="lexeme 1 .*alias"):
+    with pytest.raises(ConfigError, match=r"lexeme 1 .*alias"):
         parse_lexicon(pls.replace(b"<alias>rust see</alias>", b"<phoneme>r</phoneme>"), "x.pls")
     with pytest.raises(ConfigError, match="line 2: both term and spoken"):
         parse_lexicon(b"term,spoken\nkubectl,\n", "x.csv")
@@ -254,8 +254,9 @@ def test_normalisation_off_keeps_digits_but_still_says_code() -> None:
 _ARTICLES = regex.compile(r"(?i)\b(?:the|a|an)\s+(?:the|a|an)\b|\b(?:the|a|an)\s*[.,;:!?]")
 _PLACEHOLDERS = ("the code shown", "所示代码", "表示のコード", "gezeigten Code")
 _WORDS = ["the", "a", "an", "file", "command", "run", "with", "of", "or", "and", "value", "in"]
+_LONG_CODE = "cargo new hello_world --vcs=git --edition 2021 --name demo"
 _CODES = ["read_line", "String::new", "x = 1", "rm -rf /", "src/main.rs", "$HOME", "a && b",
-          "cargo new hello_world --vcs=git --edition 2021 --name demo", "u8", "--force"]  # fmt: skip
+          _LONG_CODE, "u8", "--force"]  # fmt: skip
 _NUMBERS = ["5", "3.14", "1,234", "50%", "1-10", "10:30", "2024-03-01", "$5", "0x1F", "v2",
             "1.2.3", "21st", "3/4", "-7", "5 ms", "2.4GHz", "007", "10⁶"]  # fmt: skip
 _DIGITS = regex.compile(r"(?<![\p{Latin}_\p{N}])\p{Nd}+")
@@ -299,7 +300,7 @@ def test_no_placeholder_doubled_or_dangling_article_and_no_digits(
 
 @settings(max_examples=100, deadline=None)
 @given(
-    st.lists(st.sampled_from(_NUMBERS + ["共有", "个", "年", "点", "，"]), min_size=1, max_size=8)
+    st.lists(st.sampled_from([*_NUMBERS, "共有", "个", "年", "点", "，"]), min_size=1, max_size=8)
 )
 def test_no_standalone_digits_reach_a_server_in_chinese_or_japanese(parts: list[str]) -> None:
     text = "，".join(parts) + "。"
