@@ -561,19 +561,21 @@ def _say(
         exp_said = reader.cardinal(int(exponent))
         return reader.power(base_said, exp_said), "power"
     if kind == "sequence":  # "1,2,3"; "3.14" where the decimal mark is a comma
-        out = []
+        pieces: list[str] = []
         numeral = full[: len(full) - len(m["sunit"] or "")].rstrip()
         for piece in regex.split(r"([.,])", numeral):
             if piece == ".":
-                out.append(f" {reader.word(0) if decimal_comma else 'point'} ")
+                pieces.append(f" {reader.word(0) if decimal_comma else 'point'} ")
             elif piece == ",":
-                out.append("，" if reader.lang == "zh" else "、" if reader.lang == "ja" else ", ")
+                pieces.append(
+                    "，" if reader.lang == "zh" else "、" if reader.lang == "ja" else ", "
+                )
             else:
-                out.append(reader.cardinal(int(piece)))
+                pieces.append(reader.cardinal(int(piece)))
         if m["sunit"]:
             unit = _UNIT_ALIASES.get(m["sunit"], m["sunit"])
-            return reader.unit("".join(out), Decimal(2), unit), "unit"
-        return "".join(out), "cardinal"
+            return reader.unit("".join(pieces), Decimal(2), unit), "unit"
+        return "".join(pieces), "cardinal"
     # a plain number, perhaps negative, perhaps with a unit
     written = m["nnum"]
     whole, frac = _value(written, decimal_comma)
