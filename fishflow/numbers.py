@@ -275,7 +275,8 @@ class _German(_Reader):
         return f"{self.cardinal(h)} Uhr" + (f" {self.cardinal(m)}" if m else "")
 
     def date(self, y: int, m: int, d: int) -> str:
-        return f"{self.ordinal(d)} {_MONTHS['de'].split()[m - 1]} {self.year(y)}"
+        day = self.ordinal(d)  # "siebte": a date is "der siebte", said alone "siebter"
+        return f"{day}r {_MONTHS['de'].split()[m - 1]} {self.year(y)}"
 
 
 class _Japanese(_Reader):
@@ -357,6 +358,12 @@ class _Chinese(_Japanese):
 
     def power(self, base: str, exponent: str) -> str:
         return f"{base}的{exponent}次方"
+
+    def fraction(self, n: int, d: int) -> str:
+        return f"{self.cardinal(d)}分之{self.cardinal(n)}"
+
+    def times(self, number: str) -> str:
+        return f"{number}倍"
 
     def unit(self, number: str, value: Decimal, unit: str) -> str:
         return number + _UNITS[unit]["zh"][0]

@@ -127,3 +127,18 @@ def test_a_bad_lexicon_stops_the_run_before_any_request(tmp_path: Path, emulator
         run(tmp_path / "a.md", tmp_path / "out", [emulator.url],
             settings=RunSettings(lexicon=str(lexicon)))  # fmt: skip
     assert not emulator.stats["texts"] and not (tmp_path / "out").exists()
+
+
+def test_preview_lists_what_is_said_differently_and_plan_counts_it(tmp_path: Path, capsys) -> None:
+    from fishflow.cli import main
+
+    lesson = BOOK / "en" / "02-closures.md"
+    lexicon = str(BOOK / "lexicon.csv")
+    assert main(["preview", str(lesson), "--lexicon", lexicon]) == 0
+    out = capsys.readouterr().out
+    assert "said: kubectl → kube control (lexicon) · stdout → standard out (lexicon)" in out
+    assert "@babel/register → at babel slash register (code)" in out
+    assert "2024-03-01 → March first, twenty twenty-four (number date)" in out
+    assert "said differently from the text: 13 code," in out
+    assert main(["plan", str(lesson), "--out", str(tmp_path / "o"), "--lexicon", lexicon]) == 0
+    assert "said in words   13 code, 4 number cardinal, 3 number unit" in capsys.readouterr().out

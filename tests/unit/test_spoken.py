@@ -88,6 +88,8 @@ def test_english_numbers_units_and_symbols_in_words(text: str, spoken: str) -> N
         ("2026年12月7日，第3章", "zh", "二零二六年十二月七日，第三章"),
         ("3.14，1-10，5 ms，10:30", "zh", "三点一四，一到十，五毫秒，十点三十分"),
         ("版本1.2.3，¥59", "zh", "版本一点二点三，五十九元"),
+        ("3/4，2x", "zh", "四分之三，二倍"),
+        ("am 2026-12-07", "de", "am siebter Dezember zweitausendsechsundzwanzig"),
         ("2<sup>", "zh", "二<sup>"),
         ("5個、50%", "ja", "五個、五十パーセント"),
         ("2026年12月7日、第3章", "ja", "二千二十六年十二月七日、第三章"),
