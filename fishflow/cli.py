@@ -281,6 +281,11 @@ def _build_parser() -> _Parser:
         "(default 30, Prefect's minimum)",
     )
     dep.add_argument(
+        "--prune",
+        action="store_true",
+        help="delete deployments of fishflow's flows on the pool that the file no longer has",
+    )
+    dep.add_argument(
         "--prefect-file",
         default=None,
         help="deployments file (default: deployments/prefect.yaml of this checkout)",
@@ -942,6 +947,7 @@ def _deploy(args: argparse.Namespace) -> int:
         servers=args.servers,
         heartbeat_s=args.heartbeat_s,
         prefect_file=Path(args.prefect_file) if args.prefect_file else PREFECT_FILE,
+        prune=args.prune,
     )
     state = "created" if done["pool_created"] else "exists"
     print(f"fishflow: work pool {done['pool']} ({state})")
@@ -949,6 +955,16 @@ def _deploy(args: argparse.Namespace) -> int:
         print(f"fishflow: deployment {name}")
     for name, limit in done["limits"].items():
         print(f"fishflow: limit {name} = {limit}")
+    for note in done["kept"]:
+        print(f"fishflow: left as an operator set it: {note}")
+    for name in done["stale"]:
+        if done["pruned"]:
+            print(f"fishflow: deleted deployment {name} (no longer in the file)")
+        else:
+            print(
+                f"fishflow: deployment {name} is no longer in the file; "
+                "`fishflow deploy --prune` deletes it and its scheduled runs"
+            )
     print(
         f"fishflow: start a worker with: prefect worker start --pool {done['pool']} "
         "(from this project's environment)"
@@ -970,7 +986,7 @@ def _limits(args: argparse.Namespace) -> int:
         raise ConfigError(
             "PREFECT_API_URL is not set: shared limits live on the Prefect server your runs use"
         )
-    created = asyncio.run(create_limits({c.url: c.max_in_flight for c in configs}))
+    created, _ = asyncio.run(create_limits({c.url: c.max_in_flight for c in configs}))
     for name, limit in created.items():
         print(f"fishflow: limit {name} = {limit}")
     return 0

@@ -391,6 +391,11 @@ class RunSettings(_Frozen):
         description="Seconds a run keeps a shared server slot above its fair share while other "
         "runs wait for one",
     )
+    local_limit: bool = Field(
+        False,
+        description="Run on a server that has no shared Prefect limit while the Prefect server "
+        "has limits for others, keeping to this run's own limit (otherwise the run stops)",
+    )
     wait_for_lock: float = Field(
         0.0,
         ge=0,

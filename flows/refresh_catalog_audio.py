@@ -13,7 +13,7 @@ from prefect.settings import get_current_settings
 from prefect.states import Failed, State
 
 from fishflow.database import mask
-from fishflow.errors import FishflowError
+from fishflow.errors import ConfigError, FishflowError
 from fishflow.hygiene import tidy_output
 from fishflow.manifest import recover, run_record_exists, write_run_record
 from fishflow.pipeline import internal_failure
@@ -30,7 +30,7 @@ from fishflow.run import (
 from fishflow.settings import EnvSettings, RunSettings, validated
 from fishflow.sources import check_source, estimate_rows
 from tasks import reporting, runtime
-from tasks.limits import PrefectSlotLeaser
+from tasks.limits import PrefectSlotLeaser, servers_without_limits
 from tasks.prefect_run import RunFailed, api_key, deployment_context, tag_flow_run
 from tasks.sharding import run_shards
 from tasks.sources import resolve_source
@@ -136,6 +136,14 @@ async def refresh_catalog_audio(
     # Limits shared with other runs live on a Prefect API that outlives this process; the
     # ephemeral one started for a lone `fishflow run` has nobody to share with.
     leaser = PrefectSlotLeaser(logger) if get_current_settings().api.url else None
+    if leaser is not None and not settings.local_limit:
+        urls = [c.url for c in settings.server_configs(servers)]
+        if missing := await servers_without_limits(urls):
+            raise ConfigError(
+                f"no shared limit for {', '.join(missing)} on this Prefect server, which has "
+                "limits for other Fish Speech servers: create one with `fishflow limits create "
+                "--server URL`, or set local_limit to run with this run's own limit only"
+            )
     async with open_run(
         hold_output=shard is None,  # a shard writes under its parent's lock
         leaser=leaser,

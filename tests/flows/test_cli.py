@@ -346,7 +346,7 @@ def _shared_limit(url: str) -> None:
     none; these tests are about errors, so the server gets one."""
     from tasks.limits import create_limits
 
-    asyncio.run(create_limits({url: 2}))
+    asyncio.run(create_limits({url: 2}))  # (created, kept)
 
 
 def test_servers_that_refuse_connections_are_one_line_and_nothing_is_written(
