@@ -26,6 +26,7 @@ import numpy as np
 import soundfile as sf
 
 from fishflow.audio import Audio, stitch
+from fishflow.chunk_files import open_chunk_folder
 from fishflow.chunking import (
     Chunk,
     chunk_blocks,
@@ -380,7 +381,7 @@ class ChunkCache:
         # The output's copy (see RemoteChunks), behind the local folder: another machine's
         # run reuses the chunks this one made.
         self.remote = RemoteChunks(remote) if remote is not None else None
-        os.makedirs(directory, exist_ok=True)
+        open_chunk_folder(directory)  # with the marker `fishflow gc` looks for
         self._pending: dict[str, asyncio.Future[Audio]] = {}
         self._memory: collections.OrderedDict[str, Audio] = collections.OrderedDict()
         self._memory_bytes = 0
