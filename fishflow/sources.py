@@ -209,6 +209,7 @@ class _Entry:
     path: str
     follow: bool
     problem: str | None = None
+    size: int = 0  # as listed: a file over the cap is not even opened
 
 
 def _folder_entries(root: str, limits: FileLimits) -> Iterator[_Entry]:
@@ -254,12 +255,12 @@ def _folder_entries(root: str, limits: FileLimits) -> Iterator[_Entry]:
                 if not stat.S_ISREG(info.st_mode):
                     logger.warning("%s: a link to %s, not read", item_id, _kind(info.st_mode))
                     continue
-                found.append(_Entry(item_id, path, True))
+                found.append(_Entry(item_id, path, True, size=info.st_size))
                 continue
             if not stat.S_ISREG(info.st_mode):
                 logger.warning("%s: %s, not read", item_id, _kind(info.st_mode))
                 continue
-            found.append(_Entry(item_id, path, False))
+            found.append(_Entry(item_id, path, False, size=info.st_size))
     yield from sorted(found, key=lambda e: Path(e.path))  # the order (rows) of earlier versions
 
 
@@ -306,8 +307,11 @@ def read_text_file(path: str, limits: FileLimits, *, follow: bool = True) -> byt
 
 
 def _file_row(row: int, entry: _Entry, limits: FileLimits) -> SourceRow:
-    if entry.problem:
-        return SourceRow(row, entry.item_id, None, problem=entry.problem)
+    problem = entry.problem or (
+        _too_large(entry.size, limits) if entry.size > limits.max_bytes else None
+    )
+    if problem:
+        return SourceRow(row, entry.item_id, None, problem=problem)
     data = read_text_file(entry.path, limits, follow=entry.follow)
     if isinstance(data, str):
         return SourceRow(row, entry.item_id, None, problem=data)
