@@ -27,7 +27,8 @@ def test_a_folder_source_reads_only_its_own_regular_files(
     tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     docs, private = tmp_path / "docs", tmp_path / "private"
-    docs.mkdir(), private.mkdir()
+    docs.mkdir()
+    private.mkdir()
     (private / "notes.md").write_text(SECRET)
     (docs / "link.md").symlink_to(private / "notes.md")
     lesson = "# Chapter one\n\nThe first part.\n\n# Chapter two\n\nThe second part."

@@ -180,7 +180,8 @@ def by_id(uri: str, limits: FileLimits | None = None) -> dict[str, SourceRow]:
 
 def test_a_link_out_of_the_folder_fails_its_row_unread(tmp_path: Path) -> None:
     folder, outside = tmp_path / "docs", tmp_path / "private"
-    folder.mkdir(), outside.mkdir()
+    folder.mkdir()
+    outside.mkdir()
     (outside / "key.md").write_text("SECRET OUTSIDE TEXT")
     (folder / "a.md").write_text("Own text.")
     (folder / "out.md").symlink_to(outside / "key.md")
@@ -205,9 +206,12 @@ def test_a_file_over_the_size_cap_fails_its_row_without_being_read(
         os.truncate(fh.fileno(), 2 << 30)  # 2 GB, sparse: no disk used
     real_open = os.open
     opened: list[str] = []
-    monkeypatch.setattr(
-        os, "open", lambda p, *a, **k: opened.append(str(p)) or real_open(p, *a, **k)
-    )
+
+    def recording(path: str, *args: object, **kwargs: object) -> int:
+        opened.append(str(path))
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", recording)
     got = by_id(str(tmp_path))
     assert got["book.txt"].text == "A book."
     assert got["huge.txt"].text is None
