@@ -193,7 +193,7 @@ class FileLimits:
 def _too_large(size: int, limits: FileLimits) -> str:
     return (
         f"file is {size:,} bytes, over the {limits.max_bytes:,}-byte limit: not read "
-        "(raise max_file_bytes to read it)"
+        "(raise --max-file-bytes, settings.max_file_bytes, to read it)"
     )
 
 
@@ -243,7 +243,7 @@ def _folder_entries(root: str, limits: FileLimits) -> Iterator[_Entry]:
                 if not _inside(target, real_root) and not limits.follow_symlinks:
                     problem = (
                         "a symbolic link to a file outside the source folder: not read "
-                        "(follow_symlinks reads it)"
+                        "(--follow-symlinks reads it)"
                     )
                     found.append(_Entry(item_id, path, False, problem))
                     continue
