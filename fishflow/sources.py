@@ -193,7 +193,7 @@ class FileLimits:
 def _too_large(size: int, limits: FileLimits) -> str:
     return (
         f"file is {size:,} bytes, over the {limits.max_bytes:,}-byte limit: not read "
-        "(raise --max-file-bytes, settings.max_file_bytes, to read it)"
+        "(raise --max-file-bytes to read it)"
     )
 
 
