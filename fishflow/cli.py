@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import difflib
 import functools
@@ -27,6 +28,7 @@ from pydantic import BaseModel, ValidationError
 from fishflow.errors import ConfigError, FishflowError
 from fishflow.memory import use_one_arena
 from fishflow.settings import RunSettings, ServerConfig, problems, validated
+from fishflow.untrusted import printable
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 EX_USAGE = 64  # sysexits.h: the command was used incorrectly
@@ -642,9 +644,10 @@ def _print_failures(summary: dict[str, Any]) -> None:
     failures = summary.get("failures") or []
     for failure in failures[:PRINTED]:
         first_line = (failure["error"] or "").splitlines()[0] if failure["error"] else ""
+        # Ids and error text come from the source and the servers: escaped for the terminal.
         print(
-            f"  failed: {failure['item_id'] or '(no id)'} (row {failure['source_row']}): "
-            f"{first_line[:200]}",
+            f"  failed: {printable(failure['item_id'] or '(no id)')} "
+            f"(row {failure['source_row']}): {printable(first_line[:200])}",
             file=sys.stderr,
         )
     if summary["failed"] > min(len(failures), PRINTED):
@@ -807,12 +810,14 @@ def _preview(args: argparse.Namespace) -> int:
     """Chunks as `run` would send them, from the same code path, without Prefect or servers."""
     from fishflow.pipeline import Rejection, item_chunks
     from fishflow.run import entry_batches, run_spec
+    from fishflow.spoken import rule_summary, said_as
 
     overrides = {k: v for k in RunSettings.model_fields if (v := getattr(args, k)) is not None}
     settings = _from_flags(RunSettings, **overrides)
     spec = run_spec(settings)
     wanted = set(args.item_ids or ())
     items = chunks = mid_sentence = failing = 0
+    rules: collections.Counter[str] = collections.Counter()
     for batch in entry_batches(args.source, settings, spec):
         for entry in batch:
             if wanted and entry.item_id not in wanted:
@@ -822,12 +827,13 @@ def _preview(args: argparse.Namespace) -> int:
             items += 1
             wanted.discard(entry.item_id or "")
             if isinstance(entry, Rejection):
-                print(f"== {entry.item_id or '(no id)'} (row {entry.row}): fails: {entry.reason}")
+                shown = printable(entry.item_id or "(no id)")
+                print(f"== {shown} (row {entry.row}): fails: {printable(entry.reason)}")
                 failing += 1
                 continue
             parts = item_chunks(entry, spec)
             print(
-                f"== {entry.item_id} (row {entry.row}, {entry.language}, "
+                f"== {printable(entry.item_id)} (row {entry.row}, {printable(entry.language)}, "
                 f"{len(entry.text):,} characters, {len(parts)} chunk{'s' * (len(parts) != 1)})"
             )
             for c in parts:
@@ -836,7 +842,11 @@ def _preview(args: argparse.Namespace) -> int:
                     if c.boundary == "end"
                     else f"⟂ {spec.audio.pause_after_ms(c.boundary)} ms ({c.boundary})"
                 )
-                print(f"[chunk {c.index}, {c.utf8_bytes} B] {c.text} {join}")
+                print(f"[chunk {c.index}, {c.utf8_bytes} B] {printable(c.text)} {join}")
+                if c.said:
+                    said = " · ".join(said_as(w, s, r) for w, s, r in c.said)
+                    print(f"    said: {printable(said)}")
+                rules.update(r for _, _, r in c.said)
             chunks += len(parts)
             mid_sentence += sum(c.ends_mid_sentence for c in parts)
     if wanted:
@@ -847,6 +857,8 @@ def _preview(args: argparse.Namespace) -> int:
         f"fishflow: {items} row{'s' * (items != 1)}{fails}, {chunks} chunks "
         f"(budget {spec.chunking.max_bytes} B), {mid_sentence} end mid-sentence ({share})"
     )
+    if rules:
+        print(f"fishflow: said differently from the text: {rule_summary(rules)}")
     return 0
 
 
@@ -1048,7 +1060,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{command}: error: {exc} (see: {command} --help)", file=sys.stderr)
         return EX_USAGE
     except FishflowError as exc:
-        print(f"fishflow: error: {exc.message}", file=sys.stderr)
+        print(f"fishflow: error: {printable(exc.message)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("fishflow: interrupted", file=sys.stderr)

@@ -59,6 +59,7 @@ from fishflow.settings import (
     reference_id_problem,
 )
 from fishflow.sources import SourceRow
+from fishflow.spoken import speak_blocks
 from fishflow.storage import FILE_MODE, Store, safe_key
 from fishflow.text import (
     Block,
@@ -66,6 +67,7 @@ from fishflow.text import (
     detect_language,
     is_speakable,
     plain_blocks,
+    prose_text,
     text_sha256,
 )
 from fishflow.voices import ReferenceFiles, item_seed
@@ -229,11 +231,12 @@ def validate_row(
             return Rejection(row.row, item_id, exc.message)
         digest = hashlib.sha256(f"{audio_digest}\0{row.reference_text}".encode()).hexdigest()[:16]
     language = (row.language or "").strip().lower() or None
-    blocks = speech_blocks(row, spec.text, language=language)
+    written = speech_blocks(row, spec.text, language=language)
+    language = language or detect_language(prose_text(written))
+    blocks = speak_blocks(written, language, spec.text.speech())
     text = blocks_text(blocks)
     if not is_speakable(text):
         return Rejection(row.row, item_id, "text has no letters or digits to speak")
-    language = language or detect_language(text)
     chunks = tuple(chunk_blocks(blocks, language, spec.chunking.max_bytes, spec.chunking.min_bytes))
     seed = None
     options = spec.options

@@ -140,8 +140,8 @@ class ItemPublisher:
         if self.captions.captions == "on" or self.captions.chapters == "on":
             # A heading is spoken as a chunk of its own (see fishflow.chunking): its text,
             # without the full stop added for speech, is the chapter's title.
-            title = chunk.text.rstrip(".。") if chunk.heading_level else None
-            self._placed.append(Placed(chunk.text, start, audio.duration_s, title))
+            title = chunk.shown.rstrip(".。") if chunk.heading_level else None
+            self._placed.append(Placed(chunk.shown, start, audio.duration_s, title))
         published = self._finish() if last else None
         return (level if audio.level is None else None), published
 

@@ -21,6 +21,7 @@ from typing import Any
 from fishflow.chunking import chunk_budget
 from fishflow.errors import FishflowError
 from fishflow.incremental import existing_audio, load_previous
+from fishflow.lexicon import load_lexicon
 from fishflow.lock import held_output_lock
 from fishflow.manifest import Journal, ManifestWriter, journal_dir
 from fishflow.memory import use_one_arena
@@ -93,6 +94,9 @@ def run_spec(settings: RunSettings) -> RunSpec:
             code=settings.markdown_code,
             images=settings.markdown_images,
             tables=settings.markdown_tables,
+            numbers=settings.normalize == "on",
+            lexicon=load_lexicon(settings.lexicon) if settings.lexicon else (),
+            max_code_chars=settings.inline_code_max_chars,
         ),
         captions=CaptionSettings(captions=settings.captions, chapters=settings.chapters),
     )

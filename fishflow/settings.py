@@ -26,6 +26,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fishflow.chunking import DEFAULT_CHUNK_BYTES, Boundary
 from fishflow.errors import ConfigError
+from fishflow.lexicon import LexiconEntry
+from fishflow.spoken import DEFAULT_MAX_CODE_CHARS, SpeechOptions
 
 AudioFormat = Literal["wav", "flac", "mp3"]
 OnOff = Literal["on", "off"]
@@ -136,6 +138,16 @@ class TextSettings(_Frozen):
     tables: Literal["rows", "skip"] = Field(
         "rows", description='Markdown tables: read row by row ("header: value, ..."), or skipped'
     )
+    numbers: bool = Field(True, description="Numbers, units and symbols said in words")
+    lexicon: tuple[LexiconEntry, ...] = Field((), description="Pronunciation lexicon entries")
+    max_code_chars: int = Field(
+        DEFAULT_MAX_CODE_CHARS, ge=0, le=10_000, description="Longer inline code is not read"
+    )
+
+    def speech(self) -> SpeechOptions:
+        return SpeechOptions(
+            numbers=self.numbers, lexicon=self.lexicon, max_code_chars=self.max_code_chars
+        )
 
 
 class ChunkSettings(_Frozen):
@@ -321,6 +333,22 @@ class RunSettings(_Frozen):
     )
     markdown_tables: Literal["rows", "skip"] = Field(
         "rows", description="Markdown tables: read row by row, or skip them"
+    )
+    normalize: OnOff = Field(
+        "on",
+        description="Say numbers, units, dates and symbols in words before chunking (off: "
+        "sent as written)",
+    )
+    lexicon: str | None = Field(
+        None,
+        description="Pronunciation lexicon: a CSV (term,spoken,language) or W3C PLS file, "
+        "path or s3:// URI",
+    )
+    inline_code_max_chars: int = Field(
+        DEFAULT_MAX_CODE_CHARS,
+        ge=0,
+        le=10_000,
+        description="Inline code longer than this is not read (the sentence is said without it)",
     )
     pause_clause_ms: int = Field(
         150, ge=0, le=5000, description="Pause where a sentence too long for one chunk is cut"

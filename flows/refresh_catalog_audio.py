@@ -101,6 +101,8 @@ async def refresh_catalog_audio(
     # written for the run.
     readable = await resolve_source(source)
     await asyncio.to_thread(check_source, readable)
+    # The lexicon is read here too: a bad one stops the run before anything is written.
+    spec = await asyncio.to_thread(run_spec, settings)
     # Servers that answer as something else (a wrong URL) stop the run before anything is
     # written, as the CLI's pre-check does; servers not up yet are the pool's to wait for.
     await check_servers(settings.server_configs(servers), unreachable_ok=True)
@@ -181,7 +183,7 @@ async def refresh_catalog_audio(
             batches = entry_batches(
                 readable,
                 settings,
-                spec=run_spec(settings),
+                spec=spec,
                 skip_rows=recorded,
                 only_rows=set(only_rows) if only_rows is not None else None,
                 shard=(shard, shards) if shard is not None else None,
