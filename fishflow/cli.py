@@ -226,6 +226,12 @@ def _build_parser() -> _Parser:
     )
     gc.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
     gc.add_argument(
+        "--adopt",
+        action="store_true",
+        help="collect a chunk folder that has no fishflow marker (made by an older version) "
+        "when every file in it is chunk audio in fishflow's layout",
+    )
+    gc.add_argument(
         "--grace-s",
         type=float,
         default=3600.0,
@@ -765,7 +771,12 @@ def _gc(args: argparse.Namespace) -> int:
     found: list[tuple[str, Collected]] = []
     if os.path.isdir(cache_dir):
         local = collect_chunks(
-            store, cache_dir, dry_run=args.dry_run, min_age_s=args.grace_s, keys=keys
+            store,
+            cache_dir,
+            dry_run=args.dry_run,
+            min_age_s=args.grace_s,
+            keys=keys,
+            adopt=args.adopt,
         )
         found.append((cache_dir, local))
     if args.out.startswith("s3://"):  # the output's own copy, which runs on any machine reuse
@@ -784,10 +795,18 @@ def _gc(args: argparse.Namespace) -> int:
             if done.recent_files
             else ""
         )
+        foreign = (
+            f"; left {len(done.foreign):,} file(s) fishflow did not write, e.g. {done.foreign[0]}"
+            if done.foreign
+            else ""
+        )
+        if done.adopted:
+            adopted = "would adopt" if args.dry_run else "adopted"
+            print(f"fishflow: {where}: {adopted} as a chunk cache (every file is chunk audio)")
         print(
             f"fishflow: {verb} {len(done.deleted):,} chunk file(s), "
             f"{_size(done.deleted_bytes)}; kept {done.kept_files:,} referenced, "
-            f"{_size(done.kept_bytes)}{young} ({where})"
+            f"{_size(done.kept_bytes)}{young}{foreign} ({where})"
         )
     return 0
 

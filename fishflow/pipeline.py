@@ -26,6 +26,7 @@ import numpy as np
 import soundfile as sf
 
 from fishflow.audio import Audio, stitch
+from fishflow.chunk_files import open_chunk_folder
 from fishflow.chunking import (
     Chunk,
     chunk_blocks,
@@ -192,6 +193,22 @@ def validate_row(
             f"id {item_id!r} would share its audio file ({audio_stem(item_id)}.<format>) with "
             f"the id at row {first}: the same name with another extension",
         )
+    # Captions and chapters are named after the audio's stem, so the files of two stems can
+    # meet: `x`'s chapters and `x.chapters`'s captions are both x.chapters.vtt. That happens
+    # when one stem is the other plus what a longer suffix has over a shorter one (".chapters"):
+    # checked against the stems claimed above, for every file an item may publish (whatever
+    # this run's caption settings), without keeping each file's name.
+    stem = audio_stem(item_id)
+    for extra, suffix in _suffix_overlaps(spec.audio.format):
+        others = [stem + extra, *([stem[: -len(extra)]] if stem.endswith(extra) else [])]
+        for other in others:
+            if (first := seen.get("\0audio:" + other, row.row)) != row.row:
+                return Rejection(
+                    row.row,
+                    item_id,
+                    f"id {item_id!r} would write {max(stem, other, key=len)}{suffix}, a file "
+                    f"of the id at row {first}: rename one of them",
+                )
     if row.voice and (problem := reference_id_problem(row.voice)):
         return Rejection(row.row, item_id, problem)
     digest = None
@@ -289,6 +306,21 @@ def audio_stem(item_id: str) -> str:
     return f"audio/{safe_key(base)}"
 
 
+@functools.cache
+def _suffix_overlaps(fmt: str) -> tuple[tuple[str, str], ...]:
+    """(extra, suffix) for each pair of an item's file suffixes where one is the other with
+    `extra` before it: stem + extra + suffix is a file of two stems (".chapters", ".vtt")."""
+    key = audio_key("x", fmt)
+    stem = audio_stem("x")
+    suffixes = [name[len(stem) :] for name in (key, *sidecar_keys(key).values())]
+    return tuple(
+        (longer[: -len(shorter)], shorter)
+        for longer in suffixes
+        for shorter in suffixes
+        if longer != shorter and longer.endswith(shorter)
+    )
+
+
 def audio_key(item_id: str, fmt: str) -> str:
     return f"{audio_stem(item_id)}.{fmt}"
 
@@ -352,7 +384,7 @@ class ChunkCache:
         # The output's copy (see RemoteChunks), behind the local folder: another machine's
         # run reuses the chunks this one made.
         self.remote = RemoteChunks(remote) if remote is not None else None
-        os.makedirs(directory, exist_ok=True)
+        open_chunk_folder(directory)  # with the marker `fishflow gc` looks for
         self._pending: dict[str, asyncio.Future[Audio]] = {}
         self._memory: collections.OrderedDict[str, Audio] = collections.OrderedDict()
         self._memory_bytes = 0

@@ -42,7 +42,7 @@ from fishflow.settings import (
     RunSettings,
     TextSettings,
 )
-from fishflow.sources import Columns, SourceRow, read_source
+from fishflow.sources import Columns, FileLimits, SourceRow, read_source
 from fishflow.storage import Store, open_store, state_dir
 from fishflow.voices import ReferenceFiles, resolve
 
@@ -157,6 +157,7 @@ def entry_batches(
         batch_rows=settings.batch_size,
         table=settings.table,
         query=settings.query,
+        limits=FileLimits(settings.max_file_bytes, settings.follow_symlinks),
     ):
         if shard is not None:
             index, count = shard

@@ -384,6 +384,18 @@ class RunSettings(_Frozen):
         None,
         description="Folder of chunk audio (default: <out>/.fishflow/chunks; ~/.cache for S3)",
     )
+    max_file_bytes: int = Field(
+        20_000_000,
+        ge=1,
+        le=1 << 40,
+        description="Largest .txt/.md file a folder or S3-prefix source reads; a larger one "
+        "fails its row unread",
+    )
+    follow_symlinks: bool = Field(
+        False,
+        description="Read symbolic links in a source folder that lead outside it (otherwise "
+        "their rows fail unread)",
+    )
     slot_tenure_s: float = Field(
         10.0,
         ge=1,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -20,7 +21,15 @@ from typing import Any, ClassVar, Protocol
 from fishflow.errors import StorageError
 
 _UNSAFE = re.compile(r"[^\w.\-]+", re.UNICODE)
-_MAX_SEGMENT = 120
+# File systems count a name's bytes (255 per component, UTF-8 on Linux), not its characters: a
+# segment keeps room for the hash ("-1234abcd") and the longest suffix (".chapters.vtt").
+_MAX_SEGMENT = 120  # characters, as before: names of earlier runs stay as they were
+MAX_NAME_BYTES = 255
+LONGEST_SUFFIX = ".chapters.vtt"
+_MAX_SEGMENT_BYTES = MAX_NAME_BYTES - len("-12345678") - len(LONGEST_SUFFIX)  # 233
+# A whole key: S3 allows 1,024 bytes with the output's prefix and "audio/" before it.
+_MAX_KEY_CHARS = 400
+_MAX_KEY_BYTES = 700
 
 
 def _read_umask() -> int:
@@ -35,6 +44,24 @@ def _read_umask() -> int:
 FILE_MODE = 0o666 & ~_read_umask()
 
 
+# Failures of the output itself: every later item would fail alike, so the run stops. Writing
+# the same item again once there is room (or the disk is back) can succeed: retryable.
+_OUTPUT_FAILURES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+
+
+def output_write_error(exc: OSError, path: str, root: str) -> StorageError:
+    """A local write's failure, classified: the output's own (disk full, quota, read-only, an
+    I/O error, its folder not writable) stops the run; anything else (a name the file system
+    refuses, one file's permissions) fails only the item that wrote `path`."""
+    reason = exc.strerror or type(exc).__name__
+    message = f"cannot write {path}: {reason}"
+    if exc.errno in _OUTPUT_FAILURES:
+        return StorageError(message, fatal=True, retryable=True)
+    if exc.errno in (errno.EACCES, errno.EPERM) and not os.access(root, os.W_OK):
+        return StorageError(f"{message} (the output folder is not writable)", fatal=True)
+    return StorageError(message, fatal=False, retryable=False)
+
+
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     rest = uri.removeprefix("s3://")
     bucket, _, key = rest.partition("/")
@@ -44,7 +71,8 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
 
 
 def safe_key(item_id: str) -> str:
-    """A storage key from an item id: no '..', no leading '/', no control characters.
+    """A storage key from an item id: no '..', no leading '/', no control characters, each
+    segment short enough in bytes for any file system once a hash and a suffix are added.
 
     Whenever cleaning changes the id, a short hash of the original is appended, so two ids
     that clean to the same text never share a key (and an unchanged id never collides with a
@@ -56,11 +84,18 @@ def safe_key(item_id: str) -> str:
         part = "".join(ch for ch in part if unicodedata.category(ch)[0] != "C")
         part = _UNSAFE.sub("_", part.strip()).strip("._") or ""
         if part:
-            segments.append(part[:_MAX_SEGMENT])
-    cleaned = "/".join(segments)[:400] or "item"
+            segments.append(_cut_bytes(part[:_MAX_SEGMENT], _MAX_SEGMENT_BYTES))
+    cleaned = _cut_bytes("/".join(segments)[:_MAX_KEY_CHARS], _MAX_KEY_BYTES).rstrip("/")
+    cleaned = cleaned or "item"
     if cleaned != item_id:
         cleaned += "-" + hashlib.sha256(item_id.encode()).hexdigest()[:8]
     return cleaned
+
+
+def _cut_bytes(text: str, limit: int) -> str:
+    """The longest start of `text` of at most `limit` UTF-8 bytes (never half a character)."""
+    data = text.encode()
+    return text if len(data) <= limit else data[:limit].decode(errors="ignore")
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,8 +178,7 @@ class LocalStore:
                 os.unlink(tmp)
                 raise
         except OSError as exc:
-            # Disk full or read-only: every later item fails alike, so stop the run.
-            raise StorageError(f"cannot write {path}: {exc.strerror}", fatal=True) from exc
+            raise output_write_error(exc, path, self.root) from exc
         return path
 
     def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> str:
@@ -166,7 +200,7 @@ class LocalStore:
         try:
             fd, tmp = self._temp_in(folder, Path(path).suffix)
         except OSError as exc:
-            raise StorageError(f"cannot write {path}: {exc.strerror}", fatal=True) from None
+            raise output_write_error(exc, path, self.root) from None
         os.close(fd)
         return tmp
 
@@ -178,7 +212,7 @@ class LocalStore:
             os.chmod(path, FILE_MODE)
             os.replace(path, dest)
         except OSError as exc:
-            raise StorageError(f"cannot write {dest}: {exc.strerror}", fatal=True) from None
+            raise output_write_error(exc, dest, self.root) from None
         return dest
 
     def get(self, key: str) -> bytes:

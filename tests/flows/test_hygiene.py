@@ -189,7 +189,8 @@ def test_gc_drops_only_unreferenced_chunk_audio(tmp_path: Path, emulator: Emulat
     cache = out / ".fishflow" / "chunks"
 
     def cached() -> set[str]:
-        return {p.name.split(".", 1)[0] for p in cache.rglob("*") if p.is_file()}
+        files = [p for p in cache.rglob("*") if p.is_file() and p.name != ".fishflow-chunk-cache"]
+        return {p.name.split(".", 1)[0] for p in files}
 
     assert cached() == set(first.chunk_key) | set(second.chunk_key)
     code, printed = cli(capsys, "gc", str(out), "--dry-run", "--grace-s", "0")
