@@ -196,7 +196,7 @@ async def servers_without_limits(urls: list[str]) -> list[str]:
     """The servers of ``urls`` with no active shared limit, when the Prefect server has limits
     for other fishflow servers (then a run on them would overrun what the others share);
     empty when it has none at all (a Prefect server that does not share limits)."""
-    limits = []
+    limits: list[Any] = []
     async with get_client() as client:
         while page := await client.read_global_concurrency_limits(limit=200, offset=len(limits)):
             limits += page
