@@ -287,3 +287,67 @@ def test_a_killed_workers_run_ends_crashed_and_a_retry_loses_nothing(
     # Items are one chunk each: only those in flight at the kill (2 requests on the server,
     # an item or two being written) were sent twice.
     assert emulator.stats["requests"] <= 400 + 4
+
+
+def test_deploying_again_keeps_what_operators_changed_and_names_what_the_file_dropped(
+    site: PrefectSite, emulator: Emulator
+) -> None:
+    """`fishflow deploy` after an edit (as the README says to): a schedule an operator paused
+    stays paused, a limit an operator resized keeps its size, and a deployment the file no
+    longer has is listed, then deleted with --prune."""
+    import yaml
+
+    from fishflow.pool import limit_name
+
+    prefect_file = site.home / "prefect.yaml"
+    spec = yaml.safe_load(prefect_file.read_text())
+    extra = {**next(d for d in spec["deployments"] if d["name"] == "catalog-manual")}
+    extra["name"] = "catalog-retired"
+    with_extra = site.home / "prefect-extra.yaml"
+    with_extra.write_text(yaml.safe_dump({**spec, "deployments": [*spec["deployments"], extra]}))
+    limits = ("--server", f"{emulator.url}#limit=2")
+    assert site.fishflow("deploy", "--prefect-file", str(with_extra), *limits).returncode == 0
+    name = limit_name(emulator.url)
+
+    async def operate() -> None:
+        async with get_client() as client:
+            nightly = await client.read_deployment_by_name("refresh-catalog-audio/catalog-nightly")
+            [schedule] = await client.read_deployment_schedules(nightly.id)
+            await client.update_deployment_schedule(nightly.id, schedule.id, active=False)
+            await client.upsert_global_concurrency_limit_by_name(name, 3)
+
+    async def state() -> tuple[list[bool], int, set[str]]:
+        async with get_client() as client:
+            nightly = await client.read_deployment_by_name("refresh-catalog-audio/catalog-nightly")
+            schedules = await client.read_deployment_schedules(nightly.id)
+            limit = await client.read_global_concurrency_limit_by_name(name)
+            names = {d.name for d in await client.read_deployments()}
+        return [s.active for s in schedules], int(limit.limit), names
+
+    asyncio.run(operate())
+    try:
+        again = site.fishflow("deploy", "--prefect-file", str(prefect_file), *limits)
+        assert again.returncode == 0, again.stderr
+        assert "refresh-catalog-audio/catalog-nightly: schedule '0 2 * * *' stays paused" in (
+            again.stdout
+        )
+        assert f"limit {name} stays 3 (the file says 2)" in again.stdout
+        assert "deployment catalog-retired is no longer in the file" in again.stdout
+        active, limit, names = asyncio.run(state())
+        assert active == [False] and limit == 3 and "catalog-retired" in names
+        pruned = site.fishflow("deploy", "--prefect-file", str(prefect_file), "--prune", *limits)
+        assert pruned.returncode == 0, pruned.stderr
+        assert "deleted deployment catalog-retired" in pruned.stdout
+        assert "catalog-retired" not in asyncio.run(state())[2]
+    finally:  # the other tests expect the nightly schedule on and the limit at 2
+
+        async def restore() -> None:
+            async with get_client() as client:
+                nightly = await client.read_deployment_by_name(
+                    "refresh-catalog-audio/catalog-nightly"
+                )
+                [schedule] = await client.read_deployment_schedules(nightly.id)
+                await client.update_deployment_schedule(nightly.id, schedule.id, active=True)
+                await client.upsert_global_concurrency_limit_by_name(name, 2)
+
+        asyncio.run(restore())
