@@ -88,6 +88,8 @@ _UNITS: dict[str, dict[str, tuple[str, str]]] = {
            "zh": ("厘米", "厘米"), "ja": ("センチメートル", "センチメートル")},
     "mm": {"en": ("millimetre", "millimetres"), "de": ("Millimeter", "Millimeter"),
            "zh": ("毫米", "毫米"), "ja": ("ミリメートル", "ミリメートル")},
+    "ml": {"en": ("millilitre", "millilitres"), "de": ("Milliliter", "Milliliter"),
+           "zh": ("毫升", "毫升"), "ja": ("ミリリットル", "ミリリットル")},
     "kg": {"en": ("kilogram", "kilograms"), "de": ("Kilogramm", "Kilogramm"),
            "zh": ("千克", "千克"), "ja": ("キログラム", "キログラム")},
     "g": {"en": ("gram", "grams"), "de": ("Gramm", "Gramm"), "zh": ("克", "克"),
@@ -100,7 +102,15 @@ _UNITS: dict[str, dict[str, tuple[str, str]]] = {
             "de": ("Bild pro Sekunde", "Bilder pro Sekunde"), "zh": ("帧每秒", "帧每秒"),
             "ja": ("フレーム毎秒", "フレーム毎秒")},
 }  # fmt: skip
-_UNIT_ALIASES = {"KB": "kB", "us": "µs", "μs": "µs", "sec": "s", "mins": "min", "hr": "h"}
+_UNIT_ALIASES = {
+    "mL": "ml",
+    "KB": "kB",
+    "us": "µs",
+    "μs": "µs",
+    "sec": "s",
+    "mins": "min",
+    "hr": "h",
+}
 _UNIT_NAMES = sorted([*_UNITS, *_UNIT_ALIASES], key=len, reverse=True)
 
 _CURRENCIES = {
