@@ -367,7 +367,7 @@ def _row(i: int, v: ItemView, media: Media) -> str:
         for x in (
             v.language,
             f"{v.chars} chars" if v.chars is not None else None,
-            f"{len(v.chunks)} chunks" if v.chunks else None,
+            f"{len(v.chunks)} chunk{'s' if len(v.chunks) != 1 else ''}" if v.chunks else None,
             f"row {v.source_row}" if v.source_row >= 0 else None,
         )
         if x
@@ -380,9 +380,8 @@ def _row(i: int, v: ItemView, media: Media) -> str:
     attrs = f'data-i="{i}" data-status="{_e(v.status)}"'
     if v.marked:
         attrs += ' data-qa="marked"'
-    search = _e((v.item_id or "").lower())
     return (
-        f'<tr class="item" {attrs} data-id="{search}">'
+        f'<tr class="item" {attrs} data-id="{_e(v.item_id or "")}">'
         f'<td class="id">{name}<div class="dim">{_e(" · ".join(details))}</div></td>'
         f"<td>{status}</td>"
         f'<td class="num">{"<br>".join(_e(f) for f in facts if f)}</td>'
@@ -431,7 +430,7 @@ background:#eef2f6}
 .play{font:inherit;padding:2px 10px;border:1px solid var(--line);border-radius:6px;
 background:#fff;cursor:pointer}
 audio{width:100%;height:32px}
-.cue{min-height:1.45em;margin:2px 0;font-size:15px}
+.cue{min-height:1.45em;margin:2px 0;font-size:15px}.play+.cue{display:none}
 .strip{display:block;width:100%;height:32px;margin:4px 0;background:#f2f4f7;border-radius:3px;
 cursor:pointer}
 .strip .lvl{stroke:#5b7bb8;stroke-width:.7}
@@ -474,7 +473,7 @@ document.querySelectorAll('nav button').forEach(function(b){
 });
 document.getElementById('q').addEventListener('input',function(ev){
   var q=ev.target.value.trim().toLowerCase();
-  rows.forEach(function(r){r.classList.toggle('nomatch',q!==''&&r.dataset.id.indexOf(q)<0);});
+  rows.forEach(function(r){r.classList.toggle('nomatch',q!==''&&r.dataset.id.toLowerCase().indexOf(q)<0);});
   update();
 });
 function transcript(row,audio,list){
