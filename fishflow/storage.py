@@ -245,8 +245,12 @@ def s3_client() -> Any:
     import boto3  # imported late: 0.3 s that local runs do not need
     from botocore.config import Config
 
-    # botocore is the one layer that retries S3 (5xx, throttling, SlowDown).
-    return boto3.client("s3", config=Config(retries={"mode": "standard", "max_attempts": 6}))
+    # botocore is the one layer that retries S3 (5xx, throttling, SlowDown). SigV4 for
+    # presigned links too: botocore's default there is SigV2, which newer buckets refuse.
+    return boto3.client(
+        "s3",
+        config=Config(retries={"mode": "standard", "max_attempts": 6}, signature_version="s3v4"),
+    )
 
 
 def wrap_s3_error(exc: Exception, where: str) -> StorageError:

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -25,6 +26,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from fishflow.emulator import Emulator
+from fishflow.report import item_views, render
 from tests.flows.helpers import CATALOG_ROWS, manifest, run
 
 CHROMIUM = "/usr/bin/chromium"
@@ -203,4 +205,45 @@ def test_a_run_report_plays_shows_captions_in_time_and_filters_what_needs_review
         now = local.page.inner_text(f"{long_row} .transcript .now")
         assert now.startswith("Sentence number 5 ")
         local.page.screenshot(path=str(tmp_path / "report-file.png"))
-        assert web.problems == [] and local.problems == []
+
+        # At scale: rows past the first wait in groups; filters still find every match.
+        big = scaled_page(browser, tmp_path)
+        assert len(big.visible_rows()) == 2 and big.page.inner_text("#more span") == "9"
+        big.page.click('nav button[data-filter="failed"]')
+        assert [r["id"] for r in big.visible_rows()] == ["item-01", "item-07"]
+        big.page.click('nav button[data-filter="all"]')
+        big.page.fill("#q", "ITEM-1")
+        big.until("#q", "q => document.querySelectorAll('tr.item:not(.nomatch)').length === 1")
+        assert [r["id"] for r in big.visible_rows()] == ["item-10"]
+        big.page.fill("#q", "")
+        big.until("#q", "q => document.querySelectorAll('tr.item.nomatch').length === 0")
+        big.page.click('nav button[data-filter="marked"]')
+        assert [(r["id"], r["qa"]) for r in big.visible_rows()] == [("item-09", "marked")]
+        assert "speech_rate = 2.4" in big.visible_rows()[0]["text"]
+        big.page.click('nav button[data-filter="review"]')
+        assert [r["id"] for r in big.visible_rows()] == ["item-01", "item-07", "item-09"]
+        big.page.click('nav button[data-filter="all"]')
+        # Rows a filter took out of their groups rejoin them in order.
+        while big.page.is_visible("#more"):
+            big.page.click("#more button")
+        assert [r["id"] for r in big.visible_rows()] == [f"item-{i:02d}" for i in range(11)]
+        assert web.problems == [] and local.problems == [] and big.problems == []
+
+
+def scaled_page(browser: Browser, tmp_path: Path) -> Opened:
+    """A page of 11 items laid out 2 at first, then in groups of 3 (a big run's page, small)."""
+    rows: list[dict[str, Any]] = []
+    for i in range(11):
+        failed = i in (1, 7)
+        rows.append({
+            "item_id": f"item-{i:02d}", "source_row": i, "status": "failed" if failed else "ok",
+            "duration_s": None if failed else 1.0, "error": "boom" if failed else None,
+            "qa": "marked" if i == 9 else None, "qa_check": "speech_rate" if i == 9 else None,
+            "qa_measure": 2.4 if i == 9 else None, "qa_attempts": 3 if i == 9 else None,
+        })  # fmt: skip
+    text = render(
+        "scaled", item_views(rows), generated_at=datetime.now(UTC), first_rows=2, group_rows=3
+    )
+    path = tmp_path / "scaled.html"
+    path.write_text(text)
+    return Opened(browser, path.as_uri())

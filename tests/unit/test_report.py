@@ -97,6 +97,11 @@ class Page(HTMLParser):
             self.script_text.append(data)
 
 
+def audio_link(page: Page) -> str:
+    """The address the row's player and download link use."""
+    return next(a["href"] or "" for t, a in page.tags if t == "a" and a.get("class") == "file")
+
+
 def test_a_hostile_id_message_and_caption_stay_text() -> None:
     views = item_views(
         [
@@ -125,8 +130,7 @@ def test_a_hostile_id_message_and_caption_stay_text() -> None:
     assert page.rows[0]["text"].startswith(HOSTILE)  # shown as the text it is
     assert page.rows[0]["attrs"]["data-id"] == HOSTILE
     assert "</script><script>alert(3)</script>" in page.rows[1]["text"]
-    buttons = [a for t, a in page.tags if t == "button" and "data-src" in a]
-    assert buttons[0]["data-src"] == '../../audio/x.wav" onplay="alert(4)'
+    assert audio_link(page) == '../../audio/x.wav" onplay="alert(4)'
     assert "<title>fishflow run &lt;script&gt;" in text
     # The caption reached the script data as JSON that cannot close the element.
     assert "\\u003c/script\\u003e\\u003c!--" in text
@@ -269,13 +273,9 @@ def test_a_folder_output_gets_a_page_whose_links_reach_the_audio(tmp_path: Path)
     assert uri == store.uri(report_key("r1")) == str(tmp_path / "out/manifests/run=r1/report.html")
     text = Path(uri).read_text()
     page = Page(text)
-    src = next(a["data-src"] for t, a in page.tags if t == "button" and "data-src" in a)
-    assert src is not None and not src.startswith(("/", "file:"))  # the folder may move
+    src = audio_link(page)
+    assert not src.startswith(("/", "file:"))  # relative: the folder may move
     assert Path(os.path.dirname(uri), urllib.parse.unquote(src)).resolve() == Path(audio)
-    vtt_link = next(
-        a["href"] for t, a in page.tags if t == "a" and a.get("href", "").endswith("vtt")
-    )
-    assert Path(os.path.dirname(uri), urllib.parse.unquote(vtt_link or "")).read_bytes()
     assert '"0":[[0.0,1.0,"Hello there."],[1.0,2.0,"Bye."]]' in text
     assert 'class="lvl"' in text and 'class="flag"' in text  # level strip read from the audio
     assert [r["attrs"]["data-status"] for r in page.rows] == ["ok", "failed"]
@@ -292,8 +292,19 @@ def test_an_s3_output_gets_a_page_with_presigned_links(bucket: str) -> None:
     head = store.client.head_object(Bucket=bucket, Key="catalog/manifests/run=r1/report.html")
     assert head["ContentType"] == "text/html; charset=utf-8"
     page = Page(store.get(report_key("r1")).decode())
-    src = next(a["data-src"] for t, a in page.tags if t == "button" and "data-src" in a)
-    parts = urllib.parse.urlsplit(src or "")
-    assert parts.path.endswith("/catalog/audio/a.wav") or parts.path.endswith("catalog/audio/a.wav")
-    assert "X-Amz-Signature=" in parts.query or "Signature=" in parts.query
+    parts = urllib.parse.urlsplit(audio_link(page))
+    assert parts.scheme == "https" and parts.path.endswith("catalog/audio/a.wav")
+    assert "X-Amz-Signature=" in parts.query and "X-Amz-Expires=604800" in parts.query
     assert "Hello there." in "".join(page.script_text)
+
+
+def test_the_prefect_summary_links_the_page() -> None:
+    from fishflow.run import RunTotals
+    from tasks.reporting import Summary, summary_markdown
+
+    link = "https://audio-bucket.s3.amazonaws.com/m/report.html?X-Amz-Signature=abc"
+    text = summary_markdown(
+        Summary("r1", RunTotals(ok=1), 1.0, {}, report="s3://b/m/report.html", report_link=link)
+    )
+    assert f"({link})" in text
+    assert "report.html" not in summary_markdown(Summary("r1", RunTotals(), 1.0, {}))
