@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import logging
 import os
 import urllib.parse
 from datetime import UTC, datetime
@@ -13,10 +15,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import soundfile as sf
 
 from fishflow.captions import Cue as CaptionCue
 from fishflow.captions import webvtt
+from fishflow.errors import StorageError
 from fishflow.manifest import CHUNKS_SCHEMA, ERRORS_SCHEMA, ITEMS_SCHEMA
 from fishflow.report import (
     STRIP_POINTS,
@@ -308,3 +312,24 @@ def test_the_prefect_summary_links_the_page() -> None:
     )
     assert f"({link})" in text
     assert "report.html" not in summary_markdown(Summary("r1", RunTotals(), 1.0, {}))
+
+
+def test_a_page_that_cannot_be_written_does_not_fail_the_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tasks.reporting import write_report as write_for_run
+
+    class Full(LocalStore):  # the disk filled up after the manifests were written
+        def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> str:
+            if key.endswith(".html"):
+                raise StorageError(f"cannot write {key}: No space left on device", fatal=True)
+            return super().put(key, data, content_type, metadata)
+
+    store = Full(str(tmp_path))
+    write_run(store, [item(0, "a")], [], [])
+    logger = logging.getLogger("test.report")
+    assert asyncio.run(write_for_run(store, "r1", logger)) == (None, None)
+    assert "report.html not written" in caplog.text and "No space left" in caplog.text
+    # And where it can be written, the run gets its URI and a link a browser opens.
+    uri, link = asyncio.run(write_for_run(LocalStore(str(tmp_path)), "r1", logger))
+    assert uri is not None and link == Path(uri).as_uri()
