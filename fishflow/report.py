@@ -653,7 +653,7 @@ def render(
         f'<nav aria-label="filter">{buttons}'
         '<input id="q" type="search" placeholder="filter by id" aria-label="filter by id"></nav>'
         "<main><table><thead><tr><th>item</th><th>status</th><th>length · loudness</th>"
-        "<th>QA</th><th>listen</th></tr></thead>"
+        "<th>QA</th><th>listen · why it failed</th></tr></thead>"
         f"<tbody>{body}</tbody></table>"
         '<div id="none" hidden>No items match.</div>'
         f'<div id="more" data-total="{len(rows)}" hidden><button>show more rows</button> '

@@ -1,4 +1,5 @@
-"""What a run shows in Prefect: a progress artifact, a summary with links, the first failures.
+"""What a run shows in Prefect: a progress artifact, a summary with links (report.html first),
+the first failures.
 
 Artifacts are keyed per deployment (`fishflow-<deployment>`; `fishflow-run` for a run started
 without one), so each deployment keeps its own history in the UI.
