@@ -26,7 +26,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from fishflow.emulator import Emulator
-from fishflow.report import item_views, render
+from fishflow.report import item_views, render, report_key
+from fishflow.storage import S3Store
 from tests.flows.helpers import CATALOG_ROWS, manifest, run
 
 CHROMIUM = "/usr/bin/chromium"
@@ -137,8 +138,28 @@ async def _artifacts(flow_run_id: str) -> dict[str, Any]:
     return {a.key: a.data for a in found}
 
 
+@pytest.fixture
+def s3_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """moto's S3 as a server on 127.0.0.1 (a browser can reach it), with a bucket."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFAKEFAKEFAKE0003")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fake-secret-never-logged-0003")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    boto3.client("s3").create_bucket(Bucket="review-bucket")
+    try:
+        yield "review-bucket"
+    finally:
+        server.stop()
+
+
 def test_a_run_report_plays_shows_captions_in_time_and_filters_what_needs_review(
-    tmp_path: Path, emulator: Emulator, served: tuple[Path, str]
+    tmp_path: Path, emulator: Emulator, served: tuple[Path, str], s3_server: str
 ) -> None:
     out, base = served
     rows = [*CATALOG_ROWS, {"id": HOSTILE, "language": "en", "text": "A hostile id. Two."}]
@@ -160,6 +181,13 @@ def test_a_run_report_plays_shows_captions_in_time_and_filters_what_needs_review
         set(items[items.qa == "marked"]["source_row"]) if "qa" in items.columns else set()
     )  # the QA step's column, when the run has it
     assert len(failed) == 3
+
+    # The same catalog into S3: the page is opened by its presigned link, the audio too.
+    s3_run = run(source, f"s3://{s3_server}/tts", [emulator.url])
+    s3_store = S3Store(f"s3://{s3_server}/tts")
+    assert s3_run["report"] == s3_store.uri(report_key(s3_run["run_id"]))
+    s3_page = s3_store.link(report_key(s3_run["run_id"]))
+    assert "X-Amz-Signature=" in s3_page
 
     with chromium() as browser:
         web = Opened(browser, f"{base}/manifests/run={run_id}/report.html")
@@ -227,7 +255,15 @@ def test_a_run_report_plays_shows_captions_in_time_and_filters_what_needs_review
         while big.page.is_visible("#more"):
             big.page.click("#more button")
         assert [r["id"] for r in big.visible_rows()] == [f"item-{i:02d}" for i in range(11)]
+
+        from_s3 = Opened(browser, s3_page)
+        assert len(from_s3.visible_rows()) == len(items)
+        state = from_s3.play("de-1", seconds=0.2)
+        assert state["d"] == pytest.approx(
+            items.set_index("item_id").loc["de-1", "duration_s"], abs=0.05
+        )
         assert web.problems == [] and local.problems == [] and big.problems == []
+        assert from_s3.problems == []
 
 
 def scaled_page(browser: Browser, tmp_path: Path) -> Opened:
