@@ -632,6 +632,8 @@ def _with_flow(args: argparse.Namespace, run_id: str | None, out: str, call: Any
         f"{hygiene}; {summary['audio_seconds']:.1f} s of audio in {wall:.1f} s\n"
         f"manifests: {summary['manifests']['items'].rsplit('/', 1)[0]}"
     )
+    if summary.get("report"):
+        print(f"report: {summary['report']}")
     pruned = summary.get("pruned_files") or []
     for uri in pruned[:PRINTED]:
         print(f"  pruned: {uri}")

@@ -11,9 +11,11 @@ import contextlib
 import errno
 import hashlib
 import os
+import posixpath
 import re
 import tempfile
 import unicodedata
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -30,6 +32,9 @@ _MAX_SEGMENT_BYTES = MAX_NAME_BYTES - len("-12345678") - len(LONGEST_SUFFIX)  # 
 # A whole key: S3 allows 1,024 bytes with the output's prefix and "audio/" before it.
 _MAX_KEY_CHARS = 400
 _MAX_KEY_BYTES = 700
+# How long a presigned S3 link works: the most SigV4 allows (links signed with temporary
+# credentials, an assumed role's, end with those credentials, often sooner).
+LINK_EXPIRES_S = 7 * 24 * 3600
 
 
 def _read_umask() -> int:
@@ -124,6 +129,10 @@ class Store(Protocol):
     def list(self, prefix: str) -> builtins.list[str]: ...
     def list_sized(self, prefix: str) -> builtins.list[Listed]: ...
     def delete(self, keys: builtins.list[str]) -> builtins.list[str]: ...
+    def key_of(self, uri: str) -> str | None: ...
+    def link(
+        self, key: str, *, page: str | None = None, expires_s: int = LINK_EXPIRES_S
+    ) -> str: ...
 
 
 @dataclass
@@ -147,6 +156,18 @@ class LocalStore:
 
     def uri(self, key: str) -> str:
         return os.path.join(self.root, key)
+
+    def key_of(self, uri: str) -> str | None:
+        """The key of a URI this store gave (None for one outside it)."""
+        rel = os.path.relpath(os.path.abspath(uri), self.root)
+        return None if rel.startswith("..") else Path(rel).as_posix()
+
+    def link(self, key: str, *, page: str | None = None, expires_s: int = LINK_EXPIRES_S) -> str:
+        """An address of ``key`` for a browser: relative to the page stored at ``page`` (so the
+        folder can be moved, or served as it is), else a file:// URL."""
+        if page is None:
+            return Path(self.uri(key)).as_uri()
+        return urllib.parse.quote(posixpath.relpath(key, posixpath.dirname(page) or "."))
 
     def _make_folder(self, folder: str) -> None:
         if folder not in self._made:  # once per folder and store
@@ -258,8 +279,12 @@ def s3_client() -> Any:
     import boto3  # imported late: 0.3 s that local runs do not need
     from botocore.config import Config
 
-    # botocore is the one layer that retries S3 (5xx, throttling, SlowDown).
-    return boto3.client("s3", config=Config(retries={"mode": "standard", "max_attempts": 6}))
+    # botocore is the one layer that retries S3 (5xx, throttling, SlowDown). SigV4 for
+    # presigned links too: botocore's default there is SigV2, which newer buckets refuse.
+    return boto3.client(
+        "s3",
+        config=Config(retries={"mode": "standard", "max_attempts": 6}, signature_version="s3v4"),
+    )
 
 
 def wrap_s3_error(exc: Exception, where: str) -> StorageError:
@@ -317,6 +342,24 @@ class S3Store:
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
+
+    def key_of(self, uri: str) -> str | None:
+        """The key of a URI this store gave (None for one outside it)."""
+        start = self.uri("")
+        return uri[len(start) :] if uri.startswith(start) else None
+
+    def link(self, key: str, *, page: str | None = None, expires_s: int = LINK_EXPIRES_S) -> str:
+        """A presigned GET URL of ``key`` (wherever the page is): the bucket needs no public
+        access. Signed here, without a request to S3."""
+        try:
+            url: str = self.client.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": self.bucket, "Key": self._key(key)},
+                ExpiresIn=expires_s,
+            )
+        except Exception as exc:
+            raise wrap_s3_error(exc, self.uri(key)) from exc
+        return url
 
     def _extra(self, content_type: str, metadata: dict[str, str] | None = None) -> dict[str, Any]:
         extra: dict[str, Any] = {"ContentType": content_type, "ChecksumAlgorithm": "SHA256"}

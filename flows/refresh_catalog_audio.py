@@ -286,6 +286,7 @@ async def refresh_catalog_audio(
             elif prune:
                 logger.warning("run %s: --prune needs a run over the whole source", run_id)
             manifests = await asyncio.to_thread(writer.finalize)
+            page, page_link = await reporting.write_report(ctx.store, run_id, logger)
             if ctx.journal is not None:
                 ctx.journal.close(remove=True)
             wall_s = time.monotonic() - started
@@ -301,6 +302,8 @@ async def refresh_catalog_audio(
         manifests=manifests,
         utilisation=utilisation,
         error=fatal.message if fatal else None,
+        report=page,
+        report_link=page_link,
     )
     return await _finish(summary, artifacts, max_failed_share)
 

@@ -23,7 +23,7 @@ from fishflow.run import RunTotals, shard_run_id
 from fishflow.settings import RunSettings
 from fishflow.storage import open_store
 from tasks.prefect_run import DeploymentContext, RunFailed
-from tasks.reporting import Summary
+from tasks.reporting import Summary, write_report
 
 # A child whose worker died ends Crashed (heartbeats + `fishflow deploy`'s automation); each
 # child gets this many runs in all before the parent gives up on it.
@@ -131,6 +131,7 @@ async def run_shards(
     record["shard_runs"] = children
     record["finished_at"] = datetime.now(UTC).isoformat()
     await asyncio.to_thread(write_run_record, store, run_id, record)
+    page, page_link = await write_report(store, run_id, logger)
     rows = await asyncio.to_thread(read_items, store, run_id, TOTALS_COLUMNS)
     totals = RunTotals.from_items(rows)
     totals.note_pruned(tidied.pruned)
@@ -140,4 +141,6 @@ async def run_shards(
         wall_s=time.monotonic() - started,
         manifests=manifests,
         shards=children,
+        report=page,
+        report_link=page_link,
     )

@@ -6,6 +6,7 @@ import asyncio
 import http.server
 import io
 import os
+import re
 import socket
 import threading
 from pathlib import Path
@@ -38,6 +39,7 @@ def test_exit_0_when_nothing_failed(tmp_path: Path, emulator: Emulator, capsys) 
     assert code == 0
     assert "2 ok, 0 skipped, 0 failed" in out.out
     assert "manifests:" in out.out and "Traceback" not in out.err
+    assert re.search(r"^report: .*/o/manifests/run=[^/]+/report\.html$", out.out, re.M)
 
 
 def test_exit_2_when_some_items_failed(tmp_path: Path, emulator: Emulator, capsys) -> None:
