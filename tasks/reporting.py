@@ -120,7 +120,10 @@ async def write_report(
     (None, None) if it could not be written: the page is never a reason to fail a run."""
     try:
         uri = await asyncio.to_thread(report.write_report, store, run_id)
-        address = await asyncio.to_thread(store.link, report.report_key(run_id))
+        # Never a presigned link here: it carries the signer's access key id (and a session
+        # token with temporary credentials), and artifacts hold no credentials. The console
+        # opens an S3 page for whoever may read it.
+        address = link(uri)
     except Exception:
         logger.exception("run %s: report.html not written", run_id)
         return None, None

@@ -314,6 +314,22 @@ def test_the_prefect_summary_links_the_page() -> None:
     assert "report.html" not in summary_markdown(Summary("r1", RunTotals(), 1.0, {}))
 
 
+def test_the_prefect_summary_never_carries_a_presigned_link(bucket: str) -> None:
+    """A presigned link holds the signer's access key id (and a session token with temporary
+    credentials): the artifact links the S3 console instead."""
+    import asyncio
+    import logging
+
+    from tasks.reporting import write_report as write_for_run
+
+    store = S3Store(f"s3://{bucket}/catalog")
+    write_run(store, [item(0, "a")], [], [])
+    uri, address = asyncio.run(write_for_run(store, "r1", logging.getLogger("t")))
+    assert uri == f"s3://{bucket}/catalog/manifests/run=r1/report.html"
+    assert address is not None and address.startswith("https://s3.console.aws.amazon.com/")
+    assert "X-Amz" not in address
+
+
 def test_a_page_that_cannot_be_written_does_not_fail_the_run(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
