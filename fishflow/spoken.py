@@ -21,7 +21,7 @@ not touch is returned as it is.
 from __future__ import annotations
 
 import collections
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import regex
@@ -179,7 +179,11 @@ def _numbers_in(text: str, language: str) -> str:
     return "".join(out)
 
 
-def _split(segs: list[_Seg], finder, rule_of) -> list[_Seg]:  # type: ignore[no-untyped-def]
+# (start, end, spoken, rule) of each span ``finder`` finds in a prose segment.
+_Found = list[tuple[int, int, str, str]]
+
+
+def _split(segs: list[_Seg], finder: Callable[[str], _Found]) -> list[_Seg]:
     """Prose segments cut where ``finder`` finds spans; each span becomes a changed segment."""
     out: list[_Seg] = []
     for seg in segs:
@@ -190,7 +194,7 @@ def _split(segs: list[_Seg], finder, rule_of) -> list[_Seg]:  # type: ignore[no-
         for start, end, spoken, rule in finder(seg.written):
             if start > at:
                 out.append(_Seg(seg.written[at:start], seg.written[at:start]))
-            out.append(_Seg(seg.written[start:end], spoken, rule_of(rule)))
+            out.append(_Seg(seg.written[start:end], spoken, rule))
             at = end
         if at < len(seg.written):
             out.append(_Seg(seg.written[at:], seg.written[at:]))
@@ -264,13 +268,13 @@ def speak_block(block: Block, language: str, options: SpeechOptions) -> Block:
                 (h.start, h.end, h.spoken, "lexicon")
                 for h in lexicon_hits(t, options.lexicon, language)
             ],
-            lambda r: r,
         )
     if options.numbers:
         segs = _split(
             segs,
-            lambda t: [(s.start, s.end, s.spoken, s.rule) for s in number_spans(t, language)],
-            lambda r: f"number {r}",
+            lambda t: [
+                (s.start, s.end, s.spoken, f"number {s.rule}") for s in number_spans(t, language)
+            ],
         )
     return _assemble(block, segs)
 

@@ -177,7 +177,7 @@ def test_gc_drops_only_unreferenced_chunk_audio(tmp_path: Path, emulator: Emulat
     cache_bytes = sum(p.stat().st_size for p in (out / ".fishflow" / "chunks").rglob("*.flac"))
     audio_bytes = manifest(out, "items", latest_run(out))["bytes"].sum()
     assert 0 < cache_bytes <= 0.5 * audio_bytes
-    edited = rows["edit"].replace("Step 3 of", "Step three of")
+    edited = rows["edit"].replace("Step 3 of", "Stage 3 of")
     write_catalog(source, {"long": LONG, "edit": edited})
     assert cli(capsys, "run", str(source), "--out", str(out), "--server", emulator.url)[0] == 0
     second = manifest(out, "chunks", latest_run(out))
