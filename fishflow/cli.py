@@ -467,13 +467,14 @@ def _preflight(source: str, servers: list[ServerConfig]) -> None:
 def _run(args: argparse.Namespace) -> int:
     overrides = {k: v for k in RunSettings.model_fields if (v := getattr(args, k)) is not None}
     settings = _from_flags(RunSettings, **overrides)
-    from fishflow.database import PASSWORD_ENV, split_password
+    from fishflow.database import SOURCE_URL_ENV, split_secrets
 
-    # A password typed in the URL stays in this process: the flow, its parameters and the run
-    # record see the masked URL, and the core reads the password from the environment.
-    source, password = split_password(args.source)
+    # Secrets typed in the URL (a password, ?password=, ?token=...) stay in this process: the
+    # flow, its parameters and the run record see the masked URL, and the core reads the
+    # whole URL from this process's environment, which Prefect does not store.
+    source, unmasked = split_secrets(args.source)
     if args.deployment:
-        if password:
+        if unmasked:
             raise ConfigError(
                 "a password in the source URL would travel in the flow run's parameters: "
                 "give the source as secret:NAME (a Prefect Secret block) or env:NAME"
@@ -487,8 +488,8 @@ def _run(args: argparse.Namespace) -> int:
     from fishflow.run import new_run_id
 
     run_id = args.run_id or new_run_id()
-    if password:
-        os.environ[PASSWORD_ENV] = password
+    if unmasked:
+        os.environ[SOURCE_URL_ENV] = unmasked
     return _with_flow(
         args,
         run_id,

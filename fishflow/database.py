@@ -8,8 +8,12 @@ at any table size. They are read in order of the id column, so that a row's posi
 
 The password never leaves this module: every message names the URL with its password masked
 (``***``), driver errors are re-raised without their chain, and the URL recorded for a run is
-the masked one. A masked URL given back (by ``resume``) takes its password from
-``FISHFLOW_SOURCE_PASSWORD``.
+the masked one: ``mask`` is the one masking function, for run records, Prefect parameters,
+tags and logs alike. Secrets are the userinfo password and query parameters such as
+``password``, ``sslpassword``, ``secret``, ``token``, ``key``, ``api_key``. A masked URL given
+back (by the CLI to its flow, or by ``resume``) takes its secrets from the process's
+environment, which Prefect does not store: ``FISHFLOW_SOURCE_URL`` (the whole URL, used when
+its masked form is the one given) or ``FISHFLOW_SOURCE_PASSWORD`` (the userinfo password).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ if TYPE_CHECKING:
     from fishflow.sources import Columns, SourceRow
 
 PASSWORD_ENV = "FISHFLOW_SOURCE_PASSWORD"
+SOURCE_URL_ENV = "FISHFLOW_SOURCE_URL"
 MASK = "***"
 _SCHEMES = re.compile(r"^(postgresql|postgres|mysql|mariadb|sqlite)(\+[a-z0-9_]+)?://", re.I)
 # SQLAlchemy 2.0 maps a bare postgresql:// to psycopg2 and mysql:// to mysqlclient; fishflow's
@@ -43,7 +48,18 @@ _EXTRAS = {
     "mysql": "fishflow[mysql]",
     "mariadb": "fishflow[mysql]",
 }
-_SECRET_QUERY_KEYS = ("password", "passwd", "secret", "token", "sslpassword")
+# Query parameters that hold secrets: these names, and any name ending in one of the suffixes
+# (`client_secret`, `access_token`, `aws_secret_access_key` end in one; `sslkey`, a file path,
+# does not).
+_SECRET_QUERY_KEYS = frozenset(
+    {"password", "passwd", "pwd", "secret", "token", "key", "apikey", "api_key", "sslpassword"}
+)
+_SECRET_SUFFIXES = ("password", "passwd", "secret", "token", "_key", "apikey")
+
+
+def _is_secret(name: str) -> bool:
+    name = name.lower().replace("-", "_")
+    return name in _SECRET_QUERY_KEYS or name.endswith(_SECRET_SUFFIXES)
 
 
 def is_database_url(source: str) -> bool:
@@ -82,8 +98,9 @@ def mask(source: str) -> str:
         parsed = _parse(source)
     except ConfigError:
         return "<invalid database URL>"
-    query = {k: MASK if k.lower() in _SECRET_QUERY_KEYS else v for k, v in parsed.query.items()}
-    return parsed.set(query=query).render_as_string(hide_password=True)
+    query = {k: MASK if _is_secret(k) else v for k, v in parsed.query.items()}
+    shown = parsed.set(query=query).render_as_string(hide_password=True)
+    return shown.replace("=%2A%2A%2A", "=" + MASK)  # as the password reads (it parses back)
 
 
 def split_password(source: str) -> tuple[str, str | None]:
@@ -94,25 +111,54 @@ def split_password(source: str) -> tuple[str, str | None]:
     return (mask(source), password) if password and password != MASK else (source, None)
 
 
+def split_secrets(source: str) -> tuple[str, str | None]:
+    """(the masked source, the source itself when masking hid a secret in it, else None):
+    for callers that pass the secrets out of band (the CLI, through ``SOURCE_URL_ENV``)."""
+    shown = mask(source)
+    return (shown, source) if shown != source and _holds_secret(source) else (source, None)
+
+
+def _secrets(url: URL) -> list[str]:
+    """The secret values a URL holds: its password, its secret query parameters' values."""
+    values = [url.password] if url.password else []
+    for name, value in url.query.items():
+        if _is_secret(name):
+            values += [value] if isinstance(value, str) else list(value)  # ?k=a&k=b: a tuple
+    return [v for v in values if v]
+
+
+def _holds_secret(source: str) -> bool:
+    return any(v != MASK for v in _secrets(_parse(source)))
+
+
+def _masked(url: URL) -> bool:
+    return MASK in _secrets(url)
+
+
 def _url(source: str) -> URL:
     parsed = _parse(source)
-    if parsed.password == MASK:
-        password = os.environ.get(PASSWORD_ENV)
-        if not password:
-            raise SourceError(
-                f"{mask(source)}: the password is not recorded with the run; set "
-                f"{PASSWORD_ENV}, or name the URL as env:NAME or a Prefect Secret (secret:NAME)"
-            )
-        parsed = parsed.set(password=password)
-    return parsed
+    if not _masked(parsed):
+        return parsed
+    # The URL with its secrets, from the environment of this process (put there by the CLI,
+    # or by a work pool): used only when its masked form is the URL given.
+    given = os.environ.get(SOURCE_URL_ENV)
+    if given and is_database_url(given) and mask(given) == mask(source):
+        return _parse(given)
+    password = os.environ.get(PASSWORD_ENV)
+    if not password or parsed.password != MASK or _secrets(parsed).count(MASK) > 1:
+        raise SourceError(
+            f"{mask(source)}: its secrets are not recorded with the run; set "
+            f"{SOURCE_URL_ENV} to the whole URL (or {PASSWORD_ENV} to its password), or "
+            "name the URL as env:NAME or a Prefect Secret (secret:NAME)"
+        )
+    return parsed.set(password=password)
 
 
 def _scrub(message: str, url: URL) -> str:
     """A driver's message, first line only, with the password cut out should it echo it."""
     line = message.strip().splitlines()[0] if message.strip() else ""
-    for secret in [url.password, *(url.query.get(k) for k in _SECRET_QUERY_KEYS)]:
-        if isinstance(secret, str) and secret:
-            line = line.replace(secret, MASK)
+    for secret in _secrets(url):
+        line = line.replace(secret, MASK)
     return line
 
 

@@ -12,7 +12,7 @@ from prefect.runtime import flow_run
 from prefect.settings import get_current_settings
 from prefect.states import Failed, State
 
-from fishflow.database import mask
+from fishflow.database import mask, split_secrets
 from fishflow.errors import FishflowError
 from fishflow.hygiene import tidy_output
 from fishflow.manifest import recover, run_record_exists, write_run_record
@@ -100,6 +100,11 @@ async def refresh_catalog_audio(
     # secret:NAME becomes the URL it holds, and the source is checked, before anything is
     # written for the run.
     readable = await resolve_source(source)
+    if split_secrets(source)[1] is not None:  # too late to keep it out of Prefect: say so
+        logger.warning(
+            "the source parameter holds a password in plain text, which Prefect keeps with "
+            "this flow run: give it as secret:NAME (a Prefect Secret block) or env:NAME"
+        )
     await asyncio.to_thread(check_source, readable)
     # Servers that answer as something else (a wrong URL) stop the run before anything is
     # written, as the CLI's pre-check does; servers not up yet are the pool's to wait for.

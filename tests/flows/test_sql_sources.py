@@ -244,6 +244,43 @@ def test_right_password_on_the_command_line_is_masked_everywhere(
         assert PASSWORD not in text
 
 
+def test_password_in_a_query_parameter_never_reaches_prefect(
+    mariadb: tuple[str, str], tmp_path: Path, emulator: Emulator, capsys, caplog, monkeypatch
+) -> None:
+    """`?password=` is a secret too: the run reads the table (MariaDB checks the password),
+    while Prefect's flow runs (parameters, names, tags), artifacts, logs and files hold it
+    masked."""
+    monkeypatch.delenv(PASSWORD_ENV, raising=False)
+    url, user = mariadb
+    name = table(url, ROWS)
+    db = url.rsplit("/", 1)[1]
+    out = tmp_path / "out"
+    source = f"mysql+pymysql://{user}@127.0.0.1:3306/{db}?charset=utf8mb4&password={PASSWORD}"
+    with flow_run_messages() as messages:
+        code = main(["run", source, "--table", name, "--out", str(out), "--server", emulator.url])
+    assert code == 0, capsys.readouterr().err
+    prefect_texts = asyncio.run(_prefect_texts())
+    for text in prefect_texts:
+        assert PASSWORD not in text
+    assert any("password=***" in t for t in prefect_texts)  # the run's parameters, masked
+    for text in (capsys.readouterr().err, caplog.text, _files_text(out), *messages):
+        assert PASSWORD not in text
+    record = (out / "manifests" / f"run={latest_run(out)}" / "run.json").read_text()
+    assert "password=***" in record
+
+
+async def _prefect_texts() -> list[str]:
+    """What Prefect's database holds of every flow run: parameters, names, tags, artifacts."""
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        runs = await client.read_flow_runs()
+        artifacts = await client.read_artifacts()
+        return [str((r.parameters, r.name, r.tags)) for r in runs] + [
+            str((a.key, a.description, a.data)) for a in artifacts
+        ]
+
+
 async def _flow_run_parameters() -> list[str]:
     from prefect.client.orchestration import get_client
 
