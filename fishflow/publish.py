@@ -35,7 +35,6 @@ from fishflow.captions import (
     webvtt,
 )
 from fishflow.chunking import Chunk
-from fishflow.errors import StorageError
 from fishflow.loudness import (
     PEAK_MARGIN_DB,
     Level,
@@ -45,7 +44,7 @@ from fishflow.loudness import (
     measure,
 )
 from fishflow.settings import AudioSettings, CaptionSettings
-from fishflow.storage import Store
+from fishflow.storage import Store, write_error
 
 
 def sidecar_keys(audio_key: str) -> dict[str, str]:
@@ -132,7 +131,7 @@ class ItemPublisher:
                 fade_out=not last,
             )
         except (OSError, sf.LibsndfileError) as exc:
-            raise StorageError(f"cannot write the audio of {self.key}: {exc}", fatal=True) from None
+            raise write_error(f"the audio of {self.key}", exc) from None
         self._added += 1
         self._pause_ms = self.audio.pause_after_ms(chunk.boundary)
         if self.captions.captions == "on" or self.captions.chapters == "on":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -21,6 +22,19 @@ from fishflow.errors import StorageError
 
 _UNSAFE = re.compile(r"[^\w.\-]+", re.UNICODE)
 _MAX_SEGMENT = 120
+
+
+# Out of room: every later write fails alike until there is room again, then succeeds.
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def write_error(what: str, exc: BaseException) -> StorageError:
+    """A write into the output (or its local state) failed: the run stops. Disk full or over
+    quota is retryable: the same write succeeds once there is room, so `resume` and a re-run
+    redo the items it failed (see ``manifest.output_write_failure``)."""
+    no_room = getattr(exc, "errno", None) in _NO_ROOM or "No space left" in str(exc)
+    reason = getattr(exc, "strerror", None) or str(exc)
+    return StorageError(f"cannot write {what}: {reason}", fatal=True, retryable=no_room)
 
 
 def _read_umask() -> int:
@@ -144,7 +158,7 @@ class LocalStore:
                 raise
         except OSError as exc:
             # Disk full or read-only: every later item fails alike, so stop the run.
-            raise StorageError(f"cannot write {path}: {exc.strerror}", fatal=True) from exc
+            raise write_error(path, exc) from exc
         return path
 
     def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> str:
@@ -166,7 +180,7 @@ class LocalStore:
         try:
             fd, tmp = self._temp_in(folder, Path(path).suffix)
         except OSError as exc:
-            raise StorageError(f"cannot write {path}: {exc.strerror}", fatal=True) from None
+            raise write_error(path, exc) from None
         os.close(fd)
         return tmp
 
@@ -178,7 +192,7 @@ class LocalStore:
             os.chmod(path, FILE_MODE)
             os.replace(path, dest)
         except OSError as exc:
-            raise StorageError(f"cannot write {dest}: {exc.strerror}", fatal=True) from None
+            raise write_error(dest, exc) from None
         return dest
 
     def get(self, key: str) -> bytes:

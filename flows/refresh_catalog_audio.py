@@ -26,6 +26,7 @@ from fishflow.run import (
     new_run_id,
     open_run,
     run_spec,
+    whole_run_totals,
 )
 from fishflow.settings import EnvSettings, RunSettings, validated
 from fishflow.sources import check_source, estimate_rows
@@ -219,6 +220,14 @@ async def refresh_catalog_audio(
                         counts["failed"],
                         done_before + totals.items,
                     )
+                except FishflowError as exc:
+                    # A known run-level failure (the output cannot be written: disk full):
+                    # one line, no traceback; the batch's rows the journal could keep are
+                    # recovered by `resume`, the others are not recorded and are redone.
+                    say = logger.info if exc.fatal else logger.error  # fatal: the run says it
+                    say("batch %s failed: %s", part, exc.message)
+                    if exc.fatal:
+                        ctx.stop(exc)
                 except Exception as exc:  # a bug must not lose rows: record them as failed
                     logger.exception("batch %s failed", part)
                     outcomes = [internal_failure(ctx, e, exc) for e in entries]
@@ -281,6 +290,8 @@ async def refresh_catalog_audio(
             elif prune:
                 logger.warning("run %s: --prune needs a run over the whole source", run_id)
             manifests = await asyncio.to_thread(writer.finalize)
+            if resume:  # its summary and exit status: the whole run's, not this session's
+                totals = await asyncio.to_thread(whole_run_totals, ctx.store, run_id, totals)
             if ctx.journal is not None:
                 ctx.journal.close(remove=True)
             wall_s = time.monotonic() - started
