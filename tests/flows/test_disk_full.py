@@ -35,7 +35,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_disk_full_stops_in_one_line_and_resume_redoes_what_it_refused(
+@pytest.mark.parametrize("again", ["resume", "rerun"])
+def test_disk_full_stops_in_one_line_and_resume_or_a_rerun_redoes_what_it_refused(
+    again: str,
     tmp_path: Path,
     small_disk: Path,
     capsys: pytest.CaptureFixture[str],
@@ -62,15 +64,22 @@ def test_disk_full_stops_in_one_line_and_resume_redoes_what_it_refused(
         shown = [r for r in caplog.records if console.filter(r)]
         assert not [r.getMessage() for r in shown if r.exc_info], [r.getMessage() for r in shown]
         subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
-        code = main(["resume", "full", "--out", str(out), "--quiet"])
+        if again == "resume":
+            code = main(["resume", "full", "--out", str(out), "--quiet"])
+        else:
+            code = main([*run, "--run-id", "again"])
     # Exit status as `run`'s: 2, for the blank row (failed on its own account).
     stdout, stderr = capsys.readouterr()
-    assert code == 2 and f"{N} ok, 0 skipped, 1 failed" in stdout, stdout + stderr
-    items = manifest(out, "items", "full")
+    assert code == 2 and "1 failed" in stdout, stdout + stderr
+    items = manifest(out, "items", "full" if again == "resume" else "again")
     assert sorted(items["source_row"]) == list(range(N + 1))  # every row exactly once
-    failed = items[items["status"] != "ok"]
-    assert list(failed["item_id"]) == ["blank"]
-    for row in items[items["status"] == "ok"].itertuples():
+    if again == "resume":  # the whole run's count, not only what this session did
+        assert f"{N} ok, 0 skipped, 1 failed" in stdout
+    else:  # what the first run published is skipped, the rest made now
+        assert f"{(items['status'] == 'ok').sum()} ok, " in stdout
+    done = items[items["status"] != "failed"]
+    assert list(items[items["status"] == "failed"]["item_id"]) == ["blank"]
+    for row in done.itertuples():
         assert decode(Path(row.audio_uri).read_bytes())[1] == pytest.approx(
             row.duration_s, abs=1e-3
         )
