@@ -454,13 +454,15 @@ def _server_flags(settings: RunSettings, urls: list[str]) -> list[ServerConfig]:
         raise _BadFlag(f"--server: {exc.message}") from None
 
 
-def _preflight(source: str, servers: list[ServerConfig]) -> None:
+def _preflight(source: str, servers: list[ServerConfig], settings: RunSettings) -> None:
     """What would stop the run at once, found before Prefect starts (seconds) and before
-    anything is written: a source that cannot be read, servers that all refuse connections."""
+    anything is written: a source that cannot be read (a database's table or query too),
+    servers that all refuse connections."""
     from fishflow.pool import check_servers
+    from fishflow.run import columns
     from fishflow.sources import check_source
 
-    check_source(source)
+    check_source(source, columns=columns(settings), table=settings.table, query=settings.query)
     asyncio.run(check_servers(servers))
 
 
@@ -484,7 +486,14 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("--shards needs --deployment: child runs are runs of a deployment")
     servers = args.servers or [DEFAULT_SERVER]
     configs = _server_flags(settings, servers)  # bad URLs are refused before Prefect starts
-    _preflight(args.source, configs)
+    if settings.query is not None:  # one statement that reads: a bad value, said as one
+        from fishflow.database import check_query
+
+        try:
+            check_query(settings.query)
+        except ConfigError as exc:
+            raise _BadFlag(exc.message) from None
+    _preflight(args.source, configs, settings)
     from fishflow.run import new_run_id
 
     run_id = args.run_id or new_run_id()
@@ -513,7 +522,7 @@ def _resume(args: argparse.Namespace) -> int:
 
     record = read_run_record(open_store(args.out), args.run_id)
     settings = validated(RunSettings, **record["settings"])
-    _preflight(record["source"], settings.server_configs(record["servers"]))
+    _preflight(record["source"], settings.server_configs(record["servers"]), settings)
     return _with_flow(
         args,
         args.run_id,

@@ -223,12 +223,155 @@ def count_rows(source: str, table: str) -> int | None:
         engine.dispose()
 
 
+_READING = ("select", "with", "values", "table", "(")  # what a statement that reads begins with
+
+
+def _statements(sql: str) -> list[str]:
+    """``sql`` cut at its semicolons, skipping those in quotes, quoted names, comments and
+    PostgreSQL's dollar quotes; statements that are only blanks and comments are left out."""
+    found: list[str] = []
+    start = i = 0
+    code = False  # whether the statement so far holds anything but blanks and comments
+    n = len(sql)
+    while i < n:
+        c = sql[i]
+        if c in "'\"`":
+            end = i + 1
+            while end < n and not (sql[end] == c and sql[end + 1 : end + 2] != c):
+                end += 2 if sql[end] == c or (sql[end] == "\\" and c == "'") else 1
+            i, code = end + 1, True
+        elif sql.startswith("--", i) or c == "#":
+            i = n if (nl := sql.find("\n", i)) < 0 else nl + 1
+        elif sql.startswith("/*", i):
+            i = n if (close := sql.find("*/", i + 2)) < 0 else close + 2
+        elif c == "$" and (tag := re.match(r"\$[A-Za-z_]*\$", sql[i:])):
+            close = sql.find(tag.group(), i + len(tag.group()))
+            i, code = (n if close < 0 else close + len(tag.group())), True
+        elif c == ";":
+            if code:
+                found.append(sql[start:i].strip())
+            start, i, code = i + 1, i + 1, False
+        else:
+            code = code or not c.isspace()
+            i += 1
+    if code:
+        found.append(sql[start:].strip())
+    return found
+
+
+def check_query(query: str) -> str:
+    """The statement of ``--query``, without a trailing semicolon; a ConfigError unless it is
+    one statement that reads (SELECT, WITH, VALUES, TABLE). The database has the last word:
+    the statement runs in a read-only transaction (see ``_read_only``)."""
+    statements = _statements(query)
+    if len(statements) != 1:
+        raise ConfigError(
+            f"--query takes one read-only statement (SELECT ...), not {len(statements)}"
+        )
+    words = re.sub(r"--[^\n]*|#[^\n]*|/\*.*?\*/", " ", statements[0], flags=re.S).split()
+    first = words[0].lower() if words else ""
+    if not first.startswith(_READING):
+        raise ConfigError(
+            f"--query takes one read-only statement (SELECT ...), not {first.upper()} ...: "
+            "fishflow only reads a catalog"
+        )
+    return statements[0]
+
+
+def _read_only(conn: Any) -> None:
+    """Make the connection's transaction read-only, by the database's own means: a statement
+    that would write (a data-changing function, nextval) is refused by the database."""
+    import sqlalchemy as sa
+
+    dialect = conn.dialect.name
+    if dialect == "postgresql":  # the first statement of the transaction SQLAlchemy begins
+        conn.execute(sa.text("SET TRANSACTION READ ONLY"))
+    elif dialect in ("mysql", "mariadb"):
+        conn.execute(sa.text("START TRANSACTION READ ONLY"))
+    elif dialect == "sqlite":
+        conn.exec_driver_sql("PRAGMA query_only = ON")
+
+
+def _refused_write(message: str) -> bool:
+    text = message.lower()
+    return (
+        "read-only transaction" in text
+        or "read only transaction" in text
+        or ("readonly database" in text)
+    )
+
+
+def _statement(conn: Any, cols: Columns, table: str | None, query: str | None, where: str) -> Any:
+    """The SELECT that reads the source's rows in order of the id column."""
+    import sqlalchemy as sa
+
+    from fishflow.sources import _check_columns as check_columns
+
+    if table:
+        schema, _, name = table.rpartition(".")
+        # Reflection quotes the names itself: nothing the user typed is pasted into SQL.
+        found = sa.Table(name, sa.MetaData(), schema=schema or None, autoload_with=conn)
+        check_columns(list(found.columns.keys()), cols, where)
+        wanted = (cols.id, cols.text, cols.language, cols.voice)
+        return sa.select(*(found.c[c] for c in wanted if c in found.c)).order_by(found.c[cols.id])
+    assert query is not None
+    # The user's own SQL, read in order of the id column for stable row positions.
+    # Every colon is literal (text() would take ':x' in 'a:x' for a parameter).
+    sql = check_query(query).replace(":", "\\:") + "\n"  # a closing -- comment stays shut
+    inner = sa.text(sql).columns().subquery("fishflow_rows")
+    return (
+        sa.select(sa.text("*"))
+        .select_from(inner)
+        .order_by(sa.literal_column(conn.dialect.identifier_preparer.quote(cols.id)))
+    )
+
+
+def _source_error(exc: Exception, url: URL, where: str, table: str | None) -> FishflowError:
+    """A driver's or SQLAlchemy's error as the one line fishflow says (password scrubbed)."""
+    from sqlalchemy.exc import NoSuchTableError
+
+    if isinstance(exc, NoSuchTableError):
+        return SourceError(f"{url.render_as_string(hide_password=True)}: no table {table!r}")
+    cause = str(getattr(exc, "orig", None) or exc)
+    if _refused_write(cause):
+        return SourceError(
+            f"{where}: --query must only read; the database refused it in a read-only "
+            f"transaction: {_scrub(cause, url)}"
+        )
+    return SourceError(f"{where}: {_scrub(cause, url)}")
+
+
+def check_database(source: str, cols: Columns, *, table: str | None, query: str | None) -> None:
+    """Raise now what reading would raise at its start (no such table, a bad query or
+    column, a wrong password), before a run writes anything: the statement is run with
+    LIMIT 0, so no row is fetched."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from fishflow.sources import _check_columns as check_columns
+
+    if bool(table) == bool(query):
+        raise ConfigError(f"{mask(source)}: give a database source --table NAME or --query SQL")
+    url = _url(source)
+    shown = url.render_as_string(hide_password=True)
+    where = f"{shown} table {table}" if table else f"{shown} query"
+    engine = _engine(url)
+    try:
+        with engine.connect() as conn:
+            _read_only(conn)
+            names = list(conn.execute(_statement(conn, cols, table, query, where).limit(0)).keys())
+            check_columns(names, cols, where)
+    except SQLAlchemyError as exc:
+        raise _source_error(exc, url, where, table) from None
+    finally:
+        engine.dispose()
+
+
 def read_database(
     source: str, cols: Columns, batch_rows: int, *, table: str | None, query: str | None
 ) -> Iterator[list[SourceRow]]:
-    """Batches of rows of ``table`` or of ``query``, in order of the id column."""
-    import sqlalchemy as sa
-    from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
+    """Batches of rows of ``table`` or of ``query``, in order of the id column, read in a
+    read-only transaction."""
+    from sqlalchemy.exc import SQLAlchemyError
 
     from fishflow.sources import SourceRow
     from fishflow.sources import _check_columns as check_columns
@@ -241,26 +384,8 @@ def read_database(
     where = f"{shown} table {table}" if table else f"{shown} query"
     try:
         with engine.connect() as conn:
-            if table:
-                schema, _, name = table.rpartition(".")
-                # Reflection quotes the names itself: nothing the user typed is pasted into SQL.
-                found = sa.Table(name, sa.MetaData(), schema=schema or None, autoload_with=conn)
-                check_columns(list(found.columns.keys()), cols, where)
-                wanted = (cols.id, cols.text, cols.language, cols.voice)
-                stmt: Any = sa.select(*(found.c[c] for c in wanted if c in found.c)).order_by(
-                    found.c[cols.id]
-                )
-            else:
-                assert query is not None
-                # The user's own SQL, read in order of the id column for stable row positions.
-                # Every colon is literal (text() would take ':x' in 'a:x' for a parameter).
-                sql = query.strip().rstrip(";").replace(":", "\\:")
-                inner = sa.text(sql).columns().subquery("fishflow_rows")
-                stmt = (
-                    sa.select(sa.text("*"))
-                    .select_from(inner)
-                    .order_by(sa.literal_column(conn.dialect.identifier_preparer.quote(cols.id)))
-                )
+            _read_only(conn)
+            stmt = _statement(conn, cols, table, query, where)
             result = conn.execution_options(stream_results=True, yield_per=batch_rows).execute(stmt)
             names = list(result.keys())
             check_columns(names, cols, where)
@@ -284,10 +409,7 @@ def read_database(
                     )
                 start += len(batch)
                 yield batch
-    except NoSuchTableError:
-        raise SourceError(f"{shown}: no table {table!r}") from None
     except SQLAlchemyError as exc:
-        cause = getattr(exc, "orig", None) or exc
-        raise SourceError(f"{where}: {_scrub(str(cause), url)}") from None
+        raise _source_error(exc, url, where, table) from None
     finally:
         engine.dispose()

@@ -20,6 +20,7 @@ from fishflow.pipeline import internal_failure
 from fishflow.pool import check_servers
 from fishflow.progress import ProgressLog, Tally
 from fishflow.run import (
+    columns,
     entry_batches,
     held_output,
     is_run_id,
@@ -106,7 +107,13 @@ async def refresh_catalog_audio(
             "the source parameter holds a password in plain text, which Prefect keeps with "
             "this flow run: give it as secret:NAME (a Prefect Secret block) or env:NAME"
         )
-    await asyncio.to_thread(check_source, readable)
+    await asyncio.to_thread(
+        check_source,
+        readable,
+        columns=columns(settings),
+        table=settings.table,
+        query=settings.query,
+    )
     # Servers that answer as something else (a wrong URL) stop the run before anything is
     # written, as the CLI's pre-check does; servers not up yet are the pool's to wait for.
     await check_servers(settings.server_configs(servers), unreachable_ok=True)

@@ -295,6 +295,64 @@ def test_missing_table_is_one_line(database: str, tmp_path: Path, emulator: Emul
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1
     assert "no table 'no_such_table'" in err and "Traceback" not in err
+    assert not out.exists()  # a source error creates no run folder
+
+
+@pytest.mark.parametrize(
+    ("query", "says"),
+    [
+        ("DELETE FROM {t} RETURNING id, text", "not DELETE"),
+        ("SELECT id, text FROM {t}; DROP TABLE {t}", "not 2"),
+    ],
+)
+def test_query_that_is_not_one_reading_statement_is_a_usage_error(
+    postgres_url: str, tmp_path: Path, emulator: Emulator, capsys, query: str, says: str
+) -> None:
+    name = table(postgres_url, ROWS)
+    out = tmp_path / "out"
+    args = ["run", postgres_url, "--query", query.format(t=name), "--out", str(out)]
+    code = main([*args, "--server", emulator.url])
+    err = capsys.readouterr().err
+    assert code == 64 and err.count("\n") == 1, err
+    assert "--query takes one read-only statement" in err and says in err
+    assert not out.exists() and emulator.stats["requests"] == 0
+    assert len(_rows(postgres_url, name)) == len(ROWS)  # nothing deleted
+
+
+def _rows(url: str, name: str) -> list[Any]:
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.connect() as conn:
+        rows = list(conn.execute(sa.text(f"SELECT * FROM {name}")))
+    engine.dispose()
+    return rows
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
+def test_query_that_would_write_is_refused_by_the_database(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, emulator: Emulator, capsys
+) -> None:
+    """A SELECT that writes (a sequence's next value) is refused by the database itself: the
+    query runs in a read-only transaction. One line, exit 1, the sequence untouched."""
+    if backend == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        seq = f"s_{secrets.token_hex(3)}"
+        nextval, current = f"nextval('{seq}')::text", f"SELECT last_value FROM {seq}"
+    else:
+        url = request.getfixturevalue("mariadb")[0]
+        seq = f"s_{secrets.token_hex(3)}"
+        nextval, current = f"CAST(NEXTVAL({seq}) AS CHAR)", f"SELECT NEXTVAL({seq})"
+    execute(url, f"CREATE SEQUENCE {seq}")
+    name = table(url, ROWS[:2])
+    query = f"SELECT id, text, {nextval} AS n FROM {name}"
+    code = main(["run", url, "--query", query, "--out", str(tmp_path / "out"), "--server",
+                 emulator.url, "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1, err
+    assert "--query must only read" in err and "read-only transaction" in err.lower()
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.connect() as conn:
+        assert conn.execute(sa.text(current)).scalar_one() == 1  # never advanced before
+    engine.dispose()
 
 
 def test_url_from_the_environment_is_recorded_by_name(

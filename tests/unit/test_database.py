@@ -146,3 +146,39 @@ def test_the_whole_url_comes_back_through_the_environment_for_its_masked_form(
     other = mask("postgresql://app:pw1@otherdb/cat?sslpassword=pw2")
     with pytest.raises(SourceError, match=SOURCE_URL_ENV):
         _url(other)
+
+
+@pytest.mark.parametrize(
+    ("query", "statement"),
+    [
+        ("SELECT id, text FROM t", "SELECT id, text FROM t"),
+        ("  select 'a;b' AS id, text FROM t ; ", "select 'a;b' AS id, text FROM t"),
+        ("WITH x AS (SELECT 1) SELECT * FROM x; -- done;", "WITH x AS (SELECT 1) SELECT * FROM x"),
+        ('SELECT "odd;name" AS id /* ; */ FROM t', 'SELECT "odd;name" AS id /* ; */ FROM t'),
+        ("SELECT $q$;$q$ AS text, 'it''s;' AS id", "SELECT $q$;$q$ AS text, 'it''s;' AS id"),
+        ("/* lead */ (SELECT 1 AS id)", "/* lead */ (SELECT 1 AS id)"),
+    ],
+)
+def test_query_of_one_reading_statement(query: str, statement: str) -> None:
+    from fishflow.database import check_query
+
+    assert check_query(query) == statement
+
+
+@pytest.mark.parametrize(
+    ("query", "says"),
+    [
+        ("SELECT id, text FROM t; DROP TABLE t", "not 2"),
+        ("SELECT 1;;SELECT 2", "not 2"),
+        ("-- nothing", "not 0"),
+        ("DELETE FROM t RETURNING id, text", "not DELETE"),
+        ("/* x */ update t set text = '' returning id, text", "not UPDATE"),
+        ("INSERT INTO t VALUES (1, 'a') RETURNING *", "not INSERT"),
+    ],
+)
+def test_query_refused_in_one_line(query: str, says: str) -> None:
+    from fishflow.database import check_query
+
+    with pytest.raises(ConfigError, match="one read-only statement") as caught:
+        check_query(query)
+    assert says in caught.value.message and "\n" not in caught.value.message
