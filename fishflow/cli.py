@@ -560,8 +560,13 @@ def _with_flow(args: argparse.Namespace, run_id: str | None, out: str, call: Any
     """Run a flow in this process with a progress bar, then print the summary."""
     _quiet_prefect()
     from prefect.exceptions import TerminationSignal  # Prefect's own SIGTERM handler raises it
+    from prefect.settings import get_current_settings
 
     _filter_prefect_console()
+    if not get_current_settings().api.url:  # Prefect will start a server of its own for us
+        from fishflow.watchdog import guard_children
+
+        guard_children()  # which must not outlive this process, even SIGKILLed
 
     import flows.refresh_catalog_audio
     import flows.retry_errors
