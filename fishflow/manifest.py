@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -312,6 +313,7 @@ class Journal:
         self._appended = self._durable = 0
         self._segments: dict[str, set[int]] = {}  # segment key -> rows not yet in a part
         self._lock: asyncio.Lock | None = None
+        self._torn = False  # the file ends in a line cut short
 
     def append(self, item: ItemRow, chunks: list[ChunkRow], errors: list[ErrorRow]) -> None:
         line = {"item": _row_json(item), "chunks": [_row_json(c) for c in chunks],
@@ -320,7 +322,12 @@ class Journal:
         try:
             if self._fd is None:
                 self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            os.write(self._fd, data)
+                self._torn = _ends_mid_line(self.path)
+            # A line cut short by a full disk is ended first, so that it spoils no other.
+            written = os.write(self._fd, b"\n" + data if self._torn else data)
+            self._torn = written < len(data) + self._torn
+            if self._torn:
+                raise OSError(errno.ENOSPC, "No space left on device")
         except OSError as exc:
             raise write_error(self.path, exc) from None
         if self.remote is not None:
@@ -407,6 +414,14 @@ class Journal:
         return []
 
 
+def _ends_mid_line(path: str) -> bool:
+    with open(path, "rb") as fh:
+        if fh.seek(0, os.SEEK_END) == 0:
+            return False
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) != b"\n"
+
+
 def read_remote(store: Store, run_id: str | None = None, *, strict: bool = False) -> list[Entry]:
     """Journal entries kept under the output: of one run, or of every run (run_id None).
     A segment deleted meanwhile is skipped; one that cannot be read is too, unless ``strict``
@@ -490,7 +505,8 @@ def recover(store: Store, writer: ManifestWriter, journal: Journal) -> set[int]:
         failed: dict[int, list[ErrorRow]] = {}
         for key in writer.part_keys("errors"):
             for row in _read_store_table(store, key, tmp).to_pylist():
-                failed.setdefault(row["source_row"], []).append(ErrorRow(**row))
+                fields = {name: row.get(name) for name in ErrorRow.__slots__}
+                failed.setdefault(row["source_row"], []).append(ErrorRow(**fields))
         for key in writer.part_keys("items"):
             table = _read_store_table(store, key, tmp)
             for row, status in zip(
