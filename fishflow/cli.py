@@ -467,26 +467,29 @@ def _server_flags(settings: RunSettings, urls: list[str]) -> list[ServerConfig]:
         raise _BadFlag(f"--server: {exc.message}") from None
 
 
-def _preflight(source: str, servers: list[ServerConfig]) -> None:
+def _preflight(source: str, servers: list[ServerConfig], settings: RunSettings) -> None:
     """What would stop the run at once, found before Prefect starts (seconds) and before
-    anything is written: a source that cannot be read, servers that all refuse connections."""
+    anything is written: a source that cannot be read (a database's table or query too),
+    servers that all refuse connections."""
     from fishflow.pool import check_servers
+    from fishflow.run import columns
     from fishflow.sources import check_source
 
-    check_source(source)
+    check_source(source, columns=columns(settings), table=settings.table, query=settings.query)
     asyncio.run(check_servers(servers))
 
 
 def _run(args: argparse.Namespace) -> int:
     overrides = {k: v for k in RunSettings.model_fields if (v := getattr(args, k)) is not None}
     settings = _from_flags(RunSettings, **overrides)
-    from fishflow.database import PASSWORD_ENV, split_password
+    from fishflow.database import SOURCE_URL_ENV, split_secrets
 
-    # A password typed in the URL stays in this process: the flow, its parameters and the run
-    # record see the masked URL, and the core reads the password from the environment.
-    source, password = split_password(args.source)
+    # Secrets typed in the URL (a password, ?password=, ?token=...) stay in this process: the
+    # flow, its parameters and the run record see the masked URL, and the core reads the
+    # whole URL from this process's environment, which Prefect does not store.
+    source, unmasked = split_secrets(args.source)
     if args.deployment:
-        if password:
+        if unmasked:
             raise ConfigError(
                 "a password in the source URL would travel in the flow run's parameters: "
                 "give the source as secret:NAME (a Prefect Secret block) or env:NAME"
@@ -496,12 +499,19 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("--shards needs --deployment: child runs are runs of a deployment")
     servers = args.servers or [DEFAULT_SERVER]
     configs = _server_flags(settings, servers)  # bad URLs are refused before Prefect starts
-    _preflight(args.source, configs)
+    if settings.query is not None:  # one statement that reads: a bad value, said as one
+        from fishflow.database import check_query
+
+        try:
+            check_query(settings.query)
+        except ConfigError as exc:
+            raise _BadFlag(exc.message) from None
+    _preflight(args.source, configs, settings)
     from fishflow.run import new_run_id
 
     run_id = args.run_id or new_run_id()
-    if password:
-        os.environ[PASSWORD_ENV] = password
+    if unmasked:
+        os.environ[SOURCE_URL_ENV] = unmasked
     return _with_flow(
         args,
         run_id,
@@ -525,7 +535,7 @@ def _resume(args: argparse.Namespace) -> int:
 
     record = read_run_record(open_store(args.out), args.run_id)
     settings = validated(RunSettings, **record["settings"])
-    _preflight(record["source"], settings.server_configs(record["servers"]))
+    _preflight(record["source"], settings.server_configs(record["servers"]), settings)
     return _with_flow(
         args,
         args.run_id,
@@ -563,8 +573,13 @@ def _with_flow(args: argparse.Namespace, run_id: str | None, out: str, call: Any
     """Run a flow in this process with a progress bar, then print the summary."""
     _quiet_prefect()
     from prefect.exceptions import TerminationSignal  # Prefect's own SIGTERM handler raises it
+    from prefect.settings import get_current_settings
 
     _filter_prefect_console()
+    if not get_current_settings().api.url:  # Prefect will start a server of its own for us
+        from fishflow.watchdog import guard_children
+
+        guard_children()  # which must not outlive this process, even SIGKILLed
 
     import flows.refresh_catalog_audio
     import flows.retry_errors

@@ -60,7 +60,7 @@ from fishflow.settings import (
 )
 from fishflow.sources import SourceRow
 from fishflow.spoken import speak_blocks
-from fishflow.storage import FILE_MODE, Store, safe_key
+from fishflow.storage import FILE_MODE, Store, safe_key, write_error
 from fishflow.text import (
     Block,
     blocks_text,
@@ -462,14 +462,22 @@ class ChunkCache:
 
     def _write(self, key: str, rate: int, data: bytes | memoryview, suffix: str = "flac") -> None:
         path = self._path(key, rate, suffix)
-        if (folder := os.path.dirname(path)) not in self._folders:
-            os.makedirs(folder, exist_ok=True)
-            self._folders.add(folder)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fd, FILE_MODE)  # not mkstemp's 0600: another account may share the output
-            fh.write(data)
-        os.replace(tmp, path)
+        try:
+            if (folder := os.path.dirname(path)) not in self._folders:
+                os.makedirs(folder, exist_ok=True)
+                self._folders.add(folder)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    os.fchmod(fd, FILE_MODE)  # not mkstemp's 0600: another account may share it
+                    fh.write(data)
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError as exc:  # disk full: the run stops (its items are redone on resume)
+            raise write_error(path, exc) from None
 
     def _keep(self, key: str, audio: Audio) -> None:
         if self.remote is None:
@@ -1130,7 +1138,10 @@ async def process_batch(ctx: RunContext, entries: list[Item | Rejection]) -> lis
             async with ctx.item_slots:
                 outcome = await process_item(ctx, entry)
         if ctx.journal is not None:
-            ctx.journal.append(outcome.item, outcome.chunks, outcome.errors)
+            try:
+                ctx.journal.append(outcome.item, outcome.chunks, outcome.errors)
+            except StorageError as exc:  # disk full: the batch's part may still record it
+                ctx.stop(exc)
             await ctx.journal.durable()  # in the output too (an S3 output's run state)
         if ctx.on_item_done is not None:
             ctx.on_item_done(outcome.item)

@@ -45,7 +45,7 @@ from fishflow.loudness import (
     measure,
 )
 from fishflow.settings import AudioSettings, CaptionSettings
-from fishflow.storage import Store, output_write_error
+from fishflow.storage import Store, output_write_error, write_error
 
 
 def sidecar_keys(audio_key: str) -> dict[str, str]:
@@ -133,8 +133,8 @@ class ItemPublisher:
             )
         except OSError as exc:
             raise output_write_error(exc, self.store.uri(self.key), self.store.root) from None
-        except sf.LibsndfileError as exc:
-            raise StorageError(f"cannot write the audio of {self.key}: {exc}", fatal=True) from None
+        except sf.LibsndfileError as exc:  # libsndfile's own error: disk full says so in words
+            raise write_error(f"the audio of {self.key}", exc) from None
         self._added += 1
         self._pause_ms = self.audio.pause_after_ms(chunk.boundary)
         if self.captions.captions == "on" or self.captions.chapters == "on":

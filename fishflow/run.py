@@ -23,7 +23,7 @@ from fishflow.errors import FishflowError
 from fishflow.incremental import existing_audio, load_previous
 from fishflow.lexicon import load_lexicon
 from fishflow.lock import held_output_lock
-from fishflow.manifest import Journal, ManifestWriter, journal_dir
+from fishflow.manifest import Journal, ManifestWriter, journal_dir, read_items
 from fishflow.memory import use_one_arena
 from fishflow.pipeline import (
     ChunkCache,
@@ -232,6 +232,15 @@ class RunTotals:
             if status == "failed" and len(totals.failures) < REPORTED:
                 totals.failures.append((row["item_id"], row["source_row"], row["error"] or ""))
         return totals
+
+
+def whole_run_totals(store: Store, run_id: str, session: RunTotals) -> RunTotals:
+    """A resumed run's totals: every item of its final manifest, those finished by earlier
+    sessions too, so that its summary and exit status are those of the whole run."""
+    columns = ["item_id", "source_row", "status", "duration_s", "error"]
+    totals = RunTotals.from_items(read_items(store, run_id, columns))
+    totals.pruned, totals.pruned_files = session.pruned, session.pruned_files
+    return totals
 
 
 @asynccontextmanager

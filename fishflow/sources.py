@@ -430,16 +430,29 @@ def read_table(path: str, cols: Columns, batch_rows: int) -> Iterator[list[Sourc
     raise SourceError(f"{path}: unknown source type; use .csv, .jsonl, .parquet or a folder")
 
 
-def check_source(uri: str) -> None:
+def check_source(
+    uri: str,
+    *,
+    columns: Columns | None = None,
+    table: str | None = None,
+    query: str | None = None,
+) -> None:
     """Raise SourceError now when `uri` cannot be read at all, before a run writes anything.
 
     Cheap on purpose (a stat, or one S3 request): what is inside is read_source's business.
+    A database, given the run's ``columns``, is connected to and its table or query run
+    with LIMIT 0 (``database.check_database``); without them, read_source says.
     Kinds of source it does not know (``scheme://`` other than s3) pass: read_source decides.
     """
     if uri.startswith("s3://"):
         _check_s3(uri)
         return
-    if "://" in uri or uri.startswith("env:"):  # a database: read_source connects and says
+    if "://" in uri or uri.startswith("env:"):
+        from fishflow import database
+
+        url = database.resolve_env(uri) if columns is not None else uri
+        if columns is not None and database.is_database_url(url):
+            database.check_database(url, columns, table=table, query=query)
         return
     path = Path(uri)
     if not path.exists():

@@ -54,6 +54,16 @@ FILE_MODE = 0o666 & ~_read_umask()
 _OUTPUT_FAILURES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
 
 
+def write_error(what: str, exc: BaseException) -> StorageError:
+    """A write of the run's own state (chunk cache, journal, libsndfile's audio) failed: the
+    run stops. A failure of the disk itself (full, over quota, read-only, I/O) is retryable:
+    the same write succeeds once it is mended, so `resume` and a re-run redo the items it
+    failed (see ``manifest.output_write_failure``)."""
+    no_room = getattr(exc, "errno", None) in _OUTPUT_FAILURES or "No space left" in str(exc)
+    reason = getattr(exc, "strerror", None) or str(exc)
+    return StorageError(f"cannot write {what}: {reason}", fatal=True, retryable=no_room)
+
+
 def output_write_error(exc: OSError, path: str, root: str) -> StorageError:
     """A local write's failure, classified: the output's own (disk full, quota, read-only, an
     I/O error, its folder not writable) stops the run; anything else (a name the file system

@@ -12,7 +12,7 @@ from prefect.runtime import flow_run
 from prefect.settings import get_current_settings
 from prefect.states import Failed, State
 
-from fishflow.database import mask
+from fishflow.database import mask, split_secrets
 from fishflow.errors import ConfigError, FishflowError
 from fishflow.hygiene import tidy_output
 from fishflow.manifest import recover, run_record_exists, write_run_record
@@ -20,12 +20,14 @@ from fishflow.pipeline import internal_failure
 from fishflow.pool import check_servers
 from fishflow.progress import ProgressLog, Tally
 from fishflow.run import (
+    columns,
     entry_batches,
     held_output,
     is_run_id,
     new_run_id,
     open_run,
     run_spec,
+    whole_run_totals,
 )
 from fishflow.settings import EnvSettings, RunSettings, validated
 from fishflow.sources import check_source, estimate_rows
@@ -100,7 +102,18 @@ async def refresh_catalog_audio(
     # secret:NAME becomes the URL it holds, and the source is checked, before anything is
     # written for the run.
     readable = await resolve_source(source)
-    await asyncio.to_thread(check_source, readable)
+    if split_secrets(source)[1] is not None:  # too late to keep it out of Prefect: say so
+        logger.warning(
+            "the source parameter holds a password in plain text, which Prefect keeps with "
+            "this flow run: give it as secret:NAME (a Prefect Secret block) or env:NAME"
+        )
+    await asyncio.to_thread(
+        check_source,
+        readable,
+        columns=columns(settings),
+        table=settings.table,
+        query=settings.query,
+    )
     # The lexicon is read here too: a bad one stops the run before anything is written.
     spec = await asyncio.to_thread(run_spec, settings)
     # Servers that answer as something else (a wrong URL) stop the run before anything is
@@ -224,6 +237,14 @@ async def refresh_catalog_audio(
                         counts["failed"],
                         done_before + totals.items,
                     )
+                except FishflowError as exc:
+                    # A known run-level failure (the output cannot be written: disk full):
+                    # one line, no traceback; the batch's rows the journal could keep are
+                    # recovered by `resume`, the others are not recorded and are redone.
+                    say = logger.info if exc.fatal else logger.error  # fatal: the run says it
+                    say("batch %s failed: %s", part, exc.message)
+                    if exc.fatal:
+                        ctx.stop(exc)
                 except Exception as exc:  # a bug must not lose rows: record them as failed
                     logger.exception("batch %s failed", part)
                     outcomes = [internal_failure(ctx, e, exc) for e in entries]
@@ -286,6 +307,8 @@ async def refresh_catalog_audio(
             elif prune:
                 logger.warning("run %s: --prune needs a run over the whole source", run_id)
             manifests = await asyncio.to_thread(writer.finalize)
+            if resume:  # its summary and exit status: the whole run's, not this session's
+                totals = await asyncio.to_thread(whole_run_totals, ctx.store, run_id, totals)
             page, page_link = await reporting.write_report(ctx.store, run_id, logger)
             if ctx.journal is not None:
                 ctx.journal.close(remove=True)

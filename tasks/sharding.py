@@ -16,6 +16,7 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.deployments import run_deployment
 
+from fishflow.database import mask
 from fishflow.errors import ConfigError
 from fishflow.hygiene import Tidied, tidy_output
 from fishflow.manifest import ManifestWriter, merge_runs, read_items, write_run_record
@@ -53,6 +54,10 @@ async def run_shards(
         )
     started = time.monotonic()
     store = await asyncio.to_thread(open_store, out, settings.sse)
+    # Children get the source as the record shows it: a URL's secrets (should a deployment's
+    # parameters hold them) are not copied into more flow runs; workers read them from
+    # FISHFLOW_SOURCE_URL / FISHFLOW_SOURCE_PASSWORD (see fishflow.database).
+    source = mask(source)
     record: dict[str, Any] = {
         "source": source,
         "out": out,
