@@ -56,6 +56,24 @@ class ConnectionProblem:
     wrong_url: bool = False
 
 
+class ApiKey(str):
+    """A server API key that knows where it came from, so that a 401 names the place to fix
+    (``source``: ``Prefect Secret block 'name'``). It is the key itself in every other way:
+    never print it. A plain ``str`` key is taken to come from ``FISHFLOW_API_KEY``."""
+
+    source: str
+
+    def __new__(cls, value: str, *, source: str) -> ApiKey:
+        key = super().__new__(cls, value)
+        key.source = source
+        return key
+
+
+def key_source(api_key: str | None) -> str:
+    """Where a key came from, as a 401 names it."""
+    return api_key.source if isinstance(api_key, ApiKey) else "FISHFLOW_API_KEY"
+
+
 def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
@@ -88,7 +106,11 @@ def _error_detail(body: bytes, reason: str) -> str:
 
 
 def _raise_for_status(
-    response: httpx.Response, body: bytes, server: str, secrets: tuple[str, ...] = ()
+    response: httpx.Response,
+    body: bytes,
+    server: str,
+    secrets: tuple[str, ...] = (),
+    key_from: str = "FISHFLOW_API_KEY",
 ) -> None:
     """Map a status to the error tree. `body` is the (capped) body read so far; what the
     server says in it is cut and scrubbed (``server_words``) before it joins a message."""
@@ -99,7 +121,7 @@ def _raise_for_status(
     detail = f"HTTP {status} from {server}: {words}"
     if status in (401, 403):
         raise AuthenticationFailed(
-            f"{detail} (check the API key: FISHFLOW_API_KEY)", server=server, http_status=status
+            f"{detail} (check the API key: {key_from})", server=server, http_status=status
         )
     if status == 402:
         raise OutOfCredit(
@@ -175,6 +197,7 @@ class FishSpeechClient:
         headers = {"Accept": "audio/wav, application/json"}
         # Scrubbed from whatever a server says back (an error body may echo the request).
         self._secrets: tuple[str, ...] = (api_key,) if api_key else ()
+        self._key_from = key_source(api_key)  # what a 401 tells the user to check
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         if model:
@@ -307,7 +330,7 @@ class FishSpeechClient:
             raise ServerUnavailable(
                 f"{type(exc).__name__} from {self.base_url}: {said}", server=self.base_url
             ) from exc
-        _raise_for_status(response, content, self.base_url, self._secrets)
+        _raise_for_status(response, content, self.base_url, self._secrets, self._key_from)
         try:
             audio = decode(content)
             if validate:
@@ -377,7 +400,7 @@ class FishSpeechClient:
                 server=self.base_url,
                 http_status=404,
             )
-        _raise_for_status(response, content, self.base_url, self._secrets)
+        _raise_for_status(response, content, self.base_url, self._secrets, self._key_from)
         try:
             body = json.loads(content)
         except ValueError as exc:

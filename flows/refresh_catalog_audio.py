@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.exceptions import CancelledRun
 from prefect.runtime import flow_run
 from prefect.settings import get_current_settings
-from prefect.states import Failed, State
+from prefect.states import Cancelled, Failed, State
 
 from fishflow.database import mask, split_secrets
 from fishflow.errors import ConfigError, FishflowError
@@ -33,7 +34,14 @@ from fishflow.settings import EnvSettings, RunSettings, validated
 from fishflow.sources import check_source, estimate_rows
 from tasks import reporting, runtime
 from tasks.limits import PrefectSlotLeaser, servers_without_limits
-from tasks.prefect_run import RunFailed, api_key, deployment_context, tag_flow_run
+from tasks.prefect_run import (
+    RunFailed,
+    api_key,
+    cancel_requested,
+    deployment_context,
+    stopped_message,
+    tag_flow_run,
+)
 from tasks.sharding import run_shards
 from tasks.sources import resolve_source
 from tasks.synthesis import batch_argument, synthesize_batch
@@ -45,7 +53,11 @@ def _flow_run_name() -> str:
     """Flow runs carry their fishflow run id as their name, so the Prefect UI, the manifests'
     `run=<id>` folder and `fishflow resume` all speak of the same run."""
     given = flow_run.parameters.get("run_id")
-    return given if isinstance(given, str) and given else new_run_id()
+    if isinstance(given, str) and given:
+        return given
+    # A retried flow run (`prefect flow-run retry`, the UI's Retry) is named after its run
+    # already: it finishes that run, in its folder, rather than starting another.
+    return flow_run.name if is_run_id(flow_run.name) else new_run_id()
 
 
 @flow(name="refresh-catalog-audio", flow_run_name=_flow_run_name)
@@ -229,6 +241,8 @@ async def refresh_catalog_audio(
                 part = f"{session}-{index:06d}"
                 try:
                     counts = await synthesize_batch(run_id, part, batch_argument(entries))
+                    if not isinstance(counts, dict):  # the batch ended Cancelled: the run stops
+                        raise asyncio.CancelledError
                     logger.info(
                         "batch %d: %d ok, %d skipped, %d failed; %d items done",
                         index,
@@ -237,6 +251,8 @@ async def refresh_catalog_audio(
                         counts["failed"],
                         done_before + totals.items,
                     )
+                except CancelledRun:  # stopped mid-batch (see synthesize_batch)
+                    raise asyncio.CancelledError from None
                 except FishflowError as exc:
                     # A known run-level failure (the output cannot be written: disk full):
                     # one line, no traceback; the batch's rows the journal could keep are
@@ -275,6 +291,11 @@ async def refresh_catalog_audio(
                 for batch in pending:
                     batch.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
+                if not runtime.progress_shown():  # the CLI says it itself
+                    cancelled = await cancel_requested()
+                    logger.warning(stopped_message(run_id, out, cancelled=cancelled))
+                    if cancelled:  # ends Cancelled (after giving its slots back), not Crashed
+                        return Cancelled(message=f"run {run_id} cancelled")
                 raise
             fatal = fatal or ctx.fatal_error
             if ctx.journal is not None and ctx.journal.remote_error:

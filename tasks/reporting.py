@@ -159,9 +159,12 @@ class Reporter:
         await acreate_markdown_artifact(
             summary_markdown(s), key=self.key, description=f"fishflow run {s.run_id}"
         )
-        if s.totals.failures:
-            await acreate_table_artifact(
-                failure_rows(s.totals),
-                key=f"{self.key}-failures",
-                description=f"fishflow run {s.run_id}: the first failed items",
-            )
+        # Published by a clean run too (an empty table): the key's latest table must be this
+        # run's, not the failures of an earlier run.
+        failures = failure_rows(s.totals)
+        await acreate_table_artifact(
+            failures or {"item_id": [], "source_row": [], "error": []},
+            key=f"{self.key}-failures",
+            description=f"fishflow run {s.run_id}: "
+            + ("the first failed items" if failures else "no item failed"),
+        )

@@ -23,7 +23,7 @@ from fishflow.errors import (
     ServerError,
     ServerUnavailable,
 )
-from fishflow.fish_speech import ConnectionProblem, FishSpeechClient, proxy_for
+from fishflow.fish_speech import ApiKey, ConnectionProblem, FishSpeechClient, proxy_for
 from fishflow.settings import Reference, SynthesisOptions
 
 TEXT = "Hello there, this is a test sentence."
@@ -285,3 +285,24 @@ def test_the_preflight_knows_a_fish_speech_server_by_its_health_route(
         assert "not as a Fish Speech server" in found.reason
     # The cloud API has no /v1/health: it is not asked, however its URL is spelled.
     assert asyncio.run(problem("https://API.fish.audio:443")) is None and len(asked) == 1
+
+
+@pytest.mark.parametrize(
+    ("key", "named"),
+    [
+        ("sk-never-shown", "FISHFLOW_API_KEY"),
+        (
+            ApiKey("sk-never-shown", source="Prefect Secret block 'fish'"),
+            "Prefect Secret block 'fish'",
+        ),
+    ],
+)
+def test_a_401_names_where_the_key_came_from(key: str, named: str) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.headers["authorization"] == "Bearer sk-never-shown"
+        return httpx.Response(401, json={"statusCode": 401, "message": "Invalid token"})
+
+    with pytest.raises(AuthenticationFailed) as info:
+        call(handler, api_key=key)
+    assert f"(check the API key: {named})" in str(info.value)
+    assert "sk-never-shown" not in str(info.value)
