@@ -247,10 +247,11 @@ class FishSpeechClient:
         return ormsgpack.packb(fields)
 
     async def _post_tts(
-        self, body: bytes, read_timeout_s: float, cap: int
+        self, body: bytes, read_timeout_s: float, cap: int, body_timeout_s: float
     ) -> tuple[httpx.Response, bytes]:
         """POST /v1/tts; the answer's status and body, its body read up to `cap` bytes for
-        audio and ERROR_BODY_CAP for anything else. An audio body over its cap is BadAudio."""
+        audio and ERROR_BODY_CAP for anything else. An audio body over its cap is BadAudio; one
+        that takes longer than `body_timeout_s` after its headers is a ServerError."""
         request = httpx.Request(
             "POST",
             self._tts_url,
@@ -272,7 +273,17 @@ class FishSpeechClient:
             declared = _declared_length(response)
             content, over = b"", declared is not None and declared > cap
             if not over:
-                content, over = await _read_capped(response, cap)
+                # A Fish Speech server sends its headers once the audio is made: the body then
+                # comes at network speed. One trickling in is a broken server, not a slow model.
+                try:
+                    async with asyncio.timeout(body_timeout_s):
+                        content, over = await _read_capped(response, cap)
+                except TimeoutError:
+                    raise ServerError(
+                        f"answer from {self.base_url} trickled: its body did not arrive within "
+                        f"{body_timeout_s:.0f} s of its headers",
+                        server=self.base_url,
+                    ) from None
             if over:
                 raise BadAudio(
                     f"answer from {self.base_url} runs over {cap:,} bytes, more than the longest "
@@ -292,21 +303,26 @@ class FishSpeechClient:
         references: tuple[Reference, ...] = (),
         seed: int | None = None,
         read_timeout_s: float = 120.0,
+        body_timeout_s: float | None = None,
         validate: bool = True,
     ) -> Audio:
         """Synthesise one chunk and return its decoded, validated audio. ``reference_id``,
         ``references`` and ``seed`` override the options' own for this request.
 
-        Bounded: the body is read up to ``audio_body_cap`` (BadAudio beyond), and the whole
-        exchange ends within ``DEADLINE_READ_TIMEOUTS`` x `read_timeout_s` (ServerUnavailable,
-        timed out), however slowly the server sends."""
+        Bounded: the body is read up to ``audio_body_cap`` (BadAudio beyond), within
+        ``body_timeout_s`` of the headers (a ServerError: retried a bounded number of times;
+        default `read_timeout_s`), and the whole exchange ends within
+        ``DEADLINE_READ_TIMEOUTS`` x `read_timeout_s` (ServerUnavailable, timed out), however
+        slowly the server sends."""
         fields = options.request_fields(text, reference_id, references=references, seed=seed)
         body = self._body(fields)
         cap = audio_body_cap(text, options.max_new_tokens)
         deadline_s = DEADLINE_READ_TIMEOUTS * read_timeout_s
         try:
             async with asyncio.timeout(deadline_s):
-                response, content = await self._post_tts(body, read_timeout_s, cap)
+                response, content = await self._post_tts(
+                    body, read_timeout_s, cap, body_timeout_s or read_timeout_s
+                )
         except TimeoutError as exc:
             raise ServerUnavailable(
                 f"no whole answer within {deadline_s:.0f} s from {self.base_url}",

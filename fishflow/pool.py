@@ -503,6 +503,7 @@ class ServerPool:
                         references=references,
                         seed=seed,
                         read_timeout_s=timeout,
+                        body_timeout_s=self.retry.request_timeout_s,
                     )
                 except SynthesisError as exc:
                     self._on_failure(server, exc, started)

@@ -22,10 +22,21 @@ TEXT = "Hello there, this is a test sentence."
 KEY = "sk-SECRET-abcdef123456"
 
 
-def synthesize(url: str, *, read_timeout_s: float = 10.0, api_key: str | None = None) -> Audio:
+def synthesize(
+    url: str,
+    *,
+    read_timeout_s: float = 10.0,
+    body_timeout_s: float | None = None,
+    api_key: str | None = None,
+) -> Audio:
     async def go() -> Audio:
         async with FishSpeechClient(url, api_key=api_key) as client:
-            return await client.synthesize(TEXT, SynthesisOptions(), read_timeout_s=read_timeout_s)
+            return await client.synthesize(
+                TEXT,
+                SynthesisOptions(),
+                read_timeout_s=read_timeout_s,
+                body_timeout_s=body_timeout_s,
+            )
 
     return asyncio.run(go())
 
@@ -66,14 +77,22 @@ def test_an_endless_error_body_is_read_only_as_far_as_its_first_words(status: in
 
 
 def test_a_trickling_server_times_out_as_a_whole(tmp_path: Path) -> None:
-    """One byte every 0.1 s never trips a 1 s read timeout; the whole-exchange deadline does."""
+    """One byte every 0.1 s never trips a 1 s read timeout; the body's own deadline does (a
+    server error, retried a bounded number of times), and the whole exchange's deadline
+    bounds the rest."""
     with HostileServer("trickle", trickle_s=0.1) as server:
-        with pytest.raises(ServerUnavailable) as caught:
+        with pytest.raises(ServerError) as caught:
             synthesize(server.url, read_timeout_s=1.0)
         sent = server.sent
-    assert caught.value.timed_out and caught.value.retryable
-    assert "no whole answer within 2 s" in caught.value.message
+    assert caught.value.retryable
+    assert "trickled: its body did not arrive within 1 s of its headers" in caught.value.message
     assert 0 < sent < 100  # it did trickle, and the client hung up long before the end
+    with (
+        HostileServer("trickle", trickle_s=0.1) as server,
+        pytest.raises(ServerUnavailable) as whole,
+    ):
+        synthesize(server.url, read_timeout_s=1.0, body_timeout_s=60)
+    assert whole.value.timed_out and "no whole answer within 2 s" in whole.value.message
 
 
 def test_a_wav_cut_to_a_third_with_a_matching_length_is_never_ok() -> None:
