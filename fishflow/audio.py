@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 import wave
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,9 +42,34 @@ def content_type(fmt: str) -> str:
     return _ENCODING[fmt][2]
 
 
+# A RIFF or data size a streaming writer puts before it knows the length: it promises nothing.
+_UNKNOWN_SIZES = (0, 0xFFFFFFFF)
+
+
+def wav_shortfall(data: bytes) -> str | None:
+    """Why a RIFF/WAVE body holds less than its header promises (a body cut short, though its
+    Content-Length matched), or None. Reads only the chunk headers."""
+    riff_size = struct.unpack_from("<I", data, 4)[0]
+    if riff_size not in _UNKNOWN_SIZES and 8 + riff_size > len(data):
+        return f"its RIFF header promises {8 + riff_size} bytes, the body holds {len(data)}"
+    pos = 12
+    while pos + 8 <= len(data):
+        chunk_id, size = data[pos : pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
+        if chunk_id == b"data":
+            held = len(data) - pos - 8
+            if size not in _UNKNOWN_SIZES and size > held:
+                return f"its header promises {size} bytes of samples, the body holds {held}"
+            return None
+        pos += 8 + size + (size & 1)  # chunks are padded to an even length
+    return "it has no complete data chunk"
+
+
 def decode(data: bytes) -> Audio:
-    """Decode a WAV/FLAC/MP3 body into mono int16 samples."""
+    """Decode a WAV/FLAC/MP3 body into mono int16 samples. A WAV body shorter than its header
+    says is refused (BadAudio), never decoded as far as it goes."""
     if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        if short := wav_shortfall(data):
+            raise BadAudio(f"WAV body cut short ({len(data)} bytes): {short}")
         # The stdlib reads 16-bit PCM WAV (what Fish sends) ten times faster than libsndfile's
         # open; anything else in a RIFF container goes to soundfile below.
         # The samples are a view of the body from where the header leaves the reader (the

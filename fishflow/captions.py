@@ -140,27 +140,39 @@ def _stamp(seconds: float, sep: str) -> str:
     return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
 
 
-def _vtt_text(text: str) -> str:
-    # WebVTT cue text is HTML-like: & and < start entities and tags; "-->" ends a cue header.
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+def _cue_text(text: str) -> str:
+    """A caption line as data: one line (no line break of any kind: a blank line ends a cue),
+    no control characters, and & < > as entities, so that no tag (<i>, <c.x>) is read and no
+    "-->" reads as a cue's timing. WebVTT defines these entities; SRT players (VLC, ffmpeg,
+    browsers' converters) read them the same way."""
+    spaced = "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in text)
+    line = " ".join(spaced.split())  # every Unicode line break and space run: one space
+    return line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _cue_lines(cue: Cue) -> list[str]:
+    return [line for raw in cue.lines if (line := _cue_text(raw))]
+
+
+def _render(cue_list: list[Cue], sep: str, header: list[str]) -> bytes:
+    out = list(header)
+    number = 0
+    for cue in cue_list:
+        if not (lines := _cue_lines(cue)):
+            continue  # nothing to show: a cue without text would read as the end of one
+        number += 1
+        out += [str(number), f"{_stamp(cue.start_s, sep)} --> {_stamp(cue.end_s, sep)}"]
+        out += lines
+        out.append("")
+    return "\n".join(out).encode()
 
 
 def webvtt(cue_list: list[Cue]) -> bytes:
-    out = ["WEBVTT", ""]
-    for i, cue in enumerate(cue_list, 1):
-        out += [str(i), f"{_stamp(cue.start_s, '.')} --> {_stamp(cue.end_s, '.')}"]
-        out += [_vtt_text(line) for line in cue.lines]
-        out.append("")
-    return "\n".join(out).encode()
+    return _render(cue_list, ".", ["WEBVTT", ""])
 
 
 def srt(cue_list: list[Cue]) -> bytes:
-    out: list[str] = []
-    for i, cue in enumerate(cue_list, 1):
-        out += [str(i), f"{_stamp(cue.start_s, ',')} --> {_stamp(cue.end_s, ',')}"]
-        out += list(cue.lines)
-        out.append("")
-    return "\n".join(out).encode()
+    return _render(cue_list, ",", [])
 
 
 def chapters_webvtt(chapter_list: list[Chapter]) -> bytes:
@@ -169,7 +181,7 @@ def chapters_webvtt(chapter_list: list[Chapter]) -> bytes:
         out += [
             f"chapter-{i}",
             f"{_stamp(chapter.start_s, '.')} --> {_stamp(chapter.end_s, '.')}",
-            _vtt_text(" ".join(chapter.title.split())),
+            _cue_text(chapter.title) or f"Chapter {i}",
             "",
         ]
     return "\n".join(out).encode()

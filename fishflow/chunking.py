@@ -18,6 +18,7 @@ identical paragraphs give identical chunks and their audio can be shared (see ``
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import itertools
 import math
@@ -28,6 +29,7 @@ from typing import Literal
 
 import sentencex
 
+from fishflow.spoken import written_offset
 from fishflow.text import PARAGRAPH_SEPARATOR, Block, is_cjk
 
 # What the join after a chunk is, from the shortest pause to the longest. "clause": the chunk
@@ -91,6 +93,16 @@ class Chunk:
     end: int  # text is normalized[start:end] with whitespace collapsed
     boundary: Boundary = "end"  # the join after this chunk (its pause)
     heading_level: int = 0  # >0: the chunk starts with a heading of this level (a chapter)
+    # What the author wrote for this chunk, where it differs from what is said (inline code,
+    # numbers, lexicon terms): captions and chapter titles show it.
+    written: str | None = None
+    # Each span said differently: (as written, as said, rule), for preview and plan.
+    said: tuple[tuple[str, str, str], ...] = ()
+
+    @property
+    def shown(self) -> str:
+        """The chunk as a reader sees it: the written form, or the text."""
+        return self.text if self.written is None else self.written
 
     @property
     def utf8_bytes(self) -> int:
@@ -335,20 +347,78 @@ def chunk_blocks(
             else:
                 chunks.append(_Open(start, end, i, i, whole, last, j == 0))
         offset += len(block.text) + len(PARAGRAPH_SEPARATOR)
+    shown = _WrittenText(blocks) if any(b.changes for b in blocks) else None
     out = []
     for k, c in enumerate(chunks):
         first = blocks[c.first]
+        spoken = _speakable(text[c.start : c.end])
+        written = _speakable(shown.between(c.start, c.end)) if shown else spoken
         out.append(
             Chunk(
                 k,
-                _speakable(text[c.start : c.end]),
+                spoken,
                 c.start,
                 c.end,
                 _boundary(blocks, c, chunks[k + 1] if k + 1 < len(chunks) else None),
                 first.level if first.kind == "heading" and c.starts_block else 0,
+                written=None if written == spoken else written,
+                said=shown.said(c.start, c.end) if shown else (),
             )
         )
     return out
+
+
+class _WrittenText:
+    """Maps offsets in the blocks' spoken text to what was written (``fishflow.spoken``)."""
+
+    def __init__(self, blocks: Sequence[Block]) -> None:
+        self.blocks = blocks
+        self.spoken_starts: list[int] = []
+        written: list[str] = []
+        self.written_starts: list[int] = []
+        at_spoken = at_written = 0
+        for block in blocks:
+            self.spoken_starts.append(at_spoken)
+            self.written_starts.append(at_written)
+            shown = block.text if block.written is None else block.written
+            written.append(shown)
+            at_spoken += len(block.text) + len(PARAGRAPH_SEPARATOR)
+            at_written += len(shown) + len(PARAGRAPH_SEPARATOR)
+        self.text = PARAGRAPH_SEPARATOR.join(written)
+
+    def _offset(self, spoken: int, *, end: bool) -> int:
+        i = max(0, bisect.bisect_right(self.spoken_starts, spoken) - 1)
+        local = spoken - self.spoken_starts[i]
+        block = self.blocks[i]
+        if local > len(block.text):  # in the separator after the block
+            return (
+                self.written_starts[i]
+                + len(block.written or block.text)
+                + (local - len(block.text))
+            )
+        return self.written_starts[i] + written_offset(block, local, end=end)
+
+    def said(self, start: int, end: int) -> tuple[tuple[str, str, str], ...]:
+        """The changes that start within [start, end) of the spoken text."""
+        out = []
+        for i, block in enumerate(self.blocks):
+            base = self.spoken_starts[i]
+            if base >= end:
+                break
+            if base + len(block.text) < start:
+                continue
+            written = block.text if block.written is None else block.written
+            for c in block.changes:
+                if c.rule == "tidy" or not start <= base + c.spoken_start < end:
+                    continue
+                was = written[c.written_start : c.written_end].strip()
+                said = block.text[c.spoken_start : c.spoken_end].strip()
+                if was != said:
+                    out.append((was, said, c.rule))
+        return tuple(out)
+
+    def between(self, start: int, end: int) -> str:
+        return self.text[self._offset(start, end=False) : self._offset(end, end=True)]
 
 
 def chunk_text(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import difflib
 import functools
@@ -27,6 +28,7 @@ from pydantic import BaseModel, ValidationError
 from fishflow.errors import ConfigError, FishflowError
 from fishflow.memory import use_one_arena
 from fishflow.settings import RunSettings, ServerConfig, problems, validated
+from fishflow.untrusted import printable
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 EX_USAGE = 64  # sysexits.h: the command was used incorrectly
@@ -225,6 +227,12 @@ def _build_parser() -> _Parser:
     )
     gc.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
     gc.add_argument(
+        "--adopt",
+        action="store_true",
+        help="collect a chunk folder that has no fishflow marker (made by an older version) "
+        "when every file in it is chunk audio in fishflow's layout",
+    )
+    gc.add_argument(
         "--grace-s",
         type=float,
         default=3600.0,
@@ -278,6 +286,11 @@ def _build_parser() -> _Parser:
         default=30,
         help="flow-run heartbeat interval; a run silent for 3 of them is marked Crashed "
         "(default 30, Prefect's minimum)",
+    )
+    dep.add_argument(
+        "--prune",
+        action="store_true",
+        help="delete deployments of fishflow's flows on the pool that the file no longer has",
     )
     dep.add_argument(
         "--prefect-file",
@@ -469,26 +482,29 @@ def _server_flags(settings: RunSettings, urls: list[str]) -> list[ServerConfig]:
         raise _BadFlag(f"--server: {exc.message}") from None
 
 
-def _preflight(source: str, servers: list[ServerConfig]) -> None:
+def _preflight(source: str, servers: list[ServerConfig], settings: RunSettings) -> None:
     """What would stop the run at once, found before Prefect starts (seconds) and before
-    anything is written: a source that cannot be read, servers that all refuse connections."""
+    anything is written: a source that cannot be read (a database's table or query too),
+    servers that all refuse connections."""
     from fishflow.pool import check_servers
+    from fishflow.run import columns
     from fishflow.sources import check_source
 
-    check_source(source)
+    check_source(source, columns=columns(settings), table=settings.table, query=settings.query)
     asyncio.run(check_servers(servers))
 
 
 def _run(args: argparse.Namespace) -> int:
     overrides = {k: v for k in RunSettings.model_fields if (v := getattr(args, k)) is not None}
     settings = _from_flags(RunSettings, **overrides)
-    from fishflow.database import PASSWORD_ENV, split_password
+    from fishflow.database import SOURCE_URL_ENV, split_secrets
 
-    # A password typed in the URL stays in this process: the flow, its parameters and the run
-    # record see the masked URL, and the core reads the password from the environment.
-    source, password = split_password(args.source)
+    # Secrets typed in the URL (a password, ?password=, ?token=...) stay in this process: the
+    # flow, its parameters and the run record see the masked URL, and the core reads the
+    # whole URL from this process's environment, which Prefect does not store.
+    source, unmasked = split_secrets(args.source)
     if args.deployment:
-        if password:
+        if unmasked:
             raise ConfigError(
                 "a password in the source URL would travel in the flow run's parameters: "
                 "give the source as secret:NAME (a Prefect Secret block) or env:NAME"
@@ -498,12 +514,19 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("--shards needs --deployment: child runs are runs of a deployment")
     servers = args.servers or [DEFAULT_SERVER]
     configs = _server_flags(settings, servers)  # bad URLs are refused before Prefect starts
-    _preflight(args.source, configs)
+    if settings.query is not None:  # one statement that reads: a bad value, said as one
+        from fishflow.database import check_query
+
+        try:
+            check_query(settings.query)
+        except ConfigError as exc:
+            raise _BadFlag(exc.message) from None
+    _preflight(args.source, configs, settings)
     from fishflow.run import new_run_id
 
     run_id = args.run_id or new_run_id()
-    if password:
-        os.environ[PASSWORD_ENV] = password
+    if unmasked:
+        os.environ[SOURCE_URL_ENV] = unmasked
     return _with_flow(
         args,
         run_id,
@@ -527,7 +550,7 @@ def _resume(args: argparse.Namespace) -> int:
 
     record = read_run_record(open_store(args.out), args.run_id)
     settings = validated(RunSettings, **record["settings"])
-    _preflight(record["source"], settings.server_configs(record["servers"]))
+    _preflight(record["source"], settings.server_configs(record["servers"]), settings)
     return _with_flow(
         args,
         args.run_id,
@@ -565,8 +588,13 @@ def _with_flow(args: argparse.Namespace, run_id: str | None, out: str, call: Any
     """Run a flow in this process with a progress bar, then print the summary."""
     _quiet_prefect()
     from prefect.exceptions import TerminationSignal  # Prefect's own SIGTERM handler raises it
+    from prefect.settings import get_current_settings
 
     _filter_prefect_console()
+    if not get_current_settings().api.url:  # Prefect will start a server of its own for us
+        from fishflow.watchdog import guard_children
+
+        guard_children()  # which must not outlive this process, even SIGKILLed
 
     import flows.refresh_catalog_audio
     import flows.retry_errors
@@ -634,6 +662,8 @@ def _with_flow(args: argparse.Namespace, run_id: str | None, out: str, call: Any
         f"{hygiene}; {summary['audio_seconds']:.1f} s of audio in {wall:.1f} s\n"
         f"manifests: {summary['manifests']['items'].rsplit('/', 1)[0]}"
     )
+    if summary.get("report"):
+        print(f"report: {summary['report']}")
     pruned = summary.get("pruned_files") or []
     for uri in pruned[:PRINTED]:
         print(f"  pruned: {uri}")
@@ -658,9 +688,10 @@ def _print_failures(summary: dict[str, Any]) -> None:
     failures = summary.get("failures") or []
     for failure in failures[:PRINTED]:
         first_line = (failure["error"] or "").splitlines()[0] if failure["error"] else ""
+        # Ids and error text come from the source and the servers: escaped for the terminal.
         print(
-            f"  failed: {failure['item_id'] or '(no id)'} (row {failure['source_row']}): "
-            f"{first_line[:200]}",
+            f"  failed: {printable(failure['item_id'] or '(no id)')} "
+            f"(row {failure['source_row']}): {printable(first_line[:200])}",
             file=sys.stderr,
         )
     if summary["failed"] > min(len(failures), PRINTED):
@@ -779,7 +810,12 @@ def _gc(args: argparse.Namespace) -> int:
     found: list[tuple[str, Collected]] = []
     if os.path.isdir(cache_dir):
         local = collect_chunks(
-            store, cache_dir, dry_run=args.dry_run, min_age_s=args.grace_s, keys=keys
+            store,
+            cache_dir,
+            dry_run=args.dry_run,
+            min_age_s=args.grace_s,
+            keys=keys,
+            adopt=args.adopt,
         )
         found.append((cache_dir, local))
     if args.out.startswith("s3://"):  # the output's own copy, which runs on any machine reuse
@@ -798,10 +834,18 @@ def _gc(args: argparse.Namespace) -> int:
             if done.recent_files
             else ""
         )
+        foreign = (
+            f"; left {len(done.foreign):,} file(s) fishflow did not write, e.g. {done.foreign[0]}"
+            if done.foreign
+            else ""
+        )
+        if done.adopted:
+            adopted = "would adopt" if args.dry_run else "adopted"
+            print(f"fishflow: {where}: {adopted} as a chunk cache (every file is chunk audio)")
         print(
             f"fishflow: {verb} {len(done.deleted):,} chunk file(s), "
             f"{_size(done.deleted_bytes)}; kept {done.kept_files:,} referenced, "
-            f"{_size(done.kept_bytes)}{young} ({where})"
+            f"{_size(done.kept_bytes)}{young}{foreign} ({where})"
         )
     return 0
 
@@ -810,12 +854,14 @@ def _preview(args: argparse.Namespace) -> int:
     """Chunks as `run` would send them, from the same code path, without Prefect or servers."""
     from fishflow.pipeline import Rejection, item_chunks
     from fishflow.run import entry_batches, run_spec
+    from fishflow.spoken import rule_summary, said_as
 
     overrides = {k: v for k in RunSettings.model_fields if (v := getattr(args, k)) is not None}
     settings = _from_flags(RunSettings, **overrides)
     spec = run_spec(settings)
     wanted = set(args.item_ids or ())
     items = chunks = mid_sentence = failing = 0
+    rules: collections.Counter[str] = collections.Counter()
     for batch in entry_batches(args.source, settings, spec):
         for entry in batch:
             if wanted and entry.item_id not in wanted:
@@ -825,12 +871,13 @@ def _preview(args: argparse.Namespace) -> int:
             items += 1
             wanted.discard(entry.item_id or "")
             if isinstance(entry, Rejection):
-                print(f"== {entry.item_id or '(no id)'} (row {entry.row}): fails: {entry.reason}")
+                shown = printable(entry.item_id or "(no id)")
+                print(f"== {shown} (row {entry.row}): fails: {printable(entry.reason)}")
                 failing += 1
                 continue
             parts = item_chunks(entry, spec)
             print(
-                f"== {entry.item_id} (row {entry.row}, {entry.language}, "
+                f"== {printable(entry.item_id)} (row {entry.row}, {printable(entry.language)}, "
                 f"{len(entry.text):,} characters, {len(parts)} chunk{'s' * (len(parts) != 1)})"
             )
             for c in parts:
@@ -839,7 +886,11 @@ def _preview(args: argparse.Namespace) -> int:
                     if c.boundary == "end"
                     else f"⟂ {spec.audio.pause_after_ms(c.boundary)} ms ({c.boundary})"
                 )
-                print(f"[chunk {c.index}, {c.utf8_bytes} B] {c.text} {join}")
+                print(f"[chunk {c.index}, {c.utf8_bytes} B] {printable(c.text)} {join}")
+                if c.said:
+                    said = " · ".join(said_as(w, s, r) for w, s, r in c.said)
+                    print(f"    said: {printable(said)}")
+                rules.update(r for _, _, r in c.said)
             chunks += len(parts)
             mid_sentence += sum(c.ends_mid_sentence for c in parts)
     if wanted:
@@ -850,6 +901,8 @@ def _preview(args: argparse.Namespace) -> int:
         f"fishflow: {items} row{'s' * (items != 1)}{fails}, {chunks} chunks "
         f"(budget {spec.chunking.max_bytes} B), {mid_sentence} end mid-sentence ({share})"
     )
+    if rules:
+        print(f"fishflow: said differently from the text: {rule_summary(rules)}")
     return 0
 
 
@@ -954,6 +1007,7 @@ def _deploy(args: argparse.Namespace) -> int:
         servers=args.servers,
         heartbeat_s=args.heartbeat_s,
         prefect_file=Path(args.prefect_file) if args.prefect_file else PREFECT_FILE,
+        prune=args.prune,
     )
     state = "created" if done["pool_created"] else "exists"
     print(f"fishflow: work pool {done['pool']} ({state})")
@@ -961,6 +1015,16 @@ def _deploy(args: argparse.Namespace) -> int:
         print(f"fishflow: deployment {name}")
     for name, limit in done["limits"].items():
         print(f"fishflow: limit {name} = {limit}")
+    for note in done["kept"]:
+        print(f"fishflow: left as an operator set it: {note}")
+    for name in done["stale"]:
+        if done["pruned"]:
+            print(f"fishflow: deleted deployment {name} (no longer in the file)")
+        else:
+            print(
+                f"fishflow: deployment {name} is no longer in the file; "
+                "`fishflow deploy --prune` deletes it and its scheduled runs"
+            )
     print(
         f"fishflow: start a worker with: prefect worker start --pool {done['pool']} "
         "(from this project's environment)"
@@ -982,7 +1046,7 @@ def _limits(args: argparse.Namespace) -> int:
         raise ConfigError(
             "PREFECT_API_URL is not set: shared limits live on the Prefect server your runs use"
         )
-    created = asyncio.run(create_limits({c.url: c.max_in_flight for c in configs}))
+    created, _ = asyncio.run(create_limits({c.url: c.max_in_flight for c in configs}))
     for name, limit in created.items():
         print(f"fishflow: limit {name} = {limit}")
     return 0
@@ -1053,7 +1117,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{command}: error: {exc} (see: {command} --help)", file=sys.stderr)
         return EX_USAGE
     except FishflowError as exc:
-        print(f"fishflow: error: {exc.message}", file=sys.stderr)
+        print(f"fishflow: error: {printable(exc.message)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("fishflow: interrupted", file=sys.stderr)

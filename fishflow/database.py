@@ -8,8 +8,12 @@ at any table size. They are read in order of the id column, so that a row's posi
 
 The password never leaves this module: every message names the URL with its password masked
 (``***``), driver errors are re-raised without their chain, and the URL recorded for a run is
-the masked one. A masked URL given back (by ``resume``) takes its password from
-``FISHFLOW_SOURCE_PASSWORD``.
+the masked one: ``mask`` is the one masking function, for run records, Prefect parameters,
+tags and logs alike. Secrets are the userinfo password and query parameters such as
+``password``, ``sslpassword``, ``secret``, ``token``, ``key``, ``api_key``. A masked URL given
+back (by the CLI to its flow, or by ``resume``) takes its secrets from the process's
+environment, which Prefect does not store: ``FISHFLOW_SOURCE_URL`` (the whole URL, used when
+its masked form is the one given) or ``FISHFLOW_SOURCE_PASSWORD`` (the userinfo password).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ if TYPE_CHECKING:
     from fishflow.sources import Columns, SourceRow
 
 PASSWORD_ENV = "FISHFLOW_SOURCE_PASSWORD"
+SOURCE_URL_ENV = "FISHFLOW_SOURCE_URL"
 MASK = "***"
 _SCHEMES = re.compile(r"^(postgresql|postgres|mysql|mariadb|sqlite)(\+[a-z0-9_]+)?://", re.I)
 # SQLAlchemy 2.0 maps a bare postgresql:// to psycopg2 and mysql:// to mysqlclient; fishflow's
@@ -43,7 +48,18 @@ _EXTRAS = {
     "mysql": "fishflow[mysql]",
     "mariadb": "fishflow[mysql]",
 }
-_SECRET_QUERY_KEYS = ("password", "passwd", "secret", "token", "sslpassword")
+# Query parameters that hold secrets: these names, and any name ending in one of the suffixes
+# (`client_secret`, `access_token`, `aws_secret_access_key` end in one; `sslkey`, a file path,
+# does not).
+_SECRET_QUERY_KEYS = frozenset(
+    {"password", "passwd", "pwd", "secret", "token", "key", "apikey", "api_key", "sslpassword"}
+)
+_SECRET_SUFFIXES = ("password", "passwd", "secret", "token", "_key", "apikey")
+
+
+def _is_secret(name: str) -> bool:
+    name = name.lower().replace("-", "_")
+    return name in _SECRET_QUERY_KEYS or name.endswith(_SECRET_SUFFIXES)
 
 
 def is_database_url(source: str) -> bool:
@@ -82,8 +98,9 @@ def mask(source: str) -> str:
         parsed = _parse(source)
     except ConfigError:
         return "<invalid database URL>"
-    query = {k: MASK if k.lower() in _SECRET_QUERY_KEYS else v for k, v in parsed.query.items()}
-    return parsed.set(query=query).render_as_string(hide_password=True)
+    query = {k: MASK if _is_secret(k) else v for k, v in parsed.query.items()}
+    shown = parsed.set(query=query).render_as_string(hide_password=True)
+    return shown.replace("=%2A%2A%2A", "=" + MASK)  # as the password reads (it parses back)
 
 
 def split_password(source: str) -> tuple[str, str | None]:
@@ -94,25 +111,54 @@ def split_password(source: str) -> tuple[str, str | None]:
     return (mask(source), password) if password and password != MASK else (source, None)
 
 
+def split_secrets(source: str) -> tuple[str, str | None]:
+    """(the masked source, the source itself when masking hid a secret in it, else None):
+    for callers that pass the secrets out of band (the CLI, through ``SOURCE_URL_ENV``)."""
+    shown = mask(source)
+    return (shown, source) if shown != source and _holds_secret(source) else (source, None)
+
+
+def _secrets(url: URL) -> list[str]:
+    """The secret values a URL holds: its password, its secret query parameters' values."""
+    values = [url.password] if url.password else []
+    for name, value in url.query.items():
+        if _is_secret(name):
+            values += [value] if isinstance(value, str) else list(value)  # ?k=a&k=b: a tuple
+    return [v for v in values if v]
+
+
+def _holds_secret(source: str) -> bool:
+    return any(v != MASK for v in _secrets(_parse(source)))
+
+
+def _masked(url: URL) -> bool:
+    return MASK in _secrets(url)
+
+
 def _url(source: str) -> URL:
     parsed = _parse(source)
-    if parsed.password == MASK:
-        password = os.environ.get(PASSWORD_ENV)
-        if not password:
-            raise SourceError(
-                f"{mask(source)}: the password is not recorded with the run; set "
-                f"{PASSWORD_ENV}, or name the URL as env:NAME or a Prefect Secret (secret:NAME)"
-            )
-        parsed = parsed.set(password=password)
-    return parsed
+    if not _masked(parsed):
+        return parsed
+    # The URL with its secrets, from the environment of this process (put there by the CLI,
+    # or by a work pool): used only when its masked form is the URL given.
+    given = os.environ.get(SOURCE_URL_ENV)
+    if given and is_database_url(given) and mask(given) == mask(source):
+        return _parse(given)
+    password = os.environ.get(PASSWORD_ENV)
+    if not password or parsed.password != MASK or _secrets(parsed).count(MASK) > 1:
+        raise SourceError(
+            f"{mask(source)}: its secrets are not recorded with the run; set "
+            f"{SOURCE_URL_ENV} to the whole URL (or {PASSWORD_ENV} to its password), or "
+            "name the URL as env:NAME or a Prefect Secret (secret:NAME)"
+        )
+    return parsed.set(password=password)
 
 
 def _scrub(message: str, url: URL) -> str:
     """A driver's message, first line only, with the password cut out should it echo it."""
     line = message.strip().splitlines()[0] if message.strip() else ""
-    for secret in [url.password, *(url.query.get(k) for k in _SECRET_QUERY_KEYS)]:
-        if isinstance(secret, str) and secret:
-            line = line.replace(secret, MASK)
+    for secret in _secrets(url):
+        line = line.replace(secret, MASK)
     return line
 
 
@@ -177,12 +223,155 @@ def count_rows(source: str, table: str) -> int | None:
         engine.dispose()
 
 
+_READING = ("select", "with", "values", "table", "(")  # what a statement that reads begins with
+
+
+def _statements(sql: str) -> list[str]:
+    """``sql`` cut at its semicolons, skipping those in quotes, quoted names, comments and
+    PostgreSQL's dollar quotes; statements that are only blanks and comments are left out."""
+    found: list[str] = []
+    start = i = 0
+    code = False  # whether the statement so far holds anything but blanks and comments
+    n = len(sql)
+    while i < n:
+        c = sql[i]
+        if c in "'\"`":
+            end = i + 1
+            while end < n and not (sql[end] == c and sql[end + 1 : end + 2] != c):
+                end += 2 if sql[end] == c or (sql[end] == "\\" and c == "'") else 1
+            i, code = end + 1, True
+        elif sql.startswith("--", i) or c == "#":
+            i = n if (nl := sql.find("\n", i)) < 0 else nl + 1
+        elif sql.startswith("/*", i):
+            i = n if (close := sql.find("*/", i + 2)) < 0 else close + 2
+        elif c == "$" and (tag := re.match(r"\$[A-Za-z_]*\$", sql[i:])):
+            close = sql.find(tag.group(), i + len(tag.group()))
+            i, code = (n if close < 0 else close + len(tag.group())), True
+        elif c == ";":
+            if code:
+                found.append(sql[start:i].strip())
+            start, i, code = i + 1, i + 1, False
+        else:
+            code = code or not c.isspace()
+            i += 1
+    if code:
+        found.append(sql[start:].strip())
+    return found
+
+
+def check_query(query: str) -> str:
+    """The statement of ``--query``, without a trailing semicolon; a ConfigError unless it is
+    one statement that reads (SELECT, WITH, VALUES, TABLE). The database has the last word:
+    the statement runs in a read-only transaction (see ``_read_only``)."""
+    statements = _statements(query)
+    if len(statements) != 1:
+        raise ConfigError(
+            f"--query takes one read-only statement (SELECT ...), not {len(statements)}"
+        )
+    words = re.sub(r"--[^\n]*|#[^\n]*|/\*.*?\*/", " ", statements[0], flags=re.S).split()
+    first = words[0].lower() if words else ""
+    if not first.startswith(_READING):
+        raise ConfigError(
+            f"--query takes one read-only statement (SELECT ...), not {first.upper()} ...: "
+            "fishflow only reads a catalog"
+        )
+    return statements[0]
+
+
+def _read_only(conn: Any) -> None:
+    """Make the connection's transaction read-only, by the database's own means: a statement
+    that would write (a data-changing function, nextval) is refused by the database."""
+    import sqlalchemy as sa
+
+    dialect = conn.dialect.name
+    if dialect == "postgresql":  # the first statement of the transaction SQLAlchemy begins
+        conn.execute(sa.text("SET TRANSACTION READ ONLY"))
+    elif dialect in ("mysql", "mariadb"):
+        conn.execute(sa.text("START TRANSACTION READ ONLY"))
+    elif dialect == "sqlite":
+        conn.exec_driver_sql("PRAGMA query_only = ON")
+
+
+def _refused_write(message: str) -> bool:
+    text = message.lower()
+    return (
+        "read-only transaction" in text
+        or "read only transaction" in text
+        or ("readonly database" in text)
+    )
+
+
+def _statement(conn: Any, cols: Columns, table: str | None, query: str | None, where: str) -> Any:
+    """The SELECT that reads the source's rows in order of the id column."""
+    import sqlalchemy as sa
+
+    from fishflow.sources import _check_columns as check_columns
+
+    if table:
+        schema, _, name = table.rpartition(".")
+        # Reflection quotes the names itself: nothing the user typed is pasted into SQL.
+        found = sa.Table(name, sa.MetaData(), schema=schema or None, autoload_with=conn)
+        check_columns(list(found.columns.keys()), cols, where)
+        wanted = (cols.id, cols.text, cols.language, cols.voice)
+        return sa.select(*(found.c[c] for c in wanted if c in found.c)).order_by(found.c[cols.id])
+    assert query is not None
+    # The user's own SQL, read in order of the id column for stable row positions.
+    # Every colon is literal (text() would take ':x' in 'a:x' for a parameter).
+    sql = check_query(query).replace(":", "\\:") + "\n"  # a closing -- comment stays shut
+    inner = sa.text(sql).columns().subquery("fishflow_rows")
+    return (
+        sa.select(sa.text("*"))
+        .select_from(inner)
+        .order_by(sa.literal_column(conn.dialect.identifier_preparer.quote(cols.id)))
+    )
+
+
+def _source_error(exc: Exception, url: URL, where: str, table: str | None) -> FishflowError:
+    """A driver's or SQLAlchemy's error as the one line fishflow says (password scrubbed)."""
+    from sqlalchemy.exc import NoSuchTableError
+
+    if isinstance(exc, NoSuchTableError):
+        return SourceError(f"{url.render_as_string(hide_password=True)}: no table {table!r}")
+    cause = str(getattr(exc, "orig", None) or exc)
+    if _refused_write(cause):
+        return SourceError(
+            f"{where}: --query must only read; the database refused it in a read-only "
+            f"transaction: {_scrub(cause, url)}"
+        )
+    return SourceError(f"{where}: {_scrub(cause, url)}")
+
+
+def check_database(source: str, cols: Columns, *, table: str | None, query: str | None) -> None:
+    """Raise now what reading would raise at its start (no such table, a bad query or
+    column, a wrong password), before a run writes anything: the statement is run with
+    LIMIT 0, so no row is fetched."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from fishflow.sources import _check_columns as check_columns
+
+    if bool(table) == bool(query):
+        raise ConfigError(f"{mask(source)}: give a database source --table NAME or --query SQL")
+    url = _url(source)
+    shown = url.render_as_string(hide_password=True)
+    where = f"{shown} table {table}" if table else f"{shown} query"
+    engine = _engine(url)
+    try:
+        with engine.connect() as conn:
+            _read_only(conn)
+            names = list(conn.execute(_statement(conn, cols, table, query, where).limit(0)).keys())
+            check_columns(names, cols, where)
+    except SQLAlchemyError as exc:
+        raise _source_error(exc, url, where, table) from None
+    finally:
+        engine.dispose()
+
+
 def read_database(
     source: str, cols: Columns, batch_rows: int, *, table: str | None, query: str | None
 ) -> Iterator[list[SourceRow]]:
-    """Batches of rows of ``table`` or of ``query``, in order of the id column."""
-    import sqlalchemy as sa
-    from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
+    """Batches of rows of ``table`` or of ``query``, in order of the id column, read in a
+    read-only transaction."""
+    from sqlalchemy.exc import SQLAlchemyError
 
     from fishflow.sources import SourceRow
     from fishflow.sources import _check_columns as check_columns
@@ -195,26 +384,8 @@ def read_database(
     where = f"{shown} table {table}" if table else f"{shown} query"
     try:
         with engine.connect() as conn:
-            if table:
-                schema, _, name = table.rpartition(".")
-                # Reflection quotes the names itself: nothing the user typed is pasted into SQL.
-                found = sa.Table(name, sa.MetaData(), schema=schema or None, autoload_with=conn)
-                check_columns(list(found.columns.keys()), cols, where)
-                wanted = (cols.id, cols.text, cols.language, cols.voice)
-                stmt: Any = sa.select(*(found.c[c] for c in wanted if c in found.c)).order_by(
-                    found.c[cols.id]
-                )
-            else:
-                assert query is not None
-                # The user's own SQL, read in order of the id column for stable row positions.
-                # Every colon is literal (text() would take ':x' in 'a:x' for a parameter).
-                sql = query.strip().rstrip(";").replace(":", "\\:")
-                inner = sa.text(sql).columns().subquery("fishflow_rows")
-                stmt = (
-                    sa.select(sa.text("*"))
-                    .select_from(inner)
-                    .order_by(sa.literal_column(conn.dialect.identifier_preparer.quote(cols.id)))
-                )
+            _read_only(conn)
+            stmt = _statement(conn, cols, table, query, where)
             result = conn.execution_options(stream_results=True, yield_per=batch_rows).execute(stmt)
             names = list(result.keys())
             check_columns(names, cols, where)
@@ -238,10 +409,7 @@ def read_database(
                     )
                 start += len(batch)
                 yield batch
-    except NoSuchTableError:
-        raise SourceError(f"{shown}: no table {table!r}") from None
     except SQLAlchemyError as exc:
-        cause = getattr(exc, "orig", None) or exc
-        raise SourceError(f"{where}: {_scrub(str(cause), url)}") from None
+        raise _source_error(exc, url, where, table) from None
     finally:
         engine.dispose()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -28,7 +29,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fishflow.errors import StorageError
+from fishflow import chunk_files
+from fishflow.chunk_files import chunk_file_key
+from fishflow.errors import ConfigError, StorageError
 from fishflow.incremental import load_previous
 from fishflow.manifest import (
     ChunkRow,
@@ -215,6 +218,9 @@ class Collected:
     kept_files: int = 0
     kept_bytes: int = 0
     recent_files: int = 0  # unreferenced, but young enough that a running run may want them
+    # Files that are not chunk audio in fishflow's layout (chunk_files): never deleted.
+    foreign: list[str] = field(default_factory=list)
+    adopted: bool = False  # the folder had no marker and got one (``adopt``)
 
     @property
     def deleted_bytes(self) -> int:
@@ -226,12 +232,15 @@ def chunk_cache_dir(store: Store, chunk_cache: str | None) -> str:
     return chunk_cache or os.path.join(state_dir(store), "chunks")
 
 
-def _sort_out(found: Iterable[Listed], keys: set[str], cutoff: float) -> Collected:
-    """Which chunk files are referenced (kept), young (kept) or to delete (``deleted``)."""
+def _sort_out(found: Iterable[Listed], keys: set[str], cutoff: float, root: str) -> Collected:
+    """Which chunk files are referenced (kept), young (kept) or to delete (``deleted``); what
+    is not a chunk file in fishflow's layout below `root` is ``foreign`` and left."""
     result = Collected()
     for entry in found:
-        name = entry.key.rsplit("/", 1)[-1]
-        if not name.startswith(".") and name.split(".", 1)[0] in keys:
+        key = chunk_file_key(entry.key[len(root) :].lstrip("/"))
+        if key is None:
+            result.foreign.append(entry.key)
+        elif key in keys:
             result.kept_files += 1
             result.kept_bytes += entry.size
         elif entry.modified > cutoff:
@@ -241,6 +250,25 @@ def _sort_out(found: Iterable[Listed], keys: set[str], cutoff: float) -> Collect
     return result
 
 
+def _cache_files(cache_dir: str) -> tuple[list[Listed], list[str]]:
+    """The regular files under `cache_dir` but the marker, and the paths of anything else
+    (links, fifos): those are never chunk files of ours."""
+    files: list[Listed] = []
+    others: list[str] = []
+    for folder, _, names in os.walk(cache_dir):
+        for name in sorted(names):
+            path = os.path.join(folder, name)
+            if path == os.path.join(cache_dir, chunk_files.MARKER):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                info = os.lstat(path)
+                if stat.S_ISREG(info.st_mode):
+                    files.append(Listed(path, info.st_size, info.st_mtime))
+                else:
+                    others.append(path)
+    return files, others
+
+
 def collect_chunks(
     store: Store,
     cache_dir: str,
@@ -248,24 +276,45 @@ def collect_chunks(
     dry_run: bool,
     min_age_s: float = 3600.0,
     keys: set[str] | None = None,
+    adopt: bool = False,
 ) -> Collected:
     """Delete the chunk audio under `cache_dir` that no current item references (`keys`, read
     from the output's manifests when not given).
 
+    Only in a folder fishflow marked as its chunk cache (``chunk_files.MARKER``), and only
+    files in fishflow's layout: anything else is left and listed in ``foreign``. A folder
+    without the marker is refused (ConfigError); with `adopt`, one whose every file is in
+    fishflow's layout (a cache of a version that did not mark its caches) is marked and
+    collected.
+
     Files younger than `min_age_s` stay: a run going on now writes chunks before its manifests
     name them (its journal names an item's chunks only once the item is finished).
     """
+    files, others = _cache_files(cache_dir)
+    adopted = False
+    if not chunk_files.is_marked(cache_dir):
+        if not adopt:
+            raise ConfigError(
+                f"{cache_dir}: not a chunk cache fishflow made (no {chunk_files.MARKER} "
+                "file): nothing deleted; for a cache made before fishflow marked them, add --adopt"
+            )
+        strangers = others + [
+            entry.key
+            for entry in files
+            if chunk_file_key(os.path.relpath(entry.key, cache_dir).replace(os.sep, "/")) is None
+        ]
+        if strangers:
+            raise ConfigError(
+                f"{cache_dir}: not adopted, {len(strangers):,} file(s) here are not chunk "
+                f"audio fishflow writes (e.g. {strangers[0]}): nothing deleted"
+            )
+        if not dry_run:
+            chunk_files.mark(cache_dir)
+        adopted = True
     keys = referenced_chunk_keys(store) if keys is None else keys
-
-    def found() -> Iterator[Listed]:
-        for folder, _, files in os.walk(cache_dir):
-            for name in sorted(files):
-                path = os.path.join(folder, name)
-                with contextlib.suppress(FileNotFoundError):
-                    stat = os.stat(path)
-                    yield Listed(path, stat.st_size, stat.st_mtime)
-
-    result = _sort_out(found(), keys, time.time() - min_age_s)
+    result = _sort_out(files, keys, time.time() - min_age_s, cache_dir)
+    result.adopted = adopted
+    result.foreign = sorted(result.foreign + others)
     if not dry_run:
         for path, _ in result.deleted:
             with contextlib.suppress(FileNotFoundError):
@@ -280,7 +329,7 @@ def collect_output_chunks(
     which runs on any machine reuse: ``deleted`` holds URIs."""
     keys = referenced_chunk_keys(store) if keys is None else keys
     listed = store.list_sized(RemoteChunks.PREFIX + "/")
-    result = _sort_out(listed, keys, time.time() - min_age_s)
+    result = _sort_out(listed, keys, time.time() - min_age_s, RemoteChunks.PREFIX)
     if not dry_run and result.deleted:
         refused = store.delete([key for key, _ in result.deleted])
         if refused:
@@ -289,4 +338,5 @@ def collect_output_chunks(
                 f"{len(result.deleted):,} chunk objects were not deleted ({refused[0]})"
             )
     result.deleted = [(store.uri(key), size) for key, size in result.deleted]
+    result.foreign = [store.uri(key) for key in result.foreign]
     return result

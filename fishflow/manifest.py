@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -26,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fishflow.errors import ConfigError, StorageError
-from fishflow.storage import Store, state_dir
+from fishflow.storage import Store, state_dir, write_error
 
 TS = pa.timestamp("us", tz="UTC")
 
@@ -211,7 +212,9 @@ class ManifestWriter:
     def write_part(
         self, part: str, items: list[ItemRow], chunks: list[ChunkRow], errors: list[ErrorRow]
     ) -> None:
-        for name, rows in (("items", items), ("chunks", chunks), ("errors", errors)):
+        # Items last: a part's items file is what says its rows are recorded (see `recover`),
+        # so a write cut short (disk full) leaves no item without its chunks and errors.
+        for name, rows in (("chunks", chunks), ("errors", errors), ("items", items)):
             self._write(
                 f"{self.prefix}/parts/{name}-{part}.parquet", to_table(rows, MANIFESTS[name][0])
             )
@@ -328,14 +331,23 @@ class Journal:
         self._appended = self._durable = 0
         self._segments: dict[str, set[int]] = {}  # segment key -> rows not yet in a part
         self._lock: asyncio.Lock | None = None
+        self._torn = False  # the file ends in a line cut short
 
     def append(self, item: ItemRow, chunks: list[ChunkRow], errors: list[ErrorRow]) -> None:
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         line = {"item": _row_json(item), "chunks": [_row_json(c) for c in chunks],
                 "errors": [_row_json(e) for e in errors]}  # fmt: skip
         data = (json.dumps(line) + "\n").encode()
-        os.write(self._fd, data)
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                self._torn = _ends_mid_line(self.path)
+            # A line cut short by a full disk is ended first, so that it spoils no other.
+            written = os.write(self._fd, b"\n" + data if self._torn else data)
+            self._torn = written < len(data) + self._torn
+            if self._torn:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as exc:
+            raise write_error(self.path, exc) from None
         if self.remote is not None:
             self._pending.append((item.source_row, data))
             self._appended += 1
@@ -420,6 +432,14 @@ class Journal:
         return []
 
 
+def _ends_mid_line(path: str) -> bool:
+    with open(path, "rb") as fh:
+        if fh.seek(0, os.SEEK_END) == 0:
+            return False
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) != b"\n"
+
+
 def read_remote(store: Store, run_id: str | None = None, *, strict: bool = False) -> list[Entry]:
     """Journal entries kept under the output: of one run, or of every run (run_id None).
     A segment deleted meanwhile is skipped; one that cannot be read is too, unless ``strict``
@@ -448,15 +468,81 @@ def remote_journal_runs(store: Store) -> dict[str, list[str]]:
     return runs
 
 
+def output_write_failure(status: str, errors: Iterable[ErrorRow]) -> bool:
+    """Whether an item failed only because the output could not be written (disk full, a
+    retryable upload error): work to redo when the run is resumed, not a result to keep."""
+    errors = list(errors)
+    return (
+        status == "failed"
+        and bool(errors)
+        and all(e.error_type == "StorageError" and e.retryable for e in errors)
+    )
+
+
+def _reopen_final(store: Store, writer: ManifestWriter, tmp: str) -> None:
+    """A run that stopped after writing its final manifests (a disk-full run finalizes what it
+    has): they become its parts again, so that its rows are counted, and filtered, as parts."""
+    finals = [f"{writer.prefix}/{name}.parquet" for name in MANIFESTS]
+    listed = set(store.list(writer.prefix + "/"))
+    if not all(key in listed for key in finals):
+        return  # not finalized (or cut short while writing them: the parts still hold all)
+    # Every part left over is already in the final files (they are deleted after them).
+    store.delete([k for name in MANIFESTS for k in writer.part_keys(name)])
+    for name, key in zip(MANIFESTS, finals, strict=True):
+        writer._write(
+            f"{writer.prefix}/parts/{name}-final.parquet", _read_store_table(store, key, tmp)
+        )
+    store.delete(finals)
+
+
+def _keep_rows(store: Store, writer: ManifestWriter, rows: set[int], tmp: str) -> None:
+    """Rewrite the parts that hold rows other than `rows`, without those."""
+    import pyarrow.compute as pc
+
+    kept = pa.array(sorted(rows), pa.int64())
+    for name in MANIFESTS:
+        for key in writer.part_keys(name):
+            table = _read_store_table(store, key, tmp)
+            keep = pc.is_in(table["source_row"].cast(pa.int64()), value_set=kept)
+            if not pc.all(keep).as_py() and table.num_rows:
+                writer._write(key, table.filter(keep))
+
+
 def recover(store: Store, writer: ManifestWriter, journal: Journal) -> set[int]:
-    """Source rows a run already recorded (parts and journal). Journal entries that never made
-    it into a part become one, so the final manifests hold every row exactly once."""
+    """Source rows a run already recorded (parts, final manifests and journal). Journal entries
+    that never made it into a part become one, so the final manifests hold every row exactly
+    once. Items that failed only because the output could not be written (disk full) are not
+    kept: they leave the parts and are not among the rows returned, so the run redoes them."""
     recorded: set[int] = set()
+    redo: set[int] = set()
     with tempfile.TemporaryDirectory(prefix="fishflow-recover-") as tmp:
+        _reopen_final(store, writer, tmp)
         for key in writer.part_keys("items"):
             table = _read_store_table(store, key, tmp)
             recorded.update(table.column("source_row").to_pylist())
-    missing = [e for e in journal.entries() if e[0].source_row not in recorded]
+        failed: dict[int, list[ErrorRow]] = {}
+        for key in writer.part_keys("errors"):
+            for row in _read_store_table(store, key, tmp).to_pylist():
+                fields = {name: row.get(name) for name in ErrorRow.__slots__}
+                failed.setdefault(row["source_row"], []).append(ErrorRow(**fields))
+        for key in writer.part_keys("items"):
+            table = _read_store_table(store, key, tmp)
+            for row, status in zip(
+                table["source_row"].to_pylist(), table["status"].to_pylist(), strict=True
+            ):
+                if output_write_failure(status, failed.get(row, [])):
+                    redo.add(row)
+        recorded -= redo
+        # Also gone: chunks and errors of rows no items part records (a part cut short by a
+        # full disk): those rows are done again and must not appear twice.
+        _keep_rows(store, writer, recorded, tmp)
+    missing = [
+        e
+        for e in journal.entries()
+        if e[0].source_row not in recorded
+        and e[0].source_row not in redo
+        and not output_write_failure(e[0].status, e[2])
+    ]
     if missing:
         writer.write_part(
             f"journal-{len(recorded):09d}",

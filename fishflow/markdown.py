@@ -7,11 +7,9 @@ What each construct becomes (the README's table "What gets spoken from Markdown"
 - code blocks (fenced, indented, HTML ``<pre>``): not read; a short cue in the item's
   language ("Code example.", "代码示例。"), one per run of consecutive blocks, or nothing
   (``code="silent"``);
-- inline code: read when it is made of words (``pandas``, ``read_csv()`` said "read csv",
-  ``pip install pandas``, ``Ctrl+Shift+P``); code with an option, path, placeholder, URL,
-  operator or sigil in it (``python --version``, ``rm -rf /``) is never read: it is "the code
-  shown" in the item's language, so that the sentence keeps its sense ("Do not run the code
-  shown", not "Do not run"), or nothing (``code="silent"``);
+- inline code: marked in the block (``Block.marks``) and said by ``fishflow.spoken``: its
+  words and named symbols ("String new", "src slash main dot rs"), never a placeholder;
+  captions show it as written; ``<sup>``/``<sub>`` are marked too (said as powers and indices);
 - links: their text, never the target; bare URLs and autolinks: their host name
   ("docs.python.org"), which tells the listener where without spelling a path;
 - images: their alt text (``images="skip"``: nothing);
@@ -20,11 +18,12 @@ What each construct becomes (the README's table "What gets spoken from Markdown"
 - HTML: text kept, tags never spoken; ``<details>``: summary and body both read;
   ``<script>``/``<style>`` and comments dropped;
 - front matter (YAML, or Hugo's TOML): only its ``title``, as a heading;
-- ordered lists keep their numbers ("1. Install Python."); bullets are not spoken; task-list
+- ordered lists are numbered as rendered (from the first item's number, then +1, whatever
+  the source writes on later items); bullets are not spoken; task-list
   boxes ("[ ]", "[x]") and GitHub alert markers ("[!NOTE]") are dropped;
 - footnote markers dropped, and footnote bodies too: at the end of a lesson, cut off from the
   sentence they annotate, they are mostly citations and links;
-- emoji and pictographs: never sent.
+- emoji and pictographs, and emphasis marks left unmatched (a stray ``**``): never sent.
 
 Every block ends with sentence punctuation, so the model closes its intonation where the chunk
 ends. The result is a tuple of ``fishflow.text.Block`` (kind, text, heading level) for the
@@ -34,26 +33,28 @@ chunker, which ends chunks at headings and sets pauses by boundary kind.
 from __future__ import annotations
 
 import functools
+import html
 import re
 import tomllib
 import unicodedata
 from collections.abc import Sequence
+from dataclasses import replace
 from html.parser import HTMLParser
 from typing import Literal
 from urllib.parse import urlsplit
 
-import regex
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 from mdit_py_plugins.deflist import deflist_plugin
 from mdit_py_plugins.footnote import footnote_plugin
 from mdit_py_plugins.front_matter import front_matter_plugin
 
-from fishflow.text import Block, BlockKind, detect_language, drop_emoji, is_speakable
+from fishflow.text import Block, BlockKind, Mark, detect_language, drop_emoji, is_speakable
 
 CodeBlocks = Literal["cue", "silent"]
 Images = Literal["alt", "skip"]
 Tables = Literal["rows", "skip"]
+MarkKind = Literal["code", "sup", "sub"]
 
 # The languages Fish Speech 1.5 names (../shared/fish-speech-api.md), English for the rest.
 _CODE_CUES = {
@@ -73,36 +74,16 @@ _CODE_CUES = {
 }
 
 
-# What is said in a sentence in place of inline code that cannot be read.
-_CODE_MENTIONS = {
-    "en": "the code shown",
-    "zh": "所示代码",
-    "ja": "表示のコード",
-    "ko": "표시된 코드",
-    "de": "den gezeigten Code",
-    "fr": "le code affiché",
-    "es": "el código mostrado",
-    "it": "il codice mostrato",
-    "pt": "o código mostrado",
-    "nl": "de getoonde code",
-    "pl": "pokazany kod",
-    "ru": "показанный код",
-    "ar": "الرمز المعروض",
-}
-
-
 def _primary(language: str) -> str:
     return language.lower().replace("_", "-").split("-")[0]
 
 
-def code_cue(language: str) -> str:
-    """What is said in place of a code block, in the item's language (English otherwise)."""
+def code_cue(language: str, file: str = "") -> str:
+    """What is said in place of a code block, in the item's language (English otherwise);
+    ``file``: the listing's file name, when a "Filename:" line named it."""
+    if file:
+        return _FILE_CUES.get(_primary(language), _FILE_CUES["en"]).format(file)
     return _CODE_CUES.get(_primary(language), _CODE_CUES["en"])
-
-
-def code_mention(language: str) -> str:
-    """What a sentence says in place of inline code that cannot be read."""
-    return _CODE_MENTIONS.get(_primary(language), _CODE_MENTIONS["en"])
 
 
 @functools.cache
@@ -122,28 +103,30 @@ def _parser() -> MarkdownIt:
 # next to punctuation, once the block's text is complete.
 _BREAK = "\ue000"  # private use: not whitespace, so it survives splitting
 _PLACEHOLDER = r"<[\w\-.: ]{1,60}>"
+# Marks (see _Marks) are private-use characters: never part of a URL or a tag.
+_MARK_CHARS = "\U000f0000-\U000ffffd"
 # URLs with a scheme or "www.", placeholders inside them included ("https://<APP>.x.net/...").
 _URL = re.compile(
-    rf"(?:[a-zA-Z][a-zA-Z0-9+.\-]{{1,15}}://|www\.)(?:{_PLACEHOLDER}|[^\s<>\"'`|\ue000])+"
+    rf"(?:[a-zA-Z][a-zA-Z0-9+.\-]{{1,15}}://|www\.)(?:{_PLACEHOLDER}|[^\s<>\"'`|\ue000{_MARK_CHARS}])+"
 )
 # Scheme-less "host.tld/path" (github.com/org/repo): the host alone, as for URLs.
-_HOST_PATH = re.compile(r"\b((?:[a-zA-Z0-9\-]+\.)+[a-zA-Z]{2,})(?:/[^\s<>\"'`|\ue000]*)", re.ASCII)
+_HOST_PATH = re.compile(
+    rf"\b((?:[a-zA-Z0-9\-]+\.)+[a-zA-Z]{{2,}})(?:/[^\s<>\"'`|\ue000{_MARK_CHARS}]*)", re.ASCII
+)
 # What is left of a URL glued to other text, after the above: never spoken.
-_URL_RESIDUE = re.compile(r"(?<![A-Za-z])(?:https?|ftp|file|mailto):|:/+|www\.", re.IGNORECASE)
+# A scheme only when something follows it: "the file: it" is prose.
+_URL_RESIDUE = re.compile(
+    r"(?<![A-Za-z])(?:https?|ftp|file|mailto):(?=[^\s.,;!?])|:/+|www\.", re.IGNORECASE
+)
 # A placeholder or a stray tag left as text ("<APP_NAME>", an escaped "&lt;div&gt;").
 _ANGLED = re.compile(r"<[^\s<>][^<>\n]{0,80}>")
+# Emphasis marks markdown-it left as text (unmatched): runs of two or more, or one "*" that
+# touches a word on one side only ("*note", "5 * 3" stays).
+_STRAY_EMPHASIS = re.compile(r"\*{2,}|(?<!\w)_{2,}|_{2,}(?!\w)|~~|(?<!\S)\*(?=\S)|(?<=\S)\*(?!\S)")
 _EMPHASIS = re.compile(r"(?:\*{1,3}|_{2,3}|~~)(?=\S)|(?<=\S)(?:\*{1,3}|_{2,3}|~~)")
 # An angle bracket touching a word is markup residue; a spaced one ("a < b") is prose.
 _LOOSE_ANGLE = re.compile(r"<(?=\S)|(?<=\S)>")
 _TRAILING = ".,;:!?)]}'\"”’"
-# A word, or a dotted name ("app.py", "os.path"); no slash, so never a path.
-_WORDLIKE = regex.compile(
-    r"[\p{L}\p{N}][\p{L}\p{N}\p{M}_\-]{0,39}(?:\.[\p{L}_][\p{L}\p{N}\p{M}_\-]{0,19}){0,2}"
-)
-_CHORD = re.compile(
-    r"(?i)(?:ctrl|control|shift|alt|option|opt|cmd|command|win|super|meta|fn)\+\w+(?:\+\w+)*"
-)
-_MAX_CODE_WORDS = 6  # longer inline code is a command line, not something to read out
 _LABEL = re.compile(r"[A-Za-z0-9\-]+")
 _ALT = re.compile(r"""\balt\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.IGNORECASE)
 _BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
@@ -181,53 +164,84 @@ def _clean(text: str) -> str:
         text = _URL_RESIDUE.sub("", text)
     if "<" in text or ">" in text:
         text = _LOOSE_ANGLE.sub(" ", _ANGLED.sub(" ", text))
+    if "*" in text or "_" in text or "~" in text:
+        text = _STRAY_EMPHASIS.sub("", text)
     return text.replace("`", "").replace("|", " ")
 
 
-def _inline_code(code: str, mention: str) -> str:
-    """Inline code as said: its words, or ``mention`` when any part of it is not a word (an
-    option, path, placeholder, URL, operator, sigil) or it is too long to read out."""
-    tokens = code.split()
-    if not tokens:
-        return ""
-    if len(tokens) > _MAX_CODE_WORDS:
-        return mention
-    words: list[str] = []
-    for token in tokens:
-        if token.startswith("-"):  # an option (--force, -rf): a command line to look at
-            return mention
-        token = token.removesuffix("()")
-        # A key chord (Ctrl+Shift+P) is its keys; any other "+" is an operator (a+b, C++).
-        keys = token.split("+") if _CHORD.fullmatch(token) else [token]
-        if not all(_WORDLIKE.fullmatch(key) for key in keys):
-            return mention
-        words += (key.replace("_", " ") for key in keys)
-    return " ".join(words) if words else mention
+class _Marks:
+    """Inline code and ``<sup>``/``<sub>`` of one document, each held in the text as one
+    private-use character (which no cleaning touches) until the blocks are made."""
+
+    _BASE = 0xF0000
+    _LIMIT = 0xFFFD
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[MarkKind, str]] = []
+
+    def add(self, kind: MarkKind, text: str) -> str:
+        text = " ".join(drop_emoji(text).split())
+        if not text:
+            return ""
+        if len(self.spans) >= self._LIMIT:  # more than any book holds: said as prose
+            return _clean(text)
+        self.spans.append((kind, text))
+        return chr(self._BASE + len(self.spans) - 1)
+
+    def _span(self, ch: str) -> tuple[MarkKind, str] | None:
+        i = ord(ch) - self._BASE
+        return self.spans[i] if 0 <= i < len(self.spans) else None
+
+    def plain(self, text: str) -> str:
+        """The text with each mark replaced by what it holds."""
+        return "".join(span[1] if (span := self._span(ch)) else ch for ch in text)
+
+    def block(self, block: Block) -> Block:
+        """A block with its marks resolved into its text and ``Block.marks``."""
+        if not any(self._span(ch) for ch in block.text):
+            return block
+        out: list[str] = []
+        marks: list[Mark] = []
+        at = 0
+        for ch in block.text:
+            span = self._span(ch)
+            if span is None:
+                out.append(ch)
+                at += 1
+                continue
+            kind, text = span
+            marks.append(Mark(at, at + len(text), kind))
+            out.append(text)
+            at += len(text)
+        return replace(block, text="".join(out), marks=tuple(marks))
 
 
 def _alt(tag: str) -> str:
     match = _ALT.search(tag)
-    return next((g for g in match.groups() if g is not None), "") if match else ""
+    alt = next((g for g in match.groups() if g is not None), "") if match else ""
+    return html.unescape(alt)
 
 
 class _Inline:
     """Renders an inline token's children to text."""
 
-    def __init__(self, *, images: Images, code_mention: str) -> None:
+    def __init__(self, *, images: Images, marks: _Marks) -> None:
         self.images = images
-        self.code_mention = code_mention
+        self.marks = marks
 
     def render(self, children: Sequence[Token]) -> str:
         parts: list[str] = []
-        html_code: list[str] | None = None  # text inside an inline <code>...</code>
+        # text inside an inline <code>, <sup> or <sub>, and which one
+        held: list[str] | None = None
+        held_kind: MarkKind = "code"
         for child in children:
             kind = child.type
-            if html_code is not None and kind == "text":
-                html_code.append(child.content)
+            if held is not None and kind in ("text", "code_inline"):
+                held.append(child.content)
             elif kind == "text":
                 parts.append(_clean(child.content))
             elif kind == "code_inline":
-                parts.append(_inline_code(child.content, self.code_mention))
+                parts.append(self.marks.add("code", child.content))
             elif kind == "softbreak":
                 parts.append(" ")
             elif kind == "hardbreak":
@@ -241,15 +255,19 @@ class _Inline:
                     parts.append(_BREAK)
                 elif tag.startswith("<img") and self.images == "alt":
                     parts.append(" " + _clean(_alt(child.content)) + " ")
-                elif tag.startswith("<code"):
-                    html_code = []
-                elif tag.startswith("</code") and html_code is not None:
-                    parts.append(_inline_code("".join(html_code), self.code_mention))
-                    html_code = None
+                elif held is None and (opened := _HELD_TAG.match(tag)) is not None:
+                    held, held_kind = [], _HELD_KINDS[opened.group(1)]
+                elif held is not None and tag.startswith(f"</{held_kind}"):
+                    parts.append(self.marks.add(held_kind, html.unescape("".join(held))))
+                    held = None
             # link_open/close, emphasis, strikethrough, footnote_ref: no sound of their own
-        if html_code is not None:  # an unclosed <code>: its text is still prose
-            parts.append(_clean("".join(html_code)))
+        if held is not None:  # an unclosed <code>: its text is still prose
+            parts.append(_clean("".join(held)))
         return "".join(parts)
+
+
+_HELD_TAG = re.compile(r"<(code|sup|sub)\b[^>]*>")
+_HELD_KINDS: dict[str, MarkKind] = {"code": "code", "sup": "sup", "sub": "sub"}
 
 
 def _is_lone_link(children: Sequence[Token]) -> bool:
@@ -336,6 +354,21 @@ def _comparable(text: str) -> str:
     return "".join(ch for ch in text if ch.isalnum()).casefold()
 
 
+# "Filename: src/main.rs" (the Rust book's caption above a listing), in a few languages; the
+# name may be a mark (inline code) or plain text.
+_FILENAME = re.compile(
+    rf"^(?:Filename|File name|File|Dateiname|Datei|文件名|文件|ファイル名)\s*[:：]\s*"
+    rf"([{_MARK_CHARS}]|[\w./\-]+?)[.。]?$",
+    re.IGNORECASE,
+)
+_FILE_CUES = {
+    "en": "Code example from {}.",
+    "de": "Codebeispiel aus {}.",
+    "zh": "代码示例：{}。",
+    "ja": "コード例：{}。",
+}
+
+
 class _Builder:
     """Collects blocks, applying the rules that look at neighbours.
 
@@ -343,10 +376,14 @@ class _Builder:
     takes full-width punctuation even where it ends in a Latin word ("安装 Python。").
     """
 
-    def __init__(self, *, ideographic: bool) -> None:
+    def __init__(self, *, ideographic: bool, marks: _Marks) -> None:
         self.ideographic = ideographic
+        self.marks = marks
         self.blocks: list[Block] = []
         self.last_heading = ""  # comparable text of a heading just emitted, until other text
+
+    def speakable(self, text: str) -> bool:
+        return is_speakable(self.marks.plain(text))
 
     def wide(self, text: str) -> bool:
         return self.ideographic and any(_is_ideograph(ch) for ch in text)
@@ -356,13 +393,21 @@ class _Builder:
         text = _tidy(_clean(text))
         if kind == "code":
             if not self.blocks or self.blocks[-1].kind != "code":
-                self.blocks.append(Block("", "code"))  # the cue is filled in once the
-            return  # item's language is known
+                # The cue is filled in once the item's language is known; a "Filename: x"
+                # line just above the listing is said in it, once.
+                file = ""
+                if self.blocks and (named := _FILENAME.match(self.blocks[-1].text)):
+                    self.blocks.pop()
+                    file = named.group(1)
+                    if self.marks.plain(file) == file:  # a name written as prose
+                        file = self.marks.add("code", file)
+                self.blocks.append(Block(file, "code"))
+            return
         if kind != "heading":
             text = _MARKER.sub("", text)
-        if not is_speakable(text):
+        if not self.speakable(text):
             return
-        comparable = _comparable(text)
+        comparable = _comparable(self.marks.plain(text))
         if comparable == self.last_heading and (lone_link or kind == "heading"):
             # "## Quiz" then "[Quiz](url)" or an image with that alt text, or a title repeated
             # as the first heading
@@ -384,10 +429,10 @@ class _Builder:
         for row in rows:
             pairs = []
             for i, value in enumerate(row):
-                if not is_speakable(value):
+                if not self.speakable(value):
                     continue
                 header = headers[i] if i < len(headers) else ""
-                if not is_speakable(header) or _comparable(header) == _comparable(value):
+                if not self.speakable(header) or _comparable(header) == _comparable(value):
                     pairs.append(value)
                 else:
                     pairs.append(header + ("：" if self.wide(header) else ": ") + value)
@@ -409,12 +454,11 @@ class _Html(HTMLParser):
     )  # fmt: skip
     _SILENT = frozenset(("script", "style", "template", "svg", "math"))
 
-    def __init__(
-        self, builder: _Builder, *, images: Images, tables: Tables, code_mention: str
-    ) -> None:
+    def __init__(self, builder: _Builder, *, images: Images, tables: Tables, marks: _Marks) -> None:
         super().__init__(convert_charrefs=True)
         self.builder, self.images, self.tables = builder, images, tables
-        self.code_mention = code_mention
+        self.marks = marks
+        self.code_kind: MarkKind = "code"
         self.parts: list[str] = []
         self.kind: BlockKind = "paragraph"
         self.level = 0
@@ -450,8 +494,8 @@ class _Html(HTMLParser):
         elif tag == "pre":
             self._flush()
             self.pre += 1
-        elif tag == "code" and not self.pre:
-            self.code = []
+        elif tag in _HELD_KINDS and not self.pre and self.code is None:
+            self.code, self.code_kind = [], _HELD_KINDS[tag]
         elif tag == "br":
             self.parts.append(_BREAK)
         elif tag == "img" and self.images == "alt":
@@ -475,8 +519,8 @@ class _Html(HTMLParser):
         elif tag == "pre" and self.pre:
             self.pre -= 1
             self.builder.add("", "code")
-        elif tag == "code" and self.code is not None:
-            self.parts.append(_inline_code("".join(self.code), self.code_mention))
+        elif tag == self.code_kind and self.code is not None:
+            self.parts.append(self.marks.add(self.code_kind, "".join(self.code)))
             self.code = None
         elif tag in ("td", "th") and self.cells is not None:
             self.cells.append((tag == "th", "".join(self.parts)))
@@ -551,13 +595,21 @@ def markdown_blocks(
     markdown, toml_title = _toml_front_matter(markdown.replace("\r\n", "\n").replace(_BREAK, " "))
     tokens = _parser().parse(markdown)
     # The prose's language sets the punctuation (and the code cue) of every block.
-    prose = " ".join(t.content for t in tokens if t.type == "inline")
+    # Inline code is not prose: a Chinese lesson full of `console.log` is still Chinese.
+    prose = " ".join(
+        c.content
+        for t in tokens
+        if t.type == "inline"
+        for c in t.children or ()
+        if c.type == "text"
+    )
     language = language or detect_language(drop_emoji(prose))
-    mention = code_mention(language) if code == "cue" else ""
-    inline = _Inline(images=images, code_mention=mention)
-    builder = _Builder(ideographic=language.lower()[:2] in ("zh", "ja"))
+    marks = _Marks()
+    inline = _Inline(images=images, marks=marks)
+    builder = _Builder(ideographic=language.lower()[:2] in ("zh", "ja"), marks=marks)
     stack: list[str] = []  # open block tokens
     number: str | None = None  # an ordered list item's number, for its first paragraph
+    counters: list[int] = []  # the next number of each open ordered list, as rendered
     headers: list[str] = []
     rows: list[list[str]] = []
     row: list[str] | None = None
@@ -573,15 +625,22 @@ def markdown_blocks(
             continue
         if kind.endswith("_open"):
             stack.append(kind)
-            if kind == "list_item_open":
-                ordered = "ordered_list_open" in stack[-2:-1]
-                number = f"{token.info}. " if ordered and token.info else None
+            if kind == "ordered_list_open":
+                start = token.attrGet("start")
+                counters.append(int(start) if isinstance(start, (int, str)) else 1)
+            elif kind == "list_item_open":
+                number = None
+                if "ordered_list_open" in stack[-2:-1] and counters:
+                    number = f"{counters[-1]}{'、' if builder.ideographic else '. '}"
+                    counters[-1] += 1
             elif kind == "tr_open":
                 row = []
             continue
         if kind.endswith("_close"):
             if stack:
                 stack.pop()
+            if kind == "ordered_list_close" and counters:
+                counters.pop()
             if kind == "tr_close" and row is not None:
                 if "thead_open" in stack:
                     headers = row
@@ -599,7 +658,7 @@ def markdown_blocks(
             if code == "cue":
                 builder.add("", "code")
         elif kind == "html_block":
-            parser = _Html(builder, images=images, tables=tables, code_mention=mention)
+            parser = _Html(builder, images=images, tables=tables, marks=marks)
             parser.feed(token.content)
             parser.close()
         elif kind == "inline":
@@ -611,15 +670,14 @@ def markdown_blocks(
             elif parent == "heading_open":
                 builder.add(text, "heading", int(tokens[i - 1].tag[1:]))
             elif "list_item_open" in stack:
-                if is_speakable(text):
+                if builder.speakable(text):
                     builder.add((number or "") + text, "list_item")
                 number = None
             else:
                 builder.add(text, "paragraph", lone_link=_is_lone_link(token.children or []))
         # hr, html in other places: nothing to say
-    cue = code_cue(language)
     return tuple(
-        Block(cue, "code") if b.kind == "code" else b
+        marks.block(Block(code_cue(language, b.text), "code") if b.kind == "code" else b)
         for b in builder.blocks
         if b.kind != "code" or code == "cue"
     )

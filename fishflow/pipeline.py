@@ -26,6 +26,7 @@ import numpy as np
 import soundfile as sf
 
 from fishflow.audio import Audio, stitch
+from fishflow.chunk_files import open_chunk_folder
 from fishflow.chunking import (
     Chunk,
     chunk_blocks,
@@ -62,13 +63,15 @@ from fishflow.settings import (
     reference_id_problem,
 )
 from fishflow.sources import SourceRow
-from fishflow.storage import FILE_MODE, Store, safe_key
+from fishflow.spoken import speak_blocks
+from fishflow.storage import FILE_MODE, Store, safe_key, write_error
 from fishflow.text import (
     Block,
     blocks_text,
     detect_language,
     is_speakable,
     plain_blocks,
+    prose_text,
     text_sha256,
 )
 from fishflow.voices import ReferenceFiles, item_seed
@@ -197,6 +200,22 @@ def validate_row(
             f"id {item_id!r} would share its audio file ({audio_stem(item_id)}.<format>) with "
             f"the id at row {first}: the same name with another extension",
         )
+    # Captions and chapters are named after the audio's stem, so the files of two stems can
+    # meet: `x`'s chapters and `x.chapters`'s captions are both x.chapters.vtt. That happens
+    # when one stem is the other plus what a longer suffix has over a shorter one (".chapters"):
+    # checked against the stems claimed above, for every file an item may publish (whatever
+    # this run's caption settings), without keeping each file's name.
+    stem = audio_stem(item_id)
+    for extra, suffix in _suffix_overlaps(spec.audio.format):
+        others = [stem + extra, *([stem[: -len(extra)]] if stem.endswith(extra) else [])]
+        for other in others:
+            if (first := seen.get("\0audio:" + other, row.row)) != row.row:
+                return Rejection(
+                    row.row,
+                    item_id,
+                    f"id {item_id!r} would write {max(stem, other, key=len)}{suffix}, a file "
+                    f"of the id at row {first}: rename one of them",
+                )
     if row.voice and (problem := reference_id_problem(row.voice)):
         return Rejection(row.row, item_id, problem)
     digest = None
@@ -219,11 +238,12 @@ def validate_row(
             return Rejection(row.row, item_id, exc.message)
         digest = hashlib.sha256(f"{audio_digest}\0{row.reference_text}".encode()).hexdigest()[:16]
     language = (row.language or "").strip().lower() or None
-    blocks = speech_blocks(row, spec.text, language=language)
+    written = speech_blocks(row, spec.text, language=language)
+    language = language or detect_language(prose_text(written))
+    blocks = speak_blocks(written, language, spec.text.speech())
     text = blocks_text(blocks)
     if not is_speakable(text):
         return Rejection(row.row, item_id, "text has no letters or digits to speak")
-    language = language or detect_language(text)
     chunks = tuple(chunk_blocks(blocks, language, spec.chunking.max_bytes, spec.chunking.min_bytes))
     seed = None
     options = spec.options
@@ -293,6 +313,21 @@ def audio_stem(item_id: str) -> str:
     return f"audio/{safe_key(base)}"
 
 
+@functools.cache
+def _suffix_overlaps(fmt: str) -> tuple[tuple[str, str], ...]:
+    """(extra, suffix) for each pair of an item's file suffixes where one is the other with
+    `extra` before it: stem + extra + suffix is a file of two stems (".chapters", ".vtt")."""
+    key = audio_key("x", fmt)
+    stem = audio_stem("x")
+    suffixes = [name[len(stem) :] for name in (key, *sidecar_keys(key).values())]
+    return tuple(
+        (longer[: -len(shorter)], shorter)
+        for longer in suffixes
+        for shorter in suffixes
+        if longer != shorter and longer.endswith(shorter)
+    )
+
+
 def audio_key(item_id: str, fmt: str) -> str:
     return f"{audio_stem(item_id)}.{fmt}"
 
@@ -356,7 +391,7 @@ class ChunkCache:
         # The output's copy (see RemoteChunks), behind the local folder: another machine's
         # run reuses the chunks this one made.
         self.remote = RemoteChunks(remote) if remote is not None else None
-        os.makedirs(directory, exist_ok=True)
+        open_chunk_folder(directory)  # with the marker `fishflow gc` looks for
         self._pending: dict[str, asyncio.Future[Audio]] = {}
         self._memory: collections.OrderedDict[str, Audio] = collections.OrderedDict()
         self._memory_bytes = 0
@@ -434,14 +469,22 @@ class ChunkCache:
 
     def _write(self, key: str, rate: int, data: bytes | memoryview, suffix: str = "flac") -> None:
         path = self._path(key, rate, suffix)
-        if (folder := os.path.dirname(path)) not in self._folders:
-            os.makedirs(folder, exist_ok=True)
-            self._folders.add(folder)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fd, FILE_MODE)  # not mkstemp's 0600: another account may share the output
-            fh.write(data)
-        os.replace(tmp, path)
+        try:
+            if (folder := os.path.dirname(path)) not in self._folders:
+                os.makedirs(folder, exist_ok=True)
+                self._folders.add(folder)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    os.fchmod(fd, FILE_MODE)  # not mkstemp's 0600: another account may share it
+                    fh.write(data)
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError as exc:  # disk full: the run stops (its items are redone on resume)
+            raise write_error(path, exc) from None
 
     def _keep(self, key: str, audio: Audio) -> None:
         if self.remote is None:
@@ -1278,7 +1321,10 @@ async def process_batch(ctx: RunContext, entries: list[Item | Rejection]) -> lis
             async with ctx.item_slots:
                 outcome = await process_item(ctx, entry)
         if ctx.journal is not None:
-            ctx.journal.append(outcome.item, outcome.chunks, outcome.errors)
+            try:
+                ctx.journal.append(outcome.item, outcome.chunks, outcome.errors)
+            except StorageError as exc:  # disk full: the batch's part may still record it
+                ctx.stop(exc)
             await ctx.journal.durable()  # in the output too (an S3 output's run state)
         if ctx.on_item_done is not None:
             ctx.on_item_done(outcome.item)

@@ -14,11 +14,12 @@ flight: a self-hosted Fish Speech server works on one at a time), else from a st
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import tempfile
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -29,6 +30,7 @@ from fishflow.pipeline import Item, item_chunks
 from fishflow.progress import format_duration as _duration
 from fishflow.run import entry_batches, run_spec
 from fishflow.settings import RunSettings
+from fishflow.spoken import rule_summary
 from fishflow.storage import Store, open_store, state_dir
 from fishflow.text import is_cjk
 
@@ -63,6 +65,8 @@ class Plan:
     server_basis: str = ""
     servers: int = 1
     wall_s: float = 0.0
+    # Spans said differently from how they are written, by rule (fishflow.spoken).
+    spoken_changes: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -162,6 +166,7 @@ def make_plan(
     rates, service = measured_rates(store) if store is not None else ({}, None)
 
     plan = Plan(servers=servers)
+    changes: collections.Counter[str] = collections.Counter()
     all_keys: set[str] = set()
     to_make: dict[str, tuple[str, str]] = {}  # chunk key -> (text, language)
     disk_cached: set[str] = set()
@@ -176,6 +181,8 @@ def make_plan(
             plan.audio_s += _expected_s(entry.text, rates.get(entry.language))
             # As pipeline.process_item chunks, and as _skip_if_unchanged decides.
             chunks = item_chunks(entry, spec)
+            for chunk in chunks:
+                changes.update(rule for _, _, rule in chunk.said)
             keys = [chunk_key(c.text, spec.voice_fingerprint(entry.voice_identity)) for c in chunks]
             plan.chunks += len(chunks)
             all_keys.update(keys)
@@ -197,6 +204,7 @@ def make_plan(
                 if len(chunks) > 1 and key in cached:
                     disk_cached.add(key)
     plan.distinct_chunks = len(all_keys)
+    plan.spoken_changes = dict(changes.most_common())
     plan.cached_chunks = len(disk_cached)
     for key, (text, language) in to_make.items():
         if key not in disk_cached:
@@ -239,6 +247,8 @@ def describe(plan: Plan, source: str, out: str) -> str:
         f"to synthesise   {plan.items_to_make:,} items, {plan.chunks_to_make:,} chunks; "
         f"{plan.cached_chunks:,} distinct chunks already in the chunk cache",
         f"requests        {plan.requests:,} ({plan.request_chars:,} characters spoken)",
+        f"said in words   {rule_summary(collections.Counter(plan.spoken_changes)) or 'nothing'}"
+        " (spans said differently from how they are written, by rule)",
         f"audio           about {_duration(plan.audio_s)} in all, "
         f"{_duration(plan.request_audio_s)} to synthesise ({plan.audio_basis})",
         f"server time     about {_duration(plan.server_s)} ({plan.server_basis})",

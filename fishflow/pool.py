@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import ipaddress
 import random
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -84,11 +86,30 @@ class ServerState:
         return self.capacity if self.shared is None else min(self.capacity, self.shared.usable)
 
 
+@functools.lru_cache(maxsize=256)
+def _resolved(host: str, port: int) -> str:
+    """A host's address (IPv4 first), so that every name of one server is one server; the
+    name itself when it does not resolve here."""
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return host.lower()
+    addresses = sorted({str(info[4][0]) for info in infos}, key=lambda a: (":" in a, a))
+    return addresses[0] if addresses else host.lower()
+
+
 def limit_name(server_url: str) -> str:
-    """The name of a server's shared in-flight limit: `fishflow-server-<host>-<port>`."""
+    """The name of a server's shared in-flight limit, `fishflow-server-<address>-<port>`: keyed
+    by the server's identity (resolved host and port), so `http://localhost:8090` and
+    `http://127.0.0.1:8090` share one limit."""
     url = httpx.URL(server_url)
     port = url.port or (443 if url.scheme == "https" else 80)
-    return f"fishflow-server-{url.host}-{port}".replace(".", "-").replace(":", "-")
+    host = _resolved(url.host, port)
+    return f"fishflow-server-{host}-{port}".replace(".", "-").replace(":", "-")
 
 
 async def check_servers(
@@ -484,6 +505,7 @@ class ServerPool:
                         references=references,
                         seed=seed,
                         read_timeout_s=timeout,
+                        body_timeout_s=self.retry.request_timeout_s,
                     )
                 except SynthesisError as exc:
                     self._on_failure(server, exc, started)

@@ -45,7 +45,7 @@ from fishflow.loudness import (
     measure,
 )
 from fishflow.settings import AudioSettings, CaptionSettings
-from fishflow.storage import Store
+from fishflow.storage import Store, output_write_error, write_error
 
 
 def sidecar_keys(audio_key: str) -> dict[str, str]:
@@ -131,15 +131,17 @@ class ItemPublisher:
                 fade_in=self._added > 0,
                 fade_out=not last,
             )
-        except (OSError, sf.LibsndfileError) as exc:
-            raise StorageError(f"cannot write the audio of {self.key}: {exc}", fatal=True) from None
+        except OSError as exc:
+            raise output_write_error(exc, self.store.uri(self.key), self.store.root) from None
+        except sf.LibsndfileError as exc:  # libsndfile's own error: disk full says so in words
+            raise write_error(f"the audio of {self.key}", exc) from None
         self._added += 1
         self._pause_ms = self.audio.pause_after_ms(chunk.boundary)
         if self.captions.captions == "on" or self.captions.chapters == "on":
             # A heading is spoken as a chunk of its own (see fishflow.chunking): its text,
             # without the full stop added for speech, is the chapter's title.
-            title = chunk.text.rstrip(".。") if chunk.heading_level else None
-            self._placed.append(Placed(chunk.text, start, audio.duration_s, title))
+            title = chunk.shown.rstrip(".。") if chunk.heading_level else None
+            self._placed.append(Placed(chunk.shown, start, audio.duration_s, title))
         published = self._finish() if last else None
         return (level if audio.level is None else None), published
 
@@ -153,26 +155,34 @@ class ItemPublisher:
         keys = sidecar_keys(self.key)
         captions_uri = chapters_uri = None
         written: set[str] = set()
-        if self.captions.captions == "on":
-            cue_list = cues(self._placed, self.language)
-            captions_uri = self.store.put(keys["vtt"], webvtt(cue_list), "text/vtt", {})
-            self.store.put(keys["srt"], srt(cue_list), "application/x-subrip", {})
-            written.update((keys["vtt"], keys["srt"]))
-        if chapter_list:
-            chapters_uri = self.store.put(
-                keys["chapters"], chapters_webvtt(chapter_list), "text/vtt", {}
-            )
-            written.add(keys["chapters"])
-        ctype = content_type(self.audio.format)
-        if self._buffer is not None:
-            data = self._buffer.getvalue()
-            size, digest = len(data), hashlib.sha256(data).hexdigest()
-            uri = self.store.put(self.key, data, ctype, self.metadata)
-        else:
-            assert self._staging is not None
-            digest, size = file_sha256(self._staging)
-            uri = self.store.publish_file(self.key, self._staging, ctype, self.metadata)
-            self._staging = None
+        try:
+            if self.captions.captions == "on":
+                cue_list = cues(self._placed, self.language)
+                captions_uri = self.store.put(keys["vtt"], webvtt(cue_list), "text/vtt", {})
+                written.add(keys["vtt"])
+                self.store.put(keys["srt"], srt(cue_list), "application/x-subrip", {})
+                written.add(keys["srt"])
+            if chapter_list:
+                chapters_uri = self.store.put(
+                    keys["chapters"], chapters_webvtt(chapter_list), "text/vtt", {}
+                )
+                written.add(keys["chapters"])
+            ctype = content_type(self.audio.format)
+            if self._buffer is not None:
+                data = self._buffer.getvalue()
+                size, digest = len(data), hashlib.sha256(data).hexdigest()
+                uri = self.store.put(self.key, data, ctype, self.metadata)
+            else:
+                assert self._staging is not None
+                digest, size = file_sha256(self._staging)
+                uri = self.store.publish_file(self.key, self._staging, ctype, self.metadata)
+                self._staging = None
+        except StorageError:
+            # The item fails: captions it wrote for audio that is not published go too.
+            if new := sorted(written - self.existing_sidecars):
+                with contextlib.suppress(Exception):
+                    self.store.delete(new)
+            raise
         if stale := sorted(self.existing_sidecars - written):
             self.store.delete(stale)
         lufs = None

@@ -21,8 +21,9 @@ from typing import Any
 from fishflow.chunking import chunk_budget
 from fishflow.errors import FishflowError
 from fishflow.incremental import existing_audio, load_previous
+from fishflow.lexicon import load_lexicon
 from fishflow.lock import held_output_lock
-from fishflow.manifest import Journal, ManifestWriter, journal_dir
+from fishflow.manifest import Journal, ManifestWriter, journal_dir, read_items
 from fishflow.memory import use_one_arena
 from fishflow.pipeline import (
     ChunkCache,
@@ -41,7 +42,7 @@ from fishflow.settings import (
     RunSettings,
     TextSettings,
 )
-from fishflow.sources import Columns, SourceRow, read_source
+from fishflow.sources import Columns, FileLimits, SourceRow, read_source
 from fishflow.storage import Store, open_store, state_dir
 from fishflow.voices import ReferenceFiles, resolve
 
@@ -93,6 +94,9 @@ def run_spec(settings: RunSettings) -> RunSpec:
             code=settings.markdown_code,
             images=settings.markdown_images,
             tables=settings.markdown_tables,
+            numbers=settings.normalize == "on",
+            lexicon=load_lexicon(settings.lexicon) if settings.lexicon else (),
+            max_code_chars=settings.inline_code_max_chars,
         ),
         captions=CaptionSettings(captions=settings.captions, chapters=settings.chapters),
         qa=settings.qa_settings(),
@@ -154,6 +158,7 @@ def entry_batches(
         batch_rows=settings.batch_size,
         table=settings.table,
         query=settings.query,
+        limits=FileLimits(settings.max_file_bytes, settings.follow_symlinks),
     ):
         if shard is not None:
             index, count = shard
@@ -233,6 +238,15 @@ class RunTotals:
             if status == "failed" and len(totals.failures) < REPORTED:
                 totals.failures.append((row["item_id"], row["source_row"], row["error"] or ""))
         return totals
+
+
+def whole_run_totals(store: Store, run_id: str, session: RunTotals) -> RunTotals:
+    """A resumed run's totals: every item of its final manifest, those finished by earlier
+    sessions too, so that its summary and exit status are those of the whole run."""
+    columns = ["item_id", "source_row", "status", "duration_s", "error"]
+    totals = RunTotals.from_items(read_items(store, run_id, columns))
+    totals.pruned, totals.pruned_files = session.pruned, session.pruned_files
+    return totals
 
 
 @asynccontextmanager

@@ -26,6 +26,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fishflow.chunking import DEFAULT_CHUNK_BYTES, Boundary
 from fishflow.errors import ConfigError
+from fishflow.lexicon import LexiconEntry
+from fishflow.spoken import DEFAULT_MAX_CODE_CHARS, SpeechOptions
 
 AudioFormat = Literal["wav", "flac", "mp3"]
 OnOff = Literal["on", "off"]
@@ -147,6 +149,16 @@ class TextSettings(_Frozen):
     tables: Literal["rows", "skip"] = Field(
         "rows", description='Markdown tables: read row by row ("header: value, ..."), or skipped'
     )
+    numbers: bool = Field(True, description="Numbers, units and symbols said in words")
+    lexicon: tuple[LexiconEntry, ...] = Field((), description="Pronunciation lexicon entries")
+    max_code_chars: int = Field(
+        DEFAULT_MAX_CODE_CHARS, ge=0, le=10_000, description="Longer inline code is not read"
+    )
+
+    def speech(self) -> SpeechOptions:
+        return SpeechOptions(
+            numbers=self.numbers, lexicon=self.lexicon, max_code_chars=self.max_code_chars
+        )
 
 
 class ChunkSettings(_Frozen):
@@ -403,6 +415,22 @@ class RunSettings(_Frozen):
     markdown_tables: Literal["rows", "skip"] = Field(
         "rows", description="Markdown tables: read row by row, or skip them"
     )
+    normalize: OnOff = Field(
+        "on",
+        description="Say numbers, units, dates and symbols in words before chunking (off: "
+        "sent as written)",
+    )
+    lexicon: str | None = Field(
+        None,
+        description="Pronunciation lexicon: a CSV (term,spoken,language) or W3C PLS file, "
+        "path or s3:// URI",
+    )
+    inline_code_max_chars: int = Field(
+        DEFAULT_MAX_CODE_CHARS,
+        ge=0,
+        le=10_000,
+        description="Inline code longer than this is not read (the sentence is said without it)",
+    )
     pause_clause_ms: int = Field(
         150, ge=0, le=5000, description="Pause where a sentence too long for one chunk is cut"
     )
@@ -437,12 +465,29 @@ class RunSettings(_Frozen):
         None,
         description="Folder of chunk audio (default: <out>/.fishflow/chunks; ~/.cache for S3)",
     )
+    max_file_bytes: int = Field(
+        20_000_000,
+        ge=1,
+        le=1 << 40,
+        description="Largest .txt/.md file a folder or S3-prefix source reads; a larger one "
+        "fails its row unread",
+    )
+    follow_symlinks: bool = Field(
+        False,
+        description="Read symbolic links in a source folder that lead outside it (otherwise "
+        "their rows fail unread)",
+    )
     slot_tenure_s: float = Field(
         10.0,
         ge=1,
         le=3600,
         description="Seconds a run keeps a shared server slot above its fair share while other "
         "runs wait for one",
+    )
+    local_limit: bool = Field(
+        False,
+        description="Run on a server that has no shared Prefect limit while the Prefect server "
+        "has limits for others, keeping to this run's own limit (otherwise the run stops)",
     )
     wait_for_lock: float = Field(
         0.0,

@@ -178,8 +178,11 @@ class ServerSlots:
             # Let a take in progress finish (a lease granted to a cancelled call would hold its
             # slot for nobody until it expires); the task gives it back and ends.
             self._kick.set()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._task), timeout=5.0)
+            # asyncio.wait, not wait_for: the leasing task may already be cancelled (a
+            # cancelled run: asyncio.run cancels every task at once), and its CancelledError
+            # must not skip the give-backs below, or the run's slots stay held until their
+            # leases expire, stalling every other run on the server for a minute.
+            await asyncio.wait({self._task}, timeout=5.0)
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         for lease in [*self.active, *self.retiring, *([self._waiter] if self._waiter else [])]:

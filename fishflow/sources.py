@@ -8,8 +8,11 @@ A row that cannot be read (bad JSON line, invalid UTF-8) still yields a ``Source
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import logging
 import os
+import stat
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +30,11 @@ from fishflow.storage import parse_s3_uri, s3_client, wrap_s3_error
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
 TABLE_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".parquet")
 LIST_PAGE_SIZE = 1000  # keys per S3 listing request (S3's own maximum)
+# A long book is a few MB of text; a file much larger is not a document to read aloud, and
+# reading it whole would cost memory many times its size (bytes, str, blocks, chunks).
+DEFAULT_MAX_FILE_BYTES = 20_000_000
+
+logger = logging.getLogger("fishflow.sources")
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,21 +176,161 @@ def _text_file_row(row: int, item_id: str, data: bytes, suffix: str) -> SourceRo
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         return SourceRow(row, item_id, None, problem="file is not valid UTF-8")
+    # Editors on Windows start files with a BOM: kept, a .md's first heading is not a heading.
+    text = text.removeprefix("\ufeff")
     text_format = "markdown" if suffix in (".md", ".markdown") else "plain"
     return SourceRow(row, item_id, text, text_format=text_format)
 
 
-def read_folder(path: str, batch_rows: int) -> Iterator[list[SourceRow]]:
-    root = Path(path)
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
-    if not files:
+@dataclass(frozen=True, slots=True)
+class FileLimits:
+    """What a folder or S3-prefix source may read (see ``RunSettings.max_file_bytes``)."""
+
+    max_bytes: int = DEFAULT_MAX_FILE_BYTES
+    follow_symlinks: bool = False  # to files outside the source folder (inside: always)
+
+
+def _too_large(size: int, limits: FileLimits) -> str:
+    return (
+        f"file is {size:,} bytes, over the {limits.max_bytes:,}-byte limit: not read "
+        "(raise --max-file-bytes to read it)"
+    )
+
+
+def _inside(path: str, root: str) -> bool:
+    return os.path.commonpath([path, root]) == root
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """A file of a folder source: its id, its path, and whether to open it through a link."""
+
+    item_id: str
+    path: str
+    follow: bool
+    problem: str | None = None
+    size: int = 0  # as listed: a file over the cap is not even opened
+
+
+def _folder_entries(root: str, limits: FileLimits) -> Iterator[_Entry]:
+    """The folder's .txt/.md files in id order, lstat'ed, never opened. Symbolic links to
+    files outside the folder become entries with a problem (unless ``follow_symlinks``);
+    fifos, sockets, devices and links to folders are skipped with a note (opening a fifo
+    blocks; a linked folder may be anywhere, or contain the folder itself)."""
+    real_root = os.path.realpath(root)
+    found: list[_Entry] = []
+    for folder, dirs, files in os.walk(root):  # never into linked folders: they are noted
+        for name in sorted([*dirs, *files]):
+            path = os.path.join(folder, name)
+            item_id = Path(path).relative_to(root).as_posix()
+            try:
+                info = os.lstat(path)
+            except OSError as exc:
+                if name in files and name.lower().endswith(TEXT_SUFFIXES):
+                    found.append(_Entry(item_id, path, False, _read_problem(exc)))
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                continue  # walked by os.walk
+            if not name.lower().endswith(TEXT_SUFFIXES) and not stat.S_ISLNK(info.st_mode):
+                continue
+            if stat.S_ISLNK(info.st_mode):
+                target = os.path.realpath(path)
+                if os.path.isdir(target):
+                    logger.warning("%s: a link to a folder, not read", item_id)
+                    continue
+                if not name.lower().endswith(TEXT_SUFFIXES):
+                    continue
+                if not _inside(target, real_root) and not limits.follow_symlinks:
+                    problem = (
+                        "a symbolic link to a file outside the source folder: not read "
+                        "(--follow-symlinks reads it)"
+                    )
+                    found.append(_Entry(item_id, path, False, problem))
+                    continue
+                try:
+                    info = os.stat(path)
+                except OSError as exc:  # a dangling link, or a loop of links
+                    found.append(_Entry(item_id, path, True, _read_problem(exc)))
+                    continue
+                if not stat.S_ISREG(info.st_mode):
+                    logger.warning("%s: a link to %s, not read", item_id, _kind(info.st_mode))
+                    continue
+                found.append(_Entry(item_id, path, True, size=info.st_size))
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                logger.warning("%s: %s, not read", item_id, _kind(info.st_mode))
+                continue
+            found.append(_Entry(item_id, path, False, size=info.st_size))
+    yield from sorted(found, key=lambda e: Path(e.path))  # the order (rows) of earlier versions
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a fifo"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def _read_problem(exc: OSError) -> str:
+    return f"cannot read the file: {exc.strerror or type(exc).__name__}"
+
+
+def read_text_file(path: str, limits: FileLimits, *, follow: bool = True) -> bytes | str:
+    """A text file's bytes, or why it was not read (a string). Opened without blocking (a
+    fifo put in its place since the listing would block) and, unless ``follow``, without
+    following a link put there since; never more than ``limits.max_bytes`` read."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow:
+            return "a symbolic link put in place of the file while it was read: not read"
+        return _read_problem(exc)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return f"{_kind(info.st_mode)}, not a text file: not read"
+        if info.st_size > limits.max_bytes:
+            return _too_large(info.st_size, limits)
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read(limits.max_bytes + 1)
+        if len(data) > limits.max_bytes:  # grew since the stat
+            return _too_large(len(data), limits)
+        return data
+    except OSError as exc:  # EIO on a failing disk, EISDIR...
+        return _read_problem(exc)
+    finally:
+        os.close(fd)
+
+
+def _file_row(row: int, entry: _Entry, limits: FileLimits) -> SourceRow:
+    problem = entry.problem or (
+        _too_large(entry.size, limits) if entry.size > limits.max_bytes else None
+    )
+    if problem:
+        return SourceRow(row, entry.item_id, None, problem=problem)
+    data = read_text_file(entry.path, limits, follow=entry.follow)
+    if isinstance(data, str):
+        return SourceRow(row, entry.item_id, None, problem=data)
+    return _text_file_row(row, entry.item_id, data, Path(entry.path).suffix.lower())
+
+
+def read_folder(
+    path: str, batch_rows: int, limits: FileLimits = FileLimits()
+) -> Iterator[list[SourceRow]]:
+    """One row per .txt/.md file under ``path`` (id: its path below it), read a batch at a
+    time. Only what is the folder's own is read (see ``_folder_entries``); a file that cannot
+    be read, or is over ``limits.max_bytes``, fails its own row."""
+    entries = list(_folder_entries(path, limits))
+    if not entries:
         raise SourceError(f"{path}: no .txt or .md files in this folder")
-    for start in range(0, len(files), batch_rows):
+    for start in range(0, len(entries), batch_rows):
         yield [
-            _text_file_row(
-                start + i, p.relative_to(root).as_posix(), p.read_bytes(), p.suffix.lower()
-            )
-            for i, p in enumerate(files[start : start + batch_rows])
+            _file_row(start + i, entry, limits)
+            for i, entry in enumerate(entries[start : start + batch_rows])
         ]
 
 
@@ -191,7 +339,9 @@ def _folder_prefix(key: str) -> str:
     return key if not key or key.endswith("/") else key + "/"
 
 
-def _read_s3(uri: str, cols: Columns, batch_rows: int) -> Iterator[list[SourceRow]]:
+def _read_s3(
+    uri: str, cols: Columns, batch_rows: int, limits: FileLimits = FileLimits()
+) -> Iterator[list[SourceRow]]:
     bucket, key = parse_s3_uri(uri)
     s3 = s3_client()
     suffix = PurePosixPath(key).suffix.lower()
@@ -204,7 +354,7 @@ def _read_s3(uri: str, cols: Columns, batch_rows: int) -> Iterator[list[SourceRo
                 yield from read_table(local, cols, batch_rows)
             return
         prefix = _folder_prefix(key)
-        yield from _read_s3_prefix(s3, bucket, prefix, uri, batch_rows)
+        yield from _read_s3_prefix(s3, bucket, prefix, uri, batch_rows, limits)
     except SourceError:
         raise
     except Exception as exc:  # botocore errors: name the bucket, never the credentials
@@ -212,32 +362,54 @@ def _read_s3(uri: str, cols: Columns, batch_rows: int) -> Iterator[list[SourceRo
 
 
 def _read_s3_prefix(
-    s3: Any, bucket: str, prefix: str, uri: str, batch_rows: int
+    s3: Any,
+    bucket: str,
+    prefix: str,
+    uri: str,
+    batch_rows: int,
+    limits: FileLimits = FileLimits(),
 ) -> Iterator[list[SourceRow]]:
     """Like a folder: one row per .txt/.md object, id = key below the prefix. Listed page by
     page (S3 lists keys in order, so rows keep their positions from run to run) and read a
-    batch at a time, never the whole listing or every body at once."""
+    batch at a time, never the whole listing or every body at once. An object over
+    ``limits.max_bytes`` (by its listed size) is not fetched; one that cannot be fetched
+    fails its own row."""
 
-    def read(key: str) -> bytes:
-        return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    def read(listed: tuple[str, int]) -> bytes | str:
+        key, size = listed
+        if size > limits.max_bytes:
+            return _too_large(size, limits)
+        try:
+            body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+            data = bytes(body.read(limits.max_bytes + 1))  # it may have grown since the listing
+            body.close()
+        except Exception as exc:  # botocore errors: this object's, named, no credentials
+            return f"cannot read the object: {wrap_s3_error(exc, f's3://{bucket}/{key}').message}"
+        return _too_large(len(data), limits) if len(data) > limits.max_bytes else data
 
-    def rows(keys: list[str], start: int) -> list[SourceRow]:
+    def row(i: int, key: str, body: bytes | str) -> SourceRow:
+        item_id = key[len(prefix) :]
+        if isinstance(body, str):
+            return SourceRow(i, item_id, None, problem=body)
+        return _text_file_row(i, item_id, body, PurePosixPath(key).suffix.lower())
+
+    def rows(keys: list[tuple[str, int]], start: int) -> list[SourceRow]:
         return [
-            _text_file_row(start + i, k[len(prefix) :], body, PurePosixPath(k).suffix.lower())
-            for i, (k, body) in enumerate(zip(keys, readers.map(read, keys), strict=True))
+            row(start + i, k, body)
+            for i, ((k, _), body) in enumerate(zip(keys, readers.map(read, keys), strict=True))
         ]
 
     pages = s3.get_paginator("list_objects_v2").paginate(
         Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": LIST_PAGE_SIZE}
     )
-    keys: list[str] = []
+    keys: list[tuple[str, int]] = []
     start = 0
     # GETs wait on the network: a few at once keep a batch of small documents quick.
     with ThreadPoolExecutor(8, thread_name_prefix="fishflow-s3-read") as readers:
         for page in pages:
             for obj in page.get("Contents", []):
                 if PurePosixPath(obj["Key"]).suffix.lower() in TEXT_SUFFIXES:
-                    keys.append(obj["Key"])
+                    keys.append((obj["Key"], int(obj.get("Size", 0))))
                 if len(keys) >= batch_rows:
                     yield rows(keys, start)
                     start, keys = start + len(keys), []
@@ -258,16 +430,29 @@ def read_table(path: str, cols: Columns, batch_rows: int) -> Iterator[list[Sourc
     raise SourceError(f"{path}: unknown source type; use .csv, .jsonl, .parquet or a folder")
 
 
-def check_source(uri: str) -> None:
+def check_source(
+    uri: str,
+    *,
+    columns: Columns | None = None,
+    table: str | None = None,
+    query: str | None = None,
+) -> None:
     """Raise SourceError now when `uri` cannot be read at all, before a run writes anything.
 
     Cheap on purpose (a stat, or one S3 request): what is inside is read_source's business.
+    A database, given the run's ``columns``, is connected to and its table or query run
+    with LIMIT 0 (``database.check_database``); without them, read_source says.
     Kinds of source it does not know (``scheme://`` other than s3) pass: read_source decides.
     """
     if uri.startswith("s3://"):
         _check_s3(uri)
         return
-    if "://" in uri or uri.startswith("env:"):  # a database: read_source connects and says
+    if "://" in uri or uri.startswith("env:"):
+        from fishflow import database
+
+        url = database.resolve_env(uri) if columns is not None else uri
+        if columns is not None and database.is_database_url(url):
+            database.check_database(url, columns, table=table, query=query)
         return
     path = Path(uri)
     if not path.exists():
@@ -310,9 +495,11 @@ def read_source(
     *,
     table: str | None = None,
     query: str | None = None,
+    limits: FileLimits = FileLimits(),
 ) -> Iterator[list[SourceRow]]:
     """Batches of rows from any supported source: a local path, an s3:// URI, or a database URL
-    with ``table`` or ``query`` (see ``fishflow.database``); ``env:NAME`` names any of them."""
+    with ``table`` or ``query`` (see ``fishflow.database``); ``env:NAME`` names any of them.
+    ``limits`` bound what text files (a folder, an S3 prefix, one file) may be read."""
     from fishflow import database  # SQLAlchemy is imported only when a database is read
 
     uri = database.resolve_env(uri)
@@ -323,15 +510,15 @@ def read_source(
             f"{uri}: --table and --query read a database; give a database URL as the source"
         )
     if uri.startswith("s3://"):
-        return _read_s3(uri, cols, batch_rows)
+        return _read_s3(uri, cols, batch_rows, limits)
     if os.path.isdir(uri):
-        return read_folder(uri, batch_rows)
+        return read_folder(uri, batch_rows, limits)
     if not os.path.exists(uri):
         raise SourceError(f"{uri}: no such file or folder")
     suffix = Path(uri).suffix.lower()
-    if suffix in TEXT_SUFFIXES:
-        data = Path(uri).read_bytes()
-        return iter([[_text_file_row(0, Path(uri).name, data, suffix)]])
+    if suffix in TEXT_SUFFIXES:  # named by the user: followed if a link
+        entry = _Entry(Path(uri).name, uri, True)
+        return iter([[_file_row(0, entry, limits)]])
     return read_table(uri, cols, batch_rows)
 
 

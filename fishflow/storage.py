@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import errno
 import hashlib
 import os
+import posixpath
 import re
 import tempfile
 import unicodedata
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -20,7 +23,18 @@ from typing import Any, ClassVar, Protocol
 from fishflow.errors import StorageError
 
 _UNSAFE = re.compile(r"[^\w.\-]+", re.UNICODE)
-_MAX_SEGMENT = 120
+# File systems count a name's bytes (255 per component, UTF-8 on Linux), not its characters: a
+# segment keeps room for the hash ("-1234abcd") and the longest suffix (".chapters.vtt").
+_MAX_SEGMENT = 120  # characters, as before: names of earlier runs stay as they were
+MAX_NAME_BYTES = 255
+LONGEST_SUFFIX = ".chapters.vtt"
+_MAX_SEGMENT_BYTES = MAX_NAME_BYTES - len("-12345678") - len(LONGEST_SUFFIX)  # 233
+# A whole key: S3 allows 1,024 bytes with the output's prefix and "audio/" before it.
+_MAX_KEY_CHARS = 400
+_MAX_KEY_BYTES = 700
+# How long a presigned S3 link works: the most SigV4 allows (links signed with temporary
+# credentials, an assumed role's, end with those credentials, often sooner).
+LINK_EXPIRES_S = 7 * 24 * 3600
 
 
 def _read_umask() -> int:
@@ -35,6 +49,34 @@ def _read_umask() -> int:
 FILE_MODE = 0o666 & ~_read_umask()
 
 
+# Failures of the output itself: every later item would fail alike, so the run stops. Writing
+# the same item again once there is room (or the disk is back) can succeed: retryable.
+_OUTPUT_FAILURES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+
+
+def write_error(what: str, exc: BaseException) -> StorageError:
+    """A write of the run's own state (chunk cache, journal, libsndfile's audio) failed: the
+    run stops. A failure of the disk itself (full, over quota, read-only, I/O) is retryable:
+    the same write succeeds once it is mended, so `resume` and a re-run redo the items it
+    failed (see ``manifest.output_write_failure``)."""
+    no_room = getattr(exc, "errno", None) in _OUTPUT_FAILURES or "No space left" in str(exc)
+    reason = getattr(exc, "strerror", None) or str(exc)
+    return StorageError(f"cannot write {what}: {reason}", fatal=True, retryable=no_room)
+
+
+def output_write_error(exc: OSError, path: str, root: str) -> StorageError:
+    """A local write's failure, classified: the output's own (disk full, quota, read-only, an
+    I/O error, its folder not writable) stops the run; anything else (a name the file system
+    refuses, one file's permissions) fails only the item that wrote `path`."""
+    reason = exc.strerror or type(exc).__name__
+    message = f"cannot write {path}: {reason}"
+    if exc.errno in _OUTPUT_FAILURES:
+        return StorageError(message, fatal=True, retryable=True)
+    if exc.errno in (errno.EACCES, errno.EPERM) and not os.access(root, os.W_OK):
+        return StorageError(f"{message} (the output folder is not writable)", fatal=True)
+    return StorageError(message, fatal=False, retryable=False)
+
+
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     rest = uri.removeprefix("s3://")
     bucket, _, key = rest.partition("/")
@@ -44,7 +86,8 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
 
 
 def safe_key(item_id: str) -> str:
-    """A storage key from an item id: no '..', no leading '/', no control characters.
+    """A storage key from an item id: no '..', no leading '/', no control characters, each
+    segment short enough in bytes for any file system once a hash and a suffix are added.
 
     Whenever cleaning changes the id, a short hash of the original is appended, so two ids
     that clean to the same text never share a key (and an unchanged id never collides with a
@@ -56,11 +99,18 @@ def safe_key(item_id: str) -> str:
         part = "".join(ch for ch in part if unicodedata.category(ch)[0] != "C")
         part = _UNSAFE.sub("_", part.strip()).strip("._") or ""
         if part:
-            segments.append(part[:_MAX_SEGMENT])
-    cleaned = "/".join(segments)[:400] or "item"
+            segments.append(_cut_bytes(part[:_MAX_SEGMENT], _MAX_SEGMENT_BYTES))
+    cleaned = _cut_bytes("/".join(segments)[:_MAX_KEY_CHARS], _MAX_KEY_BYTES).rstrip("/")
+    cleaned = cleaned or "item"
     if cleaned != item_id:
         cleaned += "-" + hashlib.sha256(item_id.encode()).hexdigest()[:8]
     return cleaned
+
+
+def _cut_bytes(text: str, limit: int) -> str:
+    """The longest start of `text` of at most `limit` UTF-8 bytes (never half a character)."""
+    data = text.encode()
+    return text if len(data) <= limit else data[:limit].decode(errors="ignore")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +139,10 @@ class Store(Protocol):
     def list(self, prefix: str) -> builtins.list[str]: ...
     def list_sized(self, prefix: str) -> builtins.list[Listed]: ...
     def delete(self, keys: builtins.list[str]) -> builtins.list[str]: ...
+    def key_of(self, uri: str) -> str | None: ...
+    def link(
+        self, key: str, *, page: str | None = None, expires_s: int = LINK_EXPIRES_S
+    ) -> str: ...
 
 
 @dataclass
@@ -112,6 +166,18 @@ class LocalStore:
 
     def uri(self, key: str) -> str:
         return os.path.join(self.root, key)
+
+    def key_of(self, uri: str) -> str | None:
+        """The key of a URI this store gave (None for one outside it)."""
+        rel = os.path.relpath(os.path.abspath(uri), self.root)
+        return None if rel.startswith("..") else Path(rel).as_posix()
+
+    def link(self, key: str, *, page: str | None = None, expires_s: int = LINK_EXPIRES_S) -> str:
+        """An address of ``key`` for a browser: relative to the page stored at ``page`` (so the
+        folder can be moved, or served as it is), else a file:// URL."""
+        if page is None:
+            return Path(self.uri(key)).as_uri()
+        return urllib.parse.quote(posixpath.relpath(key, posixpath.dirname(page) or "."))
 
     def _make_folder(self, folder: str) -> None:
         if folder not in self._made:  # once per folder and store
@@ -143,8 +209,7 @@ class LocalStore:
                 os.unlink(tmp)
                 raise
         except OSError as exc:
-            # Disk full or read-only: every later item fails alike, so stop the run.
-            raise StorageError(f"cannot write {path}: {exc.strerror}", fatal=True) from exc
+            raise output_write_error(exc, path, self.root) from exc
         return path
 
     def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> str:
@@ -166,7 +231,7 @@ class LocalStore:
         try:
             fd, tmp = self._temp_in(folder, Path(path).suffix)
         except OSError as exc:
-            raise StorageError(f"cannot write {path}: {exc.strerror}", fatal=True) from None
+            raise output_write_error(exc, path, self.root) from None
         os.close(fd)
         return tmp
 
@@ -178,7 +243,7 @@ class LocalStore:
             os.chmod(path, FILE_MODE)
             os.replace(path, dest)
         except OSError as exc:
-            raise StorageError(f"cannot write {dest}: {exc.strerror}", fatal=True) from None
+            raise output_write_error(exc, dest, self.root) from None
         return dest
 
     def get(self, key: str) -> bytes:
@@ -224,8 +289,12 @@ def s3_client() -> Any:
     import boto3  # imported late: 0.3 s that local runs do not need
     from botocore.config import Config
 
-    # botocore is the one layer that retries S3 (5xx, throttling, SlowDown).
-    return boto3.client("s3", config=Config(retries={"mode": "standard", "max_attempts": 6}))
+    # botocore is the one layer that retries S3 (5xx, throttling, SlowDown). SigV4 for
+    # presigned links too: botocore's default there is SigV2, which newer buckets refuse.
+    return boto3.client(
+        "s3",
+        config=Config(retries={"mode": "standard", "max_attempts": 6}, signature_version="s3v4"),
+    )
 
 
 def wrap_s3_error(exc: Exception, where: str) -> StorageError:
@@ -283,6 +352,24 @@ class S3Store:
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
+
+    def key_of(self, uri: str) -> str | None:
+        """The key of a URI this store gave (None for one outside it)."""
+        start = self.uri("")
+        return uri[len(start) :] if uri.startswith(start) else None
+
+    def link(self, key: str, *, page: str | None = None, expires_s: int = LINK_EXPIRES_S) -> str:
+        """A presigned GET URL of ``key`` (wherever the page is): the bucket needs no public
+        access. Signed here, without a request to S3."""
+        try:
+            url: str = self.client.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": self.bucket, "Key": self._key(key)},
+                ExpiresIn=expires_s,
+            )
+        except Exception as exc:
+            raise wrap_s3_error(exc, self.uri(key)) from exc
+        return url
 
     def _extra(self, content_type: str, metadata: dict[str, str] | None = None) -> dict[str, Any]:
         extra: dict[str, Any] = {"ContentType": content_type, "ChecksumAlgorithm": "SHA256"}

@@ -67,12 +67,40 @@ BlockKind = Literal["heading", "paragraph", "list_item", "table_row", "code"]
 
 
 @dataclass(frozen=True, slots=True)
+class Mark:
+    """A span of written text that is not prose: inline code, or a ``<sup>``/``<sub>``."""
+
+    start: int
+    end: int
+    kind: Literal["code", "sup", "sub"] = "code"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A span said differently from how it is written (``fishflow.spoken``): offsets into the
+    written and the spoken text of one block, and the rule that changed it."""
+
+    written_start: int
+    written_end: int
+    spoken_start: int
+    spoken_end: int
+    rule: str
+
+
+@dataclass(frozen=True, slots=True)
 class Block:
-    """One unit of an item's speech: normalised text (one line) and what it is."""
+    """One unit of an item's speech: normalised text (one line) and what it is.
+
+    As written (``fishflow.markdown``, ``plain_blocks``), ``marks`` locate inline code in
+    ``text``; as spoken (``fishflow.spoken``), ``text`` is what the model says, ``written``
+    what the author wrote (None when the same) and ``changes`` where they differ."""
 
     text: str
     kind: BlockKind = "paragraph"
     level: int = 0  # heading level, 1-6; 0 for other kinds
+    marks: tuple[Mark, ...] = ()
+    written: str | None = None
+    changes: tuple[Change, ...] = ()
 
 
 def plain_blocks(text: str) -> tuple[Block, ...]:
@@ -83,6 +111,19 @@ def plain_blocks(text: str) -> tuple[Block, ...]:
 def blocks_text(blocks: Sequence[Block]) -> str:
     """The normalised text of blocks: what fishflow speaks, hashes and offsets chunks into."""
     return PARAGRAPH_SEPARATOR.join(b.text for b in blocks)
+
+
+def prose_text(blocks: Sequence[Block]) -> str:
+    """The blocks' text without their marked spans (inline code): what a language is
+    detected from, so that a Chinese lesson full of ``console.log`` is still Chinese."""
+    parts = []
+    for block in blocks:
+        at = 0
+        for mark in block.marks:
+            parts.append(block.text[at : mark.start])
+            at = mark.end
+        parts.append(block.text[at:] + PARAGRAPH_SEPARATOR)
+    return "".join(parts)
 
 
 def text_sha256(normalized: str) -> str:

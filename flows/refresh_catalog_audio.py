@@ -8,30 +8,40 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.exceptions import CancelledRun
 from prefect.runtime import flow_run
 from prefect.settings import get_current_settings
-from prefect.states import Failed, State
+from prefect.states import Cancelled, Failed, State
 
-from fishflow.database import mask
-from fishflow.errors import FishflowError
+from fishflow.database import mask, split_secrets
+from fishflow.errors import ConfigError, FishflowError
 from fishflow.hygiene import tidy_output
 from fishflow.manifest import recover, run_record_exists, write_run_record
 from fishflow.pipeline import internal_failure
 from fishflow.pool import check_servers
 from fishflow.progress import ProgressLog, Tally
 from fishflow.run import (
+    columns,
     entry_batches,
     held_output,
     is_run_id,
     new_run_id,
     open_run,
     run_spec,
+    whole_run_totals,
 )
 from fishflow.settings import EnvSettings, RunSettings, validated
 from fishflow.sources import check_source, estimate_rows
 from tasks import reporting, runtime
-from tasks.limits import PrefectSlotLeaser
-from tasks.prefect_run import RunFailed, api_key, deployment_context, tag_flow_run
+from tasks.limits import PrefectSlotLeaser, servers_without_limits
+from tasks.prefect_run import (
+    RunFailed,
+    api_key,
+    cancel_requested,
+    deployment_context,
+    stopped_message,
+    tag_flow_run,
+)
 from tasks.sharding import run_shards
 from tasks.sources import resolve_source
 from tasks.synthesis import batch_argument, synthesize_batch
@@ -43,7 +53,11 @@ def _flow_run_name() -> str:
     """Flow runs carry their fishflow run id as their name, so the Prefect UI, the manifests'
     `run=<id>` folder and `fishflow resume` all speak of the same run."""
     given = flow_run.parameters.get("run_id")
-    return given if isinstance(given, str) and given else new_run_id()
+    if isinstance(given, str) and given:
+        return given
+    # A retried flow run (`prefect flow-run retry`, the UI's Retry) is named after its run
+    # already: it finishes that run, in its folder, rather than starting another.
+    return flow_run.name if is_run_id(flow_run.name) else new_run_id()
 
 
 @flow(name="refresh-catalog-audio", flow_run_name=_flow_run_name)
@@ -100,7 +114,20 @@ async def refresh_catalog_audio(
     # secret:NAME becomes the URL it holds, and the source is checked, before anything is
     # written for the run.
     readable = await resolve_source(source)
-    await asyncio.to_thread(check_source, readable)
+    if split_secrets(source)[1] is not None:  # too late to keep it out of Prefect: say so
+        logger.warning(
+            "the source parameter holds a password in plain text, which Prefect keeps with "
+            "this flow run: give it as secret:NAME (a Prefect Secret block) or env:NAME"
+        )
+    await asyncio.to_thread(
+        check_source,
+        readable,
+        columns=columns(settings),
+        table=settings.table,
+        query=settings.query,
+    )
+    # The lexicon is read here too: a bad one stops the run before anything is written.
+    spec = await asyncio.to_thread(run_spec, settings)
     # Servers that answer as something else (a wrong URL) stop the run before anything is
     # written, as the CLI's pre-check does; servers not up yet are the pool's to wait for.
     await check_servers(settings.server_configs(servers), unreachable_ok=True)
@@ -134,6 +161,14 @@ async def refresh_catalog_audio(
     # Limits shared with other runs live on a Prefect API that outlives this process; the
     # ephemeral one started for a lone `fishflow run` has nobody to share with.
     leaser = PrefectSlotLeaser(logger) if get_current_settings().api.url else None
+    if leaser is not None and not settings.local_limit:
+        urls = [c.url for c in settings.server_configs(servers)]
+        if missing := await servers_without_limits(urls):
+            raise ConfigError(
+                f"no shared limit for {', '.join(missing)} on this Prefect server, which has "
+                "limits for other Fish Speech servers: create one with `fishflow limits create "
+                "--server URL`, or set local_limit to run with this run's own limit only"
+            )
     async with open_run(
         hold_output=shard is None,  # a shard writes under its parent's lock
         leaser=leaser,
@@ -181,7 +216,7 @@ async def refresh_catalog_audio(
             batches = entry_batches(
                 readable,
                 settings,
-                spec=run_spec(settings),
+                spec=spec,
                 skip_rows=recorded,
                 only_rows=set(only_rows) if only_rows is not None else None,
                 shard=(shard, shards) if shard is not None else None,
@@ -206,6 +241,8 @@ async def refresh_catalog_audio(
                 part = f"{session}-{index:06d}"
                 try:
                     counts = await synthesize_batch(run_id, part, batch_argument(entries))
+                    if not isinstance(counts, dict):  # the batch ended Cancelled: the run stops
+                        raise asyncio.CancelledError
                     logger.info(
                         "batch %d: %d ok, %d skipped, %d failed; %d items done",
                         index,
@@ -214,6 +251,16 @@ async def refresh_catalog_audio(
                         counts["failed"],
                         done_before + totals.items,
                     )
+                except CancelledRun:  # stopped mid-batch (see synthesize_batch)
+                    raise asyncio.CancelledError from None
+                except FishflowError as exc:
+                    # A known run-level failure (the output cannot be written: disk full):
+                    # one line, no traceback; the batch's rows the journal could keep are
+                    # recovered by `resume`, the others are not recorded and are redone.
+                    say = logger.info if exc.fatal else logger.error  # fatal: the run says it
+                    say("batch %s failed: %s", part, exc.message)
+                    if exc.fatal:
+                        ctx.stop(exc)
                 except Exception as exc:  # a bug must not lose rows: record them as failed
                     logger.exception("batch %s failed", part)
                     outcomes = [internal_failure(ctx, e, exc) for e in entries]
@@ -244,6 +291,11 @@ async def refresh_catalog_audio(
                 for batch in pending:
                     batch.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
+                if not runtime.progress_shown():  # the CLI says it itself
+                    cancelled = await cancel_requested()
+                    logger.warning(stopped_message(run_id, out, cancelled=cancelled))
+                    if cancelled:  # ends Cancelled (after giving its slots back), not Crashed
+                        return Cancelled(message=f"run {run_id} cancelled")
                 raise
             fatal = fatal or ctx.fatal_error
             if ctx.journal is not None and ctx.journal.remote_error:
@@ -276,6 +328,9 @@ async def refresh_catalog_audio(
             elif prune:
                 logger.warning("run %s: --prune needs a run over the whole source", run_id)
             manifests = await asyncio.to_thread(writer.finalize)
+            if resume:  # its summary and exit status: the whole run's, not this session's
+                totals = await asyncio.to_thread(whole_run_totals, ctx.store, run_id, totals)
+            page, page_link = await reporting.write_report(ctx.store, run_id, logger)
             if ctx.journal is not None:
                 ctx.journal.close(remove=True)
             wall_s = time.monotonic() - started
@@ -292,6 +347,8 @@ async def refresh_catalog_audio(
         utilisation=utilisation,
         error=fatal.message if fatal else None,
         qa_on_marked=settings.qa_on_marked,
+        report=page,
+        report_link=page_link,
     )
     return await _finish(summary, artifacts, max_failed_share)
 

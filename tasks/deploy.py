@@ -3,7 +3,8 @@
 Idempotent, against PREFECT_API_URL: the process work pool, every deployment of
 `deployments/prefect.yaml` with this checkout as its working directory, the shared per-server
 concurrency limits of the servers the deployments name, and the automation that marks a flow
-run Crashed when its heartbeats stop (a worker machine that died).
+run Crashed when its heartbeats stop (a worker machine that died). What an operator changed
+since the last deploy (a paused schedule, a resized limit) is kept.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import io
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,12 @@ from prefect import Flow
 from prefect.automations import Automation
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    WorkPoolFilter,
+    WorkPoolFilterName,
+)
 from prefect.exceptions import ObjectNotFound
 from prefect.schedules import Cron
 
@@ -69,11 +77,60 @@ async def ensure_crash_automation(heartbeat_s: int) -> None:
     await wanted.aupdate()
 
 
-def _schedules(entries: list[dict[str, Any]] | None) -> list[Any]:
-    return [
-        Cron(e["cron"], timezone=e.get("timezone"), active=e.get("active", True))
-        for e in entries or []
-    ]
+@dataclass(frozen=True)
+class Registered:
+    """What an operator may have changed on a deployment since it was deployed."""
+
+    paused: bool
+    paused_schedules: frozenset[tuple[str, str | None]]  # (cron, timezone) switched off
+
+
+async def _registered(name: str) -> Registered | None:
+    async with get_client() as client:
+        try:
+            deployment = await client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            return None
+        schedules = await client.read_deployment_schedules(deployment.id)
+    off = frozenset(
+        (str(s.schedule.cron), getattr(s.schedule, "timezone", None))
+        for s in schedules
+        if not s.active and hasattr(s.schedule, "cron")
+    )
+    return Registered(paused=bool(deployment.paused), paused_schedules=off)
+
+
+def _schedules(
+    entries: list[dict[str, Any]] | None, registered: Registered | None
+) -> tuple[list[Any], list[str]]:
+    """The file's schedules, each kept switched off where an operator switched it off."""
+    out, kept = [], []
+    for e in entries or []:
+        active = e.get("active", True)
+        if registered and (e["cron"], e.get("timezone")) in registered.paused_schedules:
+            kept.append(f"schedule {e['cron']!r} stays paused")
+            active = False
+        out.append(Cron(e["cron"], timezone=e.get("timezone"), active=active))
+    return out, kept
+
+
+async def _stale_deployments(flow_names: set[str], wanted: set[str], pool: str) -> list[Any]:
+    """Deployments of these flows on this pool that the file no longer has."""
+    async with get_client() as client:
+        found = await client.read_deployments(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=sorted(flow_names))),
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])),
+        )
+        flows = {f.id: f.name for f in await client.read_flows(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=sorted(flow_names)))
+        )}  # fmt: skip
+    return [d for d in found if f"{flows.get(d.flow_id)}/{d.name}" not in wanted]
+
+
+async def _delete_deployments(ids: list[Any]) -> None:
+    async with get_client() as client:
+        for deployment_id in ids:
+            await client.delete_deployment(deployment_id)
 
 
 def server_limits(deployments: list[dict[str, Any]], servers: list[str] | None) -> dict[str, int]:
@@ -94,17 +151,32 @@ def deploy(
     servers: list[str] | None = None,
     heartbeat_s: int = 30,
     prefect_file: Path = PREFECT_FILE,
+    prune: bool = False,
 ) -> dict[str, Any]:
-    """Register everything (see the module docstring); returns what was done, for printing."""
+    """Register everything (see the module docstring); returns what was done, for printing.
+
+    Run again after an edit, it changes what the file says and keeps what operators changed
+    since: a paused deployment or schedule stays paused, a resized limit keeps its size (both
+    are reported under ``kept``). Deployments of fishflow's flows on the pool that the file no
+    longer has are deleted with ``prune`` (their scheduled runs with them), listed otherwise."""
     spec = yaml.safe_load(prefect_file.read_text())
     deployments: list[dict[str, Any]] = spec["deployments"]
     created_pool = asyncio.run(ensure_work_pool(pool))
     names = []
+    kept: list[str] = []
+    flow_names: set[str] = set()
     for d in deployments:
         # Called outside an event loop, Prefect's async dispatch returns the Flow itself.
         flow = typing.cast(
             Flow[..., Any], Flow.from_source(source=str(ROOT), entrypoint=d["entrypoint"])
         )
+        flow_names.add(flow.name)
+        full_name = f"{flow.name}/{d['name']}"
+        registered = asyncio.run(_registered(full_name))
+        schedules, kept_schedules = _schedules(d.get("schedules"), registered)
+        kept += [f"{full_name}: {note}" for note in kept_schedules]
+        if registered and registered.paused:
+            kept.append(f"{full_name}: stays paused")
         job_variables = dict((d.get("work_pool") or {}).get("job_variables") or {})
         env = {
             **job_variables.get("env", {}),
@@ -117,14 +189,32 @@ def deploy(
                 parameters=d.get("parameters") or {},
                 description=d.get("description"),
                 tags=d.get("tags"),
-                schedules=_schedules(d.get("schedules")),
+                schedules=schedules,
+                paused=registered.paused if registered else None,
                 job_variables={**job_variables, "env": env},
                 build=False,
                 push=False,
                 print_next_steps=False,
                 ignore_warnings=True,
             )
-        names.append(f"{flow.name}/{d['name']}")
-    limits = asyncio.run(create_limits(server_limits(deployments, servers)))
+        names.append(full_name)
+    limits, resized = asyncio.run(
+        create_limits(server_limits(deployments, servers), keep_resized=True)
+    )
+    kept += [
+        f"limit {name} stays {size} (the file says {limits[name]})"
+        for name, size in resized.items()
+    ]
     asyncio.run(ensure_crash_automation(heartbeat_s))
-    return {"pool": pool, "pool_created": created_pool, "deployments": names, "limits": limits}
+    stale = asyncio.run(_stale_deployments(flow_names, set(names), pool))
+    if prune and stale:
+        asyncio.run(_delete_deployments([d.id for d in stale]))
+    return {
+        "pool": pool,
+        "pool_created": created_pool,
+        "deployments": names,
+        "limits": limits,
+        "kept": kept,
+        "stale": sorted(d.name for d in stale),
+        "pruned": prune,
+    }

@@ -15,6 +15,7 @@ now" here: the core asks again on its own schedule, so waiting logs nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 from uuid import UUID
@@ -164,17 +165,50 @@ class PrefectSlotLeaser:
             await client.__aexit__(None, None, None)
 
 
-async def create_limits(servers: dict[str, int]) -> dict[str, int]:
-    """Create (or resize) the shared limit of each server URL; returns name -> limit.
+async def create_limits(
+    servers: dict[str, int], *, keep_resized: bool = False
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Create the shared limit of each server URL (and its companion waiting limit, a count of
+    waiting runs, never full); returns (name -> limit asked for, name -> size kept).
 
-    Each gets its companion waiting limit too (a count of waiting runs, never full)."""
-    created = {}
+    An existing limit is resized to what is asked, unless ``keep_resized`` (a redeploy: an
+    operator may have resized it on purpose), when it keeps its size and is reported."""
+    created, kept = {}, {}
     async with get_client() as client:
         for url, limit in servers.items():
             name = limit_name(url)
-            await client.upsert_global_concurrency_limit_by_name(name, limit)
+            created[name] = limit
+            current = None
+            if keep_resized:
+                with contextlib.suppress(ObjectNotFound):
+                    current = await client.read_global_concurrency_limit_by_name(name)
+            if current is not None and current.limit != limit:
+                kept[name] = int(current.limit)
+            elif current is None or current.limit != limit:
+                await client.upsert_global_concurrency_limit_by_name(name, limit)
             await client.upsert_global_concurrency_limit_by_name(
                 waiting_limit_name(url), WAITING_LIMIT
             )
-            created[name] = limit
-    return created
+    return created, kept
+
+
+async def servers_without_limits(urls: list[str]) -> list[str]:
+    """The servers of ``urls`` with no active shared limit, when the Prefect server has limits
+    for other fishflow servers (then a run on them would overrun what the others share);
+    empty when it has none at all (a Prefect server that does not share limits)."""
+    limits: list[Any] = []
+    async with get_client() as client:
+        while page := await client.read_global_concurrency_limits(limit=200, offset=len(limits)):
+            limits += page
+            if len(page) < 200:
+                break
+    active = {
+        limit.name
+        for limit in limits
+        if limit.active
+        and limit.name.startswith("fishflow-server-")
+        and not limit.name.endswith("-waiting")
+    }
+    if not active:
+        return []
+    return [url for url in urls if limit_name(url) not in active]

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import StateType
 from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 from prefect.states import State
 
 from fishflow.errors import ConfigError, FishflowError
+from fishflow.fish_speech import ApiKey
 from fishflow.settings import EnvSettings, RunSettings, validated
 
 
@@ -69,7 +73,8 @@ async def secret_value(name: str) -> str | None:
 
 
 async def api_key(secret_block: str | None) -> str | None:
-    """The servers' API key: from a Prefect Secret block if named, else FISHFLOW_API_KEY."""
+    """The servers' API key: from a Prefect Secret block if named (an ``ApiKey`` naming the
+    block, for a 401 to point at), else FISHFLOW_API_KEY."""
     if secret_block:
         value = await secret_value(secret_block)
         if value is None:
@@ -77,9 +82,33 @@ async def api_key(secret_block: str | None) -> str | None:
                 f"no Prefect Secret block named {secret_block!r} (create it with "
                 f"`prefect block create secret` or in the UI, or set FISHFLOW_API_KEY)"
             )
-        return value
+        return ApiKey(value, source=f"Prefect Secret block {secret_block!r}")
     key = EnvSettings().api_key
     return key.get_secret_value() if key else None
+
+
+async def cancel_requested() -> bool:
+    """Whether an operator cancelled this flow run (it is Cancelling): a stop then means that,
+    not a crash."""
+    if not flow_run.id:
+        return False
+    with contextlib.suppress(Exception):  # unknown: the run stops as it would have
+        async with get_client() as client:
+            run = await asyncio.wait_for(client.read_flow_run(flow_run.id), timeout=5)
+        return run.state is not None and run.state.type in (
+            StateType.CANCELLING,
+            StateType.CANCELLED,
+        )
+    return False
+
+
+def stopped_message(run_id: str, out: str, *, cancelled: bool) -> str:
+    """The log line of a run stopped mid-way: what finished is kept, and how to finish it."""
+    return (
+        f"run {run_id}: {'cancelled' if cancelled else 'stopped'}; the items it finished are "
+        f"kept: `fishflow resume {run_id} --out {out}` finishes it (or run the deployment "
+        "again: finished items are skipped)"
+    )
 
 
 def _source_tag(source: str) -> str:

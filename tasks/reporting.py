@@ -1,4 +1,5 @@
-"""What a run shows in Prefect: a progress artifact, a summary with links, the first failures.
+"""What a run shows in Prefect: a progress artifact, a summary with links (report.html first),
+the first failures.
 
 Artifacts are keyed per deployment (`fishflow-<deployment>`; `fishflow-run` for a run started
 without one), so each deployment keeps its own history in the UI.
@@ -6,6 +7,8 @@ without one), so each deployment keeps its own history in the UI.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 import urllib.parse
 from dataclasses import dataclass, field
@@ -19,7 +22,9 @@ from prefect.artifacts import (
     aupdate_progress_artifact,
 )
 
+from fishflow import report
 from fishflow.run import RunTotals
+from fishflow.storage import Store
 
 
 @dataclass
@@ -32,6 +37,8 @@ class Summary:
     error: str | None = None
     shards: list[dict[str, Any]] = field(default_factory=list)
     qa_on_marked: str = "warn"  # the CLI exits 2 for marked items under "fail"
+    report: str | None = None  # report.html's URI
+    report_link: str | None = None  # an address a browser opens (presigned for S3)
 
     def as_dict(self) -> dict[str, Any]:
         """The flow's return value (and what the CLI prints from)."""
@@ -48,6 +55,7 @@ class Summary:
             "audio_seconds": round(t.audio_seconds, 3),
             "wall_seconds": round(self.wall_s, 3),
             "manifests": self.manifests,
+            "report": self.report,
             "utilisation": self.utilisation,
             "error": self.error,
             "pruned_files": t.pruned_files,
@@ -92,6 +100,8 @@ def summary_markdown(s: Summary) -> str:
     if s.utilisation:
         used = ", ".join(f"{u}: {v:.0%}" for u, v in s.utilisation.items())
         lines += [f"Server utilisation: {used}", ""]
+    if s.report and s.report_link:
+        lines += [f"**[Review the run: report.html]({s.report_link})**", ""]
     lines += [f"- {name}: [`{uri}`]({link(uri)})" for name, uri in s.manifests.items()]
     if s.shards:
         lines += ["", "| shard | run id | flow run | state |", "|---|---|---|---|"]
@@ -111,6 +121,24 @@ def summary_markdown(s: Summary) -> str:
             "the next run makes them again.",
         ]
     return "\n".join(lines)
+
+
+async def write_report(
+    store: Store, run_id: str, logger: logging.Logger | logging.LoggerAdapter[Any]
+) -> tuple[str | None, str | None]:
+    """Write the run's report.html (manifests final); returns its URI and a link to it, or
+    (None, None) if it could not be written: the page is never a reason to fail a run."""
+    try:
+        uri = await asyncio.to_thread(report.write_report, store, run_id)
+        # Never a presigned link here: it carries the signer's access key id (and a session
+        # token with temporary credentials), and artifacts hold no credentials. The console
+        # opens an S3 page for whoever may read it.
+        address = link(uri)
+    except Exception:
+        logger.exception("run %s: report.html not written", run_id)
+        return None, None
+    logger.info("run %s: report %s", run_id, uri)
+    return uri, address
 
 
 class Reporter:
@@ -141,9 +169,12 @@ class Reporter:
         await acreate_markdown_artifact(
             summary_markdown(s), key=self.key, description=f"fishflow run {s.run_id}"
         )
-        if s.totals.failures:
-            await acreate_table_artifact(
-                failure_rows(s.totals),
-                key=f"{self.key}-failures",
-                description=f"fishflow run {s.run_id}: the first failed items",
-            )
+        # Published by a clean run too (an empty table): the key's latest table must be this
+        # run's, not the failures of an earlier run.
+        failures = failure_rows(s.totals)
+        await acreate_table_artifact(
+            failures or {"item_id": [], "source_row": [], "error": []},
+            key=f"{self.key}-failures",
+            description=f"fishflow run {s.run_id}: "
+            + ("the first failed items" if failures else "no item failed"),
+        )

@@ -16,6 +16,7 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.deployments import run_deployment
 
+from fishflow.database import mask
 from fishflow.errors import ConfigError
 from fishflow.hygiene import Tidied, tidy_output
 from fishflow.manifest import ManifestWriter, merge_runs, read_items, write_run_record
@@ -23,7 +24,7 @@ from fishflow.run import RunTotals, shard_run_id
 from fishflow.settings import RunSettings
 from fishflow.storage import open_store
 from tasks.prefect_run import DeploymentContext, RunFailed
-from tasks.reporting import Summary
+from tasks.reporting import Summary, write_report
 
 # A child whose worker died ends Crashed (heartbeats + `fishflow deploy`'s automation); each
 # child gets this many runs in all before the parent gives up on it.
@@ -53,6 +54,10 @@ async def run_shards(
         )
     started = time.monotonic()
     store = await asyncio.to_thread(open_store, out, settings.sse)
+    # Children get the source as the record shows it: a URL's secrets (should a deployment's
+    # parameters hold them) are not copied into more flow runs; workers read them from
+    # FISHFLOW_SOURCE_URL / FISHFLOW_SOURCE_PASSWORD (see fishflow.database).
+    source = mask(source)
     record: dict[str, Any] = {
         "source": source,
         "out": out,
@@ -131,6 +136,7 @@ async def run_shards(
     record["shard_runs"] = children
     record["finished_at"] = datetime.now(UTC).isoformat()
     await asyncio.to_thread(write_run_record, store, run_id, record)
+    page, page_link = await write_report(store, run_id, logger)
     rows = await asyncio.to_thread(read_items, store, run_id, TOTALS_COLUMNS)
     totals = RunTotals.from_items(rows)
     totals.note_pruned(tidied.pruned)
@@ -141,4 +147,6 @@ async def run_shards(
         manifests=manifests,
         shards=children,
         qa_on_marked=settings.qa_on_marked,
+        report=page,
+        report_link=page_link,
     )

@@ -14,6 +14,7 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Cancelled, State
 from prefect.utilities.annotations import quote
 
 from fishflow.pipeline import Item, Rejection, process_batch
@@ -23,13 +24,18 @@ from tasks.runtime import lookup
 @task(name="synthesize-batch", cache_policy=NO_CACHE, persist_result=False, retries=0)
 async def synthesize_batch(
     run_id: str, part: str, entries: list[Item | Rejection]
-) -> dict[str, int]:
+) -> dict[str, int] | State:
     """Synthesise, stitch and publish a batch of items, then record it in the manifest parts.
 
     Pass the batch through `batch_argument` (Prefect unquotes it before the call).
     """
     run = lookup(run_id)
-    outcomes = await process_batch(run.ctx, entries)
+    try:
+        outcomes = await process_batch(run.ctx, entries)
+    except asyncio.CancelledError:
+        # The run is stopping (an operator's Cancel): the batch ends Cancelled, not Crashed;
+        # what it finished is in the journal. Its caller re-raises the cancellation.
+        return Cancelled(message="the run stopped before this batch ended")
     await asyncio.to_thread(run.writer.write_outcomes, part, outcomes)
     if run.ctx.journal is not None:  # in a part now: their journal segments may go
         run.ctx.journal.settle(o.item.source_row for o in outcomes)

@@ -69,6 +69,18 @@ def submit(site: PrefectSite, source: Path, out: Path, *flags: str) -> tuple[str
     return run_id, flow_run_id
 
 
+def start_without_run_id(source: Path, out: Path, *, settings: dict[str, Any]) -> UUID:
+    """A run of catalog-manual started as the UI's Run does: parameters only, no run id."""
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.deployments import run_deployment
+
+    parameters = {"source": str(source), "out": str(out), "settings": settings}
+    run = run_deployment("refresh-catalog-audio/catalog-manual", parameters=parameters,
+                         timeout=0, as_subflow=False)  # fmt: skip
+    assert isinstance(run, FlowRun)
+    return run.id
+
+
 async def final_state(flow_run_id: UUID, timeout_s: float = 300) -> FlowRun:
     deadline = time.monotonic() + timeout_s
     async with get_client() as client:
@@ -123,6 +135,9 @@ def test_a_manual_run_with_the_key_from_a_secret_block_completes(
     found = asyncio.run(artifacts(flow_run_id))
     assert "items.parquet" in found["fishflow-catalog-manual"]
     assert found["fishflow-catalog-manual-progress"] == 100.0
+    # A clean run's failures table is empty, so the key's latest is not an earlier run's.
+    empty = {"item_id": [], "source_row": [], "error": []}
+    assert json.loads(found["fishflow-catalog-manual-failures"]) == empty
     # No CLI watches a deployment's run: the flow logs its own progress lines.
     lines = asyncio.run(logged(flow_run_id, "fishflow: "))
     assert "fishflow: 0 of 6 items (0%), 0 ok, 0 failed; 0 chunks, 0s of audio" in lines
@@ -255,6 +270,66 @@ def test_a_sharded_run_on_two_workers_writes_one_manifest_with_every_row_once(
     assert requests <= n + 4
 
 
+async def active_slots(name: str) -> int:
+    async with get_client() as client:
+        return int((await client.read_global_concurrency_limit_by_name(name)).active_slots)
+
+
+def test_cancelling_a_run_gives_its_shared_slots_back_within_seconds(
+    site: PrefectSite, emulator: Emulator, worker: None, tmp_path: Path
+) -> None:
+    """`prefect flow-run cancel` (the UI's Cancel): the run's slots of the server's shared
+    limit come back at once, not when their leases expire a minute later, and the run ends
+    Cancelled with a log that says so."""
+    from fishflow.pool import limit_name
+
+    name = limit_name(emulator.url)
+    out = tmp_path / "out"
+    # 2,000 one-chunk items at 2 in flight: far more than the seconds this test waits.
+    run_id, flow_run_id = submit(site, catalog(tmp_path / "c.csv", 2000), out)
+    deadline = time.monotonic() + 120
+    while asyncio.run(active_slots(name)) < 2:  # the run holds the whole shared limit
+        assert time.monotonic() < deadline, "the run never took the shared slots"
+        time.sleep(0.2)
+    cancelled = site.prefect("flow-run", "cancel", str(flow_run_id))
+    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+    deadline = time.monotonic() + 15
+    while (held := asyncio.run(active_slots(name))) > 0:
+        assert time.monotonic() < deadline, f"{held} slot(s) still held 15 s after the cancel"
+        time.sleep(0.2)
+    run = asyncio.run(final_state(flow_run_id, timeout_s=60))
+    assert run.state.type == StateType.CANCELLED, run.state
+    # Batches cut short are not recorded as failed: their items are done again on resume.
+    parts = (out / "manifests" / f"run={run_id}" / "parts").glob("items-*.parquet")
+    assert "failed" not in {s for part in parts for s in pd.read_parquet(part)["status"]}
+    assert asyncio.run(
+        logged(flow_run_id, f"run {run_id}: cancelled; the items it finished are kept")
+    )
+    assert not asyncio.run(logged(flow_run_id, "Crash detected", timeout_s=0))
+    assert not asyncio.run(logged(flow_run_id, "Finished in state Running", timeout_s=0))
+
+
+def test_a_401_with_the_key_from_a_secret_block_names_that_block(
+    site: PrefectSite, emulator: Emulator, worker: None, tmp_path: Path
+) -> None:
+    from prefect.blocks.system import Secret
+
+    block, wrong = "fish-speech-wrong-key", "wrong-key-never-logged-91c2"
+    Secret(value=wrong).save(block, overwrite=True)
+    try:
+        _, flow_run_id = submit(site, catalog(tmp_path / "c.csv", 3), tmp_path / "out",
+                                "--api-key-secret", block)  # fmt: skip
+        run = asyncio.run(final_state(flow_run_id))
+    finally:  # the site's other runs know one Secret block only
+        Secret.delete(block)
+    assert run.state.type == StateType.FAILED
+    message = run.state.message or ""
+    assert f"HTTP 401 from {emulator.url}" in message
+    assert f"(check the API key: Prefect Secret block '{block}')" in message
+    assert "FISHFLOW_API_KEY" not in message
+    assert wrong not in message and wrong not in site.worker_log("main")
+
+
 def test_a_killed_workers_run_ends_crashed_and_a_retry_loses_nothing(
     site: PrefectSite, emulator: Emulator, tmp_path: Path
 ) -> None:
@@ -264,7 +339,9 @@ def test_a_killed_workers_run_ends_crashed_and_a_retry_loses_nothing(
     site.start_worker("doomed")
     out = tmp_path / "out"
     source = catalog(tmp_path / "c.csv", 400)
-    run_id, flow_run_id = submit(site, source, out, "--batch-size", "20")
+    # Started as the UI or `prefect deployment run` starts it: no run id given, so the flow
+    # run is named after the run id the run picks.
+    flow_run_id = start_without_run_id(source, out, settings={"batch_size": 20})
     deadline = time.monotonic() + 120
     while emulator.stats["ok"] < 40:  # some items finished, many still to do
         assert time.monotonic() < deadline, "the run never got going"
@@ -273,6 +350,7 @@ def test_a_killed_workers_run_ends_crashed_and_a_retry_loses_nothing(
 
     run = asyncio.run(final_state(flow_run_id, timeout_s=240))
     assert run.state.type == StateType.CRASHED
+    run_id = run.name
     site.start_worker("rescue")
     try:
         retried = site.prefect("flow-run", "retry", str(flow_run_id))
@@ -281,9 +359,77 @@ def test_a_killed_workers_run_ends_crashed_and_a_retry_loses_nothing(
         assert run.state.type == StateType.COMPLETED, run.state.message
     finally:
         site.stop_worker("rescue")
+    # The retry finished the same run: same run id, one run folder, its journal gone.
+    assert run.name == run_id
+    assert [p.name for p in (out / "manifests").iterdir()] == [f"run={run_id}"]
+    assert not (out / ".fishflow" / "journal" / f"run={run_id}.jsonl").exists()
     table = items(out, run_id)
     assert sorted(table["source_row"]) == list(range(400))
-    assert set(table["status"]) == {"ok"}
+    assert set(table["status"]) == {"ok"} and set(table["run_id"]) == {run_id}
     # Items are one chunk each: only those in flight at the kill (2 requests on the server,
     # an item or two being written) were sent twice.
     assert emulator.stats["requests"] <= 400 + 4
+
+
+def test_deploying_again_keeps_what_operators_changed_and_names_what_the_file_dropped(
+    site: PrefectSite, emulator: Emulator
+) -> None:
+    """`fishflow deploy` after an edit (as the README says to): a schedule an operator paused
+    stays paused, a limit an operator resized keeps its size, and a deployment the file no
+    longer has is listed, then deleted with --prune."""
+    import yaml
+
+    from fishflow.pool import limit_name
+
+    prefect_file = site.home / "prefect.yaml"
+    spec = yaml.safe_load(prefect_file.read_text())
+    extra = {**next(d for d in spec["deployments"] if d["name"] == "catalog-manual")}
+    extra["name"] = "catalog-retired"
+    with_extra = site.home / "prefect-extra.yaml"
+    with_extra.write_text(yaml.safe_dump({**spec, "deployments": [*spec["deployments"], extra]}))
+    limits = ("--server", f"{emulator.url}#limit=2")
+    assert site.fishflow("deploy", "--prefect-file", str(with_extra), *limits).returncode == 0
+    name = limit_name(emulator.url)
+
+    async def operate() -> None:
+        async with get_client() as client:
+            nightly = await client.read_deployment_by_name("refresh-catalog-audio/catalog-nightly")
+            [schedule] = await client.read_deployment_schedules(nightly.id)
+            await client.update_deployment_schedule(nightly.id, schedule.id, active=False)
+            await client.upsert_global_concurrency_limit_by_name(name, 3)
+
+    async def state() -> tuple[list[bool], int, set[str]]:
+        async with get_client() as client:
+            nightly = await client.read_deployment_by_name("refresh-catalog-audio/catalog-nightly")
+            schedules = await client.read_deployment_schedules(nightly.id)
+            limit = await client.read_global_concurrency_limit_by_name(name)
+            names = {d.name for d in await client.read_deployments()}
+        return [s.active for s in schedules], int(limit.limit), names
+
+    asyncio.run(operate())
+    try:
+        again = site.fishflow("deploy", "--prefect-file", str(prefect_file), *limits)
+        assert again.returncode == 0, again.stderr
+        assert "refresh-catalog-audio/catalog-nightly: schedule '0 2 * * *' stays paused" in (
+            again.stdout
+        )
+        assert f"limit {name} stays 3 (the file says 2)" in again.stdout
+        assert "deployment catalog-retired is no longer in the file" in again.stdout
+        active, limit, names = asyncio.run(state())
+        assert active == [False] and limit == 3 and "catalog-retired" in names
+        pruned = site.fishflow("deploy", "--prefect-file", str(prefect_file), "--prune", *limits)
+        assert pruned.returncode == 0, pruned.stderr
+        assert "deleted deployment catalog-retired" in pruned.stdout
+        assert "catalog-retired" not in asyncio.run(state())[2]
+    finally:  # the other tests expect the nightly schedule on and the limit at 2
+
+        async def restore() -> None:
+            async with get_client() as client:
+                nightly = await client.read_deployment_by_name(
+                    "refresh-catalog-audio/catalog-nightly"
+                )
+                [schedule] = await client.read_deployment_schedules(nightly.id)
+                await client.update_deployment_schedule(nightly.id, schedule.id, active=True)
+                await client.upsert_global_concurrency_limit_by_name(name, 2)
+
+        asyncio.run(restore())

@@ -60,6 +60,14 @@ def run(source: str | Path, out: str | Path, servers: list[str], **kwargs: Any) 
     return asyncio.run(call())
 
 
+def spoken(text: str, language: str = "en") -> str:
+    """What the server is sent for plain ``text`` (numbers said in words), as a run makes it."""
+    from fishflow.spoken import SpeechOptions, speak_blocks
+    from fishflow.text import blocks_text, plain_blocks
+
+    return blocks_text(speak_blocks(plain_blocks(text), language, SpeechOptions()))
+
+
 def manifest(out: str | Path, name: str, run_id: str) -> pd.DataFrame:
     return pd.read_parquet(f"{out}/manifests/run={run_id}/{name}.parquet")
 

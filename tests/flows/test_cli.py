@@ -6,6 +6,7 @@ import asyncio
 import http.server
 import io
 import os
+import re
 import socket
 import threading
 from pathlib import Path
@@ -38,6 +39,7 @@ def test_exit_0_when_nothing_failed(tmp_path: Path, emulator: Emulator, capsys) 
     assert code == 0
     assert "2 ok, 0 skipped, 0 failed" in out.out
     assert "manifests:" in out.out and "Traceback" not in out.err
+    assert re.search(r"^report: .*/o/manifests/run=[^/]+/report\.html$", out.out, re.M)
 
 
 def test_exit_2_when_some_items_failed(tmp_path: Path, emulator: Emulator, capsys) -> None:
@@ -346,7 +348,7 @@ def _shared_limit(url: str) -> None:
     none; these tests are about errors, so the server gets one."""
     from tasks.limits import create_limits
 
-    asyncio.run(create_limits({url: 2}))
+    asyncio.run(create_limits({url: 2}))  # (created, kept)
 
 
 def test_servers_that_refuse_connections_are_one_line_and_nothing_is_written(

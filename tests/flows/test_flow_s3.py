@@ -42,6 +42,10 @@ def test_s3_source_and_output(bucket: str, emulator: Emulator) -> None:
         rate, duration, _ = decode(data)
         assert rate == 44_100 and len(data) == row.bytes
         assert duration == pytest.approx(row.duration_s, abs=1e-3)
+    # The review page beside the manifests, served as a web page.
+    assert summary["report"] == f"s3://{bucket}/{prefix}/report.html"
+    head = s3.head_object(Bucket=bucket, Key=f"{prefix}/report.html")
+    assert head["ContentType"] == "text/html; charset=utf-8"
 
     emulator.reset_stats()
     again = run(f"s3://{bucket}/in/catalog.csv", f"s3://{bucket}/tts", [emulator.url])

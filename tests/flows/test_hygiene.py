@@ -177,7 +177,7 @@ def test_gc_drops_only_unreferenced_chunk_audio(tmp_path: Path, emulator: Emulat
     cache_bytes = sum(p.stat().st_size for p in (out / ".fishflow" / "chunks").rglob("*.flac"))
     audio_bytes = manifest(out, "items", latest_run(out))["bytes"].sum()
     assert 0 < cache_bytes <= 0.5 * audio_bytes
-    edited = rows["edit"].replace("Step 3 of", "Step three of")
+    edited = rows["edit"].replace("Step 3 of", "Stage 3 of")
     write_catalog(source, {"long": LONG, "edit": edited})
     assert cli(capsys, "run", str(source), "--out", str(out), "--server", emulator.url)[0] == 0
     second = manifest(out, "chunks", latest_run(out))
@@ -189,7 +189,8 @@ def test_gc_drops_only_unreferenced_chunk_audio(tmp_path: Path, emulator: Emulat
     cache = out / ".fishflow" / "chunks"
 
     def cached() -> set[str]:
-        return {p.name.split(".", 1)[0] for p in cache.rglob("*") if p.is_file()}
+        files = [p for p in cache.rglob("*") if p.is_file() and p.name != ".fishflow-chunk-cache"]
+        return {p.name.split(".", 1)[0] for p in files}
 
     assert cached() == set(first.chunk_key) | set(second.chunk_key)
     code, printed = cli(capsys, "gc", str(out), "--dry-run", "--grace-s", "0")

@@ -151,7 +151,7 @@ def test_one_edited_sentence_from_a_fresh_machine_is_one_request(
     assert run(source, out, [emulator.url], settings_kw=settings)["ok"] == 1
     assert emulator.stats["requests"] == 5
 
-    paragraphs[2] = "Paragraph 2 now says something else entirely, in new words."
+    paragraphs[2] = "Paragraph two now says something else entirely, in new words."
     write_source()
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "machine-2"))
     emulator.reset_stats()

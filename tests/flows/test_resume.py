@@ -22,7 +22,7 @@ from fishflow.cli import main
 from fishflow.emulator import Emulator, EmulatorConfig, Faults
 from fishflow.manifest import Journal, journal_dir
 from fishflow.storage import LocalStore
-from tests.flows.helpers import decode, latest_run, manifest
+from tests.flows.helpers import decode, latest_run, manifest, spoken
 
 N = 40
 
@@ -79,7 +79,7 @@ def finished_before(out: Path, run_id: str) -> set[str]:
 
 def test_sigkill_at_several_points_then_resume(tmp_path: Path) -> None:
     source, out = catalog(tmp_path), tmp_path / "out"
-    texts = {f"i{i:02d}": f"Item {i} has a sentence of its own to say." for i in range(N)}
+    texts = {f"i{i:02d}": spoken(f"Item {i} has a sentence of its own to say.") for i in range(N)}
     rng = random.Random(11)
     with Emulator(EmulatorConfig(service_time_s=0.03)) as emu:
         run_id = "killed-run"

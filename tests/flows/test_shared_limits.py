@@ -20,7 +20,7 @@ from prefect.client.orchestration import get_client
 
 from fishflow.cli import main
 from fishflow.emulator import Emulator, EmulatorConfig
-from fishflow.errors import OutputInUse
+from fishflow.errors import ConfigError, OutputInUse
 from fishflow.lock import OutputLock
 from fishflow.pool import limit_name
 from fishflow.settings import RunSettings
@@ -168,6 +168,41 @@ def test_a_run_without_a_shared_limit_works_and_says_so_once(tmp_path: Path, cap
         r for r in caplog.records if "no active Prefect concurrency limit" in r.getMessage()
     ]
     assert len(warnings) == 1
+
+
+def test_every_name_of_a_server_shares_one_limit_and_a_server_without_one_stops_the_run(
+    tmp_path: Path,
+) -> None:
+    """`localhost` and `127.0.0.1` are one server: one limit. On a Prefect server that shares
+    limits for some servers, a run on another server without one would overrun what they
+    share: it stops before anything is written, unless told to keep to its own limit."""
+    with (
+        Emulator(EmulatorConfig(workers=4, service_time_s=0.02)) as shared,
+        Emulator(EmulatorConfig(workers=4)) as other,
+    ):
+        assert main(["limits", "create", "--server", shared.url, "--max-in-flight", "2"]) == 0
+        by_name = shared.url.replace("127.0.0.1", "localhost")
+        assert limit_name(by_name) == limit_name(shared.url)
+        source = catalog(tmp_path / "c.jsonl", "c", 16)
+        settings = RunSettings(max_in_flight=4, batch_size=4)
+        # Two names of one server in one run: still at most 2 in flight.
+        summary = asyncio.run(
+            refresh_catalog_audio(source=str(source), out=str(tmp_path / "o"),
+                                  servers=[shared.url, by_name], settings=settings)
+        )  # fmt: skip
+        assert summary["ok"] == 16 and shared.stats["max_in_flight"] <= 2
+        with pytest.raises(ConfigError, match=f"no shared limit for {other.url}"):
+            asyncio.run(
+                refresh_catalog_audio(source=str(source), out=str(tmp_path / "x"),
+                                      servers=[other.url], settings=settings)
+            )  # fmt: skip
+        assert other.stats["requests"] == 0 and not (tmp_path / "x").exists()
+        local = settings.model_copy(update={"local_limit": True})
+        summary = asyncio.run(
+            refresh_catalog_audio(source=str(source), out=str(tmp_path / "y"),
+                                  servers=[other.url], settings=local)
+        )  # fmt: skip
+        assert summary["ok"] == 16
 
 
 def test_two_runs_on_one_output_never_synthesise_an_item_twice(tmp_path: Path) -> None:

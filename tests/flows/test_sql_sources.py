@@ -244,6 +244,43 @@ def test_right_password_on_the_command_line_is_masked_everywhere(
         assert PASSWORD not in text
 
 
+def test_password_in_a_query_parameter_never_reaches_prefect(
+    mariadb: tuple[str, str], tmp_path: Path, emulator: Emulator, capsys, caplog, monkeypatch
+) -> None:
+    """`?password=` is a secret too: the run reads the table (MariaDB checks the password),
+    while Prefect's flow runs (parameters, names, tags), artifacts, logs and files hold it
+    masked."""
+    monkeypatch.delenv(PASSWORD_ENV, raising=False)
+    url, user = mariadb
+    name = table(url, ROWS)
+    db = url.rsplit("/", 1)[1]
+    out = tmp_path / "out"
+    source = f"mysql+pymysql://{user}@127.0.0.1:3306/{db}?charset=utf8mb4&password={PASSWORD}"
+    with flow_run_messages() as messages:
+        code = main(["run", source, "--table", name, "--out", str(out), "--server", emulator.url])
+    assert code == 0, capsys.readouterr().err
+    prefect_texts = asyncio.run(_prefect_texts())
+    for text in prefect_texts:
+        assert PASSWORD not in text
+    assert any("password=***" in t for t in prefect_texts)  # the run's parameters, masked
+    for text in (capsys.readouterr().err, caplog.text, _files_text(out), *messages):
+        assert PASSWORD not in text
+    record = (out / "manifests" / f"run={latest_run(out)}" / "run.json").read_text()
+    assert "password=***" in record
+
+
+async def _prefect_texts() -> list[str]:
+    """What Prefect's database holds of every flow run: parameters, names, tags, artifacts."""
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        runs = await client.read_flow_runs()
+        artifacts = await client.read_artifacts()
+        return [str((r.parameters, r.name, r.tags)) for r in runs] + [
+            str((a.key, a.description, a.data)) for a in artifacts
+        ]
+
+
 async def _flow_run_parameters() -> list[str]:
     from prefect.client.orchestration import get_client
 
@@ -258,6 +295,64 @@ def test_missing_table_is_one_line(database: str, tmp_path: Path, emulator: Emul
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1
     assert "no table 'no_such_table'" in err and "Traceback" not in err
+    assert not out.exists()  # a source error creates no run folder
+
+
+@pytest.mark.parametrize(
+    ("query", "says"),
+    [
+        ("DELETE FROM {t} RETURNING id, text", "not DELETE"),
+        ("SELECT id, text FROM {t}; DROP TABLE {t}", "not 2"),
+    ],
+)
+def test_query_that_is_not_one_reading_statement_is_a_usage_error(
+    postgres_url: str, tmp_path: Path, emulator: Emulator, capsys, query: str, says: str
+) -> None:
+    name = table(postgres_url, ROWS)
+    out = tmp_path / "out"
+    args = ["run", postgres_url, "--query", query.format(t=name), "--out", str(out)]
+    code = main([*args, "--server", emulator.url])
+    err = capsys.readouterr().err
+    assert code == 64 and err.count("\n") == 1, err
+    assert "--query takes one read-only statement" in err and says in err
+    assert not out.exists() and emulator.stats["requests"] == 0
+    assert len(_rows(postgres_url, name)) == len(ROWS)  # nothing deleted
+
+
+def _rows(url: str, name: str) -> list[Any]:
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.connect() as conn:
+        rows = list(conn.execute(sa.text(f"SELECT * FROM {name}")))
+    engine.dispose()
+    return rows
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
+def test_query_that_would_write_is_refused_by_the_database(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, emulator: Emulator, capsys
+) -> None:
+    """A SELECT that writes (a sequence's next value) is refused by the database itself: the
+    query runs in a read-only transaction. One line, exit 1, the sequence untouched."""
+    if backend == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        seq = f"s_{secrets.token_hex(3)}"
+        nextval, current = f"nextval('{seq}')::text", f"SELECT last_value FROM {seq}"
+    else:
+        url = request.getfixturevalue("mariadb")[0]
+        seq = f"s_{secrets.token_hex(3)}"
+        nextval, current = f"CAST(NEXTVAL({seq}) AS CHAR)", f"SELECT NEXTVAL({seq})"
+    execute(url, f"CREATE SEQUENCE {seq}")
+    name = table(url, ROWS[:2])
+    query = f"SELECT id, text, {nextval} AS n FROM {name}"
+    code = main(["run", url, "--query", query, "--out", str(tmp_path / "out"), "--server",
+                 emulator.url, "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1, err
+    assert "--query must only read" in err and "read-only transaction" in err.lower()
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.connect() as conn:
+        assert conn.execute(sa.text(current)).scalar_one() == 1  # never advanced before
+    engine.dispose()
 
 
 def test_url_from_the_environment_is_recorded_by_name(

@@ -21,8 +21,7 @@ import soundfile as sf
 
 from fishflow.cli import main
 from fishflow.emulator import Emulator, EmulatorConfig, speech_duration_s
-from fishflow.text import normalize
-from tests.flows.helpers import latest_run, manifest, run
+from tests.flows.helpers import latest_run, manifest, run, spoken
 
 LONG = [
     " ".join(
@@ -50,14 +49,14 @@ def assert_whole(out: Path, rows: list[dict[str, Any]]) -> None:
     items = manifest(out, "items", latest_run(out)).set_index("item_id")
     assert (items["status"] == "ok").all(), items["error"].dropna().tolist()
     for row in rows:
-        speech = speech_duration_s(normalize(row["text"]))
+        speech = speech_duration_s(spoken(row["text"], row.get("language") or "en"))
         # the emulator's speech plus pauses between chunks; cut speech would be far shorter
         duration = items.loc[row["id"], "duration_s"]
         assert 0.95 * speech <= duration <= speech + 0.25 * items.loc[row["id"], "chunk_count"] * 2
 
 
 def item_of(text: str, rows: list[dict[str, Any]]) -> str:
-    [owner] = [r["id"] for r in rows if text in normalize(r["text"])]
+    [owner] = [r["id"] for r in rows if text in spoken(r["text"], r.get("language") or "en")]
     return owner
 
 
@@ -154,7 +153,7 @@ def test_chunks_cut_at_the_token_cap_are_split_and_every_item_is_whole(tmp_path:
     items = manifest(out, "items", summary["run_id"]).set_index("item_id")
     assert (items["status"] == "ok").all(), items["error"].dropna().tolist()
     for row in rows:  # each item as long as its whole text takes this voice
-        speech = 3.0 * speech_duration_s(normalize(row["text"]))
+        speech = 3.0 * speech_duration_s(spoken(row["text"], row.get("language") or "en"))
         assert items.loc[row["id"], "duration_s"] >= 0.95 * speech
     assert stats["capped"] > 0
     # each cut answer costs its halves, and no request was repeated whole

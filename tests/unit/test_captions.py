@@ -7,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mutagen.id3 import ID3
 
 from fishflow.audio import Audio
-from fishflow.captions import MAX_LINE_CHARS, Placed, cues, srt, webvtt
+from fishflow.captions import MAX_LINE_CHARS, Cue, Placed, cues, srt, webvtt
 from fishflow.chunking import Chunk
 from fishflow.emulator import synth_samples
 from fishflow.publish import ItemPublisher
@@ -86,8 +88,88 @@ def test_webvtt_and_srt_render_the_same_cues() -> None:
     assert vtt.startswith("WEBVTT\n\n1\n00:01:01.500 --> ")
     assert "Fish &amp; chips &lt;cheap&gt;." in vtt
     text = srt(out).decode()
-    assert text.startswith("1\n00:01:01,500 --> ") and "Fish & chips <cheap>." in text
+    # SRT's text is escaped as WebVTT's: players read <i>, <font> and "-->" in it.
+    assert text.startswith("1\n00:01:01,500 --> ") and "Fish &amp; chips &lt;cheap&gt;." in text
     assert re.search(r"2\n00:01:0\d,\d{3} --> 00:01:04,500\nThen tea.", text)
+
+
+# Text as hostile as a catalog can be: cue timings, tags, entities, every kind of line break.
+_hostile = st.lists(
+    st.one_of(
+        st.sampled_from(
+            [
+                "-->",
+                "--",
+                ">",
+                "<",
+                "<b>",
+                "</i>",
+                "<c.red>",
+                "&",
+                "&amp;",
+                "&lt;",
+                "\n",
+                "\n\n",
+                "\r\n",
+                "\r",
+                "\u2028",
+                "\u2029",
+                "\x0b",
+                "\x0c",
+                "\x85",
+                "\x00",
+                "\x1b[31m",
+                "\t",
+                " ",
+                "1",
+                "00:00:01,000 --> 00:00:02,000",
+                "WEBVTT",
+                "NOTE",
+                "word",
+                "汉字",
+            ]
+        ),
+        st.text(max_size=5),
+    ),
+    max_size=12,
+).map("".join)
+
+
+def _blocks(text: str) -> list[list[str]]:
+    return [block.split("\n") for block in text.strip("\n").split("\n\n") if block]
+
+
+def _visible(text: str) -> str:
+    return "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in text)
+
+
+def _unescape(line: str) -> str:
+    return line.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(_hostile, min_size=1, max_size=3), max_size=6))
+def test_caption_text_never_breaks_a_cue_in_webvtt_or_srt(texts: list[list[str]]) -> None:
+    cue_list = [Cue(i * 2.0, i * 2.0 + 1.5, tuple(lines)) for i, lines in enumerate(texts)]
+    # What a viewer should see: each line's words, controls and line breaks read as spaces.
+    shown = [[" ".join(_visible(raw).split()) for raw in c.lines] for c in cue_list]
+    shown = [[line for line in lines if line] for lines in shown]
+    expected = [lines for lines in shown if lines]
+    vtt = webvtt(cue_list).decode()
+    assert vtt.startswith("WEBVTT\n")
+    for rendered, sep in ((vtt.removeprefix("WEBVTT\n"), "."), (srt(cue_list).decode(), ",")):
+        blocks = _blocks(rendered)
+        assert len(blocks) == len(expected)  # one block per cue with text: none split, none lost
+        for number, (block, lines) in enumerate(zip(blocks, expected, strict=True), 1):
+            assert block[0] == str(number)
+            assert re.fullmatch(
+                rf"\d\d:\d\d:\d\d\{sep}\d{{3}} --> \d\d:\d\d:\d\d\{sep}\d{{3}}", block[1]
+            )
+            text = block[2:]
+            assert all(line.strip() for line in text)  # no blank line inside a cue
+            assert not any("-->" in line or "<" in line or ">" in line for line in text)
+            assert not any(unicodedata.category(ch) == "Cc" for line in text for ch in line)
+            assert [" ".join(_unescape(line).split()) for line in text] == lines
 
 
 def test_chapters_from_headings_in_webvtt_and_id3_frames(tmp_path: Path) -> None:
@@ -120,3 +202,11 @@ def test_chapters_from_headings_in_webvtt_and_id3_frames(tmp_path: Path) -> None
     assert (tmp_path / "audio/course.vtt").exists() and (tmp_path / "audio/course.srt").exists()
     assert published.duration_s > 6.5  # mp3 adds encoder padding, never removes audio
     assert np.isclose(published.duration_s, 6.6, atol=0.1)
+
+
+def test_srt_carries_no_cue_timing_or_tag_from_the_text() -> None:
+    out = cues([Placed("Run a --> b now. Then <i>lean</i> <font color=red>in</font>.", 0, 4)], "en")
+    text = srt(out).decode()
+    lines = text.splitlines()
+    assert sum("-->" in line for line in lines) == len(out) == 2  # the timings, nothing else
+    assert "a --&gt; b" in text and "&lt;i&gt;lean&lt;/i&gt;" in text and "<" not in text

@@ -105,3 +105,80 @@ def test_a_password_never_travels_to_a_deployment(tmp_path: Path, capsys) -> Non
     assert main([*args, "--deployment", "refresh-catalog-audio/manual"]) == 1
     err = capsys.readouterr().err
     assert "secret:NAME" in err and "s3cret" not in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "password=s3cret",
+        "sslpassword=s3cret",
+        "secret=s3cret",
+        "token=s3cret",
+        "key=s3cret",
+        "api_key=s3cret",
+        "client_secret=s3cret",
+        "Access-Token=s3cret",
+        "password=s3cret&password=s3cret2",
+    ],
+)
+def test_mask_hides_secrets_in_query_parameters(query: str) -> None:
+    masked = mask(f"postgresql://app@db/cat?sslmode=require&{query}")
+    assert "s3cret" not in masked and "sslmode=require" in masked and "***" in masked
+
+
+def test_the_whole_url_comes_back_through_the_environment_for_its_masked_form(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fishflow.database import SOURCE_URL_ENV, _url, split_secrets
+
+    url = "postgresql://app:pw1@db/cat?sslpassword=pw2&application_name=x"
+    shown, unmasked = split_secrets(url)
+    assert unmasked == url and "pw1" not in shown and "pw2" not in shown
+    assert split_secrets("postgresql://app@db/cat?sslmode=require") == (
+        "postgresql://app@db/cat?sslmode=require",
+        None,
+    )
+    monkeypatch.delenv("FISHFLOW_SOURCE_PASSWORD", raising=False)
+    monkeypatch.setenv(SOURCE_URL_ENV, url)
+    restored = _url(shown)
+    assert (restored.password, restored.query["sslpassword"]) == ("pw1", "pw2")
+    # Another URL's secrets are never lent to this one.
+    other = mask("postgresql://app:pw1@otherdb/cat?sslpassword=pw2")
+    with pytest.raises(SourceError, match=SOURCE_URL_ENV):
+        _url(other)
+
+
+@pytest.mark.parametrize(
+    ("query", "statement"),
+    [
+        ("SELECT id, text FROM t", "SELECT id, text FROM t"),
+        ("  select 'a;b' AS id, text FROM t ; ", "select 'a;b' AS id, text FROM t"),
+        ("WITH x AS (SELECT 1) SELECT * FROM x; -- done;", "WITH x AS (SELECT 1) SELECT * FROM x"),
+        ('SELECT "odd;name" AS id /* ; */ FROM t', 'SELECT "odd;name" AS id /* ; */ FROM t'),
+        ("SELECT $q$;$q$ AS text, 'it''s;' AS id", "SELECT $q$;$q$ AS text, 'it''s;' AS id"),
+        ("/* lead */ (SELECT 1 AS id)", "/* lead */ (SELECT 1 AS id)"),
+    ],
+)
+def test_query_of_one_reading_statement(query: str, statement: str) -> None:
+    from fishflow.database import check_query
+
+    assert check_query(query) == statement
+
+
+@pytest.mark.parametrize(
+    ("query", "says"),
+    [
+        ("SELECT id, text FROM t; DROP TABLE t", "not 2"),
+        ("SELECT 1;;SELECT 2", "not 2"),
+        ("-- nothing", "not 0"),
+        ("DELETE FROM t RETURNING id, text", "not DELETE"),
+        ("/* x */ update t set text = '' returning id, text", "not UPDATE"),
+        ("INSERT INTO t VALUES (1, 'a') RETURNING *", "not INSERT"),
+    ],
+)
+def test_query_refused_in_one_line(query: str, says: str) -> None:
+    from fishflow.database import check_query
+
+    with pytest.raises(ConfigError, match="one read-only statement") as caught:
+        check_query(query)
+    assert says in caught.value.message and "\n" not in caught.value.message

@@ -23,7 +23,7 @@ from fishflow.errors import (
     ServerError,
     ServerUnavailable,
 )
-from fishflow.fish_speech import ConnectionProblem, FishSpeechClient, proxy_for
+from fishflow.fish_speech import ApiKey, ConnectionProblem, FishSpeechClient, proxy_for
 from fishflow.settings import Reference, SynthesisOptions
 
 TEXT = "Hello there, this is a test sentence."
@@ -303,3 +303,24 @@ def test_use_memory_cache_is_on_for_requests_that_carry_a_voice() -> None:
         "66e516c25069e0cf"
     }
     assert SynthesisOptions(reference_id="anna", seed=3).fingerprint() == "61c77aa4e1f7d570"
+
+
+@pytest.mark.parametrize(
+    ("key", "named"),
+    [
+        ("sk-never-shown", "FISHFLOW_API_KEY"),
+        (
+            ApiKey("sk-never-shown", source="Prefect Secret block 'fish'"),
+            "Prefect Secret block 'fish'",
+        ),
+    ],
+)
+def test_a_401_names_where_the_key_came_from(key: str, named: str) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.headers["authorization"] == "Bearer sk-never-shown"
+        return httpx.Response(401, json={"statusCode": 401, "message": "Invalid token"})
+
+    with pytest.raises(AuthenticationFailed) as info:
+        call(handler, api_key=key)
+    assert f"(check the API key: {named})" in str(info.value)
+    assert "sk-never-shown" not in str(info.value)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
+from fishflow.chunk_files import MARKER, open_chunk_folder
+from fishflow.errors import ConfigError
 from fishflow.hygiene import (
     collect_chunks,
     prune_outputs,
@@ -116,45 +121,135 @@ def test_prune_keeps_exactly_the_current_files_of_items_in_the_source(tmp_path: 
     assert store.get("audio/gone/deep/README.wav") == b"z"
 
 
+def K(name: str) -> str:
+    """A chunk key (32 hex digits, as chunking.chunk_key makes) standing for `name`."""
+    return hashlib.sha256(name.encode()).hexdigest()[:32]
+
+
+def put_chunk(cache: Path, name: str, suffix: str = "flac") -> Path:
+    key = K(name)
+    (cache / key[:2]).mkdir(parents=True, exist_ok=True)
+    path = cache / key[:2] / f"{key}.44100.{suffix}"
+    path.write_bytes(b"\0" * 10)
+    return path
+
+
 def test_gc_keeps_chunks_of_each_current_items_newest_ok_and_later_failed_rows(
     tmp_path: Path,
 ) -> None:
     store = LocalStore(str(tmp_path / "out"))
     runs = {
         "r1": ([ok("r1", "a", 1), ok("r1", "b", 1), ok("r1", "c", 1)],
-               [chunk("r1", "a", "a-old"), chunk("r1", "b", "b-1"), chunk("r1", "c", "c-1")]),
+               [chunk("r1", "a", K("a-old")), chunk("r1", "b", K("b-1")),
+                chunk("r1", "c", K("c-1"))]),
         # a edited: new ok row; b edited and failed (one chunk made, one failed); c gone.
         "r2": ([ok("r2", "a", 2), ok("r2", "b", 2, status="failed"),
                 ItemRow(run_id="r2", item_id="c", source_row=-1, status="removed",
                         created_at=T0 + timedelta(minutes=2))],
-               [chunk("r2", "a", "a-new"), chunk("r2", "b", "b-2"),
-                chunk("r2", "b", "b-x", status="failed")]),
+               [chunk("r2", "a", K("a-new")), chunk("r2", "b", K("b-2")),
+                chunk("r2", "b", K("b-x"), status="failed")]),
         "r3": ([ok("r3", "a", 3, status="skipped")], []),
     }  # fmt: skip
     for run, (items, chunks) in runs.items():
         writer = ManifestWriter(store, run)
         writer.write_part("p", items, chunks, [])
         writer.finalize()
-    assert referenced_chunk_keys(store) == {"a-new", "b-1", "b-2"}
+    assert referenced_chunk_keys(store) == {K("a-new"), K("b-1"), K("b-2")}
 
     cache = tmp_path / "chunks"
-    for key in ["a-old", "a-new", "b-1", "b-2", "c-1", "stranger"]:
-        (cache / key[:2]).mkdir(parents=True, exist_ok=True)
+    open_chunk_folder(str(cache))
+    names = {}
+    for name in ["a-old", "a-new", "b-1", "b-2", "c-1", "stranger"]:
         # FLAC, and the raw layout of earlier versions: both are chunk files.
-        suffix = "s16" if key in ("a-old", "b-1") else "flac"
-        (cache / key[:2] / f"{key}.44100.{suffix}").write_bytes(b"\0" * 10)
+        names[K(name)] = name
+        put_chunk(cache, name, "s16" if name in ("a-old", "b-1") else "flac")
     dry = collect_chunks(store, str(cache), dry_run=True, min_age_s=0)
-    assert sorted(Path(p).name.split(".")[0] for p, _ in dry.deleted) == [
+    assert sorted(names[Path(p).name.split(".")[0]] for p, _ in dry.deleted) == [
         "a-old",
         "c-1",
         "stranger",
     ]
-    assert dry.deleted_bytes == 30 and dry.kept_files == 3
-    assert len(list(cache.rglob("*.*"))) == 6
+    assert dry.deleted_bytes == 30 and dry.kept_files == 3 and dry.foreign == []
+    assert len(list(cache.rglob("*.44100.*"))) == 6
     young = collect_chunks(store, str(cache), dry_run=False)  # default grace: an hour
     assert (len(young.deleted), young.recent_files) == (0, 3)
     collect_chunks(store, str(cache), dry_run=False, min_age_s=0)
-    assert sorted(p.name.split(".")[0] for p in cache.rglob("*.*")) == ["a-new", "b-1", "b-2"]
+    assert sorted(names[p.name.split(".")[0]] for p in cache.rglob("*.44100.*")) == [
+        "a-new",
+        "b-1",
+        "b-2",
+    ]
+
+
+def test_gc_deletes_only_files_named_as_fishflow_names_chunks(tmp_path: Path) -> None:
+    store = LocalStore(str(tmp_path / "out"))
+    cache = tmp_path / "chunks"
+    open_chunk_folder(str(cache))
+    assert (cache / MARKER).is_file()
+    ours = put_chunk(cache, "gone")
+    temp = ours.parent / ".tmp-ab12_x9z"  # a write cut short
+    temp.write_bytes(b"x")
+    outside = tmp_path / "precious.flac"
+    outside.write_bytes(b"keep")
+    key = K("other")
+    strangers = [
+        cache / "notes.txt",
+        cache / key[:2] / "readme.flac",
+        cache / "zz" / f"{key}.44100.flac",  # a key in the wrong folder
+        cache / key[:2] / f"{key}.44100.flac.bak",
+        cache / key[:2] / f"{key.upper()}.44100.flac",
+        cache / "deep" / key[:2] / f"{key}.44100.flac",
+    ]
+    for path in strangers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"mine")
+    link = cache / key[:2] / f"{key}.44100.s16"  # a chunk name, but a link to another's file
+    link.symlink_to(outside)
+    done = collect_chunks(store, str(cache), dry_run=False, min_age_s=0, keys=set())
+    assert sorted(Path(p) for p, _ in done.deleted) == sorted([ours, temp])
+    assert not ours.exists() and not temp.exists()
+    assert all(p.read_bytes() == b"mine" for p in strangers)
+    assert link.is_symlink() and outside.read_bytes() == b"keep"
+    assert sorted(done.foreign) == sorted(str(p) for p in [*strangers, link])
+    assert (cache / MARKER).is_file()
+
+
+def test_gc_refuses_a_folder_fishflow_did_not_mark_and_deletes_nothing(tmp_path: Path) -> None:
+    store = LocalStore(str(tmp_path / "out"))
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "thesis.tex").write_bytes(b"years of work")
+    put_chunk(home, "looks-like-a-chunk")
+    before = sorted(home.rglob("*"))
+    for adopt in (False, True):  # with --adopt too: not every file is a chunk
+        with pytest.raises(ConfigError) as refused:
+            collect_chunks(store, str(home), dry_run=False, min_age_s=0, keys=set(), adopt=adopt)
+        assert "nothing deleted" in refused.value.message and "\n" not in refused.value.message
+    assert sorted(home.rglob("*")) == before and not (home / MARKER).exists()
+
+
+def test_gc_adopts_an_unmarked_cache_of_chunk_files_only_when_asked(tmp_path: Path) -> None:
+    """Caches of versions before the marker: every file in the layout, no marker."""
+    store = LocalStore(str(tmp_path / "out"))
+    old = tmp_path / "old-cache"
+    gone, kept = put_chunk(old, "gone"), put_chunk(old, "kept")
+    with pytest.raises(ConfigError, match="--adopt"):
+        collect_chunks(store, str(old), dry_run=False, min_age_s=0, keys={K("kept")})
+    assert gone.exists()
+    dry = collect_chunks(store, str(old), dry_run=True, min_age_s=0, keys={K("kept")}, adopt=True)
+    assert dry.adopted and not (old / MARKER).exists() and gone.exists()
+    done = collect_chunks(store, str(old), dry_run=False, min_age_s=0, keys={K("kept")}, adopt=True)
+    assert done.adopted and (old / MARKER).is_file()
+    assert not gone.exists() and kept.exists()
+    # A run's cache folder: marked when the run makes it or finds it empty, not otherwise.
+    open_chunk_folder(str(tmp_path / "new" / "chunks"))
+    (tmp_path / "empty").mkdir()
+    open_chunk_folder(str(tmp_path / "empty"))
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "x").write_bytes(b"")
+    open_chunk_folder(str(tmp_path / "used"))
+    assert (tmp_path / "new" / "chunks" / MARKER).is_file()
+    assert (tmp_path / "empty" / MARKER).is_file() and not (tmp_path / "used" / MARKER).exists()
 
 
 def test_progress_line_has_a_total_share_counts_and_eta() -> None:
@@ -246,11 +341,15 @@ def test_gc_of_the_outputs_copy_says_what_the_store_refused_to_delete(tmp_path: 
             return [f"{keys[0]}: AccessDenied"]
 
     store = Refusing(str(tmp_path / "out"))
-    for key in ("kept-1", "gone-1", "gone-2"):
+    for name in ("kept-1", "gone-1", "gone-2"):
+        key = K(name)
         store.put(f".fishflow/chunks/{key[:2]}/{key}.44100.flac", b"\0" * 10, "audio/flac", {})
-    dry = collect_output_chunks(store, dry_run=True, min_age_s=0, keys={"kept-1"})
-    assert sorted(Path(p).name for p, _ in dry.deleted) == [
-        "gone-1.44100.flac", "gone-2.44100.flac",
-    ]  # fmt: skip
-    with pytest.raises(StorageError, match=r"1 of 2 chunk objects were not deleted \(.*gone-1"):
-        collect_output_chunks(store, dry_run=False, min_age_s=0, keys={"kept-1"})
+    store.put(".fishflow/chunks/notes.txt", b"not ours", "text/plain", {})
+    dry = collect_output_chunks(store, dry_run=True, min_age_s=0, keys={K("kept-1")})
+    assert sorted(Path(p).name for p, _ in dry.deleted) == sorted(
+        f"{K(n)}.44100.flac" for n in ("gone-1", "gone-2")
+    )
+    assert dry.foreign == [store.uri(".fishflow/chunks/notes.txt")]
+    first = min(K("gone-1"), K("gone-2"))
+    with pytest.raises(StorageError, match=rf"1 of 2 chunk objects were not deleted \(.*{first}"):
+        collect_output_chunks(store, dry_run=False, min_age_s=0, keys={K("kept-1")})

@@ -9,11 +9,15 @@ from hypothesis import strategies as st
 
 from fishflow.chunking import chunk_blocks
 from fishflow.markdown import code_cue, markdown_blocks
-from fishflow.text import Block
+from fishflow.spoken import SpeechOptions, speak_blocks
+from fishflow.text import Block, blocks_text, detect_language
 
 
-def spoken(markdown: str, **options: object) -> list[str]:
-    return [b.text for b in markdown_blocks(markdown, **options)]  # type: ignore[arg-type]
+def spoken(markdown: str, language: str | None = None, **options: object) -> list[str]:
+    """What the server is asked to say, block by block, as the pipeline makes it."""
+    blocks = markdown_blocks(markdown, language=language, **options)  # type: ignore[arg-type]
+    language = language or detect_language(blocks_text(blocks))
+    return [b.text for b in speak_blocks(blocks, language, SpeechOptions())]
 
 
 def test_headings_are_sentences_of_their_own_with_their_scripts_full_stop() -> None:
@@ -54,33 +58,36 @@ def test_code_blocks_become_one_cue_in_the_items_language_or_nothing() -> None:
     assert spoken("<pre><code>x = 1</code></pre>") == ["Code example."]
 
 
-def test_inline_code_is_read_when_it_is_words_and_else_named_so_the_sentence_holds() -> None:
+def test_inline_code_is_said_in_words_never_as_a_placeholder() -> None:
     md = "Use `pandas` and `read_csv()` in `app.py`, `pip install x` or `Ctrl+Shift+P`."
-    assert spoken(md) == ["Use pandas and read csv in app.py, pip install x or Ctrl Shift P."]
-    for code in (
-        "rm -rf /",
-        "data/x.csv",
-        "<APP_NAME>",
-        "https://x.example.com/a",
-        "a + b",
-        "a+b",
-        "C++",
-        "--force",
-        "python --version",
-        "kill -9 1234",
-        "$HOME",
-        "x = 1",
-        "one two three four five six seven",
+    assert spoken(md) == ["Use pandas and read csv in app dot py, pip install x or Ctrl Shift P."]
+    for code, said in (
+        ("rm -rf /", "rm dash rf slash"),
+        ("data/x.csv", "data slash x dot csv"),
+        ("<APP_NAME>", "APP NAME"),
+        ("https://x.example.com/a", "x dot example dot com slash a"),
+        ("a + b", "a plus b"),
+        ("C++", "C plus plus"),
+        ("--force", "dash dash force"),
+        ("kill -9 1234", "kill dash nine one thousand two hundred and thirty-four"),
+        ("$HOME", "dollar HOME"),
+        ("x = 1", "x equals one"),
     ):
-        assert spoken(f"Do not run `{code}` here.") == ["Do not run the code shown here."], code
+        assert spoken(f"Do not run `{code}` here.") == [f"Do not run {said} here."], code
     assert spoken("`npm install` を実行し、`cat /etc/hosts` を確認します。") == [
-        "npm install を実行し、表示のコード を確認します。"
+        "npm install を実行し、cat スラッシュ etc スラッシュ hosts を確認します。"
     ]
     assert spoken("Führen Sie `cat /etc/hosts` aus.", language="de") == [
-        "Führen Sie den gezeigten Code aus."
+        "Führen Sie cat Schrägstrich etc Schrägstrich hosts aus."
     ]
-    assert spoken("Do not run `rm -rf /` here.", code="silent") == ["Do not run here."]
-    assert spoken("<p>Run <code>rm -rf /</code> never.</p>") == ["Run the code shown never."]
+    # Code blocks set to silent leave inline code alone: it is part of the sentence.
+    assert spoken("Do not run `rm -rf /` here.", code="silent") == [
+        "Do not run rm dash rf slash here."
+    ]
+    assert spoken("<p>Run <code>rm -rf /</code> never.</p>") == ["Run rm dash rf slash never."]
+    # What the author wrote stays in the block, for captions.
+    [block] = markdown_blocks("Call `String::new` now.")
+    assert block.text == "Call String::new now." and len(block.marks) == 1
 
 
 def test_links_say_their_text_and_urls_only_their_host() -> None:
@@ -116,9 +123,10 @@ def test_tables_are_read_row_by_row_as_header_value_pairs() -> None:
     assert [b.text for b in blocks] == [
         "Sensor: DHT11; Kind: Digital; Notes: Temperature, humidity.",
         "Sensor: Thermistor; Kind: Analog.",
-        "Sensor: a b; Kind: the code shown; Notes: ok.",
+        "Sensor: a b; Kind: x/y; Notes: ok.",
     ]
-    assert spoken("| a | b |\n|---|---|\n| 1 | 2 |") == ["a: 1, b: 2."]
+    assert spoken(md)[2] == "Sensor: a b; Kind: x slash y; Notes: ok."
+    assert spoken("| a | b |\n|---|---|\n| 1 | 2 |") == ["a: one, b: two."]
     assert spoken("| 名称 | 说明 |\n|---|---|\n| 传感器 | 测量<br>温度 |") == [
         "名称：传感器；说明：测量，温度。"
     ]
@@ -135,10 +143,10 @@ def test_html_text_is_kept_tags_never_spoken_details_read_whole() -> None:
         "Press <kbd>Ctrl</kbd>+<kbd>C</kbd> and see <code>main</code>, not <code>a/b</code>."
     )
     assert spoken(md) == [
-        "Lesson 2 · about 45 minutes, Welcome.",
+        "Lesson two · about forty-five minutes, Welcome.",
         "Answer.",
         "The body is read too.",
-        "Press Ctrl+C and see main, not the code shown.",
+        "Press Ctrl+C and see main, not a slash b.",
     ]
     # Inside an HTML block Markdown is not parsed: its emphasis marks are not read either.
     assert spoken("<div>\n**Bold** and __strong__ words\n</div>") == ["Bold and strong words."]
@@ -166,8 +174,10 @@ def test_emoji_and_pictographs_are_never_kept() -> None:
     assert spoken("🎉🎉") == []
     # GitHub's shortcodes for them too, and nothing is glued where they were.
     assert spoken("Ship it :rocket: today :+1:") == ["Ship it today."]
-    assert spoken("At 10:30:45 the ratio is 1:2:3.") == ["At 10:30:45 the ratio is 1:2:3."]
-    assert spoken("Take x[:2:] here.") == ["Take x[:2:] here."]  # a slice, not a shortcode
+    written = [b.text for b in markdown_blocks("At 10:30:45 the ratio is 1:2:3.")]
+    assert written == ["At 10:30:45 the ratio is 1:2:3."]
+    written = [b.text for b in markdown_blocks("Take x[:2:] here.")]
+    assert written == ["Take x[:2:] here."]  # a slice, not a shortcode
 
 
 def test_a_path_in_prose_keeps_the_space_before_it() -> None:
@@ -184,7 +194,12 @@ def test_lists_keep_their_numbers_and_drop_bullets_and_boxes() -> None:
         Block("todo.", "list_item"),
         Block("done.", "list_item"),
     )
-    assert spoken("3) Third\n4) Fourth") == ["3. Third.", "4. Fourth."]
+    assert spoken("3) Third\n4) Fourth") == ["three. Third.", "four. Fourth."]
+    # Numbered as rendered: from the first item's number, whatever later items say.
+    written = [
+        b.text for b in markdown_blocks("1. Open\n1. Edit\n1. Save\n\nThen\n\n7. Go\n7. Stop")
+    ]
+    assert written == ["1. Open.", "2. Edit.", "3. Save.", "Then.", "7. Go.", "8. Stop."]
 
 
 def test_footnotes_and_alert_markers_are_dropped() -> None:
@@ -263,7 +278,7 @@ _fragments = st.sampled_from(
 @settings(max_examples=400, deadline=None)
 @given(st.lists(_fragments, max_size=30).map("".join), st.sampled_from([60, 200, 381]))
 def test_no_url_backtick_pipe_tag_or_emoji_ever_reaches_a_server(md: str, budget: int) -> None:
-    blocks = markdown_blocks(md)
+    blocks = speak_blocks(markdown_blocks(md), "en", SpeechOptions())
     for chunk in chunk_blocks(blocks, "en", budget):
         text = chunk.text
         assert not _URL_IN_OUTPUT.search(text), text

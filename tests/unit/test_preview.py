@@ -20,9 +20,13 @@ def test_preview_prints_each_chunk_with_the_pause_after_it(capsys) -> None:
     assert "[chunk 2, 13 B] Introduction. ⟂ 1200 ms (section)" in out
     assert any(line.endswith("⟂ 700 ms (paragraph)") for line in out)
     assert any(line.endswith("⟂ 150 ms (clause)") for line in out)  # a sentence too long
-    assert out[-2].endswith("(end)")
-    assert out[-1].startswith("fishflow: 1 row, ") and "end mid-sentence" in out[-1]
-    spoken = " ".join(out[1:-1])
+    chunks = [line for line in out if line.startswith("[chunk ")]
+    assert chunks[-1].endswith("(end)")
+    assert out[-2].startswith("fishflow: 1 row, ") and "end mid-sentence" in out[-2]
+    # What is said differently from how it is written: listed under its chunk, and counted.
+    assert all(line.startswith(("== ", "[chunk ", "    said: ", "fishflow: ")) for line in out)
+    assert out[-1].startswith("fishflow: said differently from the text: ")
+    spoken = " ".join(chunks)
     assert "://" not in spoken and "<APP_NAME>" not in spoken and "`" not in spoken
 
 

@@ -125,9 +125,9 @@ def test_chunk_cache_keeps_flac_on_disk_and_reads_older_raw_files(tmp_path: Path
     folder = tmp_path / "chunks"
     first = ChunkCache(str(folder))
     audio, _ = asyncio.run(first.get_or_make("ab" * 16, 44_100, maker("ab" * 16), persist=True))
-    assert [p.suffix for p in folder.rglob("*.*")] == [".s16"]  # raw until used
+    assert [p.suffix for p in folder.rglob("*.44100.*")] == [".s16"]  # raw until used
     first.compress("ab" * 16, audio)
-    (kept,) = folder.rglob("*.*")
+    (kept,) = folder.rglob("*.44100.*")
     assert kept.name == f"{'ab' * 16}.44100.flac"
     assert kept.stat().st_size < 0.5 * samples.nbytes
     # A cache of the raw layout that came before: read as it is.
@@ -141,13 +141,13 @@ def test_chunk_cache_keeps_flac_on_disk_and_reads_older_raw_files(tmp_path: Path
     for key in ("ab" * 16, "cd" * 16, "ef" * 16):
         assert np.array_equal(asyncio.run(get(later, key)).samples, samples)
     assert made == ["ab" * 16, "ef" * 16]
-    assert sorted(p.suffix for p in folder.rglob("*.*")) == [".flac"] * 3  # the raw one too
+    assert sorted(p.suffix for p in folder.rglob("*.44100.*")) == [".flac"] * 3  # the raw one too
     assert ChunkCache(str(folder)).read("ef" * 16, 44_100) is not None
     # Modes as a plain open() gives them (0644 under umask 022): a second worker account that
     # shares the output reads the cache too.
     umask = os.umask(0o022)
     os.umask(umask)
-    assert {p.stat().st_mode & 0o777 for p in folder.rglob("*.*")} == {0o666 & ~umask}
+    assert {p.stat().st_mode & 0o777 for p in folder.rglob("*.44100.*")} == {0o666 & ~umask}
 
 
 def test_memory_keeps_audio_found_nowhere_else_before_chunks_also_on_disk(tmp_path: Path) -> None:

@@ -190,3 +190,26 @@ def test_a_server_without_a_shared_limit_keeps_to_the_local_one() -> None:
 
         asyncio.run(go())
     assert emu.stats["max_in_flight"] == 4 and emu.stats["requests"] == 40
+
+
+def test_a_stopped_run_whose_tasks_were_all_cancelled_still_gives_its_slots_back() -> None:
+    """A cancelled flow run stops as asyncio.run's shutdown does: every task is cancelled at
+    once, the pool's leasing task too. Its slots must still be given back at close, not held
+    until their leases expire (every other run on the server would wait that long)."""
+    limit = MemoryLimit(size=2, lease_s=60.0)
+    with Emulator(EmulatorConfig(workers=4, service_time_s=0.05)) as emu:
+
+        async def go() -> None:
+            async with pool(emu.url, limit) as p:
+                work = asyncio.create_task(synth(p, 200, "a", []))
+                deadline = time.monotonic() + 10
+                while len(limit.leases) < 2:
+                    assert time.monotonic() < deadline, "the run never took the shared slots"
+                    await asyncio.sleep(0.01)
+                for task in asyncio.all_tasks():
+                    if task is not asyncio.current_task():
+                        task.cancel()
+                await asyncio.gather(work, return_exceptions=True)
+
+        asyncio.run(go())
+    assert limit.leases == {} and limit.waiters == {}

@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+import errno
 import json
+import os
+import socket
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import fishflow.sources
 from fishflow.errors import SourceError
-from fishflow.sources import Columns, check_source, read_source
+from fishflow.sources import Columns, FileLimits, SourceRow, check_source, read_source
 
 
 def rows(uri: str, cols: Columns | None = None, batch_rows: int = 1000):
@@ -164,3 +168,128 @@ def test_progress_totals_of_an_s3_prefix_and_a_database_table(
     assert estimate_rows("env:CATALOG", table="my items") == 7
     assert estimate_rows("env:CATALOG") is None  # a query: not counted
     assert estimate_rows("env:CATALOG", table="missing") is None  # the reader will say why
+
+
+# -- a folder source reads only what is its own ------------------------------------------------
+
+
+def by_id(uri: str, limits: FileLimits | None = None) -> dict[str, SourceRow]:
+    batches = read_source(uri, Columns(), limits=limits or FileLimits())
+    return {r.item_id or "": r for b in batches for r in b}
+
+
+def test_a_link_out_of_the_folder_fails_its_row_unread(tmp_path: Path) -> None:
+    folder, outside = tmp_path / "docs", tmp_path / "private"
+    folder.mkdir()
+    outside.mkdir()
+    (outside / "key.md").write_text("SECRET OUTSIDE TEXT")
+    (folder / "a.md").write_text("Own text.")
+    (folder / "out.md").symlink_to(outside / "key.md")
+    (folder / "in.md").symlink_to(folder / "a.md")  # inside: the folder's own, read
+    (folder / "linked").symlink_to(outside, target_is_directory=True)  # never walked
+    got = by_id(str(folder))
+    assert set(got) == {"a.md", "in.md", "out.md"}
+    assert got["in.md"].text == "Own text."
+    assert got["out.md"].text is None and "outside the source folder" in (
+        got["out.md"].problem or ""
+    )
+    assert "SECRET" not in repr(got)
+    allowed = by_id(str(folder), FileLimits(follow_symlinks=True))
+    assert allowed["out.md"].text == "SECRET OUTSIDE TEXT"
+
+
+def test_a_file_over_the_size_cap_fails_its_row_without_being_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "book.txt").write_text("A book.")
+    with open(tmp_path / "huge.txt", "wb") as fh:
+        os.truncate(fh.fileno(), 2 << 30)  # 2 GB, sparse: no disk used
+    real_open = os.open
+    opened: list[str] = []
+
+    def recording(path: str, *args: object, **kwargs: object) -> int:
+        opened.append(str(path))
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", recording)
+    got = by_id(str(tmp_path))
+    assert got["book.txt"].text == "A book."
+    assert got["huge.txt"].text is None
+    assert "2,147,483,648 bytes, over the 20,000,000-byte limit" in (got["huge.txt"].problem or "")
+    assert not any(p.endswith("huge.txt") for p in opened)  # refused by its size: not opened
+    small = by_id(str(tmp_path), FileLimits(max_bytes=5))
+    assert "over the 5-byte limit" in (small["book.txt"].problem or "")
+
+
+def test_a_file_that_cannot_be_read_fails_its_row_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("a.md", "broken.md", "c.txt"):
+        (tmp_path / name).write_text(f"Text of {name}.")
+    real_open = os.open
+
+    def failing(path: str, *args: object, **kwargs: object) -> int:
+        if str(path).endswith("broken.md"):  # a bad sector; or EACCES for another account
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(path))
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", failing)
+    got = by_id(str(tmp_path))
+    assert got["a.md"].text == "Text of a.md." and got["c.txt"].text == "Text of c.txt."
+    assert got["broken.md"].problem == "cannot read the file: Input/output error"
+
+
+def test_a_bom_is_dropped_and_special_files_are_skipped_with_a_note(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "bom.md").write_bytes("\ufeff# Chapter one\n\nText.".encode())
+    os.mkfifo(tmp_path / "pipe.md")  # opening it would block the run for ever
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "sock.txt"))
+        got = by_id(str(tmp_path))
+    assert set(got) == {"bom.md"}
+    assert got["bom.md"].text == "# Chapter one\n\nText."
+    notes = [r.getMessage() for r in caplog.records if r.name == "fishflow.sources"]
+    assert notes == ["pipe.md: a fifo, not read", "sock.txt: a socket, not read"]
+    # Named on its own, a fifo is refused the same way, without blocking.
+    [[row]] = list(read_source(str(tmp_path / "pipe.md")))
+    assert row.problem == "a fifo, not a text file: not read"
+
+
+def test_an_s3_prefix_reads_only_objects_under_the_cap_and_fails_one_it_cannot_get(
+    bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import boto3
+
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=bucket, Key="docs/a.md", Body="\ufeff# Title\n\nBody.".encode())
+    s3.put_object(Bucket=bucket, Key="docs/big.txt", Body=b"x" * 100)
+    s3.put_object(Bucket=bucket, Key="docs/denied.txt", Body=b"Hidden.")
+    fetched: list[str] = []
+    real = fishflow.sources.s3_client
+
+    def client() -> object:
+        inner = real()
+        get = inner.get_object
+
+        def get_object(**kwargs: str) -> object:
+            fetched.append(kwargs["Key"])
+            if kwargs["Key"].endswith("denied.txt"):
+                from botocore.exceptions import ClientError
+
+                error = {
+                    "Error": {"Code": "AccessDenied"},
+                    "ResponseMetadata": {"HTTPStatusCode": 403},
+                }
+                raise ClientError(error, "GetObject")  # type: ignore[arg-type]
+            return get(**kwargs)
+
+        inner.get_object = get_object
+        return inner
+
+    monkeypatch.setattr(fishflow.sources, "s3_client", client)
+    got = by_id(f"s3://{bucket}/docs", FileLimits(max_bytes=50))
+    assert got["a.md"].text == "# Title\n\nBody."
+    assert "100 bytes, over the 50-byte limit" in (got["big.txt"].problem or "")
+    assert "AccessDenied" in (got["denied.txt"].problem or "")
+    assert "docs/big.txt" not in fetched  # refused by its listed size, never downloaded
