@@ -10,7 +10,8 @@ Recognizers plug in behind one small interface, ``Recognizer.transcribe``. ``fis
 brings faster-whisper: CTranslate2's Whisper on the CPU in int8, the model by name (``tiny``,
 ``base``...: downloaded once by faster-whisper from the Hugging Face hub into its cache) or by
 local path (a converted model folder, for machines without that network). Chosen by
-``recognizer(spec)``: ``faster-whisper:NAME`` or ``faster-whisper:/path/to/model``.
+``recognizer(spec)``: ``faster-whisper:NAME``, ``faster-whisper:/path/to/model``, or
+``python:MODULE:NAME`` for a recognizer of your own (another engine, a service).
 
 (PocketSphinx, whose wheel carries an English model, was tried as a recognizer needing no
 download: on espeak-ng's speech it scored CER 0.52-0.77 on correct answers and 0.60-0.89 on
@@ -20,6 +21,7 @@ wrong ones, too close to tell them apart.)
 from __future__ import annotations
 
 import functools
+import importlib
 import unicodedata
 from typing import Protocol
 
@@ -28,6 +30,7 @@ from scipy.signal import resample_poly
 
 from fishflow.errors import ConfigError
 from fishflow.numbers import number_spans
+from fishflow.qa import Verdict
 
 
 class Recognizer(Protocol):
@@ -75,13 +78,21 @@ class FasterWhisper:
 
 @functools.cache
 def recognizer(spec: str) -> Recognizer:
-    """The recognizer a setting names: ``faster-whisper:MODEL``."""
+    """The recognizer a setting names: ``faster-whisper:MODEL``, or ``python:MODULE:NAME`` for
+    one of your own (a class or factory taking no arguments that returns a ``Recognizer``)."""
     kind, _, model = spec.partition(":")
     if kind == "faster-whisper" and model:
         return FasterWhisper(model)
+    if kind == "python" and ":" in model:
+        module, _, name = model.partition(":")
+        try:
+            made: Recognizer = getattr(importlib.import_module(module), name)()
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"recognizer {spec!r}: {exc}") from None
+        return made
     raise ConfigError(
         f"unknown recognizer {spec!r}: use faster-whisper:MODEL (a name such as tiny, or a "
-        "local model folder)"
+        "local model folder) or python:MODULE:NAME"
     )
 
 
@@ -106,3 +117,19 @@ def character_error_rate(sent: str, heard: str, language: str) -> float:
     if not reference:
         return 0.0 if not hypothesis else 1.0
     return Levenshtein.distance(reference, hypothesis) / len(reference)
+
+
+def heard(samples: np.ndarray, rate: int, text: str, language: str, spec: str) -> float:
+    """The character error rate of what ``spec``'s recognizer hears in an answer for
+    ``text``. Blocking (the recognizer's CPU work): call it from a worker thread."""
+    return character_error_rate(
+        text, recognizer(spec).transcribe(samples, rate, language), language
+    )
+
+
+def asr_verdict(cer: float, max_cer: float, passed: Verdict) -> Verdict:
+    """``passed`` (a verdict of the signal checks) made suspect when the recognizer heard
+    something else than was sent; its severity is how far past the bound it went."""
+    if cer <= max_cer:
+        return passed
+    return Verdict("suspect", "asr", round(cer, 4), severity=max(1.0, cer / max_cer))

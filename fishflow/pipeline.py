@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 import numpy as np
 import soundfile as sf
 
+from fishflow.asr import asr_verdict, heard
 from fishflow.audio import Audio, stitch
 from fishflow.chunk_files import open_chunk_folder
 from fishflow.chunking import (
@@ -965,6 +966,11 @@ async def _synthesize_checked(
         )
         if verdict.ratio is not None:  # speech, of whatever length: its rate is the voice's
             ctx.rates.add(voice, item.language, verdict.ratio)
+        if not verdict.suspect and settings.asr:  # what a listener would hear, word by word
+            cer = await asyncio.to_thread(
+                heard, audio.samples, audio.sample_rate, text, item.language, settings.asr
+            )
+            verdict = asr_verdict(cer, settings.max_cer, verdict)
         if not verdict.suspect:
             accepted = _accepted(audio, verdict)
             return Synthesized(accepted, made.server, spent, latency, Checked(answers))

@@ -285,6 +285,14 @@ class QaSettings(_Frozen):
     accept_marked: bool = Field(
         False, description="Treat an item published marked as done on the next run"
     )
+    asr: str | None = Field(
+        None,
+        description="Recognizer that transcribes each answer that passed the signal checks "
+        "(faster-whisper:MODEL, fishflow[asr]); None: off",
+    )
+    max_cer: float = Field(
+        0.3, gt=0, le=1, description="Suspect (asr) above this character error rate"
+    )
     unknown_voice: Literal["stop", "default"] = Field(
         "stop",
         description="A reference_id the server does not list: stop the run before any request "
@@ -547,6 +555,15 @@ class RunSettings(_Frozen):
     qa_accept_marked: bool = Field(
         False, description="Treat items published marked as done on the next run"
     )
+    qa_asr: str | None = Field(
+        None,
+        description="Also transcribe each answer with a recognizer and compare it with the "
+        "text: faster-whisper:MODEL (a name such as small, or a local model folder; pip install "
+        "'fishflow[asr]'); off by default",
+    )
+    qa_max_cer: float = Field(
+        0.3, gt=0, le=1, description="Suspect when the recognizer's character error rate is above"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -579,6 +596,8 @@ class RunSettings(_Frozen):
             rate_short=self.qa_rate_short,
             max_edge_s=self.qa_max_edge_s,
             accept_marked=self.qa_accept_marked,
+            asr=self.qa_asr,
+            max_cer=self.qa_max_cer,
             unknown_voice=self.unknown_voice,
         )
 

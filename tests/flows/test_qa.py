@@ -261,3 +261,37 @@ def test_real_words_with_bad_answers(tmp_path: Path) -> None:
     items = manifest(tmp_path / "out", "items", summary["run_id"])
     assert len(items) == len(rows) and set(items["status"]) == {"ok"}
     assert (items["qa"] == "marked").sum() == t.published_bad
+
+
+def test_a_recognizer_behind_the_interface_checks_every_answer(
+    tmp_path: Path,
+) -> None:
+    """`qa_asr`: each answer that passed the signal checks is transcribed and compared with
+    its text (CER). Heard as sent: nothing is made again. Heard as nothing: each chunk is
+    made again up to the bound, then published marked `asr` with its error rate."""
+    # One sentence, its punctuation varied: distinct chunks, one comparable text.
+    texts = [f"The kettle boils water quickly{p}" for p in (".", "!", "?", "...", "!!", ".!")]
+    source = tmp_path / "kettle.jsonl"
+    source.write_text(
+        "\n".join(json.dumps({"id": f"k{i}", "text": t}) for i, t in enumerate(texts))
+    )
+    from fishflow.settings import RunSettings
+
+    with Emulator(EmulatorConfig(workers=2)) as emu:
+        heard = RunSettings(qa_asr="python:tests.recognizers:HearsTheKettle", reference_id=None)
+        summary = run(source, tmp_path / "a", [emu.url], settings=heard)
+        assert summary["ok"] == len(texts) and summary.get("marked", 0) == 0
+        assert emu.stats["requests"] == len(texts)
+        items = manifest(tmp_path / "a", "items", summary["run_id"])
+        assert (items["qa"] == "pass").all() and (items["qa_attempts"] == 1).all()
+
+        emu.reset_stats()
+        deaf = heard.model_copy(update={"qa_asr": "python:tests.recognizers:Deaf"})
+        summary = run(source, tmp_path / "b", [emu.url], settings=deaf)
+        items = manifest(tmp_path / "b", "items", summary["run_id"])
+        assert summary["ok"] == len(texts) and summary["marked"] == len(texts)
+        assert (items["qa"] == "marked").all() and (items["qa_check"] == "asr").all()
+        assert (items["qa_measure"] == 1.0).all()  # nothing heard: every character missed
+        # A seed voice is made again whole, with another seed, up to the bound (2 more).
+        assert (items["qa_attempts"] == 3).all()
+        assert emu.stats["requests"] == 3 * len(texts)

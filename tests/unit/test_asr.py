@@ -3,6 +3,7 @@ recognizer heard, both normalised alike (numbers in words, no case, no punctuati
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from fishflow.asr import character_error_rate, comparable, recognizer
@@ -29,3 +30,18 @@ def test_what_a_wrong_answer_sounds_like_is_a_high_error_rate() -> None:
 def test_an_unknown_recognizer_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="faster-whisper:MODEL"):
         recognizer("whisper-please")
+
+
+def test_a_recognizer_of_your_own_plugs_in_by_name_and_its_verdict_is_asr() -> None:
+    from fishflow.asr import asr_verdict, heard
+    from fishflow.qa import Verdict
+
+    silence = np.zeros(4410, dtype=np.int16)
+    assert heard(silence, 44_100, "The kettle boils water quickly.", "en",
+                 "python:tests.recognizers:HearsTheKettle") == 0.0  # fmt: skip
+    passed = Verdict("pass")
+    assert asr_verdict(0.1, 0.3, passed) is passed
+    suspect = asr_verdict(0.9, 0.3, passed)
+    assert suspect.suspect and suspect.check == "asr" and suspect.measure == 0.9
+    with pytest.raises(ConfigError, match="no attribute"):
+        recognizer("python:tests.recognizers:Nobody")
