@@ -233,13 +233,14 @@ def test_a_sharded_run_on_two_workers_writes_one_manifest_with_every_row_once(
     ManifestWriter(store, gone.run_id).write_part("p", [gone], [], [])
     n = 160
     site.start_worker("second")
-    # A server of its own without a shared limit: a killed run's slots would stay leased for
-    # a minute, and this test is about the re-run.
+    # A server of its own without a shared limit (so the run says --local-limit: the site has
+    # limits for others): a killed run's slots would stay leased for a minute, and this test
+    # is about the re-run.
     with Emulator(EmulatorConfig(workers=2, service_time_s=0.05)) as emu:
         try:
             source = catalog(tmp_path / "c.csv", n)
-            run_id, flow_run_id = submit(site, source, out, "--shards", "2",
-                                         "--batch-size", "10", "--server", emu.url)  # fmt: skip
+            run_id, flow_run_id = submit(site, source, out, "--shards", "2", "--batch-size",
+                                         "10", "--server", emu.url, "--local-limit")  # fmt: skip
             child_id = f"{run_id}-s0"
             deadline = time.monotonic() + 120
             while len(finished_before(out, child_id)) < 10:  # shard 0 is well under way
