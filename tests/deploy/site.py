@@ -151,6 +151,9 @@ def prefect_site(home: Path, servers: list[str], *, limit: int = 2,
         # Workers poll every second: a run starts about a second after it is triggered.
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+        # A worker hears of a cancel by websocket event, or else by polling every 120 s: poll
+        # often, so a cancel reaches the run in seconds even when the events socket drops.
+        "PREFECT_WORKER_CANCELLATION_POLL_SECONDS": "2",
     }
     server_log = home / "server.log"
     with open(server_log, "wb") as log:

@@ -271,45 +271,6 @@ def test_a_sharded_run_on_two_workers_writes_one_manifest_with_every_row_once(
     assert requests <= n + 4
 
 
-async def active_slots(name: str) -> int:
-    async with get_client() as client:
-        return int((await client.read_global_concurrency_limit_by_name(name)).active_slots)
-
-
-def test_cancelling_a_run_gives_its_shared_slots_back_within_seconds(
-    site: PrefectSite, emulator: Emulator, worker: None, tmp_path: Path
-) -> None:
-    """`prefect flow-run cancel` (the UI's Cancel): the run's slots of the server's shared
-    limit come back at once, not when their leases expire a minute later, and the run ends
-    Cancelled with a log that says so."""
-    from fishflow.pool import limit_name
-
-    name = limit_name(emulator.url)
-    out = tmp_path / "out"
-    # 2,000 one-chunk items at 2 in flight: far more than the seconds this test waits.
-    run_id, flow_run_id = submit(site, catalog(tmp_path / "c.csv", 2000), out)
-    deadline = time.monotonic() + 120
-    while asyncio.run(active_slots(name)) < 2:  # the run holds the whole shared limit
-        assert time.monotonic() < deadline, "the run never took the shared slots"
-        time.sleep(0.2)
-    cancelled = site.prefect("flow-run", "cancel", str(flow_run_id))
-    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
-    deadline = time.monotonic() + 15
-    while (held := asyncio.run(active_slots(name))) > 0:
-        assert time.monotonic() < deadline, f"{held} slot(s) still held 15 s after the cancel"
-        time.sleep(0.2)
-    run = asyncio.run(final_state(flow_run_id, timeout_s=60))
-    assert run.state.type == StateType.CANCELLED, run.state
-    # Batches cut short are not recorded as failed: their items are done again on resume.
-    parts = (out / "manifests" / f"run={run_id}" / "parts").glob("items-*.parquet")
-    assert "failed" not in {s for part in parts for s in pd.read_parquet(part)["status"]}
-    assert asyncio.run(
-        logged(flow_run_id, f"run {run_id}: cancelled; the items it finished are kept")
-    )
-    assert not asyncio.run(logged(flow_run_id, "Crash detected", timeout_s=0))
-    assert not asyncio.run(logged(flow_run_id, "Finished in state Running", timeout_s=0))
-
-
 def test_a_401_with_the_key_from_a_secret_block_names_that_block(
     site: PrefectSite, emulator: Emulator, worker: None, tmp_path: Path
 ) -> None:
