@@ -4,11 +4,15 @@ variables are cleared before anything imports Prefect."""
 from __future__ import annotations
 
 import os
+import tempfile
 
 for _name in list(os.environ):
     if _name.startswith(("AWS_", "PREFECT_", "FISHFLOW_")):
         del os.environ[_name]
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+# Prefect's home (its local result storage, profiles) of this test process alone: never the
+# developer's, and never shared by the processes `make test` runs side by side.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="fishflow-tests-prefect-")
 os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"
 
 from collections.abc import Iterator  # noqa: E402
