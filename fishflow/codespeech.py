@@ -64,6 +64,7 @@ _SYMBOLS: dict[str, tuple[str, str, str, str]] = {
 }
 _LANGS = ("en", "de", "zh", "ja")
 _OF = ("of", "von", "的", "の")
+_COLON = ("colon", "Doppelpunkt", "冒号", "コロン")
 _DASH = ("dash", "Strich", "横杠", "ハイフン")
 # Said as nothing: brackets, quotes, separators (their content is said).
 _SILENT = frozenset("()[]{}\"'`;,:")
@@ -72,6 +73,7 @@ _TOKEN = regex.compile(
     r"(?P<word>[\p{L}\p{M}_][\p{L}\p{M}\p{N}_]*|\p{N}+(?:\.\p{N}+)*[\p{L}_]*)"
     r"|(?P<space>\s+)"
     r"|(?P<dashes>(?<![\p{L}\p{N}_])--?(?=[\p{L}\p{N}]))"
+    r"|(?P<port>:(?=\p{N})(?<=[\p{L}\p{N}]:))"
     r"|(?P<sep>::|[-](?=[\p{L}\p{N}])(?<=[\p{L}\p{N}]-))"
     r"|(?P<call>\(\))"
     r"|(?P<generic><(?=[\p{L}_])(?<=[\p{L}\p{N}_]<)|>(?<=[\p{L}\p{N}_>]>)(?!=))"
@@ -122,6 +124,8 @@ def say_code(code: str, language: str) -> str:
             words.append(identifier_words(text))
         elif kind == "dashes":  # an option: --force, -rf
             words.append(" ".join([_DASH[lang]] * len(text)))
+        elif kind == "port":  # localhost:5000, 127.0.0.1:8080
+            words.append(_COLON[lang])
         elif kind == "generic":  # Vec<i32>, Option<T>: "Vec of i32"
             words.append(_OF[lang] if text == "<" else "")
         elif kind == "symbol":

@@ -443,6 +443,7 @@ def _pattern(decimal_comma: bool) -> regex.Pattern[str]:
         (?P<hex>{_BEFORE}0[xX][0-9a-fA-F]+{_AFTER})
       | (?P<phone>{_BEFORE}(?:\+\d{{1,3}}[ \-]?)(?:\(?\d{{2,5}}\)?[ \-]?){{1,4}}\d{{2,5}}{_AFTER}
           | {_BEFORE}\d{{3}}-\d{{3,4}}(?:-\d{{4}})?{_AFTER})
+      | (?P<ip>{_BEFORE}(?:\d{{1,3}}\.){{3}}\d{{1,3}}{_AFTER})
       | (?P<date>{_BEFORE}(?P<dy>\d{{4}})-(?P<dm>0[1-9]|1[0-2])-(?P<dd>0[1-9]|[12]\d|3[01]){_AFTER})
       | (?P<cjkdate>(?P<cy>\d{{4}})年(?:(?P<cm>\d{{1,2}})月(?:(?P<cd>\d{{1,2}})日)?)?)
       | (?P<time>{_BEFORE}(?P<th>[01]?\d|2[0-3]):(?P<tm>[0-5]\d)(?::[0-5]\d)?{_AFTER})
@@ -521,6 +522,10 @@ def _say(
         plus = {"en": "plus ", "de": "plus ", "zh": "加", "ja": "プラス"}.get(reader.lang, "+")
         sep = "，" if reader.lang == "zh" else "、" if reader.lang == "ja" else ", "
         return (plus if full.startswith("+") else "") + sep.join(groups), "digits"
+    if kind == "ip":  # 127.0.0.1: its four numbers, "dot" between (never "point")
+        dot = {"zh": "点", "ja": "ドット", "de": "Punkt"}.get(reader.lang, "dot")
+        joiner = dot if reader.lang in ("zh", "ja") else f" {dot} "
+        return joiner.join(reader.cardinal(int(part)) for part in full.split(".")), "digits"
     if kind == "date":
         return reader.date(int(m["dy"]), int(m["dm"]), int(m["dd"])), "date"
     if kind == "cjkdate":

@@ -61,6 +61,7 @@ def said(text: str, language: str = "en") -> str:
         ("10⁶ and x²", "ten to the power of six and x squared"),
         ("3x faster", "three times faster"),
         ("1,2,3", "one, two, three"),
+        ("open 127.0.0.1 now", "open one hundred and twenty-seven dot zero dot zero dot one now"),
         # identifiers with digits are names, never numbers
         ("u8, i32, ES6, x86_64, 3D, mp3", "u8, i32, ES6, x86_64, 3D, mp3"),
     ],
@@ -130,6 +131,7 @@ def test_numbers_in_german_chinese_japanese_and_others(
         ("hello-world", "hello world"),
         ("a + b", "a plus b"),
         ("x86_64", "x86 64"),
+        ("localhost:5000/", "localhost colon 5000 slash"),
     ],
 )
 def test_inline_code_in_english_words(code: str, spoken: str) -> None:
