@@ -260,8 +260,11 @@ async def open_run(
     api_key: str | None,
     leaser: SlotLeaser | None = None,
     hold_output: bool = True,
+    spec: RunSpec | None = None,
 ) -> AsyncIterator[tuple[RunContext, ManifestWriter]]:
-    """Build everything a run's batches share, and close it when the run ends.
+    """Build everything a run's batches share, and close it when the run ends. `spec`: the
+    run's spec when the caller already made it (its lexicon is then read once, and the
+    batches are validated with the very spec their items are synthesised with).
 
     The output's lock is taken first, before anything is written or read for change detection:
     a second run on the same output stops here (or waits `settings.wait_for_lock` seconds).
@@ -293,6 +296,7 @@ async def open_run(
             api_key=api_key,
             leaser=leaser,
             pool_ref=pool_ref,
+            spec=spec or run_spec(settings),
         ) as opened,
     ):
         yield opened
@@ -328,10 +332,10 @@ async def _open_run(
     api_key: str | None,
     leaser: SlotLeaser | None,
     pool_ref: list[ServerPool],
+    spec: RunSpec,
 ) -> AsyncIterator[tuple[RunContext, ManifestWriter]]:
     """What a run builds once it holds its output; the pool goes into `pool_ref` so that a
     lost output lock can stop it."""
-    spec = run_spec(settings)
     # Next to a local output; for an S3 output on this machine, so the next run here re-uses it.
     cache_dir = settings.chunk_cache or os.path.join(state_dir(store), "chunks")
     previous = {} if force else await asyncio.to_thread(load_previous, store, run_id)

@@ -178,6 +178,7 @@ async def refresh_catalog_audio(
         settings=settings,
         force=force,
         api_key=await api_key(api_key_secret),
+        spec=spec,
     ) as (ctx, writer):
         totals = runtime.register(ctx, writer).totals
         progress: ProgressLog | None = None
