@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fishflow.pipeline import ChunkCache
+from fishflow.chunk_cache import ChunkCache
 
 TIMED = {"_keep": "spill_s", "read": "read_s", "compress": "compress_s"}
 

@@ -18,8 +18,8 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from fishflow.audio import Audio
+from fishflow.chunk_cache import encode_chunk
 from fishflow.fish_speech import SAMPLE_RATE
-from fishflow.pipeline import encode_chunk
 
 
 def as_fish_sends(path: str) -> Audio:

@@ -16,11 +16,11 @@ import time
 
 from fishflow.audio import Audio
 from fishflow.chunking import Chunk
-from fishflow.emulator import synth_samples
 from fishflow.fish_speech import SAMPLE_RATE
 from fishflow.publish import ItemPublisher
 from fishflow.settings import AudioSettings, CaptionSettings
 from fishflow.storage import LocalStore
+from fishflow.testing.emulator import synth_samples
 
 SECONDS = float(os.environ.get("BENCH_PUBLISH_SECONDS", "2.6"))
 ITEMS = int(os.environ.get("BENCH_PUBLISH_ITEMS", "400"))

@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-import fishflow.pipeline
+import fishflow.processing
 from fishflow.cli import main as cli
 
 PROSE = (
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4, help="emulator workers (default 4)")
     args = parser.parse_args(argv)
     spent: list[float] = []
-    fishflow.pipeline.check_answer = timed(fishflow.pipeline.check_answer, spent)
+    fishflow.processing.check_answer = timed(fishflow.processing.check_answer, spent)
     with tempfile.TemporaryDirectory(prefix="bench-qa-") as tmp, emulator(args.workers) as url:
         root = Path(tmp)
         catalog(root / "warm.jsonl", 5)

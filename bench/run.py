@@ -118,8 +118,8 @@ def run_fishflow(
     source: Path, out: Path, servers: list[str], *, force: bool = True, **settings: Any
 ) -> dict[str, Any]:
     """The catalog flow in this process (`force` by default: benchmarks measure synthesis)."""
+    from fishflow.flows.refresh_catalog_audio import refresh_catalog_audio
     from fishflow.settings import RunSettings
-    from flows.refresh_catalog_audio import refresh_catalog_audio
 
     user, system = cpu_user_system()
     summary = asyncio.run(

@@ -11,16 +11,16 @@ import logging
 import os
 import time
 
-from fishflow.emulator import Emulator, EmulatorConfig
 from fishflow.pool import ServerPool
 from fishflow.settings import ServerConfig, SynthesisOptions
+from fishflow.testing.emulator import Emulator, EmulatorConfig
 
 SERVICE_S = 0.05
 log = logging.getLogger("bench.shared_slots")
 
 
 async def one_run(urls: list[str], n: int, shared: bool, tag: str) -> tuple[float, float, int]:
-    from tasks.limits import PrefectSlotLeaser
+    from fishflow.tasks.limits import PrefectSlotLeaser
 
     leaser = PrefectSlotLeaser(log) if shared else None
     configs = [ServerConfig(url=u, max_in_flight=2) for u in urls]
@@ -34,7 +34,7 @@ async def one_run(urls: list[str], n: int, shared: bool, tag: str) -> tuple[floa
 
 
 def measure(label: str, emus: list[Emulator], runs: int, n: int, shared: bool) -> None:
-    from tasks.limits import create_limits
+    from fishflow.tasks.limits import create_limits
 
     for emu in emus:
         emu.reset_stats()

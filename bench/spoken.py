@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from fishflow.pipeline import Item, validate_row
+from fishflow.items import Item, validate_row
 from fishflow.run import run_spec
 from fishflow.settings import RunSettings
 from fishflow.sources import SourceRow

@@ -596,10 +596,10 @@ def _with_flow(args: argparse.Namespace, run_id: str | None, out: str, call: Any
 
         guard_children()  # which must not outlive this process, even SIGKILLed
 
-    import flows.refresh_catalog_audio
-    import flows.retry_errors
-    from tasks import runtime
-    from tasks.prefect_run import run_result
+    from fishflow.flows.refresh_catalog_audio import refresh_catalog_audio
+    from fishflow.flows.retry_errors import retry_errors
+    from fishflow.tasks import runtime
+    from fishflow.tasks.prefect_run import run_result
 
     async def summary_of(flow_fn: Any, **kwargs: Any) -> dict[str, Any]:
         # A run with too many failed items ends Failed in Prefect; the CLI still prints its
@@ -607,10 +607,8 @@ def _with_flow(args: argparse.Namespace, run_id: str | None, out: str, call: Any
         return await run_result(await flow_fn(**kwargs, return_state=True))
 
     namespace = types.SimpleNamespace(
-        refresh_catalog_audio=functools.partial(
-            summary_of, flows.refresh_catalog_audio.refresh_catalog_audio
-        ),
-        retry_errors=functools.partial(summary_of, flows.retry_errors.retry_errors),
+        refresh_catalog_audio=functools.partial(summary_of, refresh_catalog_audio),
+        retry_errors=functools.partial(summary_of, retry_errors),
     )
     from fishflow.settings import EnvSettings
 
@@ -792,6 +790,7 @@ def _size(n: int) -> str:
 
 
 def _gc(args: argparse.Namespace) -> int:
+    from fishflow.chunk_cache import RemoteChunks
     from fishflow.hygiene import (
         Collected,
         chunk_cache_dir,
@@ -799,7 +798,6 @@ def _gc(args: argparse.Namespace) -> int:
         collect_output_chunks,
         referenced_chunk_keys,
     )
-    from fishflow.pipeline import RemoteChunks
     from fishflow.storage import open_store
 
     if not args.out.startswith("s3://") and not os.path.isdir(args.out):
@@ -852,7 +850,7 @@ def _gc(args: argparse.Namespace) -> int:
 
 def _preview(args: argparse.Namespace) -> int:
     """Chunks as `run` would send them, from the same code path, without Prefect or servers."""
-    from fishflow.pipeline import Rejection, item_chunks
+    from fishflow.items import Rejection, item_chunks
     from fishflow.run import entry_batches, run_spec
     from fishflow.spoken import rule_summary, said_as
 
@@ -907,7 +905,7 @@ def _preview(args: argparse.Namespace) -> int:
 
 
 def _emulator(args: argparse.Namespace) -> int:
-    from fishflow.emulator import Emulator, EmulatorConfig, Faults
+    from fishflow.testing.emulator import Emulator, EmulatorConfig, Faults
 
     host, _, port = args.listen.rpartition(":")
     faults = Faults(
@@ -1000,7 +998,7 @@ def _deploy(args: argparse.Namespace) -> int:
     _require_prefect_api("deployments live on the Prefect server your workers use")
     from pathlib import Path
 
-    from tasks.deploy import PREFECT_FILE, deploy
+    from fishflow.tasks.deploy import PREFECT_FILE, deploy
 
     done = deploy(
         pool=args.pool,
@@ -1040,7 +1038,7 @@ def _limits(args: argparse.Namespace) -> int:
 
     _filter_prefect_console()
 
-    from tasks.limits import create_limits
+    from fishflow.tasks.limits import create_limits
 
     if not get_current_settings().api.url:
         raise ConfigError(

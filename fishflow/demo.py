@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from fishflow.cli import main as cli_main
-from fishflow.emulator import Emulator, EmulatorConfig
+from fishflow.testing.emulator import Emulator, EmulatorConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALOG = ROOT / "examples" / "catalog.csv"

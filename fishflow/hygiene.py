@@ -30,9 +30,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fishflow import chunk_files
+from fishflow.chunk_cache import RemoteChunks
 from fishflow.chunk_files import chunk_file_key
 from fishflow.errors import ConfigError, StorageError
 from fishflow.incremental import load_previous
+from fishflow.items import PreviousItem
 from fishflow.manifest import (
     ChunkRow,
     ItemRow,
@@ -41,7 +43,6 @@ from fishflow.manifest import (
     journal_dir,
     read_remote,
 )
-from fishflow.pipeline import PreviousItem, RemoteChunks
 from fishflow.storage import Listed, Store, state_dir
 
 # Files published beside an item's audio, named after its stem (`audio/x.wav` -> `audio/x.vtt`).

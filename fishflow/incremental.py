@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from fishflow.items import PreviousItem
 from fishflow.manifest import (
     ITEMS_SCHEMA,
     Journal,
@@ -24,7 +25,6 @@ from fishflow.manifest import (
     remote_journal_runs,
     to_table,
 )
-from fishflow.pipeline import PreviousItem
 from fishflow.storage import Store
 
 _COLUMNS = [

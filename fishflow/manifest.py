@@ -220,7 +220,7 @@ class ManifestWriter:
             )
 
     def write_outcomes(self, part: str, outcomes: list[Any]) -> None:
-        """A part from pipeline outcomes (objects with .item, .chunks, .errors)."""
+        """A part from item outcomes (objects with .item, .chunks, .errors)."""
         self.write_part(
             part,
             [o.item for o in outcomes],

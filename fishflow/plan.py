@@ -1,7 +1,7 @@
 """What a run would do and cost, before it spends GPU time: `fishflow plan`.
 
 The source goes through the run's own validation, content keys and chunking
-(``run.entry_batches``, ``pipeline.item_chunks``), and the output's earlier manifests and chunk
+(``run.entry_batches``, ``items.item_chunks``), and the output's earlier manifests and chunk
 cache are read as a run reads them, so the counts are what a run would do. Nothing is sent to
 a server, nothing is written (an output folder that does not exist is not created), Prefect is
 not started.
@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from fishflow.chunking import chunk_key
 from fishflow.incremental import existing_audio, load_previous
-from fishflow.pipeline import Item, item_chunks
+from fishflow.items import Item, item_chunks
 from fishflow.progress import format_duration as _duration
 from fishflow.run import entry_batches, run_spec
 from fishflow.settings import RunSettings
@@ -179,7 +179,7 @@ def make_plan(
             plan.items += 1
             plan.chars += len(entry.text)
             plan.audio_s += _expected_s(entry.text, rates.get(entry.language))
-            # As pipeline.process_item chunks, and as _skip_if_unchanged decides.
+            # As processing.process_item chunks, and as _skip_if_unchanged decides.
             chunks = item_chunks(entry, spec)
             for chunk in chunks:
                 changes.update(rule for _, _, rule in chunk.said)

@@ -18,22 +18,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from fishflow.chunk_cache import ChunkCache
 from fishflow.chunking import chunk_budget
+from fishflow.context import RunContext
 from fishflow.errors import FishflowError
 from fishflow.incremental import existing_audio, load_previous
+from fishflow.items import Item, Rejection, RunSpec, validate_row
 from fishflow.lexicon import load_lexicon
 from fishflow.lock import held_output_lock
 from fishflow.manifest import Journal, ManifestWriter, journal_dir, read_items
 from fishflow.memory import use_one_arena
-from fishflow.pipeline import (
-    ChunkCache,
-    Item,
-    ItemOutcome,
-    Rejection,
-    RunContext,
-    RunSpec,
-    validate_row,
-)
+from fishflow.outcomes import ItemOutcome
 from fishflow.pool import ServerPool, SlotLeaser
 from fishflow.settings import (
     AudioSettings,

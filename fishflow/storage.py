@@ -475,7 +475,7 @@ class S3Store:
 def state_dir(store: Store) -> str:
     """Local working state of an output (journals, chunk audio): inside a local output, or in
     the user's cache for an S3 output, where it is the fast layer in front of the copy kept
-    under ``<out>/.fishflow/`` (see ``manifest.Journal`` and ``pipeline.RemoteChunks``)."""
+    under ``<out>/.fishflow/`` (see ``manifest.Journal`` and ``chunk_cache.RemoteChunks``)."""
     if not store.root.startswith("s3://"):
         return os.path.join(store.root, ".fishflow")
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")

@@ -17,7 +17,7 @@ from fishflow.database import mask, split_secrets
 from fishflow.errors import ConfigError, FishflowError
 from fishflow.hygiene import tidy_output
 from fishflow.manifest import recover, run_record_exists, write_run_record
-from fishflow.pipeline import internal_failure
+from fishflow.outcomes import internal_failure
 from fishflow.pool import check_servers
 from fishflow.progress import ProgressLog, Tally
 from fishflow.run import (
@@ -32,9 +32,9 @@ from fishflow.run import (
 )
 from fishflow.settings import EnvSettings, RunSettings, validated
 from fishflow.sources import check_source, estimate_rows
-from tasks import reporting, runtime
-from tasks.limits import PrefectSlotLeaser, servers_without_limits
-from tasks.prefect_run import (
+from fishflow.tasks import reporting, runtime
+from fishflow.tasks.limits import PrefectSlotLeaser, servers_without_limits
+from fishflow.tasks.prefect_run import (
     RunFailed,
     api_key,
     cancel_requested,
@@ -42,9 +42,9 @@ from tasks.prefect_run import (
     stopped_message,
     tag_flow_run,
 )
-from tasks.sharding import run_shards
-from tasks.sources import resolve_source
-from tasks.synthesis import batch_argument, synthesize_batch
+from fishflow.tasks.sharding import run_shards
+from fishflow.tasks.sources import resolve_source
+from fishflow.tasks.synthesis import batch_argument, synthesize_batch
 
 DEFAULT_SERVERS = ["http://127.0.0.1:8080"]
 

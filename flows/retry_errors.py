@@ -11,8 +11,8 @@ from prefect.states import Failed, State
 from fishflow.manifest import failed_rows, latest_run_id, read_run_record
 from fishflow.settings import RunSettings
 from fishflow.storage import open_store
-from flows.refresh_catalog_audio import refresh_catalog_audio
-from tasks.prefect_run import run_result
+from fishflow.flows.refresh_catalog_audio import refresh_catalog_audio
+from fishflow.tasks.prefect_run import run_result
 
 
 @flow(name="retry-errors")

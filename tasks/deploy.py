@@ -32,7 +32,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.schedules import Cron
 
 from fishflow.settings import RunSettings, validated
-from tasks.limits import create_limits
+from fishflow.tasks.limits import create_limits
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT_FILE = ROOT / "deployments" / "prefect.yaml"

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fishflow.manifest import ItemRow, ManifestWriter
-from fishflow.pipeline import RunContext
+from fishflow.context import RunContext
 from fishflow.run import RunTotals
 
 

@@ -23,8 +23,8 @@ from fishflow.manifest import ManifestWriter, merge_runs, read_items, write_run_
 from fishflow.run import RunTotals, shard_run_id
 from fishflow.settings import RunSettings
 from fishflow.storage import open_store
-from tasks.prefect_run import DeploymentContext, RunFailed
-from tasks.reporting import Summary, write_report
+from fishflow.tasks.prefect_run import DeploymentContext, RunFailed
+from fishflow.tasks.reporting import Summary, write_report
 
 # A child whose worker died ends Crashed (heartbeats + `fishflow deploy`'s automation); each
 # child gets this many runs in all before the parent gives up on it.

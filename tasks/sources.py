@@ -9,7 +9,7 @@ the core (``fishflow.sources.read_source``), which never imports Prefect.
 from __future__ import annotations
 
 from fishflow.errors import SourceError
-from tasks.prefect_run import secret_value
+from fishflow.tasks.prefect_run import secret_value
 
 SECRET_PREFIX = "secret:"
 

@@ -17,8 +17,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Cancelled, State
 from prefect.utilities.annotations import quote
 
-from fishflow.pipeline import Item, Rejection, process_batch
-from tasks.runtime import lookup
+from fishflow.items import Item, Rejection
+
+from fishflow.processing import process_batch
+from fishflow.tasks.runtime import lookup
 
 
 @task(name="synthesize-batch", cache_policy=NO_CACHE, persist_result=False, retries=0)

@@ -19,7 +19,7 @@ from collections.abc import Iterator  # noqa: E402
 
 import pytest  # noqa: E402
 
-from fishflow.emulator import Emulator, EmulatorConfig  # noqa: E402
+from fishflow.testing.emulator import Emulator, EmulatorConfig  # noqa: E402
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import numpy as np
 
 from fishflow.audio import Audio, encode
-from fishflow.emulator import speech_duration_s, synth_samples
+from fishflow.testing.emulator import speech_duration_s, synth_samples
 
 Mode = Literal["endless", "trickle", "short_wav", "echo"]
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from fishflow.emulator import Emulator, EmulatorConfig
+from fishflow.testing.emulator import Emulator, EmulatorConfig
 from tests.deploy.site import PrefectSite, client_settings, prefect_site
 
 API_KEY = "emulator-key-never-logged-7f3a"

@@ -30,9 +30,9 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 
-from fishflow.emulator import Emulator, EmulatorConfig
 from fishflow.manifest import ItemRow, ManifestWriter
 from fishflow.storage import LocalStore
+from fishflow.testing.emulator import Emulator, EmulatorConfig
 from tests.deploy.conftest import API_KEY
 from tests.deploy.site import PrefectSite
 from tests.flows.test_resume import finished_before

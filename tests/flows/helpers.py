@@ -12,9 +12,9 @@ from typing import Any
 import pandas as pd
 import soundfile as sf
 
+from fishflow.flows.refresh_catalog_audio import refresh_catalog_audio
 from fishflow.settings import RunSettings
-from flows.refresh_catalog_audio import refresh_catalog_audio
-from tasks.prefect_run import run_result
+from fishflow.tasks.prefect_run import run_result
 
 CATALOG_ROWS = [
     {"id": "en-1", "language": "en", "text": "A stoneware mug. Dishwasher safe, 350 ml."},

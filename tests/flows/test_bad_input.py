@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from fishflow.cli import main
-from fishflow.emulator import Emulator, EmulatorConfig
+from fishflow.testing.emulator import Emulator, EmulatorConfig
 from tests.flows.helpers import latest_run, manifest
 
 GOOD = {"id": "good", "text": "A perfectly good row of text."}
@@ -308,16 +308,16 @@ def test_a_bug_on_one_rows_text_fails_that_row_not_the_run(
     tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """As the HTML parser's AssertionError on '<![alt' once would have: one row, not the run."""
-    from fishflow import pipeline
+    from fishflow import items
 
-    real = pipeline.speech_blocks
+    real = items.speech_blocks
 
     def fragile(row: Any, *args: Any, **kwargs: Any) -> Any:
         if "boom" in (row.text or ""):
             raise AssertionError("unknown status keyword 'alt ' in marked section")
         return real(row, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "speech_blocks", fragile)
+    monkeypatch.setattr(items, "speech_blocks", fragile)
     rows = [GOOD, {"id": "bad", "text": "A boom here."}, {"id": "later", "text": "Still read."}]
     out = tmp_path / "out"
     path = write_source(tmp_path, rows, "jsonl")

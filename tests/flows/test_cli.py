@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from fishflow.cli import main
-from fishflow.emulator import Emulator, EmulatorConfig
+from fishflow.testing.emulator import Emulator, EmulatorConfig
 from tests.flows.helpers import latest_run, manifest, run
 
 GOOD = "id,language,text\na,en,Hello there. This is a good row.\nb,zh,你好，世界。\n"
@@ -132,7 +132,7 @@ def test_servers_down_from_the_start_stop_the_flow_with_a_complete_manifest(
 ) -> None:
     """Called as a flow (a deployment's path, no CLI pre-check): servers that never answered
     stop the run after the short start grace, not the 60 s meant for servers lost mid-run."""
-    from flows.refresh_catalog_audio import RunFailed
+    from fishflow.flows.refresh_catalog_audio import RunFailed
 
     out = tmp_path / "o"
     dead = f"http://127.0.0.1:{free_port()}"
@@ -250,7 +250,7 @@ def test_a_request_wide_422_stops_the_run(tmp_path: Path, capsys) -> None:
 
     from pydantic import Field
 
-    from fishflow.emulator import ServeTTSRequest
+    from fishflow.testing.emulator import ServeTTSRequest
 
     class Stricter(ServeTTSRequest):
         top_p: Annotated[float, Field(ge=0.1, le=0.5, strict=True)] = 0.5
@@ -346,7 +346,7 @@ def fishflow(*args: str, tmp_path: Path, env: dict[str, str] | None = None):
 def _shared_limit(url: str) -> None:
     """Runs against a Prefect API lease each server's shared limit, and say once when there is
     none; these tests are about errors, so the server gets one."""
-    from tasks.limits import create_limits
+    from fishflow.tasks.limits import create_limits
 
     asyncio.run(create_limits({url: 2}))  # (created, kept)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fishflow.cli import _OwnWarningsOnly, main
-from fishflow.emulator import Emulator, EmulatorConfig
+from fishflow.testing.emulator import Emulator, EmulatorConfig
 from tests.flows.helpers import decode, manifest
 
 N = 60  # about 9 MB of WAV: more than the 6 MB disk holds

@@ -15,7 +15,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 
 from fishflow import storage
-from fishflow.emulator import Emulator, EmulatorConfig, Faults
+from fishflow.testing.emulator import Emulator, EmulatorConfig, Faults
 from tests.flows.helpers import decode, manifest, run
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from fishflow.chunking import DEFAULT_CHUNK_BYTES
-from fishflow.emulator import Emulator, EmulatorConfig
+from fishflow.testing.emulator import Emulator, EmulatorConfig
 from tests.flows.helpers import CATALOG_ROWS, decode, manifest, run
 
 

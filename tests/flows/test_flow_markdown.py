@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import regex
 
-from fishflow.emulator import Emulator
-from fishflow.pipeline import Item, item_chunks, validate_row
+from fishflow.items import Item, item_chunks, validate_row
 from fishflow.run import run_spec
 from fishflow.settings import RunSettings
 from fishflow.sources import read_source
+from fishflow.testing.emulator import Emulator
 from tests.flows.helpers import decode, manifest, run
 
 LESSON = Path(__file__).parents[2] / "examples" / "course" / "lessons" / "3-cloud" / "README.md"

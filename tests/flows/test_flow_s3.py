@@ -8,7 +8,7 @@ import boto3
 import pandas as pd
 import pytest
 
-from fishflow.emulator import Emulator
+from fishflow.testing.emulator import Emulator
 from tests.flows.helpers import CATALOG_ROWS, decode, run
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 from prefect.settings import get_current_settings
 
 from fishflow.cli import main
-from fishflow.emulator import Emulator, EmulatorConfig
+from fishflow.testing.emulator import Emulator, EmulatorConfig
 from tests.flows.helpers import flow_run_messages, latest_run, manifest, run
 
 LONG = " ".join(

@@ -13,7 +13,7 @@ import pyloudnorm
 import pytest
 import soundfile as sf
 
-from fishflow.emulator import Emulator, EmulatorConfig
+from fishflow.testing.emulator import Emulator, EmulatorConfig
 from tests.flows.helpers import manifest, run
 
 PAUSE_S = 0.25

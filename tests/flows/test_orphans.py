@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fishflow.emulator import Emulator, EmulatorConfig
+from fishflow.testing.emulator import Emulator, EmulatorConfig
 from fishflow.watchdog import _descendants, _processes, _stat
 from tests.unit.test_watchdog import gone_within
 

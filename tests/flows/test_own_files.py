@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from fishflow.cli import main
-from fishflow.emulator import Emulator
+from fishflow.testing.emulator import Emulator
 from tests.flows.helpers import latest_run, manifest
 
 SECRET = "SECRET OUTSIDE TEXT never to be spoken"

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from fishflow.cli import main
-from fishflow.emulator import Emulator, EmulatorConfig
+from fishflow.testing.emulator import Emulator, EmulatorConfig
 from fishflow.voices import item_seed
 from tests.flows.helpers import latest_run, manifest, run
 

@@ -23,9 +23,9 @@ import pandas as pd
 import pytest
 
 from fishflow.cli import main
-from fishflow.emulator import Emulator, EmulatorConfig
 from fishflow.manifest import read_remote
 from fishflow.storage import open_store
+from fishflow.testing.emulator import Emulator, EmulatorConfig
 from tests.flows.helpers import run
 from tests.flows.test_resume import fishflow, wait_for_requests
 

@@ -25,9 +25,9 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-from fishflow.emulator import Emulator
 from fishflow.report import item_views, render, report_key
 from fishflow.storage import S3Store
+from fishflow.testing.emulator import Emulator
 from tests.flows.helpers import CATALOG_ROWS, manifest, run
 
 CHROMIUM = "/usr/bin/chromium"

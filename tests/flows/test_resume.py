@@ -19,9 +19,9 @@ import pytest
 from prefect.settings import get_current_settings
 
 from fishflow.cli import main
-from fishflow.emulator import Emulator, EmulatorConfig, Faults
 from fishflow.manifest import Journal, journal_dir
 from fishflow.storage import LocalStore
+from fishflow.testing.emulator import Emulator, EmulatorConfig, Faults
 from tests.flows.helpers import decode, latest_run, manifest, spoken
 
 N = 40

@@ -19,13 +19,13 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from fishflow.cli import main
-from fishflow.emulator import Emulator, EmulatorConfig
 from fishflow.errors import ConfigError, OutputInUse
+from fishflow.flows.refresh_catalog_audio import refresh_catalog_audio
 from fishflow.lock import OutputLock
 from fishflow.pool import limit_name
 from fishflow.settings import RunSettings
 from fishflow.storage import LocalStore
-from flows.refresh_catalog_audio import refresh_catalog_audio
+from fishflow.testing.emulator import Emulator, EmulatorConfig
 from tests.flows.helpers import manifest
 from tests.flows.test_resume import start_run
 

@@ -12,9 +12,9 @@ import pytest
 import regex
 
 from fishflow.codespeech import identifier_words
-from fishflow.emulator import Emulator
 from fishflow.errors import ConfigError
 from fishflow.settings import RunSettings
+from fishflow.testing.emulator import Emulator
 from tests.flows.helpers import manifest, run
 
 BOOK = Path(__file__).parents[2] / "examples" / "book"

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from fishflow.cli import main
 from fishflow.database import PASSWORD_ENV
-from fishflow.emulator import Emulator
+from fishflow.testing.emulator import Emulator
 from tests.flows.helpers import flow_run_messages, latest_run, manifest, run
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

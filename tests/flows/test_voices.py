@@ -20,7 +20,7 @@ import pytest
 import soundfile as sf
 
 from fishflow.cli import main
-from fishflow.emulator import Emulator, EmulatorConfig, speech_duration_s
+from fishflow.testing.emulator import Emulator, EmulatorConfig, speech_duration_s
 from tests.flows.helpers import latest_run, manifest, run, spoken
 
 LONG = [

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from fishflow.audio import Audio, check_plausible, decode, encode, stitch
-from fishflow.emulator import speech_duration_s, synth_samples
 from fishflow.errors import BadAudio
+from fishflow.testing.emulator import speech_duration_s, synth_samples
 
 RATE = 44_100
 

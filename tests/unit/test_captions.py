@@ -14,10 +14,10 @@ from mutagen.id3 import ID3
 from fishflow.audio import Audio
 from fishflow.captions import MAX_LINE_CHARS, Cue, Placed, cues, srt, webvtt
 from fishflow.chunking import Chunk
-from fishflow.emulator import synth_samples
 from fishflow.publish import ItemPublisher
 from fishflow.settings import AudioSettings, CaptionSettings
 from fishflow.storage import LocalStore
+from fishflow.testing.emulator import synth_samples
 
 LONG = (
     "This sentence goes on for a good while, with clause after clause, so that it cannot "

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import yaml
 
+from fishflow.flows.refresh_catalog_audio import refresh_catalog_audio
+from fishflow.flows.retry_errors import retry_errors
 from fishflow.settings import RunSettings
-from flows.refresh_catalog_audio import refresh_catalog_audio
-from flows.retry_errors import retry_errors
-from tasks.deploy import crash_automation, server_limits
-from tasks.prefect_run import DeploymentContext
+from fishflow.tasks.deploy import crash_automation, server_limits
+from fishflow.tasks.prefect_run import DeploymentContext
 
 ROOT = Path(__file__).parents[2]
 SPEC = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())

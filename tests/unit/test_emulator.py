@@ -11,7 +11,7 @@ import ormsgpack
 import pytest
 import soundfile as sf
 
-from fishflow.emulator import Emulator, EmulatorConfig, Faults
+from fishflow.testing.emulator import Emulator, EmulatorConfig, Faults
 
 
 def post(emu: Emulator, body: bytes, ctype: str = "application/msgpack", **kw) -> httpx.Response:

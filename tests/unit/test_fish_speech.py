@@ -13,7 +13,6 @@ import ormsgpack
 import pytest
 
 from fishflow.audio import Audio, encode
-from fishflow.emulator import speech_duration_s, synth_samples
 from fishflow.errors import (
     AuthenticationFailed,
     BadAudio,
@@ -25,6 +24,7 @@ from fishflow.errors import (
 )
 from fishflow.fish_speech import ApiKey, ConnectionProblem, FishSpeechClient, proxy_for
 from fishflow.settings import Reference, SynthesisOptions
+from fishflow.testing.emulator import speech_duration_s, synth_samples
 
 TEXT = "Hello there, this is a test sentence."
 

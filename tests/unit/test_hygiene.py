@@ -17,8 +17,8 @@ from fishflow.hygiene import (
     removed_items,
 )
 from fishflow.incremental import load_previous
+from fishflow.items import PreviousItem
 from fishflow.manifest import ChunkRow, ItemRow, ManifestWriter
-from fishflow.pipeline import PreviousItem
 from fishflow.progress import ProgressLog, Tally, format_duration
 from fishflow.storage import LocalStore
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fishflow.pipeline import Item, RunSpec, item_chunks, validate_row
+from fishflow.items import Item, RunSpec, item_chunks, validate_row
 from fishflow.run import run_spec
 from fishflow.settings import RunSettings
 from fishflow.sources import SourceRow

@@ -12,11 +12,11 @@ from scipy.signal import butter, resample_poly, sosfiltfilt
 
 from fishflow.audio import Audio
 from fishflow.chunking import Chunk
-from fishflow.emulator import synth_samples
 from fishflow.loudness import integrated_loudness, measure
 from fishflow.publish import ItemPublisher
 from fishflow.settings import AudioSettings, CaptionSettings
 from fishflow.storage import LocalStore
+from fishflow.testing.emulator import synth_samples
 
 RATE = 44_100
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fishflow.errors import StorageError
-from fishflow.pipeline import Item, Rejection, RunSpec, audio_key, validate_row
+from fishflow.items import Item, Rejection, RunSpec, audio_key, validate_row
 from fishflow.publish import sidecar_keys
 from fishflow.sources import SourceRow
 from fishflow.storage import LocalStore, output_write_error

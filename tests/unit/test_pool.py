@@ -7,10 +7,10 @@ import socket
 
 import pytest
 
-from fishflow.emulator import Emulator, EmulatorConfig, Faults
 from fishflow.errors import AllServersDown, RequestRejected, ServerError
 from fishflow.pool import ServerPool, check_servers
 from fishflow.settings import RetryPolicy, ServerConfig, SynthesisOptions
+from fishflow.testing.emulator import Emulator, EmulatorConfig, Faults
 
 FAST = RetryPolicy(backoff_s=0.01, max_backoff_s=0.05, all_down_grace_s=1.0)
 

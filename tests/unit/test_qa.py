@@ -6,10 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fishflow.emulator import BAD_MODES, SAMPLE_RATE, misbehave, speech_duration_s, synth_samples
 from fishflow.qa import RateStats, SpeechRates, check, retry_seed
 from fishflow.settings import QaSettings
-from fishflow.speech import speak
+from fishflow.testing.emulator import (
+    BAD_MODES,
+    SAMPLE_RATE,
+    misbehave,
+    speech_duration_s,
+    synth_samples,
+)
+from fishflow.testing.speech import speak
 
 TEXT = (
     "The kettle holds one and a half litres and boils in under three minutes, "
@@ -232,9 +238,9 @@ def test_marked_items_are_counted_in_the_totals_the_summary_and_its_artifact() -
     from datetime import UTC, datetime
 
     from fishflow.manifest import ItemRow
-    from fishflow.pipeline import ItemOutcome
+    from fishflow.outcomes import ItemOutcome
     from fishflow.run import RunTotals
-    from tasks.reporting import Summary, summary_markdown
+    from fishflow.tasks.reporting import Summary, summary_markdown
 
     def row(i: int, status: str, qa: str | None) -> ItemRow:
         now = datetime.now(UTC)

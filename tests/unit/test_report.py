@@ -304,7 +304,7 @@ def test_an_s3_output_gets_a_page_with_presigned_links(bucket: str) -> None:
 
 def test_the_prefect_summary_links_the_page() -> None:
     from fishflow.run import RunTotals
-    from tasks.reporting import Summary, summary_markdown
+    from fishflow.tasks.reporting import Summary, summary_markdown
 
     link = "https://audio-bucket.s3.amazonaws.com/m/report.html?X-Amz-Signature=abc"
     text = summary_markdown(
@@ -320,7 +320,7 @@ def test_the_prefect_summary_never_carries_a_presigned_link(bucket: str) -> None
     import asyncio
     import logging
 
-    from tasks.reporting import write_report as write_for_run
+    from fishflow.tasks.reporting import write_report as write_for_run
 
     store = S3Store(f"s3://{bucket}/catalog")
     write_run(store, [item(0, "a")], [], [])
@@ -333,7 +333,7 @@ def test_the_prefect_summary_never_carries_a_presigned_link(bucket: str) -> None
 def test_a_page_that_cannot_be_written_does_not_fail_the_run(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from tasks.reporting import write_report as write_for_run
+    from fishflow.tasks.reporting import write_report as write_for_run
 
     class Full(LocalStore):  # the disk filled up after the manifests were written
         def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> str:

@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from fishflow.audio import Audio
+from fishflow.chunk_cache import ChunkCache, RemoteChunks
 from fishflow.manifest import ItemRow, Journal, ManifestWriter, recover, remote_journal_prefix
-from fishflow.pipeline import ChunkCache, RemoteChunks
 from fishflow.pool import Synthesized
 from fishflow.storage import LocalStore
 

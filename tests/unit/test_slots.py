@@ -8,9 +8,9 @@ import itertools
 import logging
 import time
 
-from fishflow.emulator import Emulator, EmulatorConfig
 from fishflow.pool import ServerPool
 from fishflow.settings import RetryPolicy, ServerConfig, SynthesisOptions
+from fishflow.testing.emulator import Emulator, EmulatorConfig
 
 
 class MemoryLimit:

@@ -182,7 +182,7 @@ def spoken_samples(
 ) -> np.ndarray:
     """The text in real words (espeak-ng), pitched by the voice, cut like the tone would be
     (at the token cap; to a fifth under the ``short`` fault)."""
-    from fishflow.speech import speak
+    from fishflow.testing.speech import speak
 
     pitch = 25 + hashlib.sha256(f"{voice}".encode()).digest()[0] % 50
     samples = speak(text, pitch=pitch)
