@@ -132,10 +132,10 @@ def run_fishflow(
         )
     )
     after = cpu_user_system()
-    chunks = max(1, summary["ok"])
+    chunks = max(1, summary.ok)
     # ms of this process's CPU per item (one chunk each in these catalogs), user and system
-    summary["cpu"] = ((after[0] - user) / chunks * 1000, (after[1] - system) / chunks * 1000)
-    return summary
+    cpu = ((after[0] - user) / chunks * 1000, (after[1] - system) / chunks * 1000)
+    return {**summary.model_dump(), "cpu": cpu}
 
 
 async def baseline(url: str, texts: list[str], concurrency: int = 8) -> float:

@@ -21,14 +21,17 @@ import sys
 import time
 import types
 import typing
-from typing import Any, TypeVar, get_args, get_origin
+from typing import TYPE_CHECKING, Any, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
 from fishflow.errors import ConfigError, FishflowError
 from fishflow.memory import use_one_arena
-from fishflow.settings import RunSettings, ServerConfig, problems, validated
+from fishflow.settings import RunSettings, ServerConfig, problems
 from fishflow.untrusted import printable
+
+if TYPE_CHECKING:
+    from fishflow.record import RunSummary
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 EX_USAGE = 64  # sysexits.h: the command was used incorrectly
@@ -545,27 +548,27 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from fishflow.manifest import read_run_record
+    from fishflow.record import read_run_record
     from fishflow.storage import open_store
 
     record = read_run_record(open_store(args.out), args.run_id)
-    settings = validated(RunSettings, **record["settings"])
-    _preflight(record["source"], settings.server_configs(record["servers"]), settings)
+    settings = record.settings
+    _preflight(record.source, settings.server_configs(record.servers), settings)
     return _with_flow(
         args,
         args.run_id,
         args.out,
         lambda flows: flows.refresh_catalog_audio(
-            source=record["source"],
+            source=record.source,
             out=args.out,
-            servers=record["servers"],
+            servers=record.servers,
             settings=settings,
-            force=record["force"],
-            prune=record.get("prune", False),
+            force=record.force,
+            prune=record.prune,
             run_id=args.run_id,
-            api_key_secret=record.get("api_key_secret"),
+            api_key_secret=record.api_key_secret,
             resume=True,
-            only_rows=record.get("only_rows"),
+            only_rows=record.only_rows,
         ),
     )
 
@@ -598,10 +601,10 @@ def _with_flow(args: argparse.Namespace, run_id: str | None, out: str, call: Any
 
     from fishflow.flows.refresh_catalog_audio import refresh_catalog_audio
     from fishflow.flows.retry_errors import retry_errors
-    from fishflow.tasks import runtime
+    from fishflow.run import progress_listener
     from fishflow.tasks.prefect_run import run_result
 
-    async def summary_of(flow_fn: Any, **kwargs: Any) -> dict[str, Any]:
+    async def summary_of(flow_fn: Any, **kwargs: Any) -> RunSummary:
         # A run with too many failed items ends Failed in Prefect; the CLI still prints its
         # summary and exits 2, as it always has.
         return await run_result(await flow_fn(**kwargs, return_state=True))
@@ -614,7 +617,7 @@ def _with_flow(args: argparse.Namespace, run_id: str | None, out: str, call: Any
 
     mode = "off" if args.quiet else "bar" if sys.stderr.isatty() else "lines"
     progress = _Progress(mode, EnvSettings().progress_interval_s)
-    runtime.set_progress_listener(progress.update, progress.start)
+    watching = progress_listener.set(progress)
     # SIGTERM (a scheduler stopping us) ends the run like Ctrl-C: in-flight work is abandoned,
     # finished items stay recorded in the journal and manifest parts.
     previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -646,53 +649,49 @@ def _with_flow(args: argparse.Namespace, run_id: str | None, out: str, call: Any
     finally:
         signal.signal(signal.SIGTERM, previous)
         progress.close()
-        runtime.set_progress_listener(None)
+        progress_listener.reset(watching)
     wall = time.monotonic() - started
-    if summary.get("run_id") is None:
-        print(f"fishflow: run {summary.get('retried_run')} has no failed items: nothing to do")
+    if summary.run_id is None:
+        print(f"fishflow: run {summary.retried_run} has no failed items: nothing to do")
         return 0
     # Removed items are extra manifest rows (gone from the source), not among the run's items.
-    hygiene = "".join(
-        f", {n} {what}" for what in ("marked", "removed", "pruned") if (n := summary.get(what, 0))
-    )
+    counts = {"marked": summary.marked, "removed": summary.removed, "pruned": summary.pruned}
+    hygiene = "".join(f", {n} {what}" for what, n in counts.items() if n)
     print(
-        f"fishflow: {summary['ok']} ok, {summary['skipped']} skipped, {summary['failed']} failed"
-        f"{hygiene}; {summary['audio_seconds']:.1f} s of audio in {wall:.1f} s\n"
-        f"manifests: {summary['manifests']['items'].rsplit('/', 1)[0]}"
+        f"fishflow: {summary.ok} ok, {summary.skipped} skipped, {summary.failed} failed"
+        f"{hygiene}; {summary.audio_seconds:.1f} s of audio in {wall:.1f} s\n"
+        f"manifests: {summary.manifests['items'].rsplit('/', 1)[0]}"
     )
-    if summary.get("report"):
-        print(f"report: {summary['report']}")
-    pruned = summary.get("pruned_files") or []
-    for uri in pruned[:PRINTED]:
+    if summary.report:
+        print(f"report: {summary.report}")
+    for uri in summary.pruned_files[:PRINTED]:
         print(f"  pruned: {uri}")
-    if summary.get("pruned", 0) > min(len(pruned), PRINTED):
+    if summary.pruned > min(len(summary.pruned_files), PRINTED):
         print("  (every pruned file is named in the run's log)")
     _print_failures(summary)
-    if marked := summary.get("marked", 0):
+    if marked := summary.marked:
         print(
             f"  marked: {marked} item(s) published with an answer that failed the check on every "
             "try (items.parquet: qa, qa_check); the next run makes them again",
             file=sys.stderr,
         )
-    failing_marked = marked and summary.get("qa_on_marked") == "fail"
-    return 2 if summary["failed"] or failing_marked else 0
+    return summary.exit_code
 
 
 PRINTED = 5  # failed items, and pruned files, named after a run
 
 
-def _print_failures(summary: dict[str, Any]) -> None:
+def _print_failures(summary: RunSummary) -> None:
     """The first failed items and why, on stderr: the errors manifest has them all."""
-    failures = summary.get("failures") or []
-    for failure in failures[:PRINTED]:
-        first_line = (failure["error"] or "").splitlines()[0] if failure["error"] else ""
+    for failure in summary.failures[:PRINTED]:
+        first_line = failure.error.splitlines()[0] if failure.error else ""
         # Ids and error text come from the source and the servers: escaped for the terminal.
         print(
-            f"  failed: {printable(failure['item_id'] or '(no id)')} "
-            f"(row {failure['source_row']}): {printable(first_line[:200])}",
+            f"  failed: {printable(failure.item_id or '(no id)')} "
+            f"(row {failure.source_row}): {printable(first_line[:200])}",
             file=sys.stderr,
         )
-    if summary["failed"] > min(len(failures), PRINTED):
+    if summary.failed > min(len(summary.failures), PRINTED):
         print(
             "  (all failures, with their stage: errors.parquet in the manifests)", file=sys.stderr
         )
@@ -861,7 +860,7 @@ def _preview(args: argparse.Namespace) -> int:
     items = chunks = mid_sentence = failing = 0
     rules: collections.Counter[str] = collections.Counter()
     for batch in entry_batches(args.source, settings, spec):
-        for entry in batch:
+        for entry in batch.entries:
             if wanted and entry.item_id not in wanted:
                 continue
             if args.limit is not None and items >= args.limit:

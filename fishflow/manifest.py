@@ -554,41 +554,6 @@ def recover(store: Store, writer: ManifestWriter, journal: Journal) -> set[int]:
     return recorded
 
 
-def run_record_key(run_id: str) -> str:
-    return f"{run_prefix(run_id)}/run.json"
-
-
-def write_run_record(store: Store, run_id: str, record: dict[str, Any]) -> None:
-    """What a run was asked to do, so that `resume` and `retry-errors` can do it again.
-    Holds no secrets: the API key is never a parameter."""
-    store.put(run_record_key(run_id), json.dumps(record, indent=2, default=str).encode(),
-              "application/json", {})  # fmt: skip
-
-
-def run_record_exists(store: Store, run_id: str) -> bool:
-    return run_record_key(run_id) in store.list(run_prefix(run_id) + "/")
-
-
-def read_run_record(store: Store, run_id: str) -> dict[str, Any]:
-    try:
-        return json.loads(store.get(run_record_key(run_id)))
-    except (FileNotFoundError, StorageError) as exc:
-        raise ConfigError(f"no run {run_id} in {store.root} (no {run_record_key(run_id)})") from exc
-
-
-def latest_run_id(store: Store) -> str:
-    """The run that started last (by its run record), whatever its id looks like. The shards
-    of a sharded run start after it but are parts of it, not runs of their own."""
-    records = {
-        k: json.loads(store.get(k)) for k in store.list("manifests/") if k.endswith("/run.json")
-    }
-    records = {k: r for k, r in records.items() if not r.get("parent_run_id")}
-    if not records:
-        raise ConfigError(f"no fishflow runs in {store.root}")
-    newest = max(records, key=lambda k: (str(records[k].get("started_at", "")), k))
-    return newest.split("/")[1].removeprefix("run=")
-
-
 def merge_runs(
     store: Store,
     run_id: str,

@@ -170,8 +170,8 @@ def make_plan(
     all_keys: set[str] = set()
     to_make: dict[str, tuple[str, str]] = {}  # chunk key -> (text, language)
     disk_cached: set[str] = set()
-    for entries in entry_batches(source, settings, spec):
-        for entry in entries:
+    for batch in entry_batches(source, settings, spec):
+        for entry in batch.entries:
             plan.rows += 1
             if not isinstance(entry, Item):
                 plan.rejected += 1

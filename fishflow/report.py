@@ -20,6 +20,7 @@ manifests, captions and (within a budget) audio from its store and writes the pa
 
 from __future__ import annotations
 
+import contextlib
 import html
 import io
 import json
@@ -37,7 +38,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fishflow.manifest import run_prefix, run_record_key
+from fishflow.manifest import run_prefix
+from fishflow.record import read_run_record
 from fishflow.storage import Store
 
 logger = logging.getLogger("fishflow.report")
@@ -725,17 +727,15 @@ def write_report(store: Store, run_id: str, *, now: datetime | None = None) -> s
         media = list(
             pool.map(lambda i: _media(store, page, views[i], i in wanted), range(len(views)))
         )
-    record: dict[str, Any] = {}
-    try:
-        record = json.loads(store.get(run_record_key(run_id)))
-    except Exception:  # a page without the source named is still the page
-        record = {}
+    source: str | None = None
+    with contextlib.suppress(Exception):  # a page without the source named is still the page
+        source = read_run_record(store, run_id).source
     text = render(
         run_id,
         views,
         media,
         generated_at=now or datetime.now(UTC),
-        source=record.get("source"),
+        source=source,
         out=store.root,
     )
     return store.put(page, text.encode(), "text/html; charset=utf-8", {})

@@ -484,3 +484,13 @@ def state_dir(store: Store) -> str:
 
 def open_store(out: str, sse: str | None = None) -> Store:
     return S3Store(out, sse=sse) if out.startswith("s3://") else LocalStore(out)
+
+
+def browser_link(uri: str) -> str:
+    """An address a browser opens for a stored object: the S3 console's page for s3:// (never
+    a presigned link, which carries the signer's access key id), file:// for a path."""
+    if uri.startswith("s3://"):
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        query = urllib.parse.urlencode({"prefix": key})
+        return f"https://s3.console.aws.amazon.com/s3/object/{bucket}?{query}"
+    return "file://" + urllib.parse.quote(uri)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.states import Failed, State
 
-from fishflow.manifest import failed_rows, latest_run_id, read_run_record
-from fishflow.settings import RunSettings
-from fishflow.storage import open_store
 from fishflow.flows.refresh_catalog_audio import refresh_catalog_audio
+from fishflow.manifest import failed_rows
+from fishflow.record import RunSummary, latest_run_id, read_run_record
+from fishflow.storage import open_store
 from fishflow.tasks.prefect_run import run_result
 
 
@@ -22,7 +21,7 @@ async def retry_errors(
     servers: list[str] | None = None,
     api_key_secret: str | None = None,
     max_failed_share: float = 0.0,
-) -> dict[str, Any] | State:
+) -> RunSummary | State:
     """Re-run the items that failed in an earlier run of `out`, with that run's source and
     settings, as a new run. Returns the new run's summary (run_id None: nothing to do).
 
@@ -41,19 +40,19 @@ async def retry_errors(
     rows = await asyncio.to_thread(failed_rows, store, run_id)
     if not rows:
         logger.info("run %s has no failed items: nothing to retry", run_id)
-        return {"run_id": None, "retried_run": run_id, "ok": 0, "skipped": 0, "failed": 0}
+        return RunSummary(run_id=None, retried_run=run_id)
     logger.info("retrying %d failed item(s) of run %s", len(rows), run_id)
     state = await refresh_catalog_audio(
-        source=record["source"],
+        source=record.source,
         out=out,
-        servers=servers or record["servers"],
-        settings=RunSettings(**record["settings"]),
-        api_key_secret=api_key_secret or record.get("api_key_secret"),
+        servers=servers or record.servers,
+        settings=record.settings,
+        api_key_secret=api_key_secret or record.api_key_secret,
         only_rows=rows,
         max_failed_share=max_failed_share,
         return_state=True,
     )
-    summary = {**await run_result(state), "retried_run": run_id}
+    summary = (await run_result(state)).model_copy(update={"retried_run": run_id})
     if state.is_failed():
         return Failed(message=state.message, data=summary)
     return summary

@@ -24,7 +24,9 @@ import httpx
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.exceptions import ObjectNotFound
+from prefect.settings import get_current_settings
 
+from fishflow.errors import ConfigError
 from fishflow.pool import limit_name
 from fishflow.slots import NoSharedLimit
 
@@ -212,3 +214,23 @@ async def servers_without_limits(urls: list[str]) -> list[str]:
     if not active:
         return []
     return [url for url in urls if limit_name(url) not in active]
+
+
+async def shared_leaser(
+    urls: list[str], *, local_limit: bool, logger: logging.Logger | logging.LoggerAdapter[Any]
+) -> PrefectSlotLeaser | None:
+    """The leaser of the servers' shared limits, or None for a run with only its own limits.
+
+    Limits shared with other runs live on a Prefect API that outlives this process; the
+    ephemeral one started for a lone `fishflow run` has nobody to share with. On a Prefect
+    server with limits for other Fish Speech servers, a server without one is a mistake (a
+    new server, or a name the limits were not made for), unless told otherwise."""
+    if not get_current_settings().api.url:
+        return None
+    if not local_limit and (missing := await servers_without_limits(urls)):
+        raise ConfigError(
+            f"no shared limit for {', '.join(missing)} on this Prefect server, which has "
+            "limits for other Fish Speech servers: create one with `fishflow limits create "
+            "--server URL`, or set local_limit to run with this run's own limit only"
+        )
+    return PrefectSlotLeaser(logger)

@@ -15,6 +15,7 @@ from prefect.states import State
 
 from fishflow.errors import ConfigError, FishflowError
 from fishflow.fish_speech import ApiKey
+from fishflow.record import RunSummary
 from fishflow.settings import EnvSettings, RunSettings, validated
 
 
@@ -133,11 +134,13 @@ async def tag_flow_run(*, source: str, deployment: str | None, shard: int | None
         await client.update_flow_run(flow_run.id, tags=sorted(set(current.tags) | tags))
 
 
-async def run_result(state: State) -> dict[str, Any]:
+async def run_result(state: State) -> RunSummary:
     """The summary a flow run returned, whether it ended Completed or Failed for its failed
     items (a run that raised re-raises here). Call flows with `return_state=True`: a flow that
     returns a Failed state raises a TypeError in a caller that asked for its result."""
     result = await state.aresult(raise_on_failure=False)
     if isinstance(result, BaseException):
         raise result
+    if not isinstance(result, RunSummary):
+        raise TypeError(f"a fishflow flow returned {type(result).__name__}, not a RunSummary")
     return result

@@ -10,41 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
-from typing import Any
 
 from prefect import get_run_logger
 from prefect.deployments import run_deployment
 
-from fishflow.database import mask
 from fishflow.errors import ConfigError
-from fishflow.hygiene import Tidied, tidy_output
-from fishflow.manifest import ManifestWriter, merge_runs, read_items, write_run_record
-from fishflow.run import RunTotals, shard_run_id
-from fishflow.settings import RunSettings
+from fishflow.record import RunRecord, RunRequest, RunSummary, ShardRun, write_run_record
+from fishflow.run import finish_sharded, shard_run_id
 from fishflow.storage import open_store
 from fishflow.tasks.prefect_run import DeploymentContext, RunFailed
-from fishflow.tasks.reporting import Summary, write_report
 
 # A child whose worker died ends Crashed (heartbeats + `fishflow deploy`'s automation); each
 # child gets this many runs in all before the parent gives up on it.
 CHILD_RUNS = 3
-TOTALS_COLUMNS = ["item_id", "source_row", "status", "duration_s", "error", "qa"]
 
 
-async def run_shards(
-    *,
-    deployment: DeploymentContext,
-    run_id: str,
-    source: str,
-    out: str,
-    servers: list[str],
-    settings: RunSettings,
-    force: bool,
-    api_key_secret: str | None,
-    shards: int,
-    prune: bool = False,
-) -> Summary:
+async def run_shards(deployment: DeploymentContext, request: RunRequest) -> RunSummary:
+    """Run `request` as `request.shards` child runs of `deployment`, then merge them."""
     logger = get_run_logger()
     full_name = deployment.full_name
     if full_name is None:
@@ -53,38 +35,28 @@ async def run_shards(
             "(`fishflow run ... --shards N --deployment NAME`)"
         )
     started = time.monotonic()
-    store = await asyncio.to_thread(open_store, out, settings.sse)
-    # Children get the source as the record shows it: a URL's secrets (should a deployment's
-    # parameters hold them) are not copied into more flow runs; workers read them from
-    # FISHFLOW_SOURCE_URL / FISHFLOW_SOURCE_PASSWORD (see fishflow.database).
-    source = mask(source)
-    record: dict[str, Any] = {
-        "source": source,
-        "out": out,
-        "servers": servers,
-        "force": force,
-        "settings": settings.model_dump(),
-        "api_key_secret": api_key_secret,
-        "shards": shards,
-        "started_at": datetime.now(UTC).isoformat(),
-    }
-    await asyncio.to_thread(write_run_record, store, run_id, record)
-    logger.info("run %s: %d shards of %s", run_id, shards, deployment.full_name)
+    store = await asyncio.to_thread(open_store, request.out, request.settings.sse)
+    # Children get the source as the record shows it (masked): a URL's secrets (should a
+    # deployment's parameters hold them) are not copied into more flow runs; workers read
+    # them from FISHFLOW_SOURCE_URL / FISHFLOW_SOURCE_PASSWORD (see fishflow.database).
+    record = RunRecord(**dict(request))
+    await asyncio.to_thread(write_run_record, store, record)
+    logger.info("run %s: %d shards of %s", request.run_id, request.shards, full_name)
 
-    async def child(index: int) -> dict[str, Any]:
-        child_id = shard_run_id(run_id, index)
+    async def child(index: int) -> ShardRun:
+        child_id = shard_run_id(request.run_id, index)
         parameters = {
-            "source": source,
-            "out": out,
-            "servers": servers,
-            "settings": settings.model_dump(),
-            "force": force,
-            "api_key_secret": api_key_secret,
+            "source": record.source,
+            "out": request.out,
+            "servers": request.servers,
+            "settings": request.settings.model_dump(),
+            "force": request.force,
+            "api_key_secret": request.api_key_secret,
             "max_failed_share": 1.0,  # the parent judges the whole run
-            "shards": shards,
+            "shards": request.shards,
             "shard": index,
             "run_id": child_id,
-            "parent_run_id": run_id,
+            "parent_run_id": request.run_id,
         }  # no `prune`: a shard sees part of the source, the parent tidies the output
         for attempt in range(1, CHILD_RUNS + 1):
             run = await run_deployment(  # type: ignore[misc]
@@ -95,15 +67,12 @@ async def run_shards(
                 poll_interval=2,
             )
             state = run.state
-            if state is not None and state.is_completed():
-                return {
-                    "shard": index,
-                    "run_id": child_id,
-                    "flow_run_id": str(run.id),
-                    "state": state.name,
-                    "runs": attempt,
-                }
             name = state.name if state else "unknown"
+            if state is not None and state.is_completed():
+                return ShardRun(
+                    shard=index, run_id=child_id, flow_run_id=str(run.id), state=name,
+                    runs=attempt,
+                )  # fmt: skip
             if state is not None and state.is_crashed() and attempt < CHILD_RUNS:
                 logger.warning("shard %d (%s) ended %s: running it again", index, run.id, name)
                 continue
@@ -111,42 +80,7 @@ async def run_shards(
             raise RunFailed(f"shard {index} (flow run {run.id}) ended {name}: {message}")
         raise AssertionError("unreachable")
 
-    children = await asyncio.gather(*(child(i) for i in range(shards)))
-    child_ids = [c["run_id"] for c in children]
-    tidied = Tidied()
-
-    def tidy(writer: ManifestWriter, present: set[str]) -> None:
-        nonlocal tidied
-        try:
-            tidied = tidy_output(
-                store,
-                writer,
-                run_id=run_id,
-                part="removed",
-                present=present,
-                previous=None,
-                prune=prune,
-                now=datetime.now(UTC),
-            )
-        except Exception:  # the shards' items are done: tidying must not lose them
-            logger.exception("run %s: could not record removed items or prune", run_id)
-
-    manifests = await asyncio.to_thread(merge_runs, store, run_id, child_ids, before_finalize=tidy)
-    tidied.log(logger, run_id)
-    record["shard_runs"] = children
-    record["finished_at"] = datetime.now(UTC).isoformat()
-    await asyncio.to_thread(write_run_record, store, run_id, record)
-    page, page_link = await write_report(store, run_id, logger)
-    rows = await asyncio.to_thread(read_items, store, run_id, TOTALS_COLUMNS)
-    totals = RunTotals.from_items(rows)
-    totals.note_pruned(tidied.pruned)
-    return Summary(
-        run_id=run_id,
-        totals=totals,
-        wall_s=time.monotonic() - started,
-        manifests=manifests,
-        shards=children,
-        qa_on_marked=settings.qa_on_marked,
-        report=page,
-        report_link=page_link,
+    children = await asyncio.gather(*(child(i) for i in range(request.shards)))
+    return await asyncio.to_thread(
+        finish_sharded, store, record, list(children), started=started, log=logger
     )

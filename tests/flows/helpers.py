@@ -13,6 +13,7 @@ import pandas as pd
 import soundfile as sf
 
 from fishflow.flows.refresh_catalog_audio import refresh_catalog_audio
+from fishflow.record import RunSummary
 from fishflow.settings import RunSettings
 from fishflow.tasks.prefect_run import run_result
 
@@ -43,10 +44,10 @@ CATALOG_ROWS = [
 ]
 
 
-def run(source: str | Path, out: str | Path, servers: list[str], **kwargs: Any) -> dict[str, Any]:
+def run(source: str | Path, out: str | Path, servers: list[str], **kwargs: Any) -> RunSummary:
     settings = kwargs.pop("settings", None) or RunSettings(**kwargs.pop("settings_kw", {}))
 
-    async def call() -> dict[str, Any]:
+    async def call() -> RunSummary:
         state = await refresh_catalog_audio(
             source=str(source),
             out=str(out),

@@ -51,8 +51,8 @@ def test_twenty_percent_server_faults_all_retried_within_budget(tmp_path: Path) 
         out = tmp_path / "o"
         summary = run(catalog(tmp_path), out, [emu.url], settings_kw={"max_attempts": 10})
         fault_count = sum(emu.stats["faults"].values())
-    items = manifest(out, "items", summary["run_id"])
-    chunks = manifest(out, "chunks", summary["run_id"])
+    items = manifest(out, "items", summary.run_id)
+    chunks = manifest(out, "chunks", summary.run_id)
     assert len(items) == 60 and (items["status"] == "ok").all()
     assert fault_count > 10 and chunks["attempts"].sum() == len(chunks) + fault_count
     check_published(items, lambda uri: Path(uri).read_bytes())
@@ -69,9 +69,9 @@ def test_a_hung_generation_times_out_and_is_retried(tmp_path: Path) -> None:
             settings_kw={"request_timeout_s": 1.0, "max_attempts": 10},
         )
         assert emu.stats["faults"]["slow"] > 0
-    errors = manifest(out, "errors", summary["run_id"])
-    assert summary["ok"] == 20 and errors.empty
-    chunks = manifest(out, "chunks", summary["run_id"])
+    errors = manifest(out, "errors", summary.run_id)
+    assert summary.ok == 20 and errors.empty
+    chunks = manifest(out, "chunks", summary.run_id)
     assert chunks["attempts"].max() > 1
 
 
@@ -97,7 +97,7 @@ def test_a_server_that_goes_away_and_comes_back(tmp_path: Path) -> None:
     finally:
         for emu in back:
             emu.stop()
-    items = manifest(out, "items", summary["run_id"])
+    items = manifest(out, "items", summary.run_id)
     assert len(items) == 80 and (items["status"] == "ok").all()
     assert back and back[0].stats["requests"] > 0  # the work resumed on the returned server
 
@@ -128,7 +128,7 @@ def test_s3_errors_and_throttling_are_retried_and_objects_are_whole(
     with Emulator() as emu:
         summary = run(catalog(tmp_path, 30), f"s3://{bucket}/faulty", [emu.url])
     s3 = boto3.client("s3")
-    key = f"faulty/manifests/run={summary['run_id']}/items.parquet"
+    key = f"faulty/manifests/run={summary.run_id}/items.parquet"
     items = pd.read_parquet(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
     assert len(injected) > 5
     assert len(items) == 30 and (items["status"] == "ok").all()

@@ -33,9 +33,9 @@ def test_every_row_is_accounted_for_and_every_ok_item_is_real_audio(
 ) -> None:
     out = tmp_path / "out"
     summary = run(write_catalog(tmp_path, fmt), out, [emulator.url], settings_kw={"batch_size": 3})
-    items = manifest(out, "items", summary["run_id"])
-    errors = manifest(out, "errors", summary["run_id"])
-    chunks = manifest(out, "chunks", summary["run_id"])
+    items = manifest(out, "items", summary.run_id)
+    errors = manifest(out, "errors", summary.run_id)
+    chunks = manifest(out, "chunks", summary.run_id)
 
     assert sorted(items["source_row"]) == list(range(len(CATALOG_ROWS)))
     assert dict(items["status"].value_counts()) == {"ok": 5, "failed": 3}
@@ -79,11 +79,11 @@ def test_second_run_skips_unchanged_items_and_redoes_changed_ones(
     source = write_catalog(tmp_path, "csv")
     out = tmp_path / "out"
     first = run(source, out, [emulator.url])
-    first_items = manifest(out, "items", first["run_id"]).set_index("source_row")
+    first_items = manifest(out, "items", first.run_id).set_index("source_row")
     emulator.reset_stats()
 
     second = run(source, out, [emulator.url])
-    items = manifest(out, "items", second["run_id"])
+    items = manifest(out, "items", second.run_id)
     assert dict(items["status"].value_counts()) == {"skipped": 5, "failed": 3}
     assert emulator.stats["requests"] == 0
     skipped = items[items.status == "skipped"].set_index("source_row")
@@ -93,12 +93,12 @@ def test_second_run_skips_unchanged_items_and_redoes_changed_ones(
     rows[0]["text"] = "A stoneware mug. Now in blue."
     pd.DataFrame(rows).to_csv(source, index=False)
     third = run(source, out, [emulator.url])
-    items = manifest(out, "items", third["run_id"]).set_index("source_row")
+    items = manifest(out, "items", third.run_id).set_index("source_row")
     assert items.loc[0, "status"] == "ok"
     assert (items.loc[1:4, "status"] == "skipped").all()
 
     forced = run(source, out, [emulator.url], force=True)
-    assert forced["ok"] == 5 and forced["skipped"] == 0
+    assert forced.ok == 5 and forced.skipped == 0
 
 
 def test_identical_chunks_are_synthesised_once(tmp_path: Path, emulator: Emulator) -> None:
@@ -113,8 +113,8 @@ def test_identical_chunks_are_synthesised_once(tmp_path: Path, emulator: Emulato
     source.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "out"
     summary = run(source, out, [emulator.url], settings_kw={"seed": 11})
-    chunks = manifest(out, "chunks", summary["run_id"])
-    assert summary["ok"] == 6
+    chunks = manifest(out, "chunks", summary.run_id)
+    assert summary.ok == 6
     assert emulator.stats["requests"] == chunks["chunk_key"].nunique() == 7
     assert chunks["reused"].sum() == len(chunks) - 7
     assert all(count == 1 for count in emulator.stats["texts"].values())
@@ -127,7 +127,7 @@ def test_a_pool_of_servers_shares_the_work_within_each_limit(tmp_path: Path) -> 
     config = EmulatorConfig(service_time_s=0.01)
     with Emulator(config) as a, Emulator(EmulatorConfig(service_time_s=0.01)) as b:
         summary = run(source, tmp_path / "out", [a.url, f"{b.url}#limit=3"])
-        assert summary["ok"] == 40
+        assert summary.ok == 40
         assert a.stats["requests"] > 5 and b.stats["requests"] > 5
         assert a.stats["max_in_flight"] <= 2 and b.stats["max_in_flight"] <= 3
 
@@ -139,7 +139,7 @@ def test_formats_flac_and_mp3_decode_with_the_manifest_duration(
     for fmt in ("flac", "mp3"):
         out = tmp_path / fmt
         summary = run(source, out, [emulator.url], settings_kw={"audio_format": fmt})
-        items = manifest(out, "items", summary["run_id"])
+        items = manifest(out, "items", summary.run_id)
         for row in items[items.status == "ok"].itertuples():
             assert row.audio_uri.endswith("." + fmt)
             rate, duration, _ = decode(Path(row.audio_uri).read_bytes())

@@ -26,9 +26,9 @@ def test_a_lesson_is_sent_as_speech_and_stitched_with_pauses_by_boundary(
     shutil.copy(LESSON, source / "lesson.md")
     settings = RunSettings(pause_section_ms=1500)
     summary = run(source, tmp_path / "out", [emulator.url], settings=settings)
-    assert summary["ok"] == 1
-    row = manifest(tmp_path / "out", "items", summary["run_id"]).iloc[0]
-    chunks = manifest(tmp_path / "out", "chunks", summary["run_id"]).sort_values("chunk_index")
+    assert summary.ok == 1
+    row = manifest(tmp_path / "out", "items", summary.run_id).iloc[0]
+    chunks = manifest(tmp_path / "out", "chunks", summary.run_id).sort_values("chunk_index")
 
     texts = emulator.stats["texts"]
     assert "Send readings to the cloud." in texts and "Code example." not in texts
@@ -55,8 +55,8 @@ def test_a_lesson_of_code_alone_is_published_with_a_warning(
     (source / "snippets.md").write_text("```python\nprint('hi')\n```\n\n    make test\n")
     (source / "intro.md").write_text("# Intro\n\nWelcome.\n\n```sh\nmake demo\n```\n")
     summary = run(source, tmp_path / "out", [emulator.url])
-    assert summary["ok"] == 2
-    items = manifest(tmp_path / "out", "items", summary["run_id"]).set_index("item_id")
+    assert summary.ok == 2
+    items = manifest(tmp_path / "out", "items", summary.run_id).set_index("item_id")
     _, duration, _ = decode(Path(items.loc["snippets.md", "audio_uri"]).read_bytes())
     assert duration == pytest.approx(items.loc["snippets.md", "duration_s"], abs=0.01)
     warned = [r.getMessage() for r in caplog.records if "is only code blocks" in r.getMessage()]
@@ -65,5 +65,5 @@ def test_a_lesson_of_code_alone_is_published_with_a_warning(
     silent = run(
         source, tmp_path / "silent", [emulator.url], settings=RunSettings(markdown_code="silent")
     )
-    rows = manifest(tmp_path / "silent", "items", silent["run_id"]).set_index("item_id")
+    rows = manifest(tmp_path / "silent", "items", silent.run_id).set_index("item_id")
     assert rows.loc["snippets.md", "status"] == "failed" and rows.loc["intro.md", "status"] == "ok"

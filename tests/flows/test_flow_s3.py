@@ -25,7 +25,7 @@ def test_s3_source_and_output(bucket: str, emulator: Emulator) -> None:
         Body=pd.DataFrame(CATALOG_ROWS).to_csv(index=False).encode(),
     )
     summary = run(f"s3://{bucket}/in/catalog.csv", f"s3://{bucket}/tts", [emulator.url])
-    prefix = f"tts/manifests/run={summary['run_id']}"
+    prefix = f"tts/manifests/run={summary.run_id}"
     items = read_parquet(bucket, f"{prefix}/items.parquet")
     errors = read_parquet(bucket, f"{prefix}/errors.parquet")
     assert sorted(items["source_row"]) == list(range(len(CATALOG_ROWS)))
@@ -43,13 +43,13 @@ def test_s3_source_and_output(bucket: str, emulator: Emulator) -> None:
         assert rate == 44_100 and len(data) == row.bytes
         assert duration == pytest.approx(row.duration_s, abs=1e-3)
     # The review page beside the manifests, served as a web page.
-    assert summary["report"] == f"s3://{bucket}/{prefix}/report.html"
+    assert summary.report == f"s3://{bucket}/{prefix}/report.html"
     head = s3.head_object(Bucket=bucket, Key=f"{prefix}/report.html")
     assert head["ContentType"] == "text/html; charset=utf-8"
 
     emulator.reset_stats()
     again = run(f"s3://{bucket}/in/catalog.csv", f"s3://{bucket}/tts", [emulator.url])
-    assert again["skipped"] == summary["ok"] and emulator.stats["requests"] == 0
+    assert again.skipped == summary.ok and emulator.stats["requests"] == 0
 
 
 def test_s3_folder_of_markdown(bucket: str, emulator: Emulator) -> None:
@@ -62,7 +62,7 @@ def test_s3_folder_of_markdown(bucket: str, emulator: Emulator) -> None:
     s3.put_object(Bucket=bucket, Key="course/sub/02.txt", Body=b"Lesson two begins here.")
     s3.put_object(Bucket=bucket, Key="course/image.png", Body=b"\x89PNG")
     summary = run(f"s3://{bucket}/course", f"s3://{bucket}/out", [emulator.url])
-    items = read_parquet(bucket, f"out/manifests/run={summary['run_id']}/items.parquet")
+    items = read_parquet(bucket, f"out/manifests/run={summary.run_id}/items.parquet")
     assert sorted(items["item_id"]) == ["01-intro.md", "sub/02.txt"]
     assert (items["status"] == "ok").all()
     # The heading is a chunk of its own; the link's target is never spoken.
@@ -88,8 +88,8 @@ def test_a_long_item_is_uploaded_from_its_file_in_parts(
     source = tmp_path / "book.jsonl"
     source.write_text(json.dumps({"id": "book", "text": text}) + "\n")
     summary = run(source, f"s3://{bucket}/tts", [emulator.url])
-    assert summary["ok"] == 1
-    row = read_parquet(bucket, f"tts/manifests/run={summary['run_id']}/items.parquet").iloc[0]
+    assert summary.ok == 1
+    row = read_parquet(bucket, f"tts/manifests/run={summary.run_id}/items.parquet").iloc[0]
     assert row.bytes > 8 << 20  # above the multipart threshold
     s3 = boto3.client("s3")
     key = row.audio_uri.removeprefix(f"s3://{bucket}/")
@@ -122,10 +122,10 @@ def test_gc_drops_the_outputs_own_chunk_copy_nothing_references(
     first = run(source, out, [emulator.url], settings_kw={"chunk_bytes": 100})
     write({"a": lesson("first")})  # b is gone from the source
     second = run(source, out, [emulator.url], settings_kw={"chunk_bytes": 100})
-    chunks = read_parquet(bucket, f"tts/manifests/run={first['run_id']}/chunks.parquet")
+    chunks = read_parquet(bucket, f"tts/manifests/run={first.run_id}/chunks.parquet")
     kept = set(chunks[chunks.item_id == "a"].chunk_key)
     gone = set(chunks[chunks.item_id == "b"].chunk_key)
-    assert second["removed"] == 1 and kept and gone
+    assert second.removed == 1 and kept and gone
 
     s3 = boto3.client("s3")
 
@@ -146,4 +146,4 @@ def test_gc_drops_the_outputs_own_chunk_copy_nothing_references(
     # What is left is what a re-run reuses: nothing is synthesised again.
     emulator.reset_stats()
     again = run(source, out, [emulator.url], settings_kw={"chunk_bytes": 100}, force=True)
-    assert again["ok"] == 1 and emulator.stats["requests"] == 0
+    assert again.ok == 1 and emulator.stats["requests"] == 0

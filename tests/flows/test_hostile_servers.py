@@ -57,8 +57,8 @@ def test_a_trickling_servers_rows_fail_and_the_run_ends(tmp_path: Path) -> None:
             [server.url],
             settings_kw={"request_timeout_s": 1.0},
         )
-    items = manifest(out, "items", summary["run_id"])
-    errors = manifest(out, "errors", summary["run_id"])
+    items = manifest(out, "items", summary.run_id)
+    errors = manifest(out, "errors", summary.run_id)
     assert len(items) == 2 and (items["status"] == "failed").all()
     assert errors["retryable"].all()
     assert errors["error_message"].str.contains("trickled").all()
@@ -71,8 +71,8 @@ def test_a_wav_cut_short_is_never_published(tmp_path: Path) -> None:
     out = tmp_path / "o"
     with HostileServer("short_wav") as server:
         summary = run(catalog(tmp_path, ["a"]), out, [server.url], settings_kw={"max_attempts": 2})
-    items = manifest(out, "items", summary["run_id"])
-    errors = manifest(out, "errors", summary["run_id"])
+    items = manifest(out, "items", summary.run_id)
+    errors = manifest(out, "errors", summary.run_id)
     assert list(items["status"]) == ["failed"] and items["audio_uri"].isna().all()
     assert errors["retryable"].all() and errors["error_message"].str.contains("cut short").all()
     assert not list(out.glob("**/*.wav"))
@@ -95,8 +95,8 @@ def test_an_endless_body_fails_its_rows_and_memory_stays_bounded(tmp_path: Path)
             catalog(tmp_path, ["a", "b"]), out, [server.url], settings_kw={"max_attempts": 2}
         )
     growth_mb = (_status_kb("VmHWM") - before) / 1024
-    items = manifest(out, "items", summary["run_id"])
-    errors = manifest(out, "errors", summary["run_id"])
+    items = manifest(out, "items", summary.run_id)
+    errors = manifest(out, "errors", summary.run_id)
     assert len(items) == 2 and (items["status"] == "failed").all()
     assert errors["retryable"].all() and errors["error_message"].str.contains("runs over").all()
     assert growth_mb < 200

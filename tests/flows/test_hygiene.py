@@ -49,8 +49,8 @@ def test_an_item_gone_from_the_source_gets_one_removed_row(
     write_catalog(source, {k: v for k, v in ROWS.items() if k != "b"})
     # A retry of some rows sees only those rows: it must not call the others gone.
     partial = run(source, out, [emulator.url], only_rows=[0])
-    assert partial["removed"] == 0
-    assert "removed" not in set(manifest(out, "items", partial["run_id"]).status)
+    assert partial.removed == 0
+    assert "removed" not in set(manifest(out, "items", partial.run_id).status)
 
     code, printed = cli(capsys, "run", str(source), "--out", str(out), "--server", emulator.url)
     assert code == 0
@@ -231,8 +231,8 @@ def test_plan_counts_what_a_run_would_do_and_sends_nothing(
     assert emulator.stats["requests"] == 0
     assert (before["rows"], before["rejected"], before["items"]) == (6, 1, 5)
     summary = run(source, out, [emulator.url])
-    chunks = manifest(out, "chunks", summary["run_id"])
-    items = manifest(out, "items", summary["run_id"])
+    chunks = manifest(out, "chunks", summary.run_id)
+    items = manifest(out, "items", summary.run_id)
     # The plan's counts are what the run did.
     assert before["chunks"] == len(chunks)
     assert before["distinct_chunks"] == chunks.chunk_key.nunique() == before["requests"]
@@ -294,7 +294,7 @@ def test_a_flow_without_the_cli_logs_progress_with_chunks_and_audio(
         Emulator(EmulatorConfig(workers=1, service_time_s=0.1)) as emu,
     ):
         summary = run(source, tmp_path / "out", [emu.url], settings_kw={"chunk_bytes": 200})
-    assert summary["ok"] == 1
+    assert summary.ok == 1
     pattern = re.compile(
         r"fishflow: (\d) of 1 items \(\d+%\), \d ok, 0 failed(?:, ETA \S+)?; "
         r"([\d,]+) chunks, (\d+s|\d+m\d\ds|\d+h\d\dm) of audio$"
@@ -304,7 +304,7 @@ def test_a_flow_without_the_cli_logs_progress_with_chunks_and_audio(
     assert progress and len(lines) == len(progress), progress  # every line reads as it should
     # The first line comes as the run's items start, before any of them.
     assert lines[0].group(0) == "fishflow: 0 of 1 items (0%), 0 ok, 0 failed; 0 chunks, 0s of audio"
-    chunks = len(manifest(tmp_path / "out", "chunks", summary["run_id"]))
+    chunks = len(manifest(tmp_path / "out", "chunks", summary.run_id))
     assert chunks >= 10
     # Seen mid-item: some chunks placed, the item not yet finished.
     assert any(m.group(1) == "0" and 0 < int(m.group(2)) < chunks for m in lines)

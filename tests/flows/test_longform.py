@@ -77,8 +77,8 @@ def test_a_long_item_streams_to_its_file_with_flat_memory_and_true_offsets(
         settings = {"audio_format": fmt, "normalize": "off", **pauses}
         summary = run(source, out, [emu.url], settings_kw=settings)
         _, peak = _peak_rss_since_reset()
-    item = manifest(out, "items", summary["run_id"]).iloc[0]
-    chunks = manifest(out, "chunks", summary["run_id"]).sort_values("chunk_index")
+    item = manifest(out, "items", summary.run_id).iloc[0]
+    chunks = manifest(out, "chunks", summary.run_id).sort_values("chunk_index")
     assert item.status == "ok" and item.chunk_count == len(chunks) > chars // 500
     assert item.audio_uri == str(out / f"audio/books/long.{fmt}")
     path = Path(item.audio_uri)
@@ -131,7 +131,7 @@ def test_items_land_on_the_target_loudness_whatever_the_server_level(
     source.write_text("\n".join(json.dumps(r) for r in rows))
     with Emulator(EmulatorConfig(level_db=level_db)) as emu:
         summary = run(source, tmp_path / "out", [emu.url])
-    items = manifest(tmp_path / "out", "items", summary["run_id"])
+    items = manifest(tmp_path / "out", "items", summary.run_id)
     meter = pyloudnorm.Meter(44_100)
     for row in items.itertuples():
         data, _ = sf.read(row.audio_uri, dtype="float64")
@@ -147,7 +147,7 @@ def test_skipped_items_keep_their_captions_and_files_honour_the_umask(
     (source / "1-intro/README.md").write_text("# Intro\n\nWelcome to the course. It is short.")
     (source / "2-next.md").write_text("The next lesson. It is short too.")
     out = tmp_path / "out"
-    first = manifest(out, "items", run(source, out, [emulator.url])["run_id"])
+    first = manifest(out, "items", run(source, out, [emulator.url]).run_id)
     assert sorted(first["audio_uri"]) == [
         str(out / "audio/1-intro/README.wav"),
         str(out / "audio/2-next.wav"),
@@ -160,12 +160,12 @@ def test_skipped_items_keep_their_captions_and_files_honour_the_umask(
     os.umask(umask)
     published = [p for p in out.rglob("*") if p.is_file() and ".fishflow" not in p.parts]
     assert {p.stat().st_mode & 0o777 for p in published} == {0o666 & ~umask}
-    second = manifest(out, "items", run(source, out, [emulator.url])["run_id"])
+    second = manifest(out, "items", run(source, out, [emulator.url]).run_id)
     assert set(second["status"]) == {"skipped"}
     assert sorted(second["captions_uri"]) == sorted(first["captions_uri"])
     assert all(Path(uri).exists() for uri in second["captions_uri"])
     (out / "audio/2-next.vtt").unlink()  # captions missing: that item is published again
-    third = manifest(out, "items", run(source, out, [emulator.url])["run_id"])
+    third = manifest(out, "items", run(source, out, [emulator.url]).run_id)
     assert dict(zip(third["item_id"], third["status"], strict=True)) == {
         "1-intro/README.md": "skipped",
         "2-next.md": "ok",

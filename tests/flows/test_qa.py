@@ -103,10 +103,10 @@ def test_bad_answers_are_caught_and_made_again_in_the_same_voice(tmp_path: Path)
     published_bad, made_again = t.published_bad, t.made_again
 
     # Every item accounted, the manifests say what was tried.
-    items = manifest(out, "items", summary["run_id"])
-    chunks = manifest(out, "chunks", summary["run_id"])
+    items = manifest(out, "items", summary.run_id)
+    chunks = manifest(out, "chunks", summary.run_id)
     assert len(items) == len(rows) and set(items["status"]) == {"ok"}
-    assert summary["ok"] == len(rows) and summary["marked"] == published_bad
+    assert summary.ok == len(rows) and summary.marked == published_bad
     assert set(items["qa"]) <= {"pass", "marked"}
     assert (items["qa"] == "marked").sum() == published_bad
     tried = chunks[chunks["qa_attempts"] > 1]
@@ -167,9 +167,9 @@ def test_a_marked_item_can_be_accepted_as_done(tmp_path: Path) -> None:
     with Emulator(config) as emu:
         kw = {"reference_id": "anna", "qa_accept_marked": True}
         first = run(path, out, [emu.url], settings_kw=kw)
-        assert first["marked"] == 1
+        assert first.marked == 1
         second = run(path, out, [emu.url], settings_kw=kw)
-        assert second["skipped"] == 1 and len(emu.received) == 3
+        assert second.skipped == 1 and len(emu.received) == 3
 
 
 def test_a_seed_voice_is_made_again_whole_and_a_rerun_keeps_that_voice(tmp_path: Path) -> None:
@@ -184,8 +184,8 @@ def test_a_seed_voice_is_made_again_whole_and_a_rerun_keeps_that_voice(tmp_path:
     settings = {"chunk_bytes": 160, "captions": "off"}
     with Emulator(EmulatorConfig(workers=2, bad_answers=0.12, seed=11)) as emu:
         summary = run(path, out, [f"{emu.url}#limit=2"], settings_kw=settings)
-        items = manifest(out, "items", summary["run_id"]).set_index("item_id")
-        chunks = manifest(out, "chunks", summary["run_id"])
+        items = manifest(out, "items", summary.run_id).set_index("item_id")
+        chunks = manifest(out, "chunks", summary.run_id)
         received = emu.received
         bad = {(b["text"], b["seed"]) for b in emu.bad_answers}
         redone = [i for i in items.index if items.loc[i, "seed"] != item_seed(i)]
@@ -213,7 +213,7 @@ def test_a_seed_voice_is_made_again_whole_and_a_rerun_keeps_that_voice(tmp_path:
         emu.config.bad_answers = 0.0
         before = len(emu.received)
         again = run(path, out, [emu.url], settings_kw=settings)
-        after = manifest(out, "items", again["run_id"]).set_index("item_id")
+        after = manifest(out, "items", again.run_id).set_index("item_id")
         assert after.loc[target, "status"] == "ok"
         assert after.loc[target, "seed"] == items.loc[target, "seed"]
         new_requests = emu.received[before:]
@@ -229,7 +229,7 @@ def test_the_check_can_be_turned_off(tmp_path: Path, qa: str) -> None:
     with Emulator(config) as emu:
         kw = {"reference_id": "anna", "qa": qa}
         summary = run(path, tmp_path / "out", [emu.url], settings_kw=kw)
-        items = manifest(tmp_path / "out", "items", summary["run_id"])
+        items = manifest(tmp_path / "out", "items", summary.run_id)
         assert len(emu.received) == (3 if qa == "on" else 1)
     if qa == "on":
         assert items["qa"].tolist() == ["marked"] and items["qa_check"].tolist() == ["babble"]
@@ -258,7 +258,7 @@ def test_real_words_with_bad_answers(tmp_path: Path) -> None:
     print(t)
     assert t.bad >= 4 and t.caught == t.bad
     assert t.good_made_again <= 1
-    items = manifest(tmp_path / "out", "items", summary["run_id"])
+    items = manifest(tmp_path / "out", "items", summary.run_id)
     assert len(items) == len(rows) and set(items["status"]) == {"ok"}
     assert (items["qa"] == "marked").sum() == t.published_bad
 
@@ -280,16 +280,16 @@ def test_a_recognizer_behind_the_interface_checks_every_answer(
     with Emulator(EmulatorConfig(workers=2)) as emu:
         heard = RunSettings(qa_asr="python:tests.recognizers:HearsTheKettle", reference_id=None)
         summary = run(source, tmp_path / "a", [emu.url], settings=heard)
-        assert summary["ok"] == len(texts) and summary.get("marked", 0) == 0
+        assert summary.ok == len(texts) and summary.marked == 0
         assert emu.stats["requests"] == len(texts)
-        items = manifest(tmp_path / "a", "items", summary["run_id"])
+        items = manifest(tmp_path / "a", "items", summary.run_id)
         assert (items["qa"] == "pass").all() and (items["qa_attempts"] == 1).all()
 
         emu.reset_stats()
         deaf = heard.model_copy(update={"qa_asr": "python:tests.recognizers:Deaf"})
         summary = run(source, tmp_path / "b", [emu.url], settings=deaf)
-        items = manifest(tmp_path / "b", "items", summary["run_id"])
-        assert summary["ok"] == len(texts) and summary["marked"] == len(texts)
+        items = manifest(tmp_path / "b", "items", summary.run_id)
+        assert summary.ok == len(texts) and summary.marked == len(texts)
         assert (items["qa"] == "marked").all() and (items["qa_check"] == "asr").all()
         assert (items["qa_measure"] == 1.0).all()  # nothing heard: every character missed
         # A seed voice is made again whole, with another seed, up to the bound (2 more).

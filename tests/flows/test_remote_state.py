@@ -148,7 +148,7 @@ def test_one_edited_sentence_from_a_fresh_machine_is_one_request(
 
     write_source()
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "machine-1"))
-    assert run(source, out, [emulator.url], settings_kw=settings)["ok"] == 1
+    assert run(source, out, [emulator.url], settings_kw=settings).ok == 1
     assert emulator.stats["requests"] == 5
 
     paragraphs[2] = "Paragraph two now says something else entirely, in new words."
@@ -156,7 +156,7 @@ def test_one_edited_sentence_from_a_fresh_machine_is_one_request(
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "machine-2"))
     emulator.reset_stats()
     summary = run(source, out, [emulator.url], settings_kw=settings)
-    assert summary["ok"] == 1 and emulator.stats["texts"] == {paragraphs[2]: 1}
+    assert summary.ok == 1 and emulator.stats["texts"] == {paragraphs[2]: 1}
 
 
 def test_state_in_output_can_be_turned_off(
@@ -165,7 +165,7 @@ def test_state_in_output_can_be_turned_off(
     source = tmp_path / "c.jsonl"
     source.write_text(json.dumps({"id": "lesson", "text": "\n\n".join(PARAGRAPHS)}))
     settings = {"chunk_bytes": 100, "state_in_output": False}
-    assert run(source, f"s3://{bucket}/off", [emulator.url], settings_kw=settings)["ok"] == 1
+    assert run(source, f"s3://{bucket}/off", [emulator.url], settings_kw=settings).ok == 1
     keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket)["Contents"]]
     # No run state (journal, chunk audio) in the output; the output's lock stays, as for any run.
     state = [k for k in keys if "/.fishflow/" in k and not k.endswith("/.fishflow/lock")]
@@ -173,4 +173,4 @@ def test_state_in_output_can_be_turned_off(
     # The local cache still works as before: the same machine reuses every chunk.
     emulator.reset_stats()
     summary = run(source, f"s3://{bucket}/off", [emulator.url], settings_kw=settings, force=True)
-    assert summary["ok"] == 1 and emulator.stats["requests"] == 0
+    assert summary.ok == 1 and emulator.stats["requests"] == 0

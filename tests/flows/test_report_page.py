@@ -166,9 +166,9 @@ def test_a_run_report_plays_shows_captions_in_time_and_filters_what_needs_review
     source = tmp_path / "catalog.csv"
     pd.DataFrame(rows).to_csv(source, index=False)
     summary = run(source, out, [emulator.url])
-    run_id = summary["run_id"]
+    run_id = summary.run_id
     page_path = out / "manifests" / f"run={run_id}" / "report.html"
-    assert summary["report"] == str(page_path) and page_path.exists()
+    assert summary.report == str(page_path) and page_path.exists()
 
     # The summary artifact in Prefect links the page.
     record = json.loads((page_path.parent / "run.json").read_text())
@@ -185,8 +185,8 @@ def test_a_run_report_plays_shows_captions_in_time_and_filters_what_needs_review
     # The same catalog into S3: the page is opened by its presigned link, the audio too.
     s3_run = run(source, f"s3://{s3_server}/tts", [emulator.url])
     s3_store = S3Store(f"s3://{s3_server}/tts")
-    assert s3_run["report"] == s3_store.uri(report_key(s3_run["run_id"]))
-    s3_page = s3_store.link(report_key(s3_run["run_id"]))
+    assert s3_run.report == s3_store.uri(report_key(s3_run.run_id))
+    s3_page = s3_store.link(report_key(s3_run.run_id))
     assert "X-Amz-Signature=" in s3_page
 
     with chromium() as browser:

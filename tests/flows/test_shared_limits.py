@@ -21,6 +21,7 @@ from prefect.client.orchestration import get_client
 from fishflow.cli import main
 from fishflow.errors import ConfigError, OutputInUse
 from fishflow.flows.refresh_catalog_audio import refresh_catalog_audio
+from fishflow.record import RunSummary
 from fishflow.lock import OutputLock
 from fishflow.pool import limit_name
 from fishflow.settings import RunSettings
@@ -142,10 +143,10 @@ def test_a_run_waiting_for_a_slot_is_handed_one_while_the_other_still_has_work(
             return await first, second, b_started
 
         result_a, result_b, b_started = asyncio.run(both())
-        assert (result_a["ok"], result_b["ok"]) == (120, 8)
+        assert (result_a.ok, result_b.ok) == (120, 8)
         assert emu.stats["max_in_flight"] <= 2
-    a = items(tmp_path / "a", result_a["run_id"])
-    b = items(tmp_path / "b", result_b["run_id"])
+    a = items(tmp_path / "a", result_a.run_id)
+    b = items(tmp_path / "b", result_b.run_id)
     b_first = b.created_at.min()
     assert (b_first - pd.Timestamp(b_started)).total_seconds() < 30
     assert (a.created_at > b_first).sum() >= 20  # A still had plenty to do when B got going
@@ -162,7 +163,7 @@ def test_a_run_without_a_shared_limit_works_and_says_so_once(tmp_path: Path, cap
                 settings=RunSettings(max_in_flight=3, batch_size=4),
             )
         )
-        assert summary["ok"] == 12
+        assert summary.ok == 12
         assert emu.stats["max_in_flight"] <= 3
     warnings = [
         r for r in caplog.records if "no active Prefect concurrency limit" in r.getMessage()
@@ -190,7 +191,7 @@ def test_every_name_of_a_server_shares_one_limit_and_a_server_without_one_stops_
             refresh_catalog_audio(source=str(source), out=str(tmp_path / "o"),
                                   servers=[shared.url, by_name], settings=settings)
         )  # fmt: skip
-        assert summary["ok"] == 16 and shared.stats["max_in_flight"] <= 2
+        assert summary.ok == 16 and shared.stats["max_in_flight"] <= 2
         with pytest.raises(ConfigError, match=f"no shared limit for {other.url}"):
             asyncio.run(
                 refresh_catalog_audio(source=str(source), out=str(tmp_path / "x"),
@@ -202,7 +203,7 @@ def test_every_name_of_a_server_shares_one_limit_and_a_server_without_one_stops_
             refresh_catalog_audio(source=str(source), out=str(tmp_path / "y"),
                                   servers=[other.url], settings=local)
         )  # fmt: skip
-        assert summary["ok"] == 16
+        assert summary.ok == 16
 
 
 def test_two_runs_on_one_output_never_synthesise_an_item_twice(tmp_path: Path) -> None:
@@ -222,11 +223,11 @@ def test_two_runs_on_one_output_never_synthesise_an_item_twice(tmp_path: Path) -
 
         results = asyncio.run(both())
         assert emu.stats["requests"] == 80  # each item once
-    finished = [r for r in results if isinstance(r, dict)]
+    finished = [r for r in results if isinstance(r, RunSummary)]
     refused = [r for r in results if isinstance(r, OutputInUse)]
     assert len(finished) == 1 and len(refused) == 1, results
-    assert finished[0]["ok"] == 80
-    assert f"run {finished[0]['run_id']}" in refused[0].message
+    assert finished[0].ok == 80
+    assert f"run {finished[0].run_id}" in refused[0].message
     assert len(list((tmp_path / "out" / "manifests").iterdir())) == 1  # the refused wrote none
 
 

@@ -33,7 +33,7 @@ def test_a_code_heavy_book_is_sent_as_a_narrator_would_say_it(
 ) -> None:
     settings = RunSettings(lexicon=str(BOOK / "lexicon.csv"))
     summary = run(BOOK, tmp_path / "out", [emulator.url], settings=settings)
-    assert summary["ok"] == 4 and summary["failed"] == 0
+    assert summary.ok == 4 and summary.failed == 0
     sent = _sent(emulator)
     assert "the code shown" not in sent and "所示代码" not in sent
     assert not _ARTICLES.search(sent), _ARTICLES.search(sent)
@@ -71,10 +71,10 @@ def test_captions_and_chapters_show_what_the_author_wrote(
         "## Step 2\n\nRead it 50% faster.\n"
     )
     summary = run(source, tmp_path / "out", [emulator.url])
-    assert summary["ok"] == 1
+    assert summary.ok == 1
     sent = _sent(emulator)
     assert "Call String new three times, then read line." in sent
-    row = manifest(tmp_path / "out", "items", summary["run_id"]).iloc[0]
+    row = manifest(tmp_path / "out", "items", summary.run_id).iloc[0]
     vtt = Path(row.captions_uri).read_text()
     assert "Call String::new 3 times, then read_line." in vtt and "String new" not in vtt
     srt = Path(row.captions_uri).with_suffix(".srt").read_text()
@@ -98,11 +98,11 @@ def test_editing_a_lexicon_entry_redoes_only_the_items_that_use_it(
     lexicon.write_text("term,spoken,language\nkubectl,kube control,\nJSON,jay son,\n")
     settings = RunSettings(lexicon=str(lexicon))
     first = run(source, tmp_path / "out", [emulator.url], settings=settings)
-    assert first["ok"] == 3
+    assert first.ok == 3
     assert "Deploy it with kube control today." in emulator.stats["texts"]
     lexicon.write_text("term,spoken,language\nkubectl,cube cuttle,\nJSON,jay son,\n")
     second = run(source, tmp_path / "out", [emulator.url], settings=settings)
-    items = manifest(tmp_path / "out", "items", second["run_id"]).set_index("item_id")
+    items = manifest(tmp_path / "out", "items", second.run_id).set_index("item_id")
     assert dict(items["status"]) == {"k8s": "ok", "json": "skipped", "plain": "skipped"}
     assert "Deploy it with cube cuttle today." in emulator.stats["texts"]
 

@@ -116,18 +116,18 @@ def test_every_row_once_then_nothing_then_only_the_edited_row(
         first = run(database, out, [emulator.url], settings_kw={"table": name, "batch_size": 3})
     # The table's rows counted for the progress line (a deployment's run logs it at its start).
     assert f"fishflow: 0 of {len(ROWS)} items (0%), 0 ok, 0 failed; 0 chunks, 0s of audio" in logged
-    items = manifest(out, "items", first["run_id"])
+    items = manifest(out, "items", first.run_id)
     assert sorted(items["source_row"]) == list(range(len(ROWS)))
     assert sorted(items["item_id"]) == sorted(r["id"] for r in ROWS)
     assert (items["status"] == "ok").all() and emulator.stats["requests"] == len(ROWS)
 
     emulator.reset_stats()
     again = run(database, out, [emulator.url], settings_kw={"table": name, "batch_size": 3})
-    assert again["skipped"] == len(ROWS) and emulator.stats["requests"] == 0
+    assert again.skipped == len(ROWS) and emulator.stats["requests"] == 0
 
     execute(database, f"UPDATE {name} SET text = :t WHERE id = 'p3'", t="Now a walnut chair.")
     third = run(database, out, [emulator.url], settings_kw={"table": name, "batch_size": 3})
-    items = manifest(out, "items", third["run_id"]).set_index("item_id")
+    items = manifest(out, "items", third.run_id).set_index("item_id")
     assert emulator.stats["texts"] == {"Now a walnut chair.": 1}
     assert items.loc["p3", "status"] == "ok" and (items.drop("p3")["status"] == "skipped").all()
     # Rows keep their positions (read in order of the id column), whatever the update did.
@@ -146,7 +146,7 @@ def test_a_query_reads_what_it_selects(database: str, tmp_path: Path, emulator: 
             "text_column": "body",
         },
     )
-    items = manifest(tmp_path / "out", "items", summary["run_id"])
+    items = manifest(tmp_path / "out", "items", summary.run_id)
     assert sorted(items["item_id"]) == [f"p{i}" for i in range(6)]
     assert (items["status"] == "ok").all()
 
@@ -163,9 +163,9 @@ def test_bad_rows_fail_alone_with_their_reason(
     name = table(database, rows, primary_key=False)
     out = tmp_path / "out"
     summary = run(database, out, [emulator.url], settings_kw={"table": name})
-    items = manifest(out, "items", summary["run_id"]).sort_values("source_row")
-    errors = manifest(out, "errors", summary["run_id"])
-    assert summary["ok"] == 2 and summary["failed"] == 2
+    items = manifest(out, "items", summary.run_id).sort_values("source_row")
+    errors = manifest(out, "errors", summary.run_id)
+    assert summary.ok == 2 and summary.failed == 2
     failed = items[items.status == "failed"]
     reasons = dict(zip(failed["source_row"], failed["error"], strict=True))
     assert sorted(reasons.values())[0].startswith("column 'text' is NULL")
@@ -176,7 +176,7 @@ def test_bad_rows_fail_alone_with_their_reason(
     # A column that holds numbers, not text: each row fails with that reason, none is sent.
     emulator.reset_stats()
     summary = run(database, out, [emulator.url], settings_kw={"table": name, "text_column": "n"})
-    items = manifest(out, "items", summary["run_id"])
+    items = manifest(out, "items", summary.run_id)
     assert emulator.stats["requests"] == 0 and (items["status"] == "failed").all()
     assert set(items.dropna(subset=["error"])["error"]) >= {"column 'n' holds int, not text"}
 
@@ -189,7 +189,7 @@ def test_sqlite_value_of_another_type_fails_its_row_only(
     # SQLite keeps a value's own type per row: this one is a blob in a TEXT column.
     execute(url, f"UPDATE {name} SET text = :b WHERE id = 'x'", b=b"\x00\x01")
     summary = run(url, tmp_path / "out", [emulator.url], settings_kw={"table": name})
-    items = manifest(tmp_path / "out", "items", summary["run_id"]).set_index("item_id")
+    items = manifest(tmp_path / "out", "items", summary.run_id).set_index("item_id")
     assert items.loc["ok", "status"] == "ok"
     assert items.loc["x", "error"] == "column 'text' holds bytes, not text"
 
@@ -365,8 +365,8 @@ def test_url_from_the_environment_is_recorded_by_name(
     )
     out = tmp_path / "out"
     summary = run("env:CATALOG_DB_URL", out, [emulator.url], settings_kw={"table": name})
-    assert summary["ok"] == len(ROWS)
-    record = (out / "manifests" / f"run={summary['run_id']}" / "run.json").read_text()
+    assert summary.ok == len(ROWS)
+    record = (out / "manifests" / f"run={summary.run_id}" / "run.json").read_text()
     assert '"source": "env:CATALOG_DB_URL"' in record and PASSWORD not in _files_text(out)
 
 
@@ -380,8 +380,8 @@ def test_url_from_a_prefect_secret_block(
     Secret(value=postgres_url).save(block)
     out = tmp_path / "out"
     summary = run(f"secret:{block}", out, [emulator.url], settings_kw={"table": name})
-    assert summary["ok"] == 2
-    record = (out / "manifests" / f"run={summary['run_id']}" / "run.json").read_text()
+    assert summary.ok == 2
+    record = (out / "manifests" / f"run={summary.run_id}" / "run.json").read_text()
     assert f'"source": "secret:{block}"' in record
 
 

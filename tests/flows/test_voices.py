@@ -86,10 +86,10 @@ def test_a_bad_per_row_reference_id_fails_its_row_at_validation(
     # The shared emulator holds no voice: go on in its default one (else the run stops).
     settings = {"unknown_voice": "default"}
     summary = run(jsonl(tmp_path, rows), out, [emulator.url], settings_kw=settings)
-    assert (summary["ok"], summary["failed"]) == (1, 1)
-    items = manifest(out, "items", summary["run_id"]).set_index("item_id")
+    assert (summary.ok, summary.failed) == (1, 1)
+    items = manifest(out, "items", summary.run_id).set_index("item_id")
     assert "'narrator.v2' is not an id Fish Speech servers accept" in items.loc["bad", "error"]
-    errors = manifest(out, "errors", summary["run_id"])
+    errors = manifest(out, "errors", summary.run_id)
     assert list(errors["stage"]) == ["source"] and list(errors["item_id"]) == ["bad"]
     assert all(r["reference_id"] != "narrator.v2" for r in emulator.received)
 
@@ -115,9 +115,9 @@ def test_a_refused_voice_is_given_up_after_a_handful_of_requests(
         with caplog.at_level(logging.WARNING):
             summary = run(jsonl(tmp_path, rows), out, [emu.url])
         broken = [r for r in emu.received if r["reference_id"] == "broken"]
-    assert (summary["ok"], summary["failed"]) == (5, 20)
+    assert (summary.ok, summary.failed) == (5, 20)
     assert len(broken) <= 8  # a handful, not 3 attempts for each of 20 chunks
-    items = manifest(out, "items", summary["run_id"]).set_index("item_id")
+    items = manifest(out, "items", summary.run_id).set_index("item_id")
     failed = items[items["status"] == "failed"]
     assert set(failed.index) == {f"b{i}" for i in range(20)}
     assert failed["error"].str.contains("voice 'broken' given up").all()
@@ -134,7 +134,7 @@ def test_chunks_fit_max_new_tokens_and_every_item_is_whole(
     out = tmp_path / "o"
     summary = run(jsonl(tmp_path, rows), out, [emulator.url], settings_kw={"max_new_tokens": 200})
     assert_whole(out, rows)
-    chunks = manifest(out, "chunks", summary["run_id"])
+    chunks = manifest(out, "chunks", summary.run_id)
     assert emulator.stats["capped"] == 0
     assert len(chunks) > len(rows)
     # one request per chunk made (a clause an item repeats is made once and reused)
@@ -150,16 +150,14 @@ def test_chunks_cut_at_the_token_cap_are_split_and_every_item_is_whole(tmp_path:
         out = tmp_path / "o"
         summary = run(jsonl(tmp_path, rows), out, [emu.url], settings_kw={"max_new_tokens": 200})
         stats, received = emu.stats, emu.received
-    items = manifest(out, "items", summary["run_id"]).set_index("item_id")
+    items = manifest(out, "items", summary.run_id).set_index("item_id")
     assert (items["status"] == "ok").all(), items["error"].dropna().tolist()
     for row in rows:  # each item as long as its whole text takes this voice
         speech = 3.0 * speech_duration_s(spoken(row["text"], row.get("language") or "en"))
         assert items.loc[row["id"], "duration_s"] >= 0.95 * speech
     assert stats["capped"] > 0
     # each cut answer costs its halves, and no request was repeated whole
-    assert (
-        stats["requests"] <= len(manifest(out, "chunks", summary["run_id"])) + 3 * stats["capped"]
-    )
+    assert stats["requests"] <= len(manifest(out, "chunks", summary.run_id)) + 3 * stats["capped"]
     sent = collections.Counter((r["text"], r["seed"]) for r in received)
     assert max(sent.values()) == 1
 
@@ -209,21 +207,21 @@ def test_inline_references_round_trip_and_are_in_the_content_key(
     source = jsonl(tmp_path, rows)
     out = tmp_path / "o"
     first = run(source, out, [emulator.url], settings_kw={"reference_id": "narrator"})
-    assert (first["ok"], first["failed"]) == (3, 2)
+    assert (first.ok, first.failed) == (3, 2)
     digest = hashlib.sha256(wav.read_bytes()).hexdigest()
     assert len(emulator.received) == 3
     for request in emulator.received:
         assert request["reference_id"] is None  # the server would use an id instead
         assert request["references"] == [{"audio_sha256": digest, "text": "Hello, I am Anna."}]
-    items = manifest(out, "items", first["run_id"]).set_index("item_id")
+    items = manifest(out, "items", first.run_id).set_index("item_id")
     assert "no such file" in items.loc["lost", "error"]
     assert "transcript in reference_text" in items.loc["untold", "error"]
 
     again = run(source, out, [emulator.url], settings_kw={"reference_id": "narrator"})
-    assert again["skipped"] == 3
+    assert again.skipped == 3
     sf.write(wav, (0.3 * np.sin(np.arange(44_100) / 9)).astype(np.float32), 44_100)
     changed = run(source, out, [emulator.url], settings_kw={"reference_id": "narrator"})
-    assert changed["ok"] == 3 and changed["skipped"] == 0
+    assert changed.ok == 3 and changed.skipped == 0
 
 
 def test_all_chunks_of_an_item_without_a_voice_share_one_seed(

@@ -240,7 +240,7 @@ def test_marked_items_are_counted_in_the_totals_the_summary_and_its_artifact() -
     from fishflow.manifest import ItemRow
     from fishflow.outcomes import ItemOutcome
     from fishflow.run import RunTotals
-    from fishflow.tasks.reporting import Summary, summary_markdown
+    from fishflow.tasks.reporting import summary_markdown
 
     def row(i: int, status: str, qa: str | None) -> ItemRow:
         now = datetime.now(UTC)
@@ -259,9 +259,7 @@ def test_marked_items_are_counted_in_the_totals_the_summary_and_its_artifact() -
     assert (totals.ok, totals.failed, totals.marked) == (3, 1, 1)
     read_back = [{name: getattr(r, name) for name in r.__slots__} for r in rows]
     assert RunTotals.from_items(read_back).marked == 1
-    summary = Summary(run_id="r", totals=totals, wall_s=1.0, manifests={}, qa_on_marked="fail")
-    assert summary.as_dict()["marked"] == 1 and summary.as_dict()["qa_on_marked"] == "fail"
+    summary = totals.summary("r", wall_s=1.0, qa_on_marked="fail")
+    assert summary.marked == 1 and summary.exit_code == 2
     assert "1 item(s) published marked" in summary_markdown(summary)
-    assert "published marked" not in summary_markdown(
-        Summary(run_id="r", totals=RunTotals(ok=2), wall_s=1.0, manifests={})
-    )
+    assert "published marked" not in summary_markdown(RunTotals(ok=2).summary("r", wall_s=1.0))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import logging
 import os
@@ -303,28 +302,27 @@ def test_an_s3_output_gets_a_page_with_presigned_links(bucket: str) -> None:
 
 
 def test_the_prefect_summary_links_the_page() -> None:
-    from fishflow.run import RunTotals
-    from fishflow.tasks.reporting import Summary, summary_markdown
+    from fishflow.record import RunSummary
+    from fishflow.tasks.reporting import summary_markdown
 
     link = "https://audio-bucket.s3.amazonaws.com/m/report.html?X-Amz-Signature=abc"
     text = summary_markdown(
-        Summary("r1", RunTotals(ok=1), 1.0, {}, report="s3://b/m/report.html", report_link=link)
+        RunSummary(run_id="r1", ok=1, report="s3://b/m/report.html", report_link=link)
     )
     assert f"({link})" in text
-    assert "report.html" not in summary_markdown(Summary("r1", RunTotals(), 1.0, {}))
+    assert "report.html" not in summary_markdown(RunSummary(run_id="r1"))
 
 
 def test_the_prefect_summary_never_carries_a_presigned_link(bucket: str) -> None:
     """A presigned link holds the signer's access key id (and a session token with temporary
     credentials): the artifact links the S3 console instead."""
-    import asyncio
     import logging
 
-    from fishflow.tasks.reporting import write_report as write_for_run
+    from fishflow.run import write_report as write_for_run
 
     store = S3Store(f"s3://{bucket}/catalog")
     write_run(store, [item(0, "a")], [], [])
-    uri, address = asyncio.run(write_for_run(store, "r1", logging.getLogger("t")))
+    uri, address = write_for_run(store, "r1", logging.getLogger("t"))
     assert uri == f"s3://{bucket}/catalog/manifests/run=r1/report.html"
     assert address is not None and address.startswith("https://s3.console.aws.amazon.com/")
     assert "X-Amz" not in address
@@ -333,7 +331,7 @@ def test_the_prefect_summary_never_carries_a_presigned_link(bucket: str) -> None
 def test_a_page_that_cannot_be_written_does_not_fail_the_run(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from fishflow.tasks.reporting import write_report as write_for_run
+    from fishflow.run import write_report as write_for_run
 
     class Full(LocalStore):  # the disk filled up after the manifests were written
         def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> str:
@@ -344,8 +342,8 @@ def test_a_page_that_cannot_be_written_does_not_fail_the_run(
     store = Full(str(tmp_path))
     write_run(store, [item(0, "a")], [], [])
     logger = logging.getLogger("test.report")
-    assert asyncio.run(write_for_run(store, "r1", logger)) == (None, None)
+    assert write_for_run(store, "r1", logger) == (None, None)
     assert "report.html not written" in caplog.text and "No space left" in caplog.text
     # And where it can be written, the run gets its URI and a link a browser opens.
-    uri, link = asyncio.run(write_for_run(LocalStore(str(tmp_path)), "r1", logger))
+    uri, link = write_for_run(LocalStore(str(tmp_path)), "r1", logger)
     assert uri is not None and link == Path(uri).as_uri()

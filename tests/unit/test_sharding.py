@@ -9,14 +9,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from fishflow.hygiene import tidy_output
-from fishflow.manifest import (
-    ErrorRow,
-    ItemRow,
-    ManifestWriter,
-    latest_run_id,
-    merge_runs,
-    write_run_record,
-)
+from fishflow.manifest import ErrorRow, ItemRow, ManifestWriter, merge_runs
+from fishflow.record import Failure, RunRecord, RunSummary, latest_run_id, write_run_record
 from fishflow.run import RunTotals, shard_of, shard_run_id
 from fishflow.storage import LocalStore
 
@@ -78,21 +72,25 @@ def test_shards_manifests_merge_into_one_with_every_row_once(tmp_path: Path) -> 
     assert pq.read_table(manifests["errors"]).column("source_row").to_pylist() == [4]
     totals = RunTotals.from_items(items)
     assert (totals.ok, totals.failed, totals.audio_seconds) == (5, 1, 10.0)
-    assert totals.failures == [("i4", 4, "text is empty")]
+    assert totals.failures == [Failure(item_id="i4", source_row=4, error="text is empty")]
 
 
 def test_the_latest_run_is_the_parent_not_a_shard_started_after_it(tmp_path: Path) -> None:
     store = LocalStore(str(tmp_path))
-    write_run_record(store, "r1", {"started_at": "2026-11-25T01:00:00"})
-    write_run_record(store, "r1-s0", {"started_at": "2026-11-25T01:00:05", "parent_run_id": "r1"})
+    at = datetime(2026, 11, 25, 1, 0, 0, tzinfo=UTC)
+    first = RunRecord(run_id="r1", source="a.csv", out=store.root, servers=[], started_at=at)
+    shard = RunRecord(run_id="r1-s0", source="a.csv", out=store.root, servers=[], shard=0,
+                      parent_run_id="r1", started_at=at.replace(second=5))  # fmt: skip
+    write_run_record(store, first)
+    write_run_record(store, shard)
     assert latest_run_id(store) == "r1"
 
 
 def test_a_run_fails_only_past_its_share_of_failed_items() -> None:
-    totals = RunTotals(ok=99, failed=1)
-    assert totals.too_many_failed(0.0)
-    assert not totals.too_many_failed(0.01)
-    assert not RunTotals(ok=5).too_many_failed(0.0)
+    summary = RunSummary(run_id="r", ok=99, failed=1)
+    assert summary.too_many_failed(0.0)
+    assert not summary.too_many_failed(0.01)
+    assert not RunSummary(run_id="r", ok=5).too_many_failed(0.0)
 
 
 def test_the_merged_manifest_records_items_gone_from_the_whole_source(tmp_path: Path) -> None:
