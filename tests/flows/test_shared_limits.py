@@ -21,9 +21,9 @@ from prefect.client.orchestration import get_client
 from fishflow.cli import main
 from fishflow.errors import ConfigError, OutputInUse
 from fishflow.flows.refresh_catalog_audio import refresh_catalog_audio
-from fishflow.record import RunSummary
 from fishflow.lock import OutputLock
 from fishflow.pool import limit_name
+from fishflow.record import RunSummary
 from fishflow.settings import RunSettings
 from fishflow.storage import LocalStore
 from fishflow.testing.emulator import Emulator, EmulatorConfig
