@@ -56,7 +56,7 @@ Images = Literal["alt", "skip"]
 Tables = Literal["rows", "skip"]
 MarkKind = Literal["code", "sup", "sub"]
 
-# The languages Fish Speech 1.5 names (../shared/fish-speech-api.md), English for the rest.
+# The languages Fish Speech 1.5 names (docs/fish-speech-api.md), English for the rest.
 _CODE_CUES = {
     "en": "Code example.",
     "zh": "代码示例。",

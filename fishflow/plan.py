@@ -39,7 +39,7 @@ from fishflow.text import is_cjk
 DEFAULT_S_PER_CHAR = 0.07
 DEFAULT_S_PER_CJK_CHAR = 0.22
 # Server seconds per second of audio when no earlier run measured it: a compiled Fish Speech
-# 1.5 on an RTX 4060-class GPU, RTF about 1:5 (../shared/fish-speech-api.md, "Published speed").
+# 1.5 on an RTX 4060-class GPU, RTF about 1:5 (docs/fish-speech-api.md, "Published speed").
 DEFAULT_SERVER_S_PER_AUDIO_S = 0.2
 
 

@@ -1,6 +1,6 @@
 """One typed settings tree: what a run synthesises, where, and how.
 
-Bounds follow what the Fish Speech server enforces (../shared/fish-speech-api.md), so an invalid
+Bounds follow what the Fish Speech server enforces (docs/fish-speech-api.md), so an invalid
 sampling field is refused here, before any request is sent.
 """
 

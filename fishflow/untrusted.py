@@ -29,7 +29,7 @@ __all__ = [
     "server_words",
 ]
 
-# 44.1 kHz 16-bit mono WAV, what Fish sends (fish-speech-api.md, "Responses and errors").
+# 44.1 kHz 16-bit mono WAV, what Fish sends (docs/fish-speech-api.md, "Responses and errors").
 WAV_BYTES_PER_S = 44_100 * 2
 # Room over the longest plausible audio: another rate, stereo, a large header or extra chunks.
 _MARGIN = 2.0

@@ -1,4 +1,4 @@
-r"""A Fish Speech server emulator: the protocol of ../shared/fish-speech-api.md, without a GPU.
+r"""A Fish Speech server emulator: the protocol of docs/fish-speech-api.md, without a GPU.
 
 What it reproduces, because clients must cope with it (the last section of that file is what
 the authors' own server code answers, and what this follows):

@@ -79,7 +79,7 @@ def test_a_url_that_is_some_other_web_server_stops_the_run_in_one_line(
     tmp_path: Path, capsys, with_a_good_server: bool
 ) -> None:
     """An http.server where Fish Speech should be: its 404 for /v1/health says so at once,
-    before a request is sent (../shared/fish-speech-api.md: every server has /v1/health),
+    before a request is sent (docs/fish-speech-api.md: every server has /v1/health),
     even beside a good server, which would otherwise see its chunks fail on the wrong one."""
 
     class Quiet(http.server.SimpleHTTPRequestHandler):

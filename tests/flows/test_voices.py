@@ -1,7 +1,7 @@
 """Voices and chunks against the emulator in its real-server mode (issue 10, parts 1 and 2).
 
 Protocol facts cited are rows of "Measured against the authors' own server code" in
-../shared/fish-speech-api.md.
+docs/fish-speech-api.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The emulator against ../shared/fish-speech-api.md, over real sockets."""
+"""The emulator against docs/fish-speech-api.md, over real sockets."""
 
 from __future__ import annotations
 
@@ -153,7 +153,7 @@ def test_the_emulator_command_serves_until_stopped() -> None:
         proc.wait(timeout=10)
 
 
-# -- "Measured against the authors' own server code" (../shared/fish-speech-api.md) -----------
+# -- "Measured against the authors' own server code" (docs/fish-speech-api.md) -----------
 
 
 def tts(emu: Emulator, **fields) -> httpx.Response:

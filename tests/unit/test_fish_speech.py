@@ -267,7 +267,7 @@ def test_an_items_references_and_seed_override_the_runs_and_drop_the_id() -> Non
 def test_the_preflight_knows_a_fish_speech_server_by_its_health_route(
     status: int, usable: bool
 ) -> None:
-    """Rows `/v1/health` and `--api-key` of ../shared/fish-speech-api.md."""
+    """Rows `/v1/health` and `--api-key` of docs/fish-speech-api.md."""
     asked: list[str] = []
 
     def handler(request: httpx.Request) -> httpx.Response:

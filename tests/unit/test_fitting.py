@@ -15,7 +15,7 @@ from fishflow.voices import item_seed, resolve
 
 def test_chunk_budget_keeps_a_text_within_the_servers_text_limit() -> None:
     """A server's character limit becomes bytes at the text's narrowest character
-    (fish-speech-api.md '--max-text-length N counts characters'): the pieces of a text split
+    (docs/fish-speech-api.md '--max-text-length N counts characters'): the pieces of a text split
     at that budget each hold at most N characters, in one script or mixed."""
     english = "The long lesson explains one more idea, slowly and in detail. " * 10
     chinese = "这款绿茶产自杭州，香气清高，口感鲜爽，每罐二百五十克。" * 10

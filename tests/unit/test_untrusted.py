@@ -70,7 +70,7 @@ def test_printable_shows_control_characters_as_escapes(text: str, shown: str) ->
 
 
 def test_a_wav_shorter_than_its_header_is_bad_audio() -> None:
-    """fish-speech-api.md, 'Responses and errors': WAV is RIFF PCM 16-bit mono 44.1 kHz."""
+    """docs/fish-speech-api.md, 'Responses and errors': WAV is RIFF PCM 16-bit mono 44.1 kHz."""
     whole = speech_wav(LONG)
     assert wav_shortfall(whole) is None and len(decode(whole).samples) > 0
     with pytest.raises(BadAudio, match="cut short"):
