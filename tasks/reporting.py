@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -24,7 +23,7 @@ from prefect.artifacts import (
 
 from fishflow import report
 from fishflow.run import RunTotals
-from fishflow.storage import Store
+from fishflow.storage import Store, browser_url
 
 
 @dataclass
@@ -80,11 +79,7 @@ def artifact_key(deployment: str | None) -> str:
 
 def link(uri: str) -> str:
     """A clickable address for a manifest: the S3 console for s3://, file:// for a path."""
-    if uri.startswith("s3://"):
-        bucket, _, key = uri.removeprefix("s3://").partition("/")
-        query = urllib.parse.urlencode({"prefix": key})
-        return f"https://s3.console.aws.amazon.com/s3/object/{bucket}?{query}"
-    return "file://" + urllib.parse.quote(uri)
+    return browser_url(uri)
 
 
 def summary_markdown(s: Summary) -> str:
