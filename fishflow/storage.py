@@ -143,6 +143,34 @@ class Listed:
     modified: float  # seconds since the epoch
 
 
+class Versioned(Protocol):
+    """One small object changed only if it is still the version last read (compare and swap),
+    each version named by a tag: what a lock kept in the output needs (``fishflow.lock``).
+
+    Atomic on both stores: S3's conditional writes (``If-None-Match: *`` to create,
+    ``If-Match: <etag>`` to replace), on a local disk an exclusive ``flock`` around each
+    read-decide-write.
+    """
+
+    def read(self) -> tuple[bytes, str] | None:
+        """The object and its tag, or None if there is none."""
+        ...
+
+    def create(self, data: bytes) -> str | None:
+        """The new tag, or None if the object exists."""
+        ...
+
+    def replace(self, data: bytes, tag: str) -> str | None:
+        """The new tag, or None if the object is no longer the version `tag`."""
+        ...
+
+    def remove(self, tag: str, *, tombstone: bytes) -> None:
+        """Remove the object if it is still the version `tag`. Where only a write is atomic
+        (S3: a conditional put, on every S3; a conditional delete, not) it is overwritten with
+        `tombstone` instead, which readers must take as no object."""
+        ...
+
+
 class Store(Protocol):
     """An output location. Keys are relative ('audio/x.wav'); URIs are what users read."""
 
@@ -165,6 +193,7 @@ class Store(Protocol):
     def list_sized(self, prefix: str) -> builtins.list[Listed]: ...
     def delete(self, keys: builtins.list[str]) -> builtins.list[str]: ...
     def key_of(self, uri: str) -> str | None: ...
+    def versioned(self, key: str, content_type: str) -> Versioned: ...
     def link(
         self, key: str, *, page: str | None = None, expires_s: int = LINK_EXPIRES_S
     ) -> str: ...
@@ -204,6 +233,10 @@ class LocalStore:
         if page is None:
             return Path(self.uri(key)).as_uri()
         return urllib.parse.quote(posixpath.relpath(key, posixpath.dirname(page) or "."))
+
+    def versioned(self, key: str, content_type: str) -> Versioned:
+        """``key`` as an object changed only by compare and swap (see ``Versioned``)."""
+        return _LocalVersioned(self.uri(key))
 
     def _make_folder(self, folder: str) -> None:
         if folder not in self._made:  # once per folder and store
@@ -315,6 +348,66 @@ class LocalStore:
         return []
 
 
+class _LocalVersioned:
+    """A file whose every read-decide-write holds an exclusive flock on ``<file>.guard``; the
+    tag is the content's sha256."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.guard = path + ".guard"
+
+    @contextlib.contextmanager
+    def _guarded(self) -> Iterator[None]:
+        import fcntl
+
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            fd = os.open(self.guard, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StorageError(f"cannot lock {self.path}: {exc.strerror}", fatal=True) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held for microseconds: read, decide, write
+            yield
+        except OSError as exc:
+            raise StorageError(f"cannot write {self.path}: {exc.strerror}", fatal=True) from None
+        finally:
+            os.close(fd)
+
+    def _read(self) -> tuple[bytes, str] | None:
+        try:
+            with open(self.path, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            return None
+        return data, hashlib.sha256(data).hexdigest()
+
+    def _write(self, data: bytes) -> str:
+        tmp = f"{self.path}.{os.urandom(16).hex()}"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, self.path)
+        return hashlib.sha256(data).hexdigest()
+
+    def read(self) -> tuple[bytes, str] | None:
+        with self._guarded():
+            return self._read()
+
+    def create(self, data: bytes) -> str | None:
+        with self._guarded():
+            return None if self._read() is not None else self._write(data)
+
+    def replace(self, data: bytes, tag: str) -> str | None:
+        with self._guarded():
+            current = self._read()
+            return self._write(data) if current is not None and current[1] == tag else None
+
+    def remove(self, tag: str, *, tombstone: bytes) -> None:
+        with self._guarded():
+            current = self._read()
+            if current is not None and current[1] == tag:
+                os.unlink(self.path)
+
+
 def s3_client() -> Any:
     import boto3  # imported late: 0.3 s that local runs do not need
     from botocore.config import Config
@@ -401,6 +494,10 @@ class S3Store:
         except Exception as exc:
             raise wrap_s3_error(exc, self.uri(key)) from exc
         return url
+
+    def versioned(self, key: str, content_type: str) -> Versioned:
+        """``key`` as an object changed only by compare and swap (see ``Versioned``)."""
+        return _S3Versioned(self, key, content_type)
 
     def _extra(self, content_type: str, metadata: dict[str, str] | None = None) -> dict[str, Any]:
         extra: dict[str, Any] = {"ContentType": content_type, "ChecksumAlgorithm": "SHA256"}
@@ -506,6 +603,64 @@ class S3Store:
                 f"{e['Key'][start:]}: {e.get('Code', 'refused')}" for e in answer.get("Errors", [])
             ]
         return refused
+
+
+class _S3Versioned:
+    """An object changed by conditional puts; the tag is its ETag."""
+
+    def __init__(self, store: S3Store, key: str, content_type: str) -> None:
+        self.store = store
+        self.key = store._key(key)
+        self.where = store.uri(key)
+        self.content_type = content_type
+
+    def _put(self, data: bytes, **condition: str) -> str | None:
+        from botocore.exceptions import ClientError
+
+        extra: dict[str, Any] = {"ServerSideEncryption": self.store.sse} if self.store.sse else {}
+        try:
+            response = self.store.client.put_object(
+                Bucket=self.store.bucket,
+                Key=self.key,
+                Body=data,
+                ContentType=self.content_type,
+                **extra,
+                **condition,
+            )
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            # 412: not the version we expected; 409: a concurrent conditional write won;
+            # 404 on If-Match: the object was removed meanwhile.
+            if code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "412"):
+                return None
+            raise wrap_s3_error(exc, self.where) from None
+        except Exception as exc:
+            raise wrap_s3_error(exc, self.where) from None
+        return str(response["ETag"])
+
+    def read(self) -> tuple[bytes, str] | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            obj = self.store.client.get_object(Bucket=self.store.bucket, Key=self.key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise wrap_s3_error(exc, self.where) from None
+        except Exception as exc:
+            raise wrap_s3_error(exc, self.where) from None
+        return obj["Body"].read(), str(obj["ETag"])
+
+    def create(self, data: bytes) -> str | None:
+        return self._put(data, IfNoneMatch="*")
+
+    def replace(self, data: bytes, tag: str) -> str | None:
+        return self._put(data, IfMatch=tag)
+
+    def remove(self, tag: str, *, tombstone: bytes) -> None:
+        current = self.read()
+        if current is not None and current[1] == tag:
+            self._put(tombstone, IfMatch=tag)
 
 
 @contextlib.contextmanager

@@ -261,3 +261,20 @@ def test_which_uris_are_remote_and_where_a_browser_opens_them() -> None:
         "https://s3.console.aws.amazon.com/s3/object/bucket?prefix=manifests%2Frun%3D1%2Fitems.parquet"
     )
     assert browser_url("/data/out/a b.parquet") == "file:///data/out/a%20b.parquet"
+
+
+def test_a_versioned_object_changes_only_from_the_version_last_read(store: Store) -> None:
+    record = store.versioned(".fishflow/lock", "application/json")
+    assert record.read() is None
+    first = record.create(b'{"v": 1}')
+    assert first is not None and record.create(b'{"v": 9}') is None  # exists: not replaced
+    assert record.read() == (b'{"v": 1}', first)
+    second = record.replace(b'{"v": 2}', first)
+    assert second is not None and second != first
+    assert record.replace(b'{"v": 9}', first) is None  # a stale tag changes nothing
+    record.remove(first, tombstone=b'{"v": 0}')  # stale: left alone
+    assert record.read() == (b'{"v": 2}', second)
+    record.remove(second, tombstone=b'{"v": 0}')
+    left = record.read()
+    # S3 has no conditional delete on every implementation: the tombstone stands in for it.
+    assert (left[0] if left else None) == (b'{"v": 0}' if store.remote else None)
