@@ -797,9 +797,9 @@ def _gc(args: argparse.Namespace) -> int:
         collect_output_chunks,
         referenced_chunk_keys,
     )
-    from fishflow.storage import open_store
+    from fishflow.storage import open_store, output_exists
 
-    if not args.out.startswith("s3://") and not os.path.isdir(args.out):
+    if not output_exists(args.out):
         raise ConfigError(f"{args.out}: no such output folder")
     store = open_store(args.out)
     cache_dir = chunk_cache_dir(store, args.chunk_cache)
@@ -815,7 +815,7 @@ def _gc(args: argparse.Namespace) -> int:
             adopt=args.adopt,
         )
         found.append((cache_dir, local))
-    if args.out.startswith("s3://"):  # the output's own copy, which runs on any machine reuse
+    if store.remote:  # the output's own copy, which runs on any machine reuse
         copy = collect_output_chunks(store, dry_run=args.dry_run, min_age_s=args.grace_s, keys=keys)
         found.append((store.uri(RemoteChunks.PREFIX), copy))
     if not found:

@@ -207,7 +207,7 @@ async def _open_run(
     # An S3 output keeps the run's state (journal, chunk audio) in itself too, so that a run
     # resumed or re-run on a fresh machine redoes only what was in flight; the local copies
     # stay in front as the fast layer. A local output already holds it (<out>/.fishflow).
-    remote = store if store.root.startswith("s3://") and settings.state_in_output else None
+    remote = store if store.remote and settings.state_in_output else None
     journal = Journal(journal_dir(store), run_id, remote=remote)
     publisher = ThreadPoolExecutor(store.write_threads, thread_name_prefix="fishflow-publish")
     ctx = RunContext(

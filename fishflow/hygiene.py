@@ -19,7 +19,6 @@ import contextlib
 import logging
 import os
 import stat
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -27,7 +26,6 @@ from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from fishflow import chunk_files
 from fishflow.chunk_cache import RemoteChunks
@@ -43,7 +41,7 @@ from fishflow.manifest import (
     journal_dir,
     read_remote,
 )
-from fishflow.storage import Listed, Store, state_dir
+from fishflow.storage import Listed, Store, read_parquet, state_dir
 
 # Files published beside an item's audio, named after its stem (`audio/x.wav` -> `audio/x.vtt`).
 CAPTION_SUFFIXES = (".vtt", ".srt", ".chapters.vtt")
@@ -155,15 +153,8 @@ def _manifest_tables(store: Store, name: str, columns: list[str]) -> Iterator[pa
         for k in store.list("manifests/")
         if k.endswith(f"/{name}.parquet") or f"/parts/{name}-" in k
     ]
-    with tempfile.TemporaryDirectory(prefix="fishflow-gc-") as tmp:
-        for key in keys:
-            if store.root.startswith("s3://"):
-                local = os.path.join(tmp, "m.parquet")
-                with open(local, "wb") as fh:
-                    fh.write(store.get(key))
-            else:
-                local = store.uri(key)
-            yield pq.read_table(local, columns=columns)
+    for key in keys:
+        yield read_parquet(store, key, columns)
 
 
 def referenced_chunk_keys(store: Store) -> set[str]:
@@ -180,7 +171,7 @@ def referenced_chunk_keys(store: Store) -> set[str]:
     if os.path.isdir(directory):
         for name in sorted(os.listdir(directory)):
             entries.extend(Journal.read(os.path.join(directory, name)))
-    if store.root.startswith("s3://"):  # runs elsewhere keep theirs in the output too
+    if store.remote:  # runs elsewhere keep theirs in the output too
         entries.extend(read_remote(store, strict=True))
     for item, chunks, _ in entries:
         rows.append((item.created_at, item.item_id or "", item.run_id, item.status))

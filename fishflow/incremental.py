@@ -10,11 +10,9 @@ Audio existence comes from one listing of the output, not a call per item.
 from __future__ import annotations
 
 import os
-import tempfile
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from fishflow.items import PreviousItem
 from fishflow.manifest import (
@@ -25,7 +23,7 @@ from fishflow.manifest import (
     remote_journal_runs,
     to_table,
 )
-from fishflow.storage import Store
+from fishflow.storage import Store, read_parquet
 
 _COLUMNS = [
     "item_id",
@@ -54,20 +52,11 @@ def _item_tables(store: Store, exclude_run: str | None) -> list[pa.Table]:
         and not (exclude_run and k.startswith(f"manifests/run={exclude_run}/"))
     ]
     tables = []
-    with tempfile.TemporaryDirectory(prefix="fishflow-prev-") as tmp:
-        for i, key in enumerate(keys):
-            local = (
-                store.uri(key)
-                if not store.root.startswith("s3://")
-                else os.path.join(tmp, f"{i}.parquet")
-            )
-            if store.root.startswith("s3://"):
-                with open(local, "wb") as fh:
-                    fh.write(store.get(key))
-            table = _project(pq.read_table(local))
-            tables.append(
-                table.filter(pc.is_in(table["status"], pa.array(["ok", "skipped", "removed"])))
-            )
+    for key in keys:
+        table = _project(read_parquet(store, key))
+        tables.append(
+            table.filter(pc.is_in(table["status"], pa.array(["ok", "skipped", "removed"])))
+        )
     return tables
 
 
@@ -92,7 +81,7 @@ def _journal_tables(store: Store, exclude_run: str | None) -> list[pa.Table]:
         if name.endswith(".jsonl") and name != f"run={exclude_run}.jsonl"
         for entry in Journal.read(os.path.join(directory, name))
     ]
-    if store.root.startswith("s3://"):  # journals kept in the output by runs on other machines
+    if store.remote:  # journals kept in the output by runs on other machines
         entries += [
             entry
             for run in remote_journal_runs(store)

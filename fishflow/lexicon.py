@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import regex
 
-from fishflow.errors import ConfigError
+from fishflow.errors import ConfigError, StorageError
+from fishflow.storage import read_uri_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,18 +62,9 @@ MAX_LEXICON_BYTES = 8 << 20
 def load_lexicon(uri: str) -> tuple[LexiconEntry, ...]:
     """Entries of the lexicon at a path or s3:// URI (ConfigError when it cannot be used)."""
     try:
-        if uri.startswith("s3://"):
-            from fishflow.storage import parse_s3_uri, s3_client, wrap_s3_error
-
-            bucket, key = parse_s3_uri(uri)
-            try:
-                body = s3_client().get_object(Bucket=bucket, Key=key)["Body"]
-                data: bytes = body.read(MAX_LEXICON_BYTES + 1)
-            except Exception as exc:  # botocore's errors, named without credentials
-                raise ConfigError(f"lexicon: {wrap_s3_error(exc, uri)}") from None
-        else:
-            with open(uri, "rb") as fh:
-                data = fh.read(MAX_LEXICON_BYTES + 1)
+        data = read_uri_bytes(uri, MAX_LEXICON_BYTES + 1)
+    except StorageError as exc:  # an object's, named without credentials
+        raise ConfigError(f"lexicon: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"lexicon {uri}: cannot read it ({exc.strerror or exc})") from None
     if len(data) > MAX_LEXICON_BYTES:

@@ -17,21 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import hashlib
 import json
 import logging
 import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
 
-from fishflow.errors import FishflowError, OutputInUse, StorageError
-from fishflow.storage import LocalStore, S3Store, Store, wrap_s3_error
+from fishflow.errors import FishflowError, OutputInUse
+from fishflow.storage import Store
 
 LOCK_KEY = ".fishflow/lock"
 logger = logging.getLogger("fishflow.lock")
@@ -85,144 +82,6 @@ class LockRecord:
         return f"run {self.run_id} (host {self.host}, pid {self.pid}; lock valid until {until})"
 
 
-class _Backend(Protocol):
-    """Where the record lives. A tag identifies one version of it."""
-
-    def read(self) -> tuple[bytes, str] | None: ...
-    def create(self, data: bytes) -> str | None:
-        """The new tag, or None if a record exists."""
-        ...
-
-    def replace(self, data: bytes, tag: str) -> str | None:
-        """The new tag, or None if the record is no longer the version `tag`."""
-        ...
-
-    def release(self, tag: str) -> None:
-        """Remove the record if it is still the version `tag`."""
-        ...
-
-
-class _LocalBackend:
-    def __init__(self, store: LocalStore) -> None:
-        self.path = store.uri(LOCK_KEY)
-        self.guard = self.path + ".guard"
-
-    @contextlib.contextmanager
-    def _guarded(self) -> Iterator[None]:
-        try:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            fd = os.open(self.guard, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise StorageError(f"cannot lock {self.path}: {exc.strerror}", fatal=True) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # held for microseconds: read, decide, write
-            yield
-        except OSError as exc:
-            raise StorageError(f"cannot write {self.path}: {exc.strerror}", fatal=True) from None
-        finally:
-            os.close(fd)
-
-    def _read(self) -> tuple[bytes, str] | None:
-        try:
-            with open(self.path, "rb") as fh:
-                data = fh.read()
-        except FileNotFoundError:
-            return None
-        return data, hashlib.sha256(data).hexdigest()
-
-    def _write(self, data: bytes) -> str:
-        tmp = f"{self.path}.{uuid.uuid4().hex}"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, self.path)
-        return hashlib.sha256(data).hexdigest()
-
-    def read(self) -> tuple[bytes, str] | None:
-        with self._guarded():
-            return self._read()
-
-    def create(self, data: bytes) -> str | None:
-        with self._guarded():
-            return None if self._read() is not None else self._write(data)
-
-    def replace(self, data: bytes, tag: str) -> str | None:
-        with self._guarded():
-            current = self._read()
-            return self._write(data) if current is not None and current[1] == tag else None
-
-    def release(self, tag: str) -> None:
-        with self._guarded():
-            current = self._read()
-            if current is not None and current[1] == tag:
-                os.unlink(self.path)
-
-
-class _S3Backend:
-    def __init__(self, store: S3Store) -> None:
-        self.store = store
-        self.key = store._key(LOCK_KEY)
-
-    def _put(self, data: bytes, **condition: str) -> str | None:
-        from botocore.exceptions import ClientError
-
-        extra: dict[str, Any] = {"ServerSideEncryption": self.store.sse} if self.store.sse else {}
-        try:
-            response = self.store.client.put_object(
-                Bucket=self.store.bucket,
-                Key=self.key,
-                Body=data,
-                ContentType="application/json",
-                **extra,
-                **condition,
-            )
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            # 412: not the version we expected; 409: a concurrent conditional write won;
-            # 404 on If-Match: the record was removed meanwhile.
-            if code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "412"):
-                return None
-            raise wrap_s3_error(exc, self.store.uri(LOCK_KEY)) from None
-        except Exception as exc:
-            raise wrap_s3_error(exc, self.store.uri(LOCK_KEY)) from None
-        return str(response["ETag"])
-
-    def read(self) -> tuple[bytes, str] | None:
-        from botocore.exceptions import ClientError
-
-        try:
-            obj = self.store.client.get_object(Bucket=self.store.bucket, Key=self.key)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                return None
-            raise wrap_s3_error(exc, self.store.uri(LOCK_KEY)) from None
-        except Exception as exc:
-            raise wrap_s3_error(exc, self.store.uri(LOCK_KEY)) from None
-        return obj["Body"].read(), str(obj["ETag"])
-
-    def create(self, data: bytes) -> str | None:
-        return self._put(data, IfNoneMatch="*")
-
-    def replace(self, data: bytes, tag: str) -> str | None:
-        return self._put(data, IfMatch=tag)
-
-    def release(self, tag: str) -> None:
-        # Overwritten as released rather than deleted: a conditional put is atomic on every S3.
-        current = self.read()
-        if current is None or current[1] != tag:
-            return
-        record = LockRecord.from_bytes(current[0])
-        if record is not None:
-            self._put(LockRecord(**{**asdict(record), "expires_at": 0.0}).to_bytes(), IfMatch=tag)
-
-
-def _backend(store: Store) -> _Backend:
-    if isinstance(store, S3Store):
-        return _S3Backend(store)
-    if isinstance(store, LocalStore):
-        return _LocalBackend(store)
-    raise TypeError(f"no lock for {type(store).__name__}")
-
-
 class OutputLock:
     """The lock of one output, for one run. Blocking calls: run them in a thread."""
 
@@ -231,13 +90,14 @@ class OutputLock:
         self.run_id = run_id
         self.ttl_s = ttl_s
         self.holder = uuid.uuid4().hex
-        self._backend = _backend(store)
+        self._record_store = store.versioned(LOCK_KEY, "application/json")
         self._tag: str | None = None
+        self._held: LockRecord | None = None  # the version `_tag` names
         self._acquired_at = 0.0
         self.took_over: LockRecord | None = None  # the stale lock this one replaced, if any
 
     def _record(self, now: float) -> bytes:
-        return LockRecord(
+        self._held = LockRecord(
             holder=self.holder,
             run_id=self.run_id,
             host=socket.gethostname(),
@@ -245,20 +105,21 @@ class OutputLock:
             pid_namespace=_pid_namespace(),
             acquired_at=self._acquired_at or now,
             expires_at=now + self.ttl_s,
-        ).to_bytes()
+        )
+        return self._held.to_bytes()
 
     def acquire(self, *, wait_s: float = 0.0, sleep: Callable[[float], None] = time.sleep) -> None:
         """Take the lock, waiting up to `wait_s` for its holder; OutputInUse if it stays held."""
         deadline = time.monotonic() + wait_s
         while True:
             now = time.time()
-            current = self._backend.read()
+            current = self._record_store.read()
             if current is None:
-                self._tag = self._backend.create(self._record(now))
+                self._tag = self._record_store.create(self._record(now))
             else:
                 record = LockRecord.from_bytes(current[0])
                 if record is None or record.free(now):
-                    self._tag = self._backend.replace(self._record(now), current[1])
+                    self._tag = self._record_store.replace(self._record(now), current[1])
                     if self._tag is not None and record is not None and record.expires_at > 0:
                         self.took_over = record
                 elif time.monotonic() >= deadline:
@@ -282,13 +143,15 @@ class OutputLock:
         """Extend the lock by ttl_s; False if it is no longer ours (it expired and was taken)."""
         if self._tag is None:
             return False
-        self._tag = self._backend.replace(self._record(time.time()), self._tag)
+        self._tag = self._record_store.replace(self._record(time.time()), self._tag)
         return self._tag is not None
 
     def release(self) -> None:
-        if self._tag is not None:
+        if self._tag is not None and self._held is not None:
             tag, self._tag = self._tag, None
-            self._backend.release(tag)
+            # Where only a write is atomic (S3), the lock is left released: expired at once.
+            released = LockRecord(**{**asdict(self._held), "expires_at": 0.0})
+            self._record_store.remove(tag, tombstone=released.to_bytes())
 
 
 @contextlib.asynccontextmanager

@@ -27,7 +27,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fishflow.errors import ConfigError, StorageError
-from fishflow.storage import Store, state_dir, write_error
+from fishflow.storage import (
+    PARQUET_TYPE,
+    Store,
+    read_parquet,
+    state_dir,
+    write_error,
+    write_parquet,
+)
 
 TS = pa.timestamp("us", tz="UTC")
 
@@ -229,10 +236,7 @@ class ManifestWriter:
         )
 
     def _write(self, key: str, table: pa.Table) -> None:
-        with tempfile.TemporaryDirectory(prefix="fishflow-manifest-") as tmp:
-            path = os.path.join(tmp, "m.parquet")
-            pq.write_table(table, path, compression="zstd")
-            self.store.put_file(key, path, "application/vnd.apache.parquet")
+        write_parquet(self.store, key, table)
 
     def part_keys(self, name: str) -> list[str]:
         return [
@@ -251,26 +255,22 @@ class ManifestWriter:
                 with pq.ParquetWriter(path, schema, compression="zstd") as writer:
                     pending: list[pa.Table] = []
                     for key in parts:
-                        pending.append(_read_store_table(self.store, key, tmp).cast(schema))
+                        pending.append(_read_part(self.store, key).cast(schema))
                         if sum(t.num_rows for t in pending) >= MERGED_ROW_GROUP_ROWS:
                             writer.write_table(pa.concat_tables(pending))
                             pending = []
                     if pending:
                         writer.write_table(pa.concat_tables(pending))
                 uris[name] = self.store.put_file(
-                    f"{self.prefix}/{name}.parquet", path, "application/vnd.apache.parquet"
+                    f"{self.prefix}/{name}.parquet", path, PARQUET_TYPE
                 )
         self.store.delete([k for name in MANIFESTS for k in self.part_keys(name)])
         return uris
 
 
-def _read_store_table(store: Store, key: str, tmp: str) -> pa.Table:
-    local = os.path.join(tmp, "part.parquet")
-    with open(local, "wb") as fh:
-        fh.write(store.get(key))
+def _read_part(store: Store, key: str) -> pa.Table:
     # One small file at a time: ParquetFile without threads held 6 MB less than read_table.
-    with pq.ParquetFile(local) as part:
-        return part.read(use_threads=False)
+    return read_parquet(store, key, use_threads=False)
 
 
 # -- durable progress: the journal and the run record --------------------------------------------
@@ -479,7 +479,7 @@ def output_write_failure(status: str, errors: Iterable[ErrorRow]) -> bool:
     )
 
 
-def _reopen_final(store: Store, writer: ManifestWriter, tmp: str) -> None:
+def _reopen_final(store: Store, writer: ManifestWriter) -> None:
     """A run that stopped after writing its final manifests (a disk-full run finalizes what it
     has): they become its parts again, so that its rows are counted, and filtered, as parts."""
     finals = [f"{writer.prefix}/{name}.parquet" for name in MANIFESTS]
@@ -489,20 +489,18 @@ def _reopen_final(store: Store, writer: ManifestWriter, tmp: str) -> None:
     # Every part left over is already in the final files (they are deleted after them).
     store.delete([k for name in MANIFESTS for k in writer.part_keys(name)])
     for name, key in zip(MANIFESTS, finals, strict=True):
-        writer._write(
-            f"{writer.prefix}/parts/{name}-final.parquet", _read_store_table(store, key, tmp)
-        )
+        writer._write(f"{writer.prefix}/parts/{name}-final.parquet", _read_part(store, key))
     store.delete(finals)
 
 
-def _keep_rows(store: Store, writer: ManifestWriter, rows: set[int], tmp: str) -> None:
+def _keep_rows(store: Store, writer: ManifestWriter, rows: set[int]) -> None:
     """Rewrite the parts that hold rows other than `rows`, without those."""
     import pyarrow.compute as pc
 
     kept = pa.array(sorted(rows), pa.int64())
     for name in MANIFESTS:
         for key in writer.part_keys(name):
-            table = _read_store_table(store, key, tmp)
+            table = _read_part(store, key)
             keep = pc.is_in(table["source_row"].cast(pa.int64()), value_set=kept)
             if not pc.all(keep).as_py() and table.num_rows:
                 writer._write(key, table.filter(keep))
@@ -515,27 +513,26 @@ def recover(store: Store, writer: ManifestWriter, journal: Journal) -> set[int]:
     kept: they leave the parts and are not among the rows returned, so the run redoes them."""
     recorded: set[int] = set()
     redo: set[int] = set()
-    with tempfile.TemporaryDirectory(prefix="fishflow-recover-") as tmp:
-        _reopen_final(store, writer, tmp)
-        for key in writer.part_keys("items"):
-            table = _read_store_table(store, key, tmp)
-            recorded.update(table.column("source_row").to_pylist())
-        failed: dict[int, list[ErrorRow]] = {}
-        for key in writer.part_keys("errors"):
-            for row in _read_store_table(store, key, tmp).to_pylist():
-                fields = {name: row.get(name) for name in ErrorRow.__slots__}
-                failed.setdefault(row["source_row"], []).append(ErrorRow(**fields))
-        for key in writer.part_keys("items"):
-            table = _read_store_table(store, key, tmp)
-            for row, status in zip(
-                table["source_row"].to_pylist(), table["status"].to_pylist(), strict=True
-            ):
-                if output_write_failure(status, failed.get(row, [])):
-                    redo.add(row)
-        recorded -= redo
-        # Also gone: chunks and errors of rows no items part records (a part cut short by a
-        # full disk): those rows are done again and must not appear twice.
-        _keep_rows(store, writer, recorded, tmp)
+    _reopen_final(store, writer)
+    for key in writer.part_keys("items"):
+        table = _read_part(store, key)
+        recorded.update(table.column("source_row").to_pylist())
+    failed: dict[int, list[ErrorRow]] = {}
+    for key in writer.part_keys("errors"):
+        for row in _read_part(store, key).to_pylist():
+            fields = {name: row.get(name) for name in ErrorRow.__slots__}
+            failed.setdefault(row["source_row"], []).append(ErrorRow(**fields))
+    for key in writer.part_keys("items"):
+        table = _read_part(store, key)
+        for row, status in zip(
+            table["source_row"].to_pylist(), table["status"].to_pylist(), strict=True
+        ):
+            if output_write_failure(status, failed.get(row, [])):
+                redo.add(row)
+    recorded -= redo
+    # Also gone: chunks and errors of rows no items part records (a part cut short by a
+    # full disk): those rows are done again and must not appear twice.
+    _keep_rows(store, writer, recorded)
     missing = [
         e
         for e in journal.entries()
@@ -567,15 +564,14 @@ def merge_runs(
     knows what is gone); `present` is every item id the shards read."""
     writer = ManifestWriter(store, run_id)
     present: set[str] = set()
-    with tempfile.TemporaryDirectory(prefix="fishflow-manifest-") as tmp:
-        for shard_id in shard_run_ids:
-            for name in MANIFESTS:
-                table = _read_store_table(store, f"{run_prefix(shard_id)}/{name}.parquet", tmp)
-                if name == "items":
-                    present.update(i for i in table["item_id"].to_pylist() if i)
-                column = pa.array([run_id] * table.num_rows, pa.string())
-                table = table.set_column(table.schema.get_field_index("run_id"), "run_id", column)
-                writer._write(f"{writer.prefix}/parts/{name}-{shard_id}.parquet", table)
+    for shard_id in shard_run_ids:
+        for name in MANIFESTS:
+            table = _read_part(store, f"{run_prefix(shard_id)}/{name}.parquet")
+            if name == "items":
+                present.update(i for i in table["item_id"].to_pylist() if i)
+            column = pa.array([run_id] * table.num_rows, pa.string())
+            table = table.set_column(table.schema.get_field_index("run_id"), "run_id", column)
+            writer._write(f"{writer.prefix}/parts/{name}-{shard_id}.parquet", table)
     if before_finalize is not None:
         before_finalize(writer, present)
     return writer.finalize()
@@ -583,19 +579,17 @@ def merge_runs(
 
 def read_items(store: Store, run_id: str, columns: list[str]) -> list[dict[str, Any]]:
     """Rows of a finished run's items manifest (only `columns`)."""
-    data = store.get(f"{run_prefix(run_id)}/items.parquet")
-    return pq.read_table(pa.BufferReader(data), columns=columns).to_pylist()
+    return read_parquet(store, f"{run_prefix(run_id)}/items.parquet", columns).to_pylist()
 
 
 def failed_rows(store: Store, run_id: str) -> list[int]:
     """Source rows that ended `failed` in a finished run."""
     key = f"{run_prefix(run_id)}/items.parquet"
     try:
-        data = store.get(key)
+        table = read_parquet(store, key, ["source_row", "status"])
     except (FileNotFoundError, StorageError) as exc:
         raise ConfigError(
             f"run {run_id} has no final manifest ({key}): resume it first (fishflow resume)"
         ) from exc
-    table = pq.read_table(pa.BufferReader(data), columns=["source_row", "status"])
     return sorted(r for r, s in zip(*(table[c].to_pylist() for c in ("source_row", "status")),
                                     strict=True) if s == "failed")  # fmt: skip

@@ -17,12 +17,9 @@ from __future__ import annotations
 import collections
 import json
 import os
-import tempfile
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
-
-import pyarrow.parquet as pq
 
 from fishflow.chunking import chunk_key
 from fishflow.incremental import existing_audio, load_previous
@@ -31,7 +28,7 @@ from fishflow.progress import format_duration as _duration
 from fishflow.run import entry_batches, run_spec
 from fishflow.settings import RunSettings
 from fishflow.spoken import rule_summary
-from fishflow.storage import Store, open_store, state_dir
+from fishflow.storage import Store, open_store, output_exists, parquet_file, state_dir
 from fishflow.text import is_cjk
 
 # Speech rates when no earlier run measured one: ~14 Latin characters a second (about 150
@@ -82,16 +79,10 @@ def _expected_s(text: str, s_per_char: float | None) -> float:
 def _tables(store: Store, name: str, columns: list[str]) -> list[Any]:
     keys = [k for k in store.list("manifests/") if k.endswith(f"/{name}.parquet")]
     tables = []
-    with tempfile.TemporaryDirectory(prefix="fishflow-plan-") as tmp:
-        for key in keys:
-            local = store.uri(key)
-            if store.root.startswith("s3://"):
-                local = os.path.join(tmp, "m.parquet")
-                with open(local, "wb") as fh:
-                    fh.write(store.get(key))
-            schema = pq.read_schema(local)
-            if all(c in schema.names for c in columns):
-                tables.append((key, pq.read_table(local, columns=columns)))
+    for key in keys:
+        with parquet_file(store, key) as parquet:
+            if all(c in parquet.schema_arrow.names for c in columns):
+                tables.append((key, parquet.read(columns=columns)))
     return tables
 
 
@@ -136,7 +127,7 @@ def _in_flight(store: Store, record_key: str) -> dict[str, int]:
 
 def _open_existing(out: str, settings: RunSettings) -> Store | None:
     """The output if it exists; a plan never creates one."""
-    if not out.startswith("s3://") and not os.path.isdir(out):
+    if not output_exists(out):
         return None
     return open_store(out, settings.sse)
 

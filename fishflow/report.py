@@ -35,12 +35,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from fishflow.manifest import run_prefix
 from fishflow.record import read_run_record
-from fishflow.storage import Store
+from fishflow.storage import Store, read_parquet
 
 logger = logging.getLogger("fishflow.report")
 
@@ -675,10 +673,10 @@ def report_key(run_id: str) -> str:
 
 def _read_table(store: Store, key: str) -> list[dict[str, Any]]:
     try:
-        data = store.get(key)
+        table = read_parquet(store, key)
     except FileNotFoundError:
         return []
-    return pq.read_table(pa.BufferReader(data)).to_pylist()
+    return table.to_pylist()
 
 
 def _media(store: Store, page: str, v: ItemView, with_levels: bool) -> Media:

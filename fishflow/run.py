@@ -45,7 +45,7 @@ from fishflow.settings import (
     TextSettings,
 )
 from fishflow.sources import Columns, FileLimits, SourceRow, estimate_rows, read_source
-from fishflow.storage import Store, browser_link
+from fishflow.storage import Store, browser_url
 from fishflow.voices import ReferenceFiles, resolve
 
 logger = logging.getLogger("fishflow.run")
@@ -284,7 +284,7 @@ def write_report(store: Store, run_id: str, log: Log) -> tuple[str | None, str |
     log.info("run %s: report %s", run_id, uri)
     # Never a presigned link: it carries the signer's access key id (and a session token with
     # temporary credentials). The console opens an S3 page for whoever may read it.
-    return uri, browser_link(uri)
+    return uri, browser_url(uri)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import stat
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,8 +23,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fishflow.errors import ConfigError, FishflowError, SourceError
-from fishflow.storage import parse_s3_uri, s3_client, wrap_s3_error
+from fishflow.errors import ConfigError, FishflowError, SourceError, StorageError
+from fishflow.storage import Listed, UriReader, is_remote_uri
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
 TABLE_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".parquet")
@@ -334,82 +333,73 @@ def read_folder(
         ]
 
 
-def _folder_prefix(key: str) -> str:
-    """An S3 key read as a folder: "course" lists "course/...", never "course-2/..."."""
-    return key if not key or key.endswith("/") else key + "/"
+def _folder_prefix(uri: str) -> str:
+    """A remote prefix read as a folder: "course" lists "course/...", never "course-2/..."."""
+    return uri if uri.endswith("/") else uri + "/"
 
 
-def _read_s3(
+def _remote_suffix(uri: str) -> str:
+    return PurePosixPath(uri).suffix.lower()
+
+
+def _read_remote(
     uri: str, cols: Columns, batch_rows: int, limits: FileLimits = FileLimits()
 ) -> Iterator[list[SourceRow]]:
-    bucket, key = parse_s3_uri(uri)
-    s3 = s3_client()
-    suffix = PurePosixPath(key).suffix.lower()
+    reader = UriReader()
     try:
-        if suffix in TABLE_SUFFIXES:
+        if _remote_suffix(uri) in TABLE_SUFFIXES:
             # Tables are spooled to a local temp file so that pandas/pyarrow read them in batches.
-            with tempfile.TemporaryDirectory(prefix="fishflow-src-") as tmp:
-                local = os.path.join(tmp, "source" + suffix)
-                s3.download_file(bucket, key, local)
+            with reader.local_copy(uri) as local:
                 yield from read_table(local, cols, batch_rows)
             return
-        prefix = _folder_prefix(key)
-        yield from _read_s3_prefix(s3, bucket, prefix, uri, batch_rows, limits)
+        yield from _read_remote_prefix(reader, uri, batch_rows, limits)
     except SourceError:
         raise
-    except Exception as exc:  # botocore errors: name the bucket, never the credentials
-        raise SourceError(str(wrap_s3_error(exc, uri))) from exc
+    except StorageError as exc:  # named after the object, never the credentials
+        raise SourceError(str(exc)) from exc
+    except Exception as exc:
+        raise SourceError(f"{uri}: {type(exc).__name__}: {exc}") from exc
 
 
-def _read_s3_prefix(
-    s3: Any,
-    bucket: str,
-    prefix: str,
-    uri: str,
-    batch_rows: int,
-    limits: FileLimits = FileLimits(),
+def _read_remote_prefix(
+    reader: UriReader, uri: str, batch_rows: int, limits: FileLimits = FileLimits()
 ) -> Iterator[list[SourceRow]]:
     """Like a folder: one row per .txt/.md object, id = key below the prefix. Listed page by
     page (S3 lists keys in order, so rows keep their positions from run to run) and read a
     batch at a time, never the whole listing or every body at once. An object over
     ``limits.max_bytes`` (by its listed size) is not fetched; one that cannot be fetched
     fails its own row."""
+    prefix = _folder_prefix(uri)
 
-    def read(listed: tuple[str, int]) -> bytes | str:
-        key, size = listed
-        if size > limits.max_bytes:
-            return _too_large(size, limits)
+    def read(listed: Listed) -> bytes | str:
+        if listed.size > limits.max_bytes:
+            return _too_large(listed.size, limits)
         try:
-            body = s3.get_object(Bucket=bucket, Key=key)["Body"]
-            data = bytes(body.read(limits.max_bytes + 1))  # it may have grown since the listing
-            body.close()
-        except Exception as exc:  # botocore errors: this object's, named, no credentials
-            return f"cannot read the object: {wrap_s3_error(exc, f's3://{bucket}/{key}').message}"
+            # One byte over the limit: it may have grown since the listing.
+            data = reader.read(prefix + listed.key, limits.max_bytes + 1)
+        except StorageError as exc:  # this object's, named, no credentials
+            return f"cannot read the object: {exc.message}"
         return _too_large(len(data), limits) if len(data) > limits.max_bytes else data
 
-    def row(i: int, key: str, body: bytes | str) -> SourceRow:
-        item_id = key[len(prefix) :]
+    def row(i: int, item_id: str, body: bytes | str) -> SourceRow:
         if isinstance(body, str):
             return SourceRow(i, item_id, None, problem=body)
-        return _text_file_row(i, item_id, body, PurePosixPath(key).suffix.lower())
+        return _text_file_row(i, item_id, body, PurePosixPath(item_id).suffix.lower())
 
-    def rows(keys: list[tuple[str, int]], start: int) -> list[SourceRow]:
+    def rows(listed: list[Listed], start: int) -> list[SourceRow]:
         return [
-            row(start + i, k, body)
-            for i, ((k, _), body) in enumerate(zip(keys, readers.map(read, keys), strict=True))
+            row(start + i, o.key, body)
+            for i, (o, body) in enumerate(zip(listed, readers.map(read, listed), strict=True))
         ]
 
-    pages = s3.get_paginator("list_objects_v2").paginate(
-        Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": LIST_PAGE_SIZE}
-    )
-    keys: list[tuple[str, int]] = []
+    keys: list[Listed] = []
     start = 0
     # GETs wait on the network: a few at once keep a batch of small documents quick.
     with ThreadPoolExecutor(8, thread_name_prefix="fishflow-s3-read") as readers:
-        for page in pages:
-            for obj in page.get("Contents", []):
-                if PurePosixPath(obj["Key"]).suffix.lower() in TEXT_SUFFIXES:
-                    keys.append((obj["Key"], int(obj.get("Size", 0))))
+        for page in reader.pages(prefix, page_size=LIST_PAGE_SIZE):
+            for listed in page:
+                if PurePosixPath(listed.key).suffix.lower() in TEXT_SUFFIXES:
+                    keys.append(listed)
                 if len(keys) >= batch_rows:
                     yield rows(keys, start)
                     start, keys = start + len(keys), []
@@ -444,8 +434,8 @@ def check_source(
     with LIMIT 0 (``database.check_database``); without them, read_source says.
     Kinds of source it does not know (``scheme://`` other than s3) pass: read_source decides.
     """
-    if uri.startswith("s3://"):
-        _check_s3(uri)
+    if is_remote_uri(uri):
+        _check_remote(uri)
         return
     if "://" in uri or uri.startswith("env:"):
         from fishflow import database
@@ -470,21 +460,18 @@ def check_source(
         raise SourceError(f"{uri}: the file is empty")
 
 
-def _check_s3(uri: str) -> None:
-    bucket, key = parse_s3_uri(uri)
+def _check_remote(uri: str) -> None:
+    reader = UriReader()
     try:
-        s3 = s3_client()
-        if PurePosixPath(key).suffix.lower() in TABLE_SUFFIXES:
-            s3.head_object(Bucket=bucket, Key=key)
+        if _remote_suffix(uri) in TABLE_SUFFIXES:
+            reader.check(uri)
             return
-        prefix = _folder_prefix(key)
-        listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
-    except Exception as exc:  # botocore errors: name the object, never the credentials
-        error = wrap_s3_error(exc, uri)
+        first = next(reader.pages(_folder_prefix(uri), page_size=1, max_keys=1), [])
+    except StorageError as error:  # named after the object, never the credentials
         if error.http_status == 404 and "NoSuchBucket" not in error.message:
-            raise SourceError(f"{uri}: no such object") from exc
-        raise SourceError(error.message) from exc
-    if not listed.get("KeyCount"):
+            raise SourceError(f"{uri}: no such object") from error
+        raise SourceError(error.message) from error
+    if not first:
         raise SourceError(f"{uri}: no objects under this prefix")
 
 
@@ -509,8 +496,8 @@ def read_source(
         raise ConfigError(
             f"{uri}: --table and --query read a database; give a database URL as the source"
         )
-    if uri.startswith("s3://"):
-        return _read_s3(uri, cols, batch_rows, limits)
+    if is_remote_uri(uri):
+        return _read_remote(uri, cols, batch_rows, limits)
     if os.path.isdir(uri):
         return read_folder(uri, batch_rows, limits)
     if not os.path.exists(uri):
@@ -536,8 +523,8 @@ def estimate_rows(uri: str, *, table: str | None = None) -> int | None:
         uri = database.resolve_env(uri)
         if database.is_database_url(uri):
             return database.count_rows(uri, table) if table else None
-        if uri.startswith("s3://"):
-            return _estimate_s3_prefix(uri)
+        if is_remote_uri(uri):
+            return _estimate_remote_prefix(uri)
         if "://" in uri:
             return None
         if os.path.isdir(uri):
@@ -560,26 +547,17 @@ def estimate_rows(uri: str, *, table: str | None = None) -> int | None:
 ESTIMATE_LIST_KEYS = 20_000  # 20 listing requests: beyond, a progress total is not worth it
 
 
-def _estimate_s3_prefix(uri: str) -> int | None:
-    bucket, key = parse_s3_uri(uri)
-    if PurePosixPath(key).suffix.lower() in TABLE_SUFFIXES:
+def _estimate_remote_prefix(uri: str) -> int | None:
+    if _remote_suffix(uri) in TABLE_SUFFIXES:
         return None  # counting its rows would mean reading it
-    prefix = _folder_prefix(key)
     try:
-        pages = (
-            s3_client()
-            .get_paginator("list_objects_v2")
-            .paginate(
-                Bucket=bucket,
-                Prefix=prefix,
-                PaginationConfig={"PageSize": LIST_PAGE_SIZE, "MaxItems": ESTIMATE_LIST_KEYS},
-            )
+        # One key more than allowed tells a prefix with more keys than the listing may cover.
+        pages = UriReader().pages(
+            _folder_prefix(uri), page_size=LIST_PAGE_SIZE, max_keys=ESTIMATE_LIST_KEYS + 1
         )
-        count = sum(
-            PurePosixPath(obj["Key"]).suffix.lower() in TEXT_SUFFIXES
-            for page in pages
-            for obj in page.get("Contents", [])
-        )
-        return None if pages.resume_token else count  # more keys than the listing allows
-    except Exception:  # botocore's errors: the reader reports them, with the bucket's name
+        listed = [o.key for page in pages for o in page]
+    except StorageError:  # the reader reports it, with the bucket's name
         return None
+    if len(listed) > ESTIMATE_LIST_KEYS:
+        return None
+    return sum(PurePosixPath(key).suffix.lower() in TEXT_SUFFIXES for key in listed)

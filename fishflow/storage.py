@@ -2,6 +2,11 @@
 
 Keys are pure functions of the item id. Blocking boto3 and file calls run in worker threads
 (the callers use ``asyncio.to_thread``); this module itself is synchronous.
+
+This module is the only one that knows what is behind a location: the rest of fishflow asks a
+``Store`` (is it ``remote``, ``open`` a key, ``read_parquet``) or, for a single file or prefix
+named by a URI (a source, a reference recording, a lexicon), ``is_remote_uri``,
+``read_uri_bytes``, ``local_copy`` and ``UriReader``. Nothing outside it checks a scheme.
 """
 
 from __future__ import annotations
@@ -14,13 +19,21 @@ import os
 import posixpath
 import re
 import tempfile
+import threading
 import unicodedata
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from pathlib import Path, PurePosixPath
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Protocol
 
 from fishflow.errors import StorageError
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
 _UNSAFE = re.compile(r"[^\w.\-]+", re.UNICODE)
 # File systems count a name's bytes (255 per component, UTF-8 on Linux), not its characters: a
@@ -77,8 +90,16 @@ def output_write_error(exc: OSError, path: str, root: str) -> StorageError:
     return StorageError(message, fatal=False, retryable=False)
 
 
+S3_SCHEME = "s3://"
+
+
+def is_remote_uri(uri: str) -> bool:
+    """Whether `uri` names an object store location (``s3://bucket/key``), not a local path."""
+    return uri.startswith(S3_SCHEME)
+
+
 def parse_s3_uri(uri: str) -> tuple[str, str]:
-    rest = uri.removeprefix("s3://")
+    rest = uri.removeprefix(S3_SCHEME)
     bucket, _, key = rest.partition("/")
     if not bucket:
         raise StorageError(f"not an S3 URI: {uri!r}", fatal=True)
@@ -122,13 +143,45 @@ class Listed:
     modified: float  # seconds since the epoch
 
 
+class Versioned(Protocol):
+    """One small object changed only if it is still the version last read (compare and swap),
+    each version named by a tag: what a lock kept in the output needs (``fishflow.lock``).
+
+    Atomic on both stores: S3's conditional writes (``If-None-Match: *`` to create,
+    ``If-Match: <etag>`` to replace), on a local disk an exclusive ``flock`` around each
+    read-decide-write.
+    """
+
+    def read(self) -> tuple[bytes, str] | None:
+        """The object and its tag, or None if there is none."""
+        ...
+
+    def create(self, data: bytes) -> str | None:
+        """The new tag, or None if the object exists."""
+        ...
+
+    def replace(self, data: bytes, tag: str) -> str | None:
+        """The new tag, or None if the object is no longer the version `tag`."""
+        ...
+
+    def remove(self, tag: str, *, tombstone: bytes) -> None:
+        """Remove the object if it is still the version `tag`. Where only a write is atomic
+        (S3: a conditional put, on every S3; a conditional delete, not) it is overwritten with
+        `tombstone` instead, which readers must take as no object."""
+        ...
+
+
 class Store(Protocol):
     """An output location. Keys are relative ('audio/x.wav'); URIs are what users read."""
 
     root: str
     write_threads: ClassVar[int]  # how many puts are worth running at once
+    # Reached from other machines too (S3): runs elsewhere keep their state in it as well, and
+    # this machine's working state lives in its cache, not beside the output (``state_dir``).
+    remote: ClassVar[bool]
 
     def uri(self, key: str) -> str: ...
+    def open(self, key: str) -> AbstractContextManager[IO[bytes]]: ...
     def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> str: ...
     def put_file(self, key: str, path: str, content_type: str) -> str: ...
     def staging_path(self, key: str) -> str: ...
@@ -140,6 +193,7 @@ class Store(Protocol):
     def list_sized(self, prefix: str) -> builtins.list[Listed]: ...
     def delete(self, keys: builtins.list[str]) -> builtins.list[str]: ...
     def key_of(self, uri: str) -> str | None: ...
+    def versioned(self, key: str, content_type: str) -> Versioned: ...
     def link(
         self, key: str, *, page: str | None = None, expires_s: int = LINK_EXPIRES_S
     ) -> str: ...
@@ -151,6 +205,7 @@ class LocalStore:
     # Files created at once in one folder contend for its lock: six writer threads cost
     # 0.3-0.45 ms of system CPU per 176 kB file here, one thread 0.08 ms.
     write_threads: ClassVar[int] = 1
+    remote: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         self.root = os.path.abspath(self.root)
@@ -178,6 +233,10 @@ class LocalStore:
         if page is None:
             return Path(self.uri(key)).as_uri()
         return urllib.parse.quote(posixpath.relpath(key, posixpath.dirname(page) or "."))
+
+    def versioned(self, key: str, content_type: str) -> Versioned:
+        """``key`` as an object changed only by compare and swap (see ``Versioned``)."""
+        return _LocalVersioned(self.uri(key))
 
     def _make_folder(self, folder: str) -> None:
         if folder not in self._made:  # once per folder and store
@@ -249,6 +308,10 @@ class LocalStore:
     def get(self, key: str) -> bytes:
         return Path(self.uri(key)).read_bytes()
 
+    def open(self, key: str) -> AbstractContextManager[IO[bytes]]:
+        """The file of ``key``, for reading (FileNotFoundError if there is none)."""
+        return open(self.uri(key), "rb")
+
     def list(self, prefix: str) -> builtins.list[str]:
         base = Path(self.uri(prefix))
         if not base.exists():
@@ -283,6 +346,66 @@ class LocalStore:
                 self._made.discard(self.uri(folder))
                 folder = os.path.dirname(folder)
         return []
+
+
+class _LocalVersioned:
+    """A file whose every read-decide-write holds an exclusive flock on ``<file>.guard``; the
+    tag is the content's sha256."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.guard = path + ".guard"
+
+    @contextlib.contextmanager
+    def _guarded(self) -> Iterator[None]:
+        import fcntl
+
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            fd = os.open(self.guard, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StorageError(f"cannot lock {self.path}: {exc.strerror}", fatal=True) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held for microseconds: read, decide, write
+            yield
+        except OSError as exc:
+            raise StorageError(f"cannot write {self.path}: {exc.strerror}", fatal=True) from None
+        finally:
+            os.close(fd)
+
+    def _read(self) -> tuple[bytes, str] | None:
+        try:
+            with open(self.path, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            return None
+        return data, hashlib.sha256(data).hexdigest()
+
+    def _write(self, data: bytes) -> str:
+        tmp = f"{self.path}.{os.urandom(16).hex()}"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, self.path)
+        return hashlib.sha256(data).hexdigest()
+
+    def read(self) -> tuple[bytes, str] | None:
+        with self._guarded():
+            return self._read()
+
+    def create(self, data: bytes) -> str | None:
+        with self._guarded():
+            return None if self._read() is not None else self._write(data)
+
+    def replace(self, data: bytes, tag: str) -> str | None:
+        with self._guarded():
+            current = self._read()
+            return self._write(data) if current is not None and current[1] == tag else None
+
+    def remove(self, tag: str, *, tombstone: bytes) -> None:
+        with self._guarded():
+            current = self._read()
+            if current is not None and current[1] == tag:
+                os.unlink(self.path)
 
 
 def s3_client() -> Any:
@@ -335,6 +458,7 @@ class S3Store:
     root: str  # s3://bucket/prefix
     sse: str | None = None  # AES256 | aws:kms
     write_threads: ClassVar[int] = 16  # uploads wait on the network, not the CPU
+    remote: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         self.bucket, prefix = parse_s3_uri(self.root)
@@ -370,6 +494,10 @@ class S3Store:
         except Exception as exc:
             raise wrap_s3_error(exc, self.uri(key)) from exc
         return url
+
+    def versioned(self, key: str, content_type: str) -> Versioned:
+        """``key`` as an object changed only by compare and swap (see ``Versioned``)."""
+        return _S3Versioned(self, key, content_type)
 
     def _extra(self, content_type: str, metadata: dict[str, str] | None = None) -> dict[str, Any]:
         extra: dict[str, Any] = {"ContentType": content_type, "ChecksumAlgorithm": "SHA256"}
@@ -438,6 +566,11 @@ class S3Store:
         except Exception as exc:
             raise wrap_s3_error(exc, self.uri(key)) from exc
 
+    def open(self, key: str) -> AbstractContextManager[IO[bytes]]:
+        """A local temporary copy of ``key``, for reading (removed when closed): Parquet
+        readers seek, which a streamed body cannot."""
+        return _spooled(self.client, self.bucket, self._key(key), self.uri(key))
+
     def list(self, prefix: str) -> builtins.list[str]:
         return sorted(o.key for o in self.list_sized(prefix))
 
@@ -472,25 +605,229 @@ class S3Store:
         return refused
 
 
+class _S3Versioned:
+    """An object changed by conditional puts; the tag is its ETag."""
+
+    def __init__(self, store: S3Store, key: str, content_type: str) -> None:
+        self.store = store
+        self.key = store._key(key)
+        self.where = store.uri(key)
+        self.content_type = content_type
+
+    def _put(self, data: bytes, **condition: str) -> str | None:
+        from botocore.exceptions import ClientError
+
+        extra: dict[str, Any] = {"ServerSideEncryption": self.store.sse} if self.store.sse else {}
+        try:
+            response = self.store.client.put_object(
+                Bucket=self.store.bucket,
+                Key=self.key,
+                Body=data,
+                ContentType=self.content_type,
+                **extra,
+                **condition,
+            )
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            # 412: not the version we expected; 409: a concurrent conditional write won;
+            # 404 on If-Match: the object was removed meanwhile.
+            if code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "412"):
+                return None
+            raise wrap_s3_error(exc, self.where) from None
+        except Exception as exc:
+            raise wrap_s3_error(exc, self.where) from None
+        return str(response["ETag"])
+
+    def read(self) -> tuple[bytes, str] | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            obj = self.store.client.get_object(Bucket=self.store.bucket, Key=self.key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise wrap_s3_error(exc, self.where) from None
+        except Exception as exc:
+            raise wrap_s3_error(exc, self.where) from None
+        return obj["Body"].read(), str(obj["ETag"])
+
+    def create(self, data: bytes) -> str | None:
+        return self._put(data, IfNoneMatch="*")
+
+    def replace(self, data: bytes, tag: str) -> str | None:
+        return self._put(data, IfMatch=tag)
+
+    def remove(self, tag: str, *, tombstone: bytes) -> None:
+        current = self.read()
+        if current is not None and current[1] == tag:
+            self._put(tombstone, IfMatch=tag)
+
+
+@contextlib.contextmanager
+def _spooled(client: Any, bucket: str, key: str, uri: str) -> Iterator[IO[bytes]]:
+    """Object `key` streamed into a temporary file (never whole in memory), rewound; one GET,
+    so a missing object fails as ``get`` does (NoSuchKey, 404)."""
+    import shutil
+
+    with tempfile.TemporaryFile(prefix="fishflow-") as fh:
+        try:
+            body = client.get_object(Bucket=bucket, Key=key)["Body"]
+            with contextlib.closing(body):
+                shutil.copyfileobj(body, fh, 1 << 20)
+        except Exception as exc:
+            raise wrap_s3_error(exc, uri) from exc
+        fh.seek(0)
+        yield fh
+
+
 def state_dir(store: Store) -> str:
     """Local working state of an output (journals, chunk audio): inside a local output, or in
-    the user's cache for an S3 output, where it is the fast layer in front of the copy kept
-    under ``<out>/.fishflow/`` (see ``manifest.Journal`` and ``chunk_cache.RemoteChunks``)."""
-    if not store.root.startswith("s3://"):
+    the user's cache for a remote (S3) output, where it is the fast layer in front of the copy
+    kept under ``<out>/.fishflow/`` (see ``manifest.Journal`` and ``chunk_cache.RemoteChunks``)."""
+    if not store.remote:
         return os.path.join(store.root, ".fishflow")
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(cache, "fishflow", hashlib.sha256(store.root.encode()).hexdigest()[:16])
 
 
 def open_store(out: str, sse: str | None = None) -> Store:
-    return S3Store(out, sse=sse) if out.startswith("s3://") else LocalStore(out)
+    return S3Store(out, sse=sse) if is_remote_uri(out) else LocalStore(out)
 
 
-def browser_link(uri: str) -> str:
-    """An address a browser opens for a stored object: the S3 console's page for s3:// (never
-    a presigned link, which carries the signer's access key id), file:// for a path."""
-    if uri.startswith("s3://"):
-        bucket, _, key = uri.removeprefix("s3://").partition("/")
+def output_exists(out: str) -> bool:
+    """Whether there is an output at `out` to read, without creating one: a local folder must
+    exist; a remote output is taken to (``open_store`` checks its bucket)."""
+    return is_remote_uri(out) or os.path.isdir(out)
+
+
+# -- Parquet in a store: the one reader and the one writer ----------------------------------------
+
+PARQUET_TYPE = "application/vnd.apache.parquet"
+
+
+@contextlib.contextmanager
+def parquet_file(store: Store, key: str) -> Iterator[pq.ParquetFile]:
+    """The Parquet file at `key`, open for its schema and columns (a remote one is copied to a
+    local temporary file first)."""
+    import pyarrow.parquet as pq
+
+    with store.open(key) as fh, pq.ParquetFile(fh) as parquet:
+        yield parquet
+
+
+def read_parquet(
+    store: Store, key: str, columns: list[str] | None = None, *, use_threads: bool = True
+) -> pa.Table:
+    """The table at `key` (only `columns`, if given). ``use_threads=False`` holds less memory
+    for many small files read one after another (the manifest's parts)."""
+    with parquet_file(store, key) as parquet:
+        return parquet.read(columns=columns, use_threads=use_threads)
+
+
+def write_parquet(store: Store, key: str, table: pa.Table) -> str:
+    """Write `table` to `key` (zstd), whole or not at all; returns its URI."""
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory(prefix="fishflow-parquet-") as tmp:
+        path = os.path.join(tmp, "table.parquet")
+        pq.write_table(table, path, compression="zstd")
+        return store.put_file(key, path, PARQUET_TYPE)
+
+
+# -- a single file or prefix named by a URI: sources, reference recordings, lexicons ---------------
+
+
+def browser_url(uri: str) -> str:
+    """A clickable address of a stored file: the S3 console for an object, file:// for a path."""
+    if is_remote_uri(uri):
+        bucket, key = parse_s3_uri(uri)
         query = urllib.parse.urlencode({"prefix": key})
         return f"https://s3.console.aws.amazon.com/s3/object/{bucket}?{query}"
     return "file://" + urllib.parse.quote(uri)
+
+
+class UriReader:
+    """Reads files and objects named by URI (a local path or ``s3://bucket/key``), with one S3
+    client made when first needed and shared by the reader's threads (boto3 clients are
+    thread-safe; making them is not). Failures of S3 raise StorageError naming the object and
+    the cause, never the credentials; those of a local file raise OSError."""
+
+    def __init__(self) -> None:
+        self._client: Any = None
+        self._made = threading.Lock()
+
+    def _s3(self) -> Any:
+        with self._made:
+            if self._client is None:
+                self._client = s3_client()
+            return self._client
+
+    def read(self, uri: str, max_bytes: int | None = None) -> bytes:
+        """The bytes of `uri`, at most `max_bytes` of them (read one more to tell it is over)."""
+        if not is_remote_uri(uri):
+            with open(uri, "rb") as fh:
+                return fh.read(-1 if max_bytes is None else max_bytes)
+        bucket, key = parse_s3_uri(uri)
+        try:
+            body = self._s3().get_object(Bucket=bucket, Key=key)["Body"]
+            with contextlib.closing(body):
+                return bytes(body.read() if max_bytes is None else body.read(max_bytes))
+        except Exception as exc:
+            raise wrap_s3_error(exc, uri) from exc
+
+    def check(self, uri: str) -> None:
+        """Raise StorageError unless the object `uri` exists (one HEAD, without its body)."""
+        bucket, key = parse_s3_uri(uri)
+        try:
+            self._s3().head_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            raise wrap_s3_error(exc, uri) from exc
+
+    def pages(
+        self, prefix_uri: str, *, page_size: int = 1000, max_keys: int | None = None
+    ) -> Iterator[builtins.list[Listed]]:
+        """The objects under a remote prefix, one listing page at a time, in key order, each
+        keyed below the prefix (its URI is ``prefix_uri + key``); at most `max_keys`."""
+        bucket, prefix = parse_s3_uri(prefix_uri)
+        config: dict[str, int] = {"PageSize": page_size}
+        if max_keys is not None:
+            config["MaxItems"] = max_keys
+        try:
+            pages = (
+                self._s3()
+                .get_paginator("list_objects_v2")
+                .paginate(Bucket=bucket, Prefix=prefix, PaginationConfig=config)
+            )
+            for page in pages:
+                yield [
+                    Listed(o["Key"][len(prefix) :], int(o.get("Size", 0)), _epoch(o))
+                    for o in page.get("Contents", [])
+                ]
+        except Exception as exc:
+            raise wrap_s3_error(exc, prefix_uri) from exc
+
+    @contextlib.contextmanager
+    def local_copy(self, uri: str) -> Iterator[str]:
+        """A path on this machine holding `uri`: the file itself, or a temporary download of
+        the object (removed after), named with the object's suffix for readers that go by it."""
+        if not is_remote_uri(uri):
+            yield uri
+            return
+        bucket, key = parse_s3_uri(uri)
+        with tempfile.TemporaryDirectory(prefix="fishflow-src-") as tmp:
+            local = os.path.join(tmp, "source" + PurePosixPath(key).suffix.lower())
+            try:
+                self._s3().download_file(bucket, key, local)
+            except Exception as exc:
+                raise wrap_s3_error(exc, uri) from exc
+            yield local
+
+
+def _epoch(listed: dict[str, Any]) -> float:
+    modified = listed.get("LastModified")
+    return modified.timestamp() if modified is not None else 0.0
+
+
+def read_uri_bytes(uri: str, max_bytes: int | None = None) -> bytes:
+    """The bytes of the file or object at `uri` (see ``UriReader.read``)."""
+    return UriReader().read(uri, max_bytes)

@@ -14,8 +14,9 @@ import os
 import posixpath
 import threading
 
-from fishflow.errors import SourceError
+from fishflow.errors import SourceError, StorageError
 from fishflow.settings import Reference
+from fishflow.storage import is_remote_uri, read_uri_bytes
 
 # A reference of 10-30 s is what the model wants; anything far larger is a wrong file.
 MAX_REFERENCE_BYTES = 20 << 20
@@ -30,9 +31,9 @@ def item_seed(item_id: str) -> int:
 def resolve(path: str, source: str) -> str:
     """A reference path as written in a row: absolute, s3://, or relative to the source's
     folder (or prefix)."""
-    if path.startswith("s3://") or os.path.isabs(path):
+    if is_remote_uri(path) or os.path.isabs(path):
         return path
-    if source.startswith("s3://"):
+    if is_remote_uri(source):
         return posixpath.join(posixpath.dirname(source.rstrip("/")), path)
     if "://" in source or source.startswith("env:"):  # a database: no folder of its own
         return os.path.abspath(path)
@@ -60,17 +61,9 @@ class ReferenceFiles:
     def _read(self, uri: str) -> bytes:
         self.reads += 1
         try:
-            if uri.startswith("s3://"):
-                from fishflow.storage import parse_s3_uri, s3_client, wrap_s3_error
-
-                bucket, key = parse_s3_uri(uri)
-                try:
-                    data: bytes = s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
-                except Exception as exc:  # botocore's errors, named without credentials
-                    raise SourceError(str(wrap_s3_error(exc, uri)), fatal=False) from None
-            else:
-                with open(uri, "rb") as fh:
-                    data = fh.read(MAX_REFERENCE_BYTES + 1)
+            data = read_uri_bytes(uri, MAX_REFERENCE_BYTES + 1)
+        except StorageError as exc:  # an object's, named without credentials
+            raise SourceError(str(exc), fatal=False) from None
         except FileNotFoundError:
             raise SourceError(f"reference_audio {uri!r}: no such file", fatal=False) from None
         except OSError as exc:

@@ -19,7 +19,7 @@ from prefect.artifacts import (
 )
 
 from fishflow.record import RunSummary
-from fishflow.storage import browser_link
+from fishflow.storage import browser_url
 
 
 def failure_rows(s: RunSummary) -> list[dict[str, Any]]:
@@ -48,7 +48,7 @@ def summary_markdown(s: RunSummary) -> str:
         lines += [f"Server utilisation: {used}", ""]
     if s.report and s.report_link:
         lines += [f"**[Review the run: report.html]({s.report_link})**", ""]
-    lines += [f"- {name}: [`{uri}`]({browser_link(uri)})" for name, uri in s.manifests.items()]
+    lines += [f"- {name}: [`{uri}`]({browser_url(uri)})" for name, uri in s.manifests.items()]
     if s.shards:
         lines += ["", "| shard | run id | flow run | state |", "|---|---|---|---|"]
         lines += [f"| {c.shard} | `{c.run_id}` | `{c.flow_run_id}` | {c.state} |" for c in s.shards]

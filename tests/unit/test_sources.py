@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import fishflow.sources
+import fishflow.storage
 from fishflow.errors import SourceError
 from fishflow.sources import Columns, FileLimits, SourceRow, check_source, read_source
 
@@ -266,7 +267,7 @@ def test_an_s3_prefix_reads_only_objects_under_the_cap_and_fails_one_it_cannot_g
     s3.put_object(Bucket=bucket, Key="docs/big.txt", Body=b"x" * 100)
     s3.put_object(Bucket=bucket, Key="docs/denied.txt", Body=b"Hidden.")
     fetched: list[str] = []
-    real = fishflow.sources.s3_client
+    real = fishflow.storage.s3_client
 
     def client() -> object:
         inner = real()
@@ -287,7 +288,7 @@ def test_an_s3_prefix_reads_only_objects_under_the_cap_and_fails_one_it_cannot_g
         inner.get_object = get_object
         return inner
 
-    monkeypatch.setattr(fishflow.sources, "s3_client", client)
+    monkeypatch.setattr(fishflow.storage, "s3_client", client)
     got = by_id(f"s3://{bucket}/docs", FileLimits(max_bytes=50))
     assert got["a.md"].text == "# Title\n\nBody."
     assert "100 bytes, over the 50-byte limit" in (got["big.txt"].problem or "")
