@@ -25,11 +25,11 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from fishflow.errors import ConfigError, FishflowError, SourceError
+from fishflow.rows import Columns, SourceRow, check_columns
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
 
-    from fishflow.sources import Columns, SourceRow
 
 PASSWORD_ENV = "FISHFLOW_SOURCE_PASSWORD"
 SOURCE_URL_ENV = "FISHFLOW_SOURCE_URL"
@@ -305,8 +305,6 @@ def _statement(conn: Any, cols: Columns, table: str | None, query: str | None, w
     """The SELECT that reads the source's rows in order of the id column."""
     import sqlalchemy as sa
 
-    from fishflow.sources import _check_columns as check_columns
-
     if table:
         schema, _, name = table.rpartition(".")
         # Reflection quotes the names itself: nothing the user typed is pasted into SQL.
@@ -347,8 +345,6 @@ def check_database(source: str, cols: Columns, *, table: str | None, query: str 
     LIMIT 0, so no row is fetched."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from fishflow.sources import _check_columns as check_columns
-
     if bool(table) == bool(query):
         raise ConfigError(f"{mask(source)}: give a database source --table NAME or --query SQL")
     url = _url(source)
@@ -372,9 +368,6 @@ def read_database(
     """Batches of rows of ``table`` or of ``query``, in order of the id column, read in a
     read-only transaction."""
     from sqlalchemy.exc import SQLAlchemyError
-
-    from fishflow.sources import SourceRow
-    from fishflow.sources import _check_columns as check_columns
 
     if bool(table) == bool(query):
         raise ConfigError(f"{mask(source)}: give a database source --table NAME or --query SQL")

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fishflow.errors import ConfigError, FishflowError, SourceError, StorageError
+from fishflow.rows import Columns, SourceRow, check_columns
 from fishflow.storage import Listed, UriReader, is_remote_uri
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
@@ -34,31 +35,6 @@ LIST_PAGE_SIZE = 1000  # keys per S3 listing request (S3's own maximum)
 DEFAULT_MAX_FILE_BYTES = 20_000_000
 
 logger = logging.getLogger("fishflow.sources")
-
-
-@dataclass(frozen=True, slots=True)
-class Columns:
-    id: str = "id"
-    text: str = "text"
-    language: str = "language"  # optional in the source
-    voice: str = "reference_id"  # optional in the source
-    reference_audio: str = "reference_audio"  # optional: a recording (path or s3:// URI)
-    reference_text: str = "reference_text"  # optional: what is said in it
-
-
-@dataclass(frozen=True, slots=True)
-class SourceRow:
-    row: int  # 0-based position in the source, the row's identity when its id is unusable
-    item_id: str | None
-    text: str | None
-    language: str | None = None
-    voice: str | None = None
-    problem: str | None = None
-    reference_audio: str | None = None
-    reference_text: str | None = None
-    # "markdown" for .md/.markdown files, "plain" for .txt; None for table rows (the run's
-    # text_format decides). Markdown is read into speech when the item is validated.
-    text_format: str | None = None
 
 
 def _clean(value: Any) -> str | None:
@@ -84,15 +60,6 @@ def _rows_from_records(
     ]
 
 
-def _check_columns(found: list[str], cols: Columns, where: str) -> None:
-    missing = [c for c in (cols.id, cols.text) if c not in found]
-    if missing:
-        raise SourceError(
-            f"{where}: no column {', '.join(map(repr, missing))}; columns are {found} "
-            "(choose others with --id-column / --text-column)"
-        )
-
-
 def read_csv(path: str, cols: Columns, batch_rows: int) -> Iterator[list[SourceRow]]:
     try:
         reader = pd.read_csv(
@@ -106,7 +73,7 @@ def read_csv(path: str, cols: Columns, batch_rows: int) -> Iterator[list[SourceR
         start = 0
         for i, frame in enumerate(reader):
             if i == 0:
-                _check_columns(list(frame.columns), cols, path)
+                check_columns(list(frame.columns), cols, path)
             rows = _rows_from_records(frame.to_dict("records"), start, cols)
             yield [
                 dataclasses.replace(r, problem="text is not valid UTF-8")
@@ -157,7 +124,7 @@ def read_parquet(path: str, cols: Columns, batch_rows: int) -> Iterator[list[Sou
     except (pa.ArrowInvalid, OSError) as exc:
         raise SourceError(f"{path}: not a Parquet file ({exc})") from exc
     names = pf.schema_arrow.names
-    _check_columns(names, cols, path)
+    check_columns(names, cols, path)
     text_type = pf.schema_arrow.field(cols.text).type
     if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
         raise SourceError(f"{path}: column {cols.text!r} is {text_type}, expected strings")
