@@ -28,6 +28,9 @@ def test_every_deployment_points_at_a_flow_with_parameters_it_accepts() -> None:
         accepted = set(inspect.signature(flow.fn).parameters)
         params = deployment["parameters"]
         assert set(params) <= accepted and "out" in params
+        # A worker runs the flow in a temporary folder: a relative path would land there.
+        for key in ("source", "out"):
+            assert key not in params or "://" in params[key] or Path(params[key]).is_absolute()
         RunSettings(**params.get("settings", {}))
         assert "fishflow" in deployment["tags"]  # what the crashed-run automation matches
 
