@@ -1,7 +1,7 @@
 """`fishflow deploy`: everything a Prefect server needs to run fishflow's deployments.
 
 Idempotent, against PREFECT_API_URL: the process work pool, every deployment of
-`deployments/prefect.yaml` with this checkout as its working directory, the shared per-server
+`deployments/prefect.yaml` (by module entrypoint: no path of this machine), the shared per-server
 concurrency limits of the servers the deployments name, and the automation that marks a flow
 run Crashed when its heartbeats stop (a worker machine that died). What an operator changed
 since the last deploy (a paused schedule, a resized limit) is kept.
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,9 @@ from prefect.client.schemas.filters import (
     WorkPoolFilterName,
 )
 from prefect.exceptions import ObjectNotFound
+from prefect.flows import load_flow_from_entrypoint
 from prefect.schedules import Cron
+from prefect.types.entrypoint import EntrypointType
 
 from fishflow.settings import RunSettings, validated
 from fishflow.tasks.limits import create_limits
@@ -145,6 +146,25 @@ def server_limits(deployments: list[dict[str, Any]], servers: list[str] | None) 
     return limits
 
 
+def module_flow(entrypoint: str) -> Flow[..., Any]:
+    """The flow at a module entrypoint (`fishflow.flows.<module>.<function>`), imported.
+
+    Deployed as a module path, the deployment records no folder and no pull step: a worker
+    imports the flow from the fishflow installed where it runs. A file path (`flows/x.py:fn`)
+    would be recorded relative to a folder of this machine."""
+    module = entrypoint.rpartition(".")[0]
+    if ":" in entrypoint or not module.startswith("fishflow."):
+        raise ValueError(
+            f"entrypoint {entrypoint!r}: give the flow's module path, such as "
+            "fishflow.flows.refresh_catalog_audio.refresh_catalog_audio"
+        )
+    flow: Flow[..., Any] = load_flow_from_entrypoint(entrypoint, use_placeholder_flow=False)
+    # Prefect records the module the function was defined in, whatever the file says.
+    if f"{flow.__module__}.{flow.fn.__name__}" != entrypoint:
+        raise ValueError(f"entrypoint {entrypoint!r} names a flow defined elsewhere")
+    return flow
+
+
 def deploy(
     *,
     pool: str = "fishflow",
@@ -166,10 +186,7 @@ def deploy(
     kept: list[str] = []
     flow_names: set[str] = set()
     for d in deployments:
-        # Called outside an event loop, Prefect's async dispatch returns the Flow itself.
-        flow = typing.cast(
-            Flow[..., Any], Flow.from_source(source=str(ROOT), entrypoint=d["entrypoint"])
-        )
+        flow = module_flow(d["entrypoint"])
         flow_names.add(flow.name)
         full_name = f"{flow.name}/{d['name']}"
         registered = asyncio.run(_registered(full_name))
@@ -192,6 +209,7 @@ def deploy(
                 schedules=schedules,
                 paused=registered.paused if registered else None,
                 job_variables={**job_variables, "env": env},
+                entrypoint_type=EntrypointType.MODULE_PATH,
                 build=False,
                 push=False,
                 print_next_steps=False,

@@ -83,15 +83,16 @@ class PrefectSite:
             cwd=self.home,
         )
 
-    def start_worker(self, name: str) -> subprocess.Popen[bytes]:
+    def start_worker(self, name: str, *, pool: str = "fishflow",
+                     cwd: Path | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
         log = open(self.home / f"worker-{name}.log", "wb")  # noqa: SIM115 (lives with the worker)
         worker = subprocess.Popen(
-            [str(BIN / "prefect"), "worker", "start", "--pool", "fishflow", "--name", name],
+            [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--name", name],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its flow-run processes share its group: killable together
-            cwd=self.home,
+            cwd=cwd or self.home,
         )
         self.workers[name] = worker
         return worker

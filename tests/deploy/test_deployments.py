@@ -34,7 +34,7 @@ from fishflow.manifest import ItemRow, ManifestWriter
 from fishflow.storage import LocalStore
 from fishflow.testing.emulator import Emulator, EmulatorConfig
 from tests.deploy.conftest import API_KEY
-from tests.deploy.site import PrefectSite
+from tests.deploy.site import ROOT, PrefectSite
 from tests.flows.test_resume import finished_before
 
 FINAL = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
@@ -395,3 +395,91 @@ def test_deploying_again_keeps_what_operators_changed_and_names_what_the_file_dr
                 await client.upsert_global_concurrency_limit_by_name(name, 2)
 
         asyncio.run(restore())
+
+
+def paths_in(recorded: Any) -> list[str]:
+    """Every string in a deployment's recorded fields that names a folder of some machine."""
+    if isinstance(recorded, dict):
+        return [p for v in recorded.values() for p in paths_in(v)]
+    if isinstance(recorded, list):
+        return [p for v in recorded for p in paths_in(v)]
+    if isinstance(recorded, str) and (recorded.startswith(("/", "~", ".")) or "/" in recorded):
+        return [recorded]
+    return []
+
+
+async def what_workers_get(names: list[str]) -> dict[str, dict[str, Any]]:
+    """What the server hands a worker for each deployment: where the code is and how to run it."""
+    async with get_client() as client:
+        found = [await client.read_deployment_by_name(n) for n in names]
+    return {
+        name: {"path": d.path, "pull_steps": d.pull_steps, "entrypoint": d.entrypoint,
+               "job_variables": d.job_variables, "storage": d.storage_document_id}
+        for name, d in zip(names, found, strict=True)
+    }  # fmt: skip
+
+
+def test_fishflow_deploy_records_no_path_of_the_machine_it_ran_on(site: PrefectSite) -> None:
+    names = [f"refresh-catalog-audio/{n}" for n in ("catalog-nightly", "course-weekly",
+             "catalog-manual")] + ["retry-errors/retry-errors"]  # fmt: skip
+    recorded = asyncio.run(what_workers_get(names))
+    assert str(ROOT) not in json.dumps(recorded)
+    for name, fields in recorded.items():
+        # No folder, no pull step: a worker imports the flow from the fishflow it has.
+        assert fields["path"] is None and not fields["pull_steps"], name
+        assert fields["storage"] is None, name
+        assert fields["entrypoint"].startswith("fishflow.flows."), name
+        assert paths_in(fields) == [], name
+
+
+def test_prefect_deploy_records_no_path_and_a_worker_elsewhere_runs_it(
+    site: PrefectSite, tmp_path: Path
+) -> None:
+    """The project's file registered with `prefect deploy` from a folder that is not the
+    checkout, run by a worker started in another empty folder (its own pool, so that no other
+    worker takes the run)."""
+    import yaml
+
+    from fishflow.tasks.deploy import ensure_work_pool
+
+    pool = "fishflow-elsewhere"
+    spec = yaml.safe_load((site.home / "prefect.yaml").read_text())
+    assert spec["pull"] == []  # the project's own setting, copied by the site
+    manual = next(d for d in spec["deployments"] if d["name"] == "catalog-manual")
+    manual = {**manual, "name": "catalog-elsewhere", "work_pool": {**manual["work_pool"],
+              "name": pool}}  # fmt: skip
+    prefect_file = tmp_path / "prefect.yaml"
+    prefect_file.write_text(yaml.safe_dump({**spec, "deployments": [manual]}))
+    asyncio.run(ensure_work_pool(pool))
+    done = site.prefect("--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file))
+    assert done.returncode == 0, done.stdout + done.stderr
+    name = "refresh-catalog-audio/catalog-elsewhere"
+    fields = asyncio.run(what_workers_get([name]))[name]
+    assert str(ROOT) not in json.dumps(fields)
+    assert fields["path"] is None and fields["pull_steps"] == []
+    assert fields["entrypoint"] == "fishflow.flows.refresh_catalog_audio.refresh_catalog_audio"
+    assert paths_in(fields) == []
+
+    from prefect.deployments import run_deployment
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    site.start_worker("elsewhere", pool=pool, cwd=elsewhere)
+    try:
+        out = tmp_path / "out"
+        source = catalog(tmp_path / "c.csv", 3)
+        run = run_deployment(name, parameters={"source": str(source), "out": str(out)},
+                             timeout=0, as_subflow=False)  # fmt: skip
+        assert isinstance(run, FlowRun)
+        finished = asyncio.run(final_state(run.id))
+    finally:
+        site.stop_worker("elsewhere")
+        asyncio.run(delete_deployment(name))
+    state = finished.state
+    assert state is not None and state.type == StateType.COMPLETED, state
+    assert sorted(items(out, finished.name)["source_row"]) == [0, 1, 2]
+
+
+async def delete_deployment(name: str) -> None:
+    async with get_client() as client:
+        await client.delete_deployment((await client.read_deployment_by_name(name)).id)

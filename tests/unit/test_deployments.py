@@ -1,16 +1,17 @@
-"""deployments/prefect.yaml names real flows with parameters they accept, and no fixed path."""
+"""deployments/prefect.yaml names real flows by module, with parameters they accept, no path."""
 
 from __future__ import annotations
 
 import inspect
 from pathlib import Path
 
+import pytest
 import yaml
 
 from fishflow.flows.refresh_catalog_audio import refresh_catalog_audio
 from fishflow.flows.retry_errors import retry_errors
 from fishflow.settings import RunSettings
-from fishflow.tasks.deploy import crash_automation, server_limits
+from fishflow.tasks.deploy import crash_automation, module_flow, server_limits
 from fishflow.tasks.prefect_run import DeploymentContext
 
 ROOT = Path(__file__).parents[2]
@@ -22,11 +23,14 @@ def test_every_deployment_points_at_a_flow_with_parameters_it_accepts() -> None:
     names = {d["name"] for d in SPEC["deployments"]}
     assert names == {"catalog-nightly", "course-weekly", "catalog-manual", "retry-errors"}
     for deployment in SPEC["deployments"]:
-        path, func = deployment["entrypoint"].split(":")
-        assert (ROOT / path).exists()
-        accepted = set(inspect.signature(FLOWS[func].fn).parameters)
+        flow = module_flow(deployment["entrypoint"])  # imported, as a worker imports it
+        assert flow is FLOWS[flow.fn.__name__]
+        accepted = set(inspect.signature(flow.fn).parameters)
         params = deployment["parameters"]
         assert set(params) <= accepted and "out" in params
+        # A worker runs the flow in a temporary folder: a relative path would land there.
+        for key in ("source", "out"):
+            assert key not in params or "://" in params[key] or Path(params[key]).is_absolute()
         RunSettings(**params.get("settings", {}))
         assert "fishflow" in deployment["tags"]  # what the crashed-run automation matches
 
@@ -38,8 +42,20 @@ def test_schedules_have_a_timezone_and_no_step_pins_a_path() -> None:
     ]
     assert by_name["course-weekly"]["schedules"][0]["cron"] == "0 3 * * 0"
     assert "schedules" not in by_name["catalog-manual"]
-    # A fixed set_working_directory crashed every run on machines without that path.
-    assert "pull" not in SPEC and all("pull" not in d for d in SPEC["deployments"])
+    # A fixed set_working_directory crashed every run on machines without that path; with no
+    # `pull` at all, `prefect deploy` records the folder it runs in. `[]` is no step at all.
+    assert SPEC["pull"] == [] and all("pull" not in d for d in SPEC["deployments"])
+
+
+def test_an_entrypoint_must_be_a_module_of_fishflow() -> None:
+    """A file path would be recorded relative to the deploying machine's checkout."""
+    for entrypoint in (
+        "flows/retry_errors.py:retry_errors",
+        "fishflow.flows.retry_errors:retry_errors",
+        "retry_errors.retry_errors",
+    ):
+        with pytest.raises(ValueError, match="module path"):
+            module_flow(entrypoint)
 
 
 def test_run_settings_merge_into_the_deployments_own() -> None:
