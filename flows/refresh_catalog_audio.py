@@ -12,12 +12,14 @@ from prefect.states import Cancelled, Failed, State
 
 from fishflow.context import held_output
 from fishflow.database import split_secrets
+from fishflow.errors import ConfigError
 from fishflow.items import RunSpec
 from fishflow.pool import check_servers
 from fishflow.record import RunRequest, RunSummary
 from fishflow.run import Run, columns, is_run_id, new_run_id, progress_listener, run_spec
 from fishflow.settings import EnvSettings, RunSettings, validated
 from fishflow.sources import check_source
+from fishflow.storage import relative_paths
 from fishflow.tasks import reporting
 from fishflow.tasks.limits import shared_leaser
 from fishflow.tasks.prefect_run import (
@@ -111,6 +113,11 @@ async def refresh_catalog_audio(
     # secret:NAME becomes the URL it holds; the source, its lexicon and the servers are
     # checked before anything is written for the run.
     readable, spec = await _checked(source, request, logger)
+    if deployment.name and (relative := relative_paths(source=readable, out=out)):
+        raise ConfigError(
+            f"{' and '.join(relative)}: a deployment's run works in a temporary folder of its "
+            "worker; give an absolute path, an s3:// URI or a database URL"
+        )
     await tag_flow_run(source=request.source, deployment=deployment.name, shard=shard)
     artifacts = reporting.Reporter(deployment.name, request.run_id)
     if request.sharded_parent:

@@ -23,6 +23,7 @@ from fishflow.storage import (
     parquet_file,
     read_parquet,
     read_uri_bytes,
+    relative_paths,
     safe_key,
     state_dir,
     write_parquet,
@@ -278,3 +279,11 @@ def test_a_versioned_object_changes_only_from_the_version_last_read(store: Store
     left = record.read()
     # S3 has no conditional delete on every implementation: the tombstone stands in for it.
     assert (left[0] if left else None) == (b'{"v": 0}' if store.remote else None)
+
+
+def test_a_deployment_is_told_of_relative_paths_only() -> None:
+    """A deployment's run works in a temporary folder of its worker: `catalog.csv` or `out`
+    would be read from, and written to, a folder deleted after the run."""
+    assert relative_paths(source="catalog.csv", out="s3://b/audio") == ["source 'catalog.csv'"]
+    assert relative_paths(source="/data/catalog.csv", out="out") == ["out 'out'"]
+    assert relative_paths(source="postgresql://db/x", out="/srv/audio") == []
