@@ -27,20 +27,18 @@ from fishflow.untrusted import printable
 
 __all__ = ["app", "main"]
 
-# A Markdown code block (kept as written), its lines under 80 characters: help is 80 wide
-# off a terminal.
+# reStructuredText (as all help here): a line block keeps the lines as they are written.
 EXIT_STATUS = """\
 Exit status:
 
-     0    nothing failed
-     1    a run-level error (unreadable source, no server answering, bad API key,
-          no credit, missing bucket, disk full): one line on stderr says what
-          to fix
-     2    some items failed; the manifests say which and why (also: items
-          published marked, with --qa-on-marked fail)
-     64   usage error (unknown option, missing argument, bad value)
-     130  stopped (Ctrl-C or SIGTERM); finished items are recorded:
-          fishflow resume RUN_ID --out OUT
+| 0   nothing failed
+| 1   a run-level error (unreadable source, no server answering, bad API key,
+|     no credit, missing bucket, disk full): one line on stderr says what to fix
+| 2   some items failed; the manifests say which and why (also: items
+|     published marked, with --qa-on-marked fail)
+| 64  usage error (unknown option, missing argument, bad value)
+| 130 stopped (Ctrl-C or SIGTERM); finished items are recorded:
+|     fishflow resume RUN_ID --out OUT
 """
 
 
@@ -55,7 +53,7 @@ app = App(
     name="fishflow",
     help="Batch text-to-speech on Prefect and Fish Speech servers.",
     help_epilogue=EXIT_STATUS,
-    help_format="markdown",
+    help_format="rst",
     version=_version,
     version_format="plaintext",
 )
@@ -72,8 +70,11 @@ COMMANDS: dict[str, Callable[..., int]] = {
     "voices": commands.voices,
     "emulator": commands.emulator,
 }
+# The commands that run a flow say what their exit status means (the others: 0, 1 or 64).
+RUNS = {"run", "resume", "retry-errors"}
 for order, (name, command) in enumerate(COMMANDS.items()):
-    app.command(command, name=name, sort_key=order)
+    epilogue = EXIT_STATUS if name in RUNS else ""
+    app.command(command, name=name, sort_key=order, help_epilogue=epilogue)
 
 
 def main(argv: list[str] | None = None) -> int:
