@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from cyclopts import App
+from cyclopts import App, Parameter
 from cyclopts.exceptions import CycloptsError
 
 from fishflow.cli import commands
@@ -54,6 +54,9 @@ app = App(
     help="Batch text-to-speech on Prefect and Fish Speech servers.",
     help_epilogue=EXIT_STATUS,
     help_format="rst",
+    # An option given twice: the last one counts, as with argparse (a wrapper script's default
+    # overridden by its caller's).
+    default_parameter=Parameter(allow_repeating=True),
     version=_version,
     version_format="plaintext",
 )

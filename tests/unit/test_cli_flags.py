@@ -96,3 +96,15 @@ def test_a_settings_flags_help_is_its_description(capsys) -> None:
 def test_usage_errors_are_one_line_exit_64(capsys, args: list[str], line: str) -> None:
     assert main(args) == 64
     assert capsys.readouterr().err == line + "\n"
+
+
+def test_an_option_given_twice_counts_its_last_value_and_server_repeats() -> None:
+    """As with argparse: a wrapper script's default, overridden by what its caller adds."""
+    args = parsed(
+        *["run", "c.csv", "--out", "a", "--out", "b", "--batch-size", "3", "--batch-size", "4"],
+        *["--server", "http://x", "--server", "http://y", "--captions", "off", "--captions", "on"],
+    )
+    assert (args["out"], args["servers"]) == ("b", ["http://x", "http://y"])
+    assert (args["settings"].batch_size, args["settings"].captions) == (4, "on")
+    flags = parsed("plan", "c.csv", "--out", "o", "--qa-accept-marked", "--no-qa-accept-marked")
+    assert flags["settings"].qa_accept_marked is False
