@@ -9,8 +9,8 @@
 - **Prune** (``--prune``): afterwards ``audio/`` holds only what the manifests say is current
   for an item in the source (its audio file and the captions beside it). Removed items' files,
   a previous output format's files and files left under an older name all go.
-- **gc**: chunk audio (the chunk cache, and an S3 output's own copy of it) that no current
-  item's manifest rows reference.
+- **gc** (``collect_garbage``): chunk audio (the chunk cache, and an S3 output's own copy of
+  it) that no current item's manifest rows reference.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from fishflow.manifest import (
     journal_dir,
     read_remote,
 )
-from fishflow.storage import Listed, Store, read_parquet, state_dir
+from fishflow.storage import Listed, Store, open_store, output_exists, read_parquet, state_dir
 
 # Files published beside an item's audio, named after its stem (`audio/x.wav` -> `audio/x.vtt`).
 CAPTION_SUFFIXES = (".vtt", ".srt", ".chapters.vtt")
@@ -332,3 +332,83 @@ def collect_output_chunks(
     result.deleted = [(store.uri(key), size) for key, size in result.deleted]
     result.foreign = [store.uri(key) for key in result.foreign]
     return result
+
+
+@dataclass
+class Collection:
+    """What `fishflow gc` found: the chunk cache it looked in, and each place it collected
+    (the cache, and an S3 output's own copy) with what it deleted or would delete."""
+
+    cache_dir: str
+    places: list[tuple[str, Collected]] = field(default_factory=list)
+
+
+def collect_garbage(
+    out: str,
+    *,
+    chunk_cache: str | None = None,
+    dry_run: bool = False,
+    grace_s: float = 3600.0,
+    adopt: bool = False,
+) -> Collection:
+    """Delete the chunk audio of output `out` that no current item references: in the chunk
+    cache (``chunk_cache``, or the output's default one) and, for an S3 output, in the copy it
+    keeps of it. Unreferenced files younger than `grace_s` stay (a run going on now may need
+    them); `dry_run` deletes nothing and says what would go."""
+    if not output_exists(out):
+        raise ConfigError(f"{out}: no such output folder")
+    store = open_store(out)
+    found = Collection(chunk_cache_dir(store, chunk_cache))
+    keys = referenced_chunk_keys(store)
+    if os.path.isdir(found.cache_dir):
+        local = collect_chunks(
+            store, found.cache_dir, dry_run=dry_run, min_age_s=grace_s, keys=keys, adopt=adopt
+        )
+        found.places.append((found.cache_dir, local))
+    if store.remote:  # the output's own copy, which runs on any machine reuse
+        copy = collect_output_chunks(store, dry_run=dry_run, min_age_s=grace_s, keys=keys)
+        found.places.append((store.uri(RemoteChunks.PREFIX), copy))
+    return found
+
+
+def format_size(n: float) -> str:
+    """1,234 bytes, 12.3 kB, 4.5 MB, 1,234.5 GB (powers of 1000, as disks are sold)."""
+    for unit in ("bytes", "kB", "MB"):
+        if n < 1000:
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return f"{n:,.1f} GB"
+
+
+def describe_collection(found: Collection, *, dry_run: bool, grace_s: float) -> list[str]:
+    """What `fishflow gc` prints: each file a dry run would delete, then a line per place."""
+    if not found.places:
+        return [f"fishflow: no chunk audio in {found.cache_dir}: nothing to collect"]
+    lines: list[str] = []
+    verb = "would delete" if dry_run else "deleted"
+    for where, done in found.places:
+        if dry_run:
+            lines.extend(
+                f"would delete {path} ({format_size(size)})" for path, size in done.deleted
+            )
+        young = (
+            f"; {done.recent_files:,} unreferenced file(s) younger than {grace_s:g} s kept"
+            if done.recent_files
+            else ""
+        )
+        foreign = (
+            f"; left {len(done.foreign):,} file(s) fishflow did not write, e.g. {done.foreign[0]}"
+            if done.foreign
+            else ""
+        )
+        if done.adopted:
+            adopted = "would adopt" if dry_run else "adopted"
+            lines.append(
+                f"fishflow: {where}: {adopted} as a chunk cache (every file is chunk audio)"
+            )
+        lines.append(
+            f"fishflow: {verb} {len(done.deleted):,} chunk file(s), "
+            f"{format_size(done.deleted_bytes)}; kept {done.kept_files:,} referenced, "
+            f"{format_size(done.kept_bytes)}{young}{foreign} ({where})"
+        )
+    return lines

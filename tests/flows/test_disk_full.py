@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fishflow.cli import _OwnWarningsOnly, main
+from fishflow.cli import main
+from fishflow.cli.prefect_console import OwnWarningsOnly
 from fishflow.testing.emulator import Emulator, EmulatorConfig
 from tests.flows.helpers import decode, manifest
 
@@ -45,7 +46,7 @@ def test_disk_full_stops_in_one_line_and_resume_or_a_rerun_redoes_what_it_refuse
 ) -> None:
     import prefect
 
-    console = _OwnWarningsOnly(os.path.dirname(prefect.__file__))
+    console = OwnWarningsOnly(os.path.dirname(prefect.__file__))
     source, out = tmp_path / "c.jsonl", small_disk / "out"
     rows = [
         {"id": f"i{i:02d}", "text": f"Item {i} is a sturdy oak chair with a woven seat, cheap."}

@@ -141,16 +141,16 @@ def test_rerun_with_the_same_arguments_after_a_kill_skips_finished_items(tmp_pat
 def test_sigterm_stops_cleanly_and_resume_finishes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fishflow import cli
+    from fishflow.cli.flow import Progress
 
     started: list[int] = []
-    original = cli._Progress.start
+    original = Progress.start
 
-    def start(self: cli._Progress, already: int, total: int | None) -> None:
+    def start(self: Progress, already: int, total: int | None) -> None:
         started.append(already)  # what the progress line counts from
         original(self, already, total)
 
-    monkeypatch.setattr(cli._Progress, "start", start)
+    monkeypatch.setattr(Progress, "start", start)
     source, out = catalog(tmp_path), tmp_path / "out"
     with Emulator(EmulatorConfig(service_time_s=0.03)) as emu:
         proc = start_run(source, out, emu, "termed", "--batch-size", "5")

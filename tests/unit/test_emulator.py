@@ -367,7 +367,7 @@ def test_bad_answers_are_drawn_from_text_and_seed_and_logged() -> None:
 
 
 def test_the_emulator_command_takes_bad_answers() -> None:
-    from fishflow.cli import _build_parser
+    from fishflow.cli import app
 
-    args = _build_parser().parse_args(["emulator", "--bad-answers", "0.08"])
-    assert args.bad_answers == 0.08
+    _, bound, _ = app.parse_args(["emulator", "--bad-answers", "0.08"])
+    assert bound.arguments["bad_answers"] == 0.08

@@ -353,3 +353,62 @@ def test_gc_of_the_outputs_copy_says_what_the_store_refused_to_delete(tmp_path: 
     first = min(K("gone-1"), K("gone-2"))
     with pytest.raises(StorageError, match=rf"1 of 2 chunk objects were not deleted \(.*{first}"):
         collect_output_chunks(store, dry_run=False, min_age_s=0, keys={K("kept-1")})
+
+
+def test_gc_of_an_output_deletes_unreferenced_chunks_and_says_what_went(tmp_path: Path) -> None:
+    """`fishflow gc OUT`'s work, without the CLI: the output's own chunk cache, a dry run
+    that lists and deletes nothing, then the real one."""
+    from fishflow.hygiene import chunk_cache_dir, collect_garbage, describe_collection
+
+    out = tmp_path / "out"
+    store = LocalStore(str(out))
+    writer = ManifestWriter(store, "r1")
+    writer.write_part("p", [ok("r1", "a", 1)], [chunk("r1", "a", K("a"))], [])
+    writer.finalize()
+    cache = Path(chunk_cache_dir(store, None))
+    open_chunk_folder(str(cache))
+    kept, gone = put_chunk(cache, "a"), put_chunk(cache, "gone")
+
+    dry = collect_garbage(str(out), dry_run=True, grace_s=0)
+    assert [(where, [p for p, _ in c.deleted]) for where, c in dry.places] == [
+        (str(cache), [str(gone)])
+    ]
+    assert describe_collection(dry, dry_run=True, grace_s=0) == [
+        f"would delete {gone} (10 bytes)",
+        f"fishflow: would delete 1 chunk file(s), 10 bytes; kept 1 referenced, 10 bytes ({cache})",
+    ]
+    assert gone.exists()
+    young = collect_garbage(str(out))  # an hour's grace: a run going on now may need it
+    assert "1 unreferenced file(s) younger than 3600 s kept" in " ".join(
+        describe_collection(young, dry_run=False, grace_s=3600)
+    )
+    done = collect_garbage(str(out), grace_s=0)
+    assert describe_collection(done, dry_run=False, grace_s=0) == [
+        f"fishflow: deleted 1 chunk file(s), 10 bytes; kept 1 referenced, 10 bytes ({cache})"
+    ]
+    assert kept.exists() and not gone.exists()
+
+
+def test_gc_of_an_output_without_chunk_audio_or_that_is_missing(tmp_path: Path) -> None:
+    from fishflow.hygiene import collect_garbage, describe_collection
+
+    (tmp_path / "empty").mkdir()
+    found = collect_garbage(str(tmp_path / "empty"))
+    assert found.places == []
+    [line] = describe_collection(found, dry_run=False, grace_s=3600)
+    assert line.startswith("fishflow: no chunk audio in ") and "nothing to collect" in line
+    with pytest.raises(ConfigError, match="no such output folder"):
+        collect_garbage(str(tmp_path / "missing"))
+
+
+def test_sizes_read_in_powers_of_a_thousand() -> None:
+    from fishflow.hygiene import format_size
+
+    assert [format_size(n) for n in (0, 999, 1000, 1_234_567, 5 * 10**9, 7 * 10**12)] == [
+        "0 bytes",
+        "999 bytes",
+        "1.0 kB",
+        "1.2 MB",
+        "5.0 GB",
+        "7,000.0 GB",
+    ]

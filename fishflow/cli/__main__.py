@@ -1,0 +1,5 @@
+import sys
+
+from fishflow.cli import main
+
+sys.exit(main())
