@@ -15,6 +15,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 from bench.run import SERVICE_S, catalog, emulators, stats, urls
@@ -24,7 +25,7 @@ RUNS = int(os.environ.get("BENCH_DEPLOY_RUNS", "3"))
 ITEMS_EACH = int(os.environ.get("BENCH_DEPLOY_ITEMS", "600"))
 
 
-async def _wait(flow_run_id: UUID) -> str:
+async def _wait(flow_run_id: UUID) -> str | None:
     from prefect.client.orchestration import get_client
 
     async with get_client() as client:
@@ -35,10 +36,10 @@ async def _wait(flow_run_id: UUID) -> str:
             await asyncio.sleep(0.1)
 
 
-async def _trigger(parameters: dict[str, object]) -> UUID:
-    from prefect.deployments import run_deployment
+async def _trigger(parameters: dict[str, Any]) -> UUID:
+    from prefect.deployments import arun_deployment
 
-    run = await run_deployment(
+    run = await arun_deployment(
         "refresh-catalog-audio/catalog-manual", parameters=parameters, timeout=0
     )
     return run.id
@@ -60,7 +61,7 @@ def two_runs_sharing_two_servers(tmp: Path, servers: list[str]) -> tuple[float, 
     for url in servers:
         stats(url, reset=True)
 
-    async def both() -> list[str]:
+    async def both() -> list[str | None]:
         ids = [
             await _trigger(
                 {

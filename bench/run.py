@@ -119,6 +119,7 @@ def run_fishflow(
 ) -> dict[str, Any]:
     """The catalog flow in this process (`force` by default: benchmarks measure synthesis)."""
     from fishflow.flows.refresh_catalog_audio import refresh_catalog_audio
+    from fishflow.record import RunSummary
     from fishflow.settings import RunSettings
 
     user, system = cpu_user_system()
@@ -132,6 +133,8 @@ def run_fishflow(
         )
     )
     after = cpu_user_system()
+    # A run that ends Failed raises in a direct call: what comes back is the summary.
+    assert isinstance(summary, RunSummary)
     chunks = max(1, summary.ok)
     # ms of this process's CPU per item (one chunk each in these catalogs), user and system
     cpu = ((after[0] - user) / chunks * 1000, (after[1] - system) / chunks * 1000)

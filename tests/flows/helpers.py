@@ -69,8 +69,16 @@ def spoken(text: str, language: str = "en") -> str:
     return blocks_text(speak_blocks(plain_blocks(text), language, SpeechOptions()))
 
 
-def manifest(out: str | Path, name: str, run_id: str) -> pd.DataFrame:
+def manifest(out: str | Path, name: str, run_id: str | None) -> pd.DataFrame:
+    """A run's manifest; ``run_id`` is a summary's, None only when a run had nothing to do."""
+    assert run_id is not None, "the run wrote no manifests"
     return pd.read_parquet(f"{out}/manifests/run={run_id}/{name}.parquet")
+
+
+def as_text(cell: object) -> str:
+    """A manifest cell that holds text (pandas-stubs type any cell as any scalar)."""
+    assert isinstance(cell, str), repr(cell)
+    return cell
 
 
 def latest_run(out: str | Path) -> str:

@@ -19,7 +19,7 @@ import pytest
 
 from fishflow.cli import main
 from fishflow.testing.emulator import Emulator, EmulatorConfig
-from tests.flows.helpers import latest_run, manifest
+from tests.flows.helpers import as_text, latest_run, manifest
 
 GOOD = {"id": "good", "text": "A perfectly good row of text."}
 
@@ -127,7 +127,7 @@ def test_bad_rows_become_manifest_rows(
         assert case.message in error.error_message and error.stage == "source"
         assert not error.retryable
     else:
-        uri = Path(items.loc[case.row, "audio_uri"])
+        uri = Path(as_text(items.loc[case.row, "audio_uri"]))
         assert uri.resolve().is_relative_to((out / "audio").resolve()) and uri.exists()
         assert len(uri.name) < 255
         if case.message:
@@ -308,16 +308,16 @@ def test_a_bug_on_one_rows_text_fails_that_row_not_the_run(
     tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """As the HTML parser's AssertionError on '<![alt' once would have: one row, not the run."""
-    from fishflow import items
+    import fishflow.items
 
-    real = items.speech_blocks
+    real = fishflow.items.speech_blocks
 
     def fragile(row: Any, *args: Any, **kwargs: Any) -> Any:
         if "boom" in (row.text or ""):
             raise AssertionError("unknown status keyword 'alt ' in marked section")
         return real(row, *args, **kwargs)
 
-    monkeypatch.setattr(items, "speech_blocks", fragile)
+    monkeypatch.setattr(fishflow.items, "speech_blocks", fragile)
     rows = [GOOD, {"id": "bad", "text": "A boom here."}, {"id": "later", "text": "Still read."}]
     out = tmp_path / "out"
     path = write_source(tmp_path, rows, "jsonl")

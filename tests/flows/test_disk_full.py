@@ -14,7 +14,7 @@ import pytest
 from fishflow.cli import main
 from fishflow.cli.prefect_console import OwnWarningsOnly
 from fishflow.testing.emulator import Emulator, EmulatorConfig
-from tests.flows.helpers import decode, manifest
+from tests.flows.helpers import as_text, decode, manifest
 
 N = 60  # about 9 MB of WAV: more than the 6 MB disk holds
 
@@ -81,6 +81,6 @@ def test_disk_full_stops_in_one_line_and_resume_or_a_rerun_redoes_what_it_refuse
     done = items[items["status"] != "failed"]
     assert list(items[items["status"] == "failed"]["item_id"]) == ["blank"]
     for row in done.itertuples():
-        assert decode(Path(row.audio_uri).read_bytes())[1] == pytest.approx(
+        assert decode(Path(as_text(row.audio_uri)).read_bytes())[1] == pytest.approx(
             row.duration_s, abs=1e-3
         )

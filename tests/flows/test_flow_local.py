@@ -12,7 +12,7 @@ import pytest
 
 from fishflow.chunking import DEFAULT_CHUNK_BYTES
 from fishflow.testing.emulator import Emulator, EmulatorConfig
-from tests.flows.helpers import CATALOG_ROWS, decode, manifest, run
+from tests.flows.helpers import CATALOG_ROWS, as_text, decode, manifest, run
 
 
 def write_catalog(tmp_path: Path, fmt: str) -> Path:
@@ -47,9 +47,9 @@ def test_every_row_is_accounted_for_and_every_ok_item_is_real_audio(
     assert "empty" in reasons[5] and "duplicate" in reasons[6] and "no id" in reasons[7]
 
     for row in items[items.status == "ok"].itertuples():
-        data = Path(row.audio_uri).read_bytes()
+        data = Path(as_text(row.audio_uri)).read_bytes()
         rate, duration, channels = decode(data)
-        assert Path(row.audio_uri).is_absolute()
+        assert Path(as_text(row.audio_uri)).is_absolute()
         assert (rate, channels) == (44_100, 1)
         assert row.bytes == len(data)
         assert row.audio_sha256 == hashlib.sha256(data).hexdigest()
@@ -59,9 +59,9 @@ def test_every_row_is_accounted_for_and_every_ok_item_is_real_audio(
         # Stitched audio is the chunks plus the pauses between them: each catalog text is
         # one paragraph, so every join is between sentences (300 ms by default).
         assert duration == pytest.approx(
-            item_chunks["duration_s"].sum() + 0.3 * (row.chunk_count - 1), abs=0.01
+            item_chunks["duration_s"].sum() + 0.3 * (len(item_chunks) - 1), abs=0.01
         )
-    assert items.set_index("item_id").loc["en-long", "chunk_count"].max() >= 3
+    assert items[items.item_id == "en-long"]["chunk_count"].max() >= 3
     # The run froze the objects it found for its duration: they must be collectable again.
     assert gc.get_freeze_count() == 0
 
@@ -141,8 +141,8 @@ def test_formats_flac_and_mp3_decode_with_the_manifest_duration(
         summary = run(source, out, [emulator.url], settings_kw={"audio_format": fmt})
         items = manifest(out, "items", summary.run_id)
         for row in items[items.status == "ok"].itertuples():
-            assert row.audio_uri.endswith("." + fmt)
-            rate, duration, _ = decode(Path(row.audio_uri).read_bytes())
+            assert as_text(row.audio_uri).endswith("." + fmt)
+            rate, duration, _ = decode(Path(as_text(row.audio_uri)).read_bytes())
             assert rate == 44_100
             # MP3 frames pad the end by at most a frame or two.
             assert duration == pytest.approx(row.duration_s, abs=0.08)

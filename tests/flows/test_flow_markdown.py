@@ -13,7 +13,7 @@ from fishflow.run import run_spec
 from fishflow.settings import RunSettings
 from fishflow.sources import read_source
 from fishflow.testing.emulator import Emulator
-from tests.flows.helpers import decode, manifest, run
+from tests.flows.helpers import as_text, decode, manifest, run
 
 LESSON = Path(__file__).parents[2] / "examples" / "course" / "lessons" / "3-cloud" / "README.md"
 
@@ -57,7 +57,7 @@ def test_a_lesson_of_code_alone_is_published_with_a_warning(
     summary = run(source, tmp_path / "out", [emulator.url])
     assert summary.ok == 2
     items = manifest(tmp_path / "out", "items", summary.run_id).set_index("item_id")
-    _, duration, _ = decode(Path(items.loc["snippets.md", "audio_uri"]).read_bytes())
+    _, duration, _ = decode(Path(as_text(items.loc["snippets.md", "audio_uri"])).read_bytes())
     assert duration == pytest.approx(items.loc["snippets.md", "duration_s"], abs=0.01)
     warned = [r.getMessage() for r in caplog.records if "is only code blocks" in r.getMessage()]
     assert len(warned) == 1 and "'snippets.md'" in warned[0] and "Code example." in warned[0]

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from fishflow.testing.emulator import Emulator
-from tests.flows.helpers import CATALOG_ROWS, decode, run
+from tests.flows.helpers import CATALOG_ROWS, as_text, decode, run
 
 
 def read_parquet(bucket: str, key: str) -> pd.DataFrame:
@@ -33,8 +33,9 @@ def test_s3_source_and_output(bucket: str, emulator: Emulator) -> None:
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="tts/")["Contents"]}
     assert not any("/parts/" in k for k in keys)  # part files merged and removed
     for row in items[items.status == "ok"].itertuples():
-        assert row.audio_uri.startswith(f"s3://{bucket}/tts/audio/")
-        key = row.audio_uri.removeprefix(f"s3://{bucket}/")
+        uri = as_text(row.audio_uri)
+        assert uri.startswith(f"s3://{bucket}/tts/audio/")
+        key = uri.removeprefix(f"s3://{bucket}/")
         head = s3.head_object(Bucket=bucket, Key=key)
         assert head["ContentType"] == "audio/wav"
         assert head["Metadata"]["text-sha256"] == row.text_sha256

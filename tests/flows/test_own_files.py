@@ -14,7 +14,7 @@ import pytest
 
 from fishflow.cli import main
 from fishflow.testing.emulator import Emulator
-from tests.flows.helpers import latest_run, manifest
+from tests.flows.helpers import as_text, latest_run, manifest
 
 SECRET = "SECRET OUTSIDE TEXT never to be spoken"
 
@@ -59,19 +59,19 @@ def test_a_folder_source_reads_only_its_own_regular_files(
     }  # the fifo is no row: skipped with a note
     errors = manifest(out, "errors", latest_run(out)).set_index("item_id")
     assert set(errors.stage) == {"source"} and not errors.retryable.any()
-    assert "outside the source folder" in errors.loc["link.md", "error_message"]
-    assert "over the 20,000,000-byte limit" in errors.loc["huge.txt", "error_message"]
-    assert "Input/output error" in errors.loc["broken.md", "error_message"]
+    assert "outside the source folder" in as_text(errors.loc["link.md", "error_message"])
+    assert "over the 20,000,000-byte limit" in as_text(errors.loc["huge.txt", "error_message"])
+    assert "Input/output error" in as_text(errors.loc["broken.md", "error_message"])
     # The outside text is in no request, no audio, no caption, no manifest.
     assert not any("SECRET" in text for text in emulator.stats["texts"])
     assert SECRET.encode() not in every_byte_under(out)
     # The BOM is gone: the first line is a heading, the first of two chapters.
-    chapters = Path(items.loc["lesson.md", "chapters_uri"]).read_text()
+    chapters = Path(as_text(items.loc["lesson.md", "chapters_uri"])).read_text()
     assert "Chapter one" in chapters and "Chapter two" in chapters
     assert not any("\ufeff" in text for text in emulator.stats["texts"])
     # Captions are data in both formats: the text's arrow and tags are escaped.
     for suffix in (".srt", ".vtt"):
-        text = Path(items.loc["plain.txt", "audio_uri"]).with_suffix(suffix).read_text()
+        text = Path(as_text(items.loc["plain.txt", "audio_uri"])).with_suffix(suffix).read_text()
         assert sum("-->" in line for line in text.splitlines()) == text.count(" --> ") == 1
         assert "1 --&gt; 2, &lt;b&gt;bold&lt;/b&gt; &amp; more." in text and "<" not in text
 
@@ -102,12 +102,11 @@ def test_names_fit_in_bytes_and_no_two_items_write_one_file(
         "blocked": "failed",
         "last": "ok",
     }
-    audio = Path(items.loc[long_id, "audio_uri"])
+    audio = Path(as_text(items.loc[long_id, "audio_uri"]))
     assert audio.is_file() and len(audio.name.encode()) <= 255
     errors = manifest(out, "errors", latest_run(out)).set_index("item_id")
-    assert (
-        "would write audio/x.chapters.vtt, a file of the id at row 1"
-        in (errors.loc["x.chapters", "error_message"])
+    assert "would write audio/x.chapters.vtt, a file of the id at row 1" in as_text(
+        errors.loc["x.chapters", "error_message"]
     )
     assert errors.loc["x.chapters", "stage"] == "source"
     blocked = errors.loc["blocked"]

@@ -16,7 +16,7 @@ import pytest
 from fishflow.cli import main
 from fishflow.testing.emulator import Emulator, EmulatorConfig
 from fishflow.voices import item_seed
-from tests.flows.helpers import latest_run, manifest, run
+from tests.flows.helpers import as_text, latest_run, manifest, run
 
 PROSE = (
     "the kettle holds water and boils it quickly while a small light shows when ready for tea "
@@ -140,7 +140,7 @@ def test_a_marked_item_is_published_counted_and_made_again_next_run(tmp_path: Pa
         chunks = manifest(out, "chunks", first)
         assert chunks["qa_check"].notna().all() and (chunks["qa_attempts"] == 3).all()
         assert len(emu.received) == 6  # three answers each, all suspect
-        assert Path(items.loc["noisy", "audio_uri"]).exists()  # the best one is published
+        assert Path(as_text(items.loc["noisy", "audio_uri"])).exists()  # the best one is published
 
         # --qa-on-marked fail: the same, exit 2.
         assert main([*args, "--qa-on-marked", "fail"]) == 2

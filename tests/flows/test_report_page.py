@@ -21,7 +21,7 @@ from uuid import UUID
 
 import pandas as pd
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Dialog, Page, sync_playwright
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
@@ -95,9 +95,12 @@ class Opened:
             ),
         )
         self.page.on("pageerror", lambda exc: self.problems.append(f"exception: {exc}"))
-        self.page.on(
-            "dialog", lambda d: (self.problems.append(f"dialog: {d.message}"), d.dismiss())
-        )
+
+        def on_dialog(dialog: Dialog) -> None:
+            self.problems.append(f"dialog: {dialog.message}")
+            dialog.dismiss()
+
+        self.page.on("dialog", on_dialog)
         self.page.on("requestfailed", lambda r: self.problems.append(f"request failed: {r.url}"))
         self.page.goto(url)
 
@@ -128,7 +131,7 @@ class Opened:
         )
 
 
-async def _artifacts(flow_run_id: str) -> dict[str, Any]:
+async def _artifacts(flow_run_id: str) -> dict[str | None, Any]:
     async with get_client() as client:
         found = await client.read_artifacts(
             artifact_filter=ArtifactFilter(
@@ -184,6 +187,7 @@ def test_a_run_report_plays_shows_captions_in_time_and_filters_what_needs_review
 
     # The same catalog into S3: the page is opened by its presigned link, the audio too.
     s3_run = run(source, f"s3://{s3_server}/tts", [emulator.url])
+    assert s3_run.run_id is not None
     s3_store = S3Store(f"s3://{s3_server}/tts")
     assert s3_run.report == s3_store.uri(report_key(s3_run.run_id))
     s3_page = s3_store.link(report_key(s3_run.run_id))

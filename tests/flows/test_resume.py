@@ -22,7 +22,7 @@ from fishflow.cli import main
 from fishflow.manifest import Journal, journal_dir
 from fishflow.storage import LocalStore
 from fishflow.testing.emulator import Emulator, EmulatorConfig, Faults
-from tests.flows.helpers import decode, latest_run, manifest, spoken
+from tests.flows.helpers import as_text, decode, latest_run, manifest, spoken
 
 N = 40
 
@@ -74,7 +74,12 @@ def wait_for_requests(emu: Emulator, count: int, proc: subprocess.Popen) -> None
 
 def finished_before(out: Path, run_id: str) -> set[str]:
     path = os.path.join(journal_dir(LocalStore(str(out))), f"run={run_id}.jsonl")
-    return {entry[0].item_id for entry in Journal.read(path) if entry[0].status == "ok"}
+    done: set[str] = set()
+    for item, _, _ in Journal.read(path):
+        if item.status == "ok":
+            assert item.item_id is not None  # only a row without an id has none, and it fails
+            done.add(item.item_id)
+    return done
 
 
 def test_sigkill_at_several_points_then_resume(tmp_path: Path) -> None:
@@ -114,7 +119,7 @@ def test_sigkill_at_several_points_then_resume(tmp_path: Path) -> None:
     # was killed may be, which is why this compares with the count at the kill).
     assert all(counts[texts[i]] == n for i, n in requests_when_done.items())
     for row in items.itertuples():
-        assert decode(Path(row.audio_uri).read_bytes())[1] == pytest.approx(
+        assert decode(Path(as_text(row.audio_uri)).read_bytes())[1] == pytest.approx(
             row.duration_s, abs=1e-3
         )
     assert not os.path.exists(

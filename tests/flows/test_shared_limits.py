@@ -163,7 +163,7 @@ def test_a_run_without_a_shared_limit_works_and_says_so_once(tmp_path: Path, cap
                 settings=RunSettings(max_in_flight=3, batch_size=4),
             )
         )
-        assert summary.ok == 12
+        assert isinstance(summary, RunSummary) and summary.ok == 12
         assert emu.stats["max_in_flight"] <= 3
     warnings = [
         r for r in caplog.records if "no active Prefect concurrency limit" in r.getMessage()
@@ -191,6 +191,7 @@ def test_every_name_of_a_server_shares_one_limit_and_a_server_without_one_stops_
             refresh_catalog_audio(source=str(source), out=str(tmp_path / "o"),
                                   servers=[shared.url, by_name], settings=settings)
         )  # fmt: skip
+        assert isinstance(summary, RunSummary)
         assert summary.ok == 16 and shared.stats["max_in_flight"] <= 2
         with pytest.raises(ConfigError, match=f"no shared limit for {other.url}"):
             asyncio.run(
@@ -203,7 +204,7 @@ def test_every_name_of_a_server_shares_one_limit_and_a_server_without_one_stops_
             refresh_catalog_audio(source=str(source), out=str(tmp_path / "y"),
                                   servers=[other.url], settings=local)
         )  # fmt: skip
-        assert summary.ok == 16
+        assert isinstance(summary, RunSummary) and summary.ok == 16
 
 
 def test_two_runs_on_one_output_never_synthesise_an_item_twice(tmp_path: Path) -> None:

@@ -154,7 +154,7 @@ def test_a_query_reads_what_it_selects(database: str, tmp_path: Path, emulator: 
 def test_bad_rows_fail_alone_with_their_reason(
     database: str, tmp_path: Path, emulator: Emulator
 ) -> None:
-    rows = [
+    rows: list[dict[str, str | None]] = [
         {"id": "a", "text": "A good row says hello."},
         {"id": "b", "text": None},
         {"id": "a", "text": "Same id as the first row."},
@@ -374,10 +374,11 @@ def test_url_from_a_prefect_secret_block(
     postgres_url: str, tmp_path: Path, emulator: Emulator
 ) -> None:
     from prefect.blocks.system import Secret
+    from pydantic import SecretStr
 
     name = table(postgres_url, ROWS[:2])
     block = f"catalog-db-{secrets.token_hex(3)}"
-    Secret(value=postgres_url).save(block)
+    Secret(value=SecretStr(postgres_url)).save(block)
     out = tmp_path / "out"
     summary = run(f"secret:{block}", out, [emulator.url], settings_kw={"table": name})
     assert summary.ok == 2

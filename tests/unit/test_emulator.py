@@ -145,6 +145,7 @@ def test_the_emulator_command_serves_until_stopped() -> None:
         text=True,
     )
     try:
+        assert proc.stdout is not None  # stdout=PIPE
         assert "fishflow emulator on" in proc.stdout.readline()
         r = httpx.get(f"http://127.0.0.1:{port}/v1/health", headers={"Authorization": "Bearer k"})
         assert r.json() == {"status": "ok"}

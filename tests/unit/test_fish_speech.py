@@ -7,6 +7,7 @@ import base64
 import http.server
 import json
 import threading
+from typing import Any
 
 import httpx
 import ormsgpack
@@ -44,7 +45,7 @@ def call(handler, options: SynthesisOptions | None = None, **client_kw):
 
 
 def test_msgpack_request_carries_every_field_and_the_bearer_key() -> None:
-    seen = {}
+    seen: dict[str, Any] = {}
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen["headers"] = request.headers
@@ -76,7 +77,7 @@ def test_msgpack_request_carries_every_field_and_the_bearer_key() -> None:
 
 
 def test_json_encoding_sends_references_as_base64() -> None:
-    seen = {}
+    seen: dict[str, Any] = {}
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen["body"] = json.loads(request.content)
@@ -234,7 +235,7 @@ def test_the_servers_text_limit_is_told_with_its_number() -> None:
 def test_an_items_references_and_seed_override_the_runs_and_drop_the_id() -> None:
     """Row 'reference_id ... wins': a request with inline references carries no reference_id,
     or the server would speak the id's voice instead."""
-    seen = {}
+    seen: dict[str, Any] = {}
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen["body"] = ormsgpack.unpackb(request.content)

@@ -283,13 +283,13 @@ def test_a_resumed_run_counts_what_it_had_done_and_paces_only_this_session() -> 
 
 def test_a_progress_log_says_its_first_line_when_started_then_ticks() -> None:
     said: list[str] = []
-    placed = [0, 0.0]
-    progress = ProgressLog(Tally(41), lambda: (placed[0], placed[1]), said.append, 3600)
+    placed = [(0, 0.0)]  # chunks placed, seconds of audio made
+    progress = ProgressLog(Tally(41), lambda: placed[0], said.append, 3600)
     progress.start()
     # The first line comes from start() itself: before any item, whatever the threads do.
     assert said == ["fishflow: 0 of 41 items (0%), 0 ok, 0 failed; 0 chunks, 0s of audio"]
     progress.tally.add("ok")
-    placed[:] = [212, 3725.0]
+    placed[0] = (212, 3725.0)
     assert progress.line() == (
         "fishflow: 1 of 41 items (2%), 1 ok, 0 failed; 212 chunks, 1h02m of audio"
     )

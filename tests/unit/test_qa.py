@@ -76,7 +76,7 @@ def test_trailing_silence_apart_from_the_speech_is_trimmed_to_a_short_pad() -> N
     speech = tone()
     samples = np.concatenate([speech, silence(2.5)])
     verdict = check(samples, RATE, TEXT, LEARNED, SETTINGS)
-    assert verdict.outcome == "trim"
+    assert verdict.outcome == "trim" and verdict.end is not None
     kept_tail_s = (verdict.end - len(speech)) / RATE
     assert verdict.start == 0 and 0 <= kept_tail_s <= SETTINGS.edge_pad_s + 0.05
 
@@ -110,7 +110,8 @@ def test_a_short_edge_is_left_alone() -> None:
 def test_clipping_and_dc_offset_are_suspect() -> None:
     loud = (tone().astype(np.int32) * 6).clip(-32768, 32767).astype(np.int16)
     verdict = check(loud, RATE, TEXT, LEARNED, SETTINGS)
-    assert verdict.check == "clipping" and verdict.measure > SETTINGS.max_clipped
+    assert verdict.check == "clipping"
+    assert verdict.measure is not None and verdict.measure > SETTINGS.max_clipped
     shifted = (tone().astype(np.int32) + 4000).astype(np.int16)
     verdict = check(shifted, RATE, TEXT, LEARNED, SETTINGS)
     assert verdict.check == "dc_offset" and verdict.measure == pytest.approx(4000 / 32768, 0.05)

@@ -117,7 +117,7 @@ def test_a_hostile_id_message_and_caption_stay_text() -> None:
     media = [
         Media(
             audio_href='../../audio/x.wav" onplay="alert(4)',
-            cues=(
+            cues=tuple(
                 parse_webvtt(b"WEBVTT\n\n00:00:00.000 --> 00:00:01.000\n&lt;/script&gt;&lt;!--\n")
             ),
         ),

@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import logging
 import time
+from typing import Any
 
 from fishflow.pool import ServerPool
 from fishflow.settings import RetryPolicy, ServerConfig, SynthesisOptions
@@ -72,7 +73,7 @@ class MemoryLimit:
 
 
 class MemoryLeaser:
-    logger = logging.getLogger("test.slots")
+    logger: logging.Logger | logging.LoggerAdapter[Any] = logging.getLogger("test.slots")
 
     def __init__(self, limit: MemoryLimit | None) -> None:
         self.limit = limit
@@ -139,7 +140,8 @@ def test_a_waiting_run_is_handed_a_slot_while_the_holder_still_has_work() -> Non
                 assert len(limit.leases) == 2
                 await synth(b, 10, "b", done)
                 await holder
-                assert a.servers[0].shared.handed_over >= 1
+                shared = a.servers[0].shared
+                assert shared is not None and shared.handed_over >= 1
             return done
 
         done = asyncio.run(go())
@@ -163,6 +165,7 @@ def test_lost_leases_stop_the_sending_and_new_ones_resume_it() -> None:
                 while len(done) < 5:
                     await asyncio.sleep(0.01)
                 shared = p.servers[0].shared
+                assert shared is not None  # the leaser gave this server a shared limit
                 limit.leases.clear()  # revoked on the other side: the next renewal says so
                 while shared.lost < 1:
                     await asyncio.sleep(0.01)

@@ -3,6 +3,8 @@ language (README "What a listener hears"), and what captions show instead."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import regex
 from hypothesis import given, settings
@@ -145,12 +147,12 @@ def test_inline_code_names_symbols_in_the_items_language() -> None:
     assert say_code("x.y", "ja") == "x ドット y"
 
 
-def _spoken(text: str, codes: list[str], language: str = "en", **options: object) -> Block:
+def _spoken(text: str, codes: list[str], language: str = "en", **options: Any) -> Block:
     marks = []
     for code in codes:
         at = text.index(code)
         marks.append(Mark(at, at + len(code)))
-    return speak_block(Block(text, marks=tuple(marks)), language, SpeechOptions(**options))  # type: ignore[arg-type]
+    return speak_block(Block(text, marks=tuple(marks)), language, SpeechOptions(**options))
 
 
 def test_long_code_is_dropped_and_leaves_nothing_hanging() -> None:
@@ -241,10 +243,9 @@ def test_lexicon_matches_whole_words_longest_first_by_case_and_language() -> Non
     assert [h.spoken for h in lexicon_hits("stdout", entries, "de")] == ["Standardausgabe"]
     assert [h.spoken for h in lexicon_hits("打开数据库。", entries, "zh")] == ["数据仓库"]
     # Applied to prose and to inline code.
-    options = {"lexicon": entries}
-    block = _spoken("Print JSON to stdout with jq.", [], **options)
+    block = _spoken("Print JSON to stdout with jq.", [], lexicon=entries)
     assert block.text == "Print jay son to standard out with jq."
-    block = _spoken("Run sql --json now.", ["sql --json"], **options)
+    block = _spoken("Run sql --json now.", ["sql --json"], lexicon=entries)
     assert block.text == "Run sequel dash dash json now."
 
 
