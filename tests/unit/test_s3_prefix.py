@@ -32,6 +32,7 @@ def test_every_document_under_a_prefix_across_listing_pages(
     # The same ids and text as the same documents in a local folder.
     local = tmp_path / "course"
     for r in rows[1:4]:
+        assert r.item_id is not None
         path = local / r.item_id
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(s3.get_object(Bucket=bucket, Key=f"course/{r.item_id}")["Body"].read())

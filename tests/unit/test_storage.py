@@ -120,11 +120,11 @@ def test_published_files_honour_the_umask(tmp_path: Path) -> None:
     )
     for umask, mode in ((0o022, 0o644), (0o077, 0o600)):
         out = tmp_path / f"out-{umask:o}"
-        subprocess.run(
-            [sys.executable, "-c", script, str(out)],
-            check=True,
-            preexec_fn=lambda u=umask: os.umask(u),
-        )
+
+        def with_umask(u: int = umask) -> None:
+            os.umask(u)
+
+        subprocess.run([sys.executable, "-c", script, str(out)], check=True, preexec_fn=with_umask)
         assert {p.name: p.stat().st_mode & 0o777 for p in (out / "audio").iterdir()} == {
             "a.wav": mode,
             "b.flac": mode,
