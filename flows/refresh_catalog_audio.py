@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger
 from prefect.exceptions import CancelledRun
 from prefect.runtime import flow_run
 from prefect.settings import get_current_settings
-from prefect.states import Cancelled, Failed, State
+from prefect.states import Failed, State
 
 from fishflow.database import mask, split_secrets
 from fishflow.errors import ConfigError, FishflowError
@@ -33,18 +33,18 @@ from fishflow.run import (
 from fishflow.settings import EnvSettings, RunSettings, validated
 from fishflow.sources import check_source, estimate_rows
 from tasks import reporting, runtime
-from tasks.limits import PrefectSlotLeaser, servers_without_limits
+from tasks.limits import PrefectSlotLeaser, give_back_leases, servers_without_limits
 from tasks.prefect_run import (
     RunFailed,
     api_key,
-    cancel_requested,
+    cancelled_state,
     deployment_context,
-    stopped_message,
     tag_flow_run,
 )
-from tasks.sharding import run_shards
+from tasks.sharding import cancel_child_runs, run_shards
 from tasks.sources import resolve_source
 from tasks.synthesis import batch_argument, synthesize_batch
+from tasks.termination import SigtermWatch
 
 DEFAULT_SERVERS = ["http://127.0.0.1:8080"]
 
@@ -60,7 +60,15 @@ def _flow_run_name() -> str:
     return flow_run.name if is_run_id(flow_run.name) else new_run_id()
 
 
-@flow(name="refresh-catalog-audio", flow_run_name=_flow_run_name)
+# A process worker runs these hooks itself once a cancelled (or crashed) run's process is gone:
+# slots the run still held come back now, not when their leases expire; a sharded run's
+# children stop with it.
+@flow(
+    name="refresh-catalog-audio",
+    flow_run_name=_flow_run_name,
+    on_cancellation=[give_back_leases, cancel_child_runs],
+    on_crashed=[give_back_leases],
+)
 async def refresh_catalog_audio(
     source: str,
     out: str,
@@ -134,19 +142,24 @@ async def refresh_catalog_audio(
     await tag_flow_run(source=mask(source), deployment=deployment.name, shard=shard)
     artifacts = reporting.Reporter(deployment.name, run_id)
     if shards > 1 and shard is None:
-        async with held_output(out=out, settings=settings, run_id=run_id):  # for its children
-            summary = await run_shards(
-                deployment=deployment,
-                run_id=run_id,
-                source=source,
-                out=out,
-                servers=servers,
-                settings=settings,
-                force=force,
-                api_key_secret=api_key_secret,
-                shards=shards,
-                prune=prune,
-            )
+        try:
+            async with held_output(out=out, settings=settings, run_id=run_id):  # for children
+                summary = await run_shards(
+                    deployment=deployment,
+                    run_id=run_id,
+                    source=source,
+                    out=out,
+                    servers=servers,
+                    settings=settings,
+                    force=force,
+                    api_key_secret=api_key_secret,
+                    shards=shards,
+                    prune=prune,
+                )
+        except BaseException:  # stopped; run_shards cancelled the children
+            if (state := await cancelled_state(run_id, out)) is not None:
+                return state
+            raise
         return await _finish(summary, artifacts, max_failed_share)
 
     started = time.monotonic()
@@ -169,17 +182,20 @@ async def refresh_catalog_audio(
                 "limits for other Fish Speech servers: create one with `fishflow limits create "
                 "--server URL`, or set local_limit to run with this run's own limit only"
             )
-    async with open_run(
-        hold_output=shard is None,  # a shard writes under its parent's lock
-        leaser=leaser,
-        run_id=run_id,
-        out=out,
-        servers=servers,
-        settings=settings,
-        force=force,
-        api_key=await api_key(api_key_secret),
-        spec=spec,
-    ) as (ctx, writer):
+    async with (
+        open_run(
+            hold_output=shard is None,  # a shard writes under its parent's lock
+            leaser=leaser,
+            run_id=run_id,
+            out=out,
+            servers=servers,
+            settings=settings,
+            force=force,
+            api_key=await api_key(api_key_secret),
+            spec=spec,
+        ) as (ctx, writer),
+        SigtermWatch() as sigterm,
+    ):
         totals = runtime.register(ctx, writer).totals
         progress: ProgressLog | None = None
         try:
@@ -289,14 +305,14 @@ async def refresh_catalog_audio(
             except BaseException:
                 # Stopped (SIGTERM, Ctrl-C): batches in flight end here, not after the run's
                 # pool and publisher are closed. What finished is in the journal.
+                sigterm.stopping()
                 for batch in pending:
                     batch.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
-                if not runtime.progress_shown():  # the CLI says it itself
-                    cancelled = await cancel_requested()
-                    logger.warning(stopped_message(run_id, out, cancelled=cancelled))
-                    if cancelled:  # ends Cancelled (after giving its slots back), not Crashed
-                        return Cancelled(message=f"run {run_id} cancelled")
+                # The CLI says it itself; a cancelled run ends Cancelled after giving its slots
+                # back.
+                if not runtime.progress_shown() and (state := await cancelled_state(run_id, out)):
+                    return state
                 raise
             fatal = fatal or ctx.fatal_error
             if ctx.journal is not None and ctx.journal.remote_error:

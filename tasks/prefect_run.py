@@ -11,7 +11,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
-from prefect.states import State
+from prefect.states import Cancelled, State
 
 from fishflow.errors import ConfigError, FishflowError
 from fishflow.fish_speech import ApiKey
@@ -100,6 +100,16 @@ async def cancel_requested() -> bool:
             StateType.CANCELLED,
         )
     return False
+
+
+async def cancelled_state(run_id: str, out: str) -> State | None:
+    """After a run stopped mid-way: say so once, with how to finish it, and return the state to
+    end in: Cancelled when an operator cancelled it, else None (re-raise: a crash)."""
+    from prefect import get_run_logger
+
+    cancelled = await cancel_requested()
+    get_run_logger().warning(stopped_message(run_id, out, cancelled=cancelled))
+    return Cancelled(message=f"run {run_id} cancelled") if cancelled else None
 
 
 def stopped_message(run_id: str, out: str, *, cancelled: bool) -> str:
