@@ -157,7 +157,7 @@ async def refresh_catalog_audio(
                     prune=prune,
                 )
         except BaseException:  # stopped; run_shards cancelled the children
-            if (state := await cancelled_state(run_id, out)) is not None:
+            if (state := await cancelled_state(run_id, out, shards=shards)) is not None:
                 return state
             raise
         return await _finish(summary, artifacts, max_failed_share)
@@ -311,7 +311,9 @@ async def refresh_catalog_audio(
                 await asyncio.gather(*pending, return_exceptions=True)
                 # The CLI says it itself; a cancelled run ends Cancelled after giving its slots
                 # back.
-                if not runtime.progress_shown() and (state := await cancelled_state(run_id, out)):
+                if not runtime.progress_shown() and (
+                    state := await cancelled_state(run_id, out, parent_run_id=parent_run_id)
+                ):
                     return state
                 raise
             fatal = fatal or ctx.fatal_error

@@ -27,7 +27,7 @@ from uuid import UUID
 
 import httpx
 from prefect.client.orchestration import PrefectClient, get_client
-from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder, StateType
 from prefect.exceptions import ObjectNotFound
 from prefect.logging.loggers import flow_run_logger
 from prefect.settings import get_current_settings
@@ -197,6 +197,8 @@ async def give_back_leases(flow: Any, flow_run: Any, state: Any) -> None:
     A process worker runs it in a process of its own after the run's has exited (or was killed
     30 s after a cancel's SIGTERM); a run that gave its slots back itself left nothing to do.
     Giving back a lease that is already gone is harmless."""
+    if not await still_ended(flow_run.id):
+        return
     path = ledger_path(flow_run.id)
     held = LeaseLedger.read(path)
     if held:
@@ -207,6 +209,16 @@ async def give_back_leases(flow: Any, flow_run: Any, state: Any) -> None:
             "gave back %d slot(s) of the servers' shared limits this run still held", len(held)
         )
     path.unlink(missing_ok=True)
+
+
+async def still_ended(flow_run_id: UUID) -> bool:
+    """Whether a flow run whose hooks are running is still cancelled or crashed. A worker runs
+    a cancel's hooks seconds after the run stopped, and the run may have been retried since:
+    its new attempt's leases and child runs (under the same flow run id) are not the hook's."""
+    async with get_client() as client:
+        run = await client.read_flow_run(flow_run_id)
+    ended = (StateType.CANCELLING, StateType.CANCELLED, StateType.CRASHED)
+    return run.state is not None and run.state.type in ended
 
 
 async def create_limits(

@@ -35,6 +35,7 @@ from fishflow.manifest import ManifestWriter, merge_runs, read_items, write_run_
 from fishflow.run import RunTotals, shard_run_id
 from fishflow.settings import RunSettings
 from fishflow.storage import open_store
+from tasks.limits import still_ended
 from tasks.prefect_run import DeploymentContext, RunFailed
 from tasks.reporting import Summary, write_report
 
@@ -190,5 +191,7 @@ async def cancel_children(parent: UUID) -> int:
 async def cancel_child_runs(flow: Any, flow_run: Any, state: Any) -> None:
     """A flow hook (on cancellation): a sharded run's children stop with it, also when its own
     process was killed before it could cancel them."""
+    if not await still_ended(flow_run.id):
+        return
     if cancelled := await cancel_children(flow_run.id):
         flow_run_logger(flow_run).info("cancelled %d child run(s) of this run", cancelled)

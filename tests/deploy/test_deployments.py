@@ -335,14 +335,36 @@ def test_a_cancelled_run_stops_gives_its_slots_back_and_resumes_with_every_row_o
     assert slow_server.stats["requests"] <= n + 4
 
 
-def test_cancelling_a_sharded_run_cancels_its_children_and_their_slots_come_back(
+def test_a_killed_runs_slots_come_back_within_seconds(
     site: PrefectSite, slow_server: Emulator, worker: None, tmp_path: Path
 ) -> None:
+    """The run's process is killed (out of memory, SIGKILL): its worker ends it Crashed and the
+    flow's on-crashed hook gives its slots back, rather than their leases expiring a minute
+    later while every other run on the server waits."""
     from fishflow.pool import limit_name
 
     name = limit_name(slow_server.url)
     out = tmp_path / "out"
-    run_id, flow_run_id = submit(site, catalog(tmp_path / "c.csv", 400), out, "--shards", "2",
+    _, flow_run_id = submit(site, catalog(tmp_path / "c.csv", 120), out, "--batch-size", "10",
+                            "--server", slow_server.url)  # fmt: skip
+    wait_for("the run holds the whole shared limit", lambda: asyncio.run(active_slots(name)) == 2,
+             120)  # fmt: skip
+    for pid in flow_run_processes(flow_run_id):
+        os.kill(pid, signal.SIGKILL)
+    wait_for("slots given back", lambda: asyncio.run(active_slots(name)) == 0, 30)
+    assert asyncio.run(final_state(flow_run_id, timeout_s=30)).state.type == StateType.CRASHED
+
+
+def test_cancelling_a_sharded_run_cancels_its_children_and_their_slots_come_back(
+    site: PrefectSite, slow_server: Emulator, worker: None, tmp_path: Path
+) -> None:
+    """Cancel the parent: its children stop too and their slots come back; the parent's log
+    says to retry it (its children then resume where they stopped)."""
+    from fishflow.pool import limit_name
+
+    name, n = limit_name(slow_server.url), 160
+    out = tmp_path / "out"
+    run_id, flow_run_id = submit(site, catalog(tmp_path / "c.csv", n), out, "--shards", "2",
                                  "--batch-size", "10", "--server", slow_server.url)  # fmt: skip
 
     def children() -> list[FlowRun]:
@@ -359,6 +381,7 @@ def test_cancelling_a_sharded_run_cancels_its_children_and_their_slots_come_back
         state = asyncio.run(final_state(child.id, timeout_s=30)).state
         assert state.type == StateType.CANCELLED, (child.name, state)
     wait_for("slots given back", lambda: asyncio.run(active_slots(name)) == 0, 15)
+    assert asyncio.run(logged(flow_run_id, f"`prefect flow-run retry {flow_run_id}`"))
 
 
 def test_a_401_with_the_key_from_a_secret_block_names_that_block(
