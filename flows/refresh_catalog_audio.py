@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.exceptions import CancelledRun
+from prefect.exceptions import CancelledRun, TerminationSignal
 from prefect.runtime import flow_run
 from prefect.settings import get_current_settings
 from prefect.states import Failed, State
@@ -143,7 +143,10 @@ async def refresh_catalog_audio(
     artifacts = reporting.Reporter(deployment.name, run_id)
     if shards > 1 and shard is None:
         try:
-            async with held_output(out=out, settings=settings, run_id=run_id):  # for children
+            async with (
+                held_output(out=out, settings=settings, run_id=run_id),  # for its children
+                SigtermWatch(),
+            ):
                 summary = await run_shards(
                     deployment=deployment,
                     run_id=run_id,
@@ -156,7 +159,7 @@ async def refresh_catalog_audio(
                     shards=shards,
                     prune=prune,
                 )
-        except BaseException:  # stopped; run_shards cancelled the children
+        except (asyncio.CancelledError, TerminationSignal):  # run_shards cancelled the children
             if (state := await cancelled_state(run_id, out, shards=shards)) is not None:
                 return state
             raise

@@ -36,7 +36,7 @@ from fishflow.run import RunTotals, shard_run_id
 from fishflow.settings import RunSettings
 from fishflow.storage import open_store
 from tasks.limits import still_ended
-from tasks.prefect_run import DeploymentContext, RunFailed
+from tasks.prefect_run import DeploymentContext, RunFailed, cancel_requested
 from tasks.reporting import Summary, write_report
 
 # A child whose worker died ends Crashed (heartbeats + `fishflow deploy`'s automation); each
@@ -126,9 +126,11 @@ async def run_shards(
 
     try:
         children = await asyncio.gather(*(child(i) for i in range(shards)))
-    except BaseException:  # stopped (cancelled): so are the children, and their slots come back
-        if current_run.id:
-            await asyncio.shield(cancel_children(UUID(current_run.id)))
+    except BaseException as exc:
+        # Cancelled by an operator (not a child's failure, nor a bare SIGTERM, after which the
+        # children go on as before): so are the children, whose slots come back as they stop.
+        if not isinstance(exc, Exception) and current_run.id and await cancel_requested():
+            await cancel_children(UUID(current_run.id))
         raise
     child_ids = [c["run_id"] for c in children]
     tidied = Tidied()
