@@ -43,7 +43,8 @@ class SigtermWatch:
         self._previous_handler: Any = None
 
     def stopping(self) -> None:
-        """The run is stopping already (the signal reached its own task, or anything else)."""
+        """The run is stopping already (Ctrl-C, or this watch's cancel): a SIGTERM from now on
+        leaves its tidying alone."""
         self._stopping = True
 
     async def __aenter__(self) -> SigtermWatch:
