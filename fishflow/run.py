@@ -9,7 +9,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -373,12 +373,18 @@ class Run:
         self._done_before = 0  # items finished by earlier sessions of a resumed run
         self._present: set[str] = set()  # every id read: earlier items not here are gone
         self._session = new_run_id()  # part names stay unique when a run is resumed
+        self._stopping: Callable[[], None] | None = None
 
     @property
     def run_id(self) -> str:
         return self.request.run_id
 
-    async def execute(self, step: Step = direct) -> RunSummary:
+    async def execute(
+        self, step: Step = direct, *, stopping: Callable[[], None] | None = None
+    ) -> RunSummary:
+        """Run it to its summary. `stopping` is called as soon as the run starts to stop from
+        outside (cancelled, SIGTERM, Ctrl-C), before it ends its batches in flight."""
+        self._stopping = stopping
         started = time.monotonic()
         req = self.request
         total = (
@@ -510,6 +516,8 @@ class Run:
                 await asyncio.wait(pending)
         except BaseException as exc:
             closing = True
+            if self._stopping is not None:
+                self._stopping()
             for task in list(pending):
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)

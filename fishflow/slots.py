@@ -30,12 +30,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
+import os
 import random
 import sys
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -79,6 +82,57 @@ class SlotLeaser(Protocol):
     async def shared_limit(self, server_url: str) -> SharedLimit | None: ...
 
     async def aclose(self) -> None: ...
+
+
+class LeaseLedger:
+    """The ids of the leases a run holds, kept in a small file for whoever has to give them back
+    when the run's process cannot: a run killed by its worker after a cancel, or crashed, would
+    otherwise hold its slots until they expire (a minute and more, every other run waiting).
+
+    A safety net, never a reason to stop a run: a file that cannot be written is given up on.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._held: set[str] = set()
+        self._broken = False
+
+    def add(self, lease_id: str) -> None:
+        self._held.add(lease_id)
+        self._write()
+
+    def discard(self, lease_id: str) -> None:
+        if lease_id in self._held:
+            self._held.discard(lease_id)
+            self._write()
+
+    def close(self) -> None:
+        """The run gave its leases back itself: nothing is left for anyone else to do."""
+        self._held.clear()
+        self._write()
+
+    def _write(self) -> None:
+        if self._broken:
+            return
+        try:
+            if not self._held:
+                self.path.unlink(missing_ok=True)
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            part = self.path.with_suffix(".tmp")
+            part.write_text(json.dumps(sorted(self._held)))
+            os.replace(part, self.path)  # a reader never sees half a file
+        except OSError:
+            self._broken = True
+
+    @staticmethod
+    def read(path: Path) -> list[str]:
+        """The lease ids a ledger file holds (none when it is gone or unreadable)."""
+        try:
+            held = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return []
+        return [str(lease_id) for lease_id in held] if isinstance(held, list) else []
 
 
 @dataclass

@@ -7,8 +7,9 @@ import logging
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
-from prefect.states import Cancelled, Failed, State
+from prefect.states import Failed, State
 
 from fishflow.context import held_output
 from fishflow.database import split_secrets
@@ -21,18 +22,18 @@ from fishflow.settings import EnvSettings, RunSettings, validated
 from fishflow.sources import check_source
 from fishflow.storage import relative_paths
 from fishflow.tasks import reporting
-from fishflow.tasks.limits import shared_leaser
+from fishflow.tasks.limits import give_back_leases, shared_leaser
 from fishflow.tasks.prefect_run import (
     RunFailed,
     api_key,
-    cancel_requested,
+    cancelled_state,
     deployment_context,
-    stopped_message,
     tag_flow_run,
 )
-from fishflow.tasks.sharding import run_shards
+from fishflow.tasks.sharding import cancel_child_runs, run_shards
 from fishflow.tasks.sources import resolve_source
 from fishflow.tasks.synthesis import as_task_run
+from fishflow.tasks.termination import SigtermWatch
 
 DEFAULT_SERVERS = ["http://127.0.0.1:8080"]
 
@@ -48,7 +49,15 @@ def _flow_run_name() -> str:
     return flow_run.name if is_run_id(flow_run.name) else new_run_id()
 
 
-@flow(name="refresh-catalog-audio", flow_run_name=_flow_run_name)
+# A process worker runs these hooks itself once a cancelled (or crashed) run's process is gone:
+# slots the run still held come back now, not when their leases expire; a sharded run's
+# children stop with it.
+@flow(
+    name="refresh-catalog-audio",
+    flow_run_name=_flow_run_name,
+    on_cancellation=[give_back_leases, cancel_child_runs],
+    on_crashed=[give_back_leases],
+)
 async def refresh_catalog_audio(
     source: str,
     out: str,
@@ -121,8 +130,16 @@ async def refresh_catalog_audio(
     await tag_flow_run(source=request.source, deployment=deployment.name, shard=shard)
     artifacts = reporting.Reporter(deployment.name, request.run_id)
     if request.sharded_parent:
-        async with held_output(out=out, settings=request.settings, run_id=request.run_id):
-            summary = await run_shards(deployment, request)  # its children write under it
+        try:
+            async with (
+                held_output(out=out, settings=request.settings, run_id=request.run_id),
+                SigtermWatch(),
+            ):
+                summary = await run_shards(deployment, request)  # its children write under it
+        except (asyncio.CancelledError, TerminationSignal):  # run_shards cancelled the children
+            if (state := await cancelled_state(request.run_id, out, shards=shards)) is not None:
+                return state
+            raise
         return await _finish(summary, artifacts, max_failed_share)
     run = Run(
         request,
@@ -142,13 +159,15 @@ async def refresh_catalog_audio(
         progress_interval_s=EnvSettings().progress_interval_s,
     )
     try:
-        summary = await run.execute(step=as_task_run)
-    except BaseException:
-        if progress_listener.get() is None:  # the CLI says it itself
-            cancelled = await cancel_requested()
-            logger.warning(stopped_message(request.run_id, out, cancelled=cancelled))
-            if cancelled:  # ends Cancelled, its slots given back, not Crashed
-                return Cancelled(message=f"run {request.run_id} cancelled")
+        async with SigtermWatch() as sigterm:  # a worker's cancel stops the run at once
+            summary = await run.execute(step=as_task_run, stopping=sigterm.stopping)
+    except (asyncio.CancelledError, TerminationSignal):
+        # Stopped: what finished is in the journal. The CLI says so itself; a cancelled run
+        # ends Cancelled, its slots given back, not Crashed.
+        if progress_listener.get() is None and (
+            state := await cancelled_state(request.run_id, out, parent_run_id=parent_run_id)
+        ):
+            return state
         raise
     return await _finish(summary, artifacts, max_failed_share)
 

@@ -10,6 +10,10 @@ Slots are taken with explicit leases (``increment_concurrency_slots_with_lease``
 them ends, while the run's pool still uses them. A lease held by nobody's task run lives until
 it is given back or expires (60 s without renewal). A full limit answers 423, which is "no slot
 now" here: the core asks again on its own schedule, so waiting logs nothing.
+
+A run's lease ids are also kept in a ledger file under PREFECT_HOME (``ledger_path``), so that
+the flow's on-cancellation and on-crashed hook (``give_back_leases``), which a process worker
+runs in another process once the run's own is gone, can give them back at once.
 """
 
 from __future__ import annotations
@@ -17,18 +21,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import httpx
 from prefect.client.orchestration import PrefectClient, get_client
-from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder, StateType
 from prefect.exceptions import ObjectNotFound
+from prefect.logging.loggers import flow_run_logger
 from prefect.settings import get_current_settings
 
 from fishflow.errors import ConfigError
 from fishflow.pool import limit_name
-from fishflow.slots import NoSharedLimit
+from fishflow.slots import LeaseLedger, NoSharedLimit
 
 LEASE_S = 60.0  # the shortest lease Prefect accepts: a crashed run's slots come back soonest
 WAITING_LIMIT = 100_000  # the waiting limit counts runs; it must never refuse one
@@ -46,6 +52,12 @@ def _holder() -> ConcurrencyLeaseHolder | None:
     if ctx is None or ctx.flow_run is None:
         return None
     return ConcurrencyLeaseHolder(type="flow_run", id=ctx.flow_run.id)
+
+
+def ledger_path(flow_run_id: UUID) -> Path:
+    """Where a flow run's lease ids are kept: on the machine that runs it, which is where a
+    process worker runs its hooks."""
+    return get_current_settings().home / "fishflow-leases" / f"{flow_run_id}.json"
 
 
 def _status(exc: Exception) -> int | None:
@@ -85,7 +97,7 @@ class PrefectLimit:
         if not data.get("limits"):  # deleted since the run started: nothing was leased
             await self.give_back(data["lease_id"])
             raise NoSharedLimit(self.name)
-        return str(data["lease_id"])
+        return self._leaser.record(str(data["lease_id"]))
 
     async def renew(self, lease_id: str) -> bool:
         client = await self._leaser.client()
@@ -100,6 +112,8 @@ class PrefectLimit:
     async def give_back(self, lease_id: str) -> None:
         client = await self._leaser.client()
         await client.release_concurrency_slots_with_lease(UUID(lease_id))
+        if self._leaser.ledger is not None:
+            self._leaser.ledger.discard(lease_id)
 
     async def announce_waiting(self) -> str | None:
         try:
@@ -119,7 +133,7 @@ class PrefectLimit:
                 exc,
             )
             return None
-        return str(data["lease_id"])
+        return self._leaser.record(str(data["lease_id"]))
 
     async def waiting(self) -> int:
         client = await self._leaser.client()
@@ -133,8 +147,16 @@ class PrefectSlotLeaser:
     def __init__(self, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
         self.logger = logger
         self.holder = _holder()
+        # Only a flow run has hooks to read its ledger.
+        self.ledger = LeaseLedger(ledger_path(self.holder.id)) if self.holder else None
         self._client: PrefectClient | None = None
         self._opening = asyncio.Lock()  # every server's leasing task asks for it at once
+
+    def record(self, lease_id: str) -> str:
+        """Note a lease this run took (for ``give_back_leases``); returns its id."""
+        if self.ledger is not None:
+            self.ledger.add(lease_id)
+        return lease_id
 
     async def client(self) -> PrefectClient:
         async with self._opening:
@@ -162,9 +184,42 @@ class PrefectSlotLeaser:
         return PrefectLimit(self, name, int(limit.limit))
 
     async def aclose(self) -> None:
+        if self.ledger is not None:  # the pool gave every slot back before closing this
+            self.ledger.close()
         if self._client is not None:
             client, self._client = self._client, None
             await client.__aexit__(None, None, None)
+
+
+async def give_back_leases(flow: Any, flow_run: Any, state: Any) -> None:
+    """A flow hook (on cancellation, on crash): give back the slots a run still held when its
+    process stopped, so other runs on its servers go on now rather than when the leases expire.
+
+    A process worker runs it in a process of its own after the run's has exited (or was killed
+    30 s after a cancel's SIGTERM); a run that gave its slots back itself left nothing to do.
+    Giving back a lease that is already gone is harmless."""
+    if not await still_ended(flow_run.id):
+        return
+    path = ledger_path(flow_run.id)
+    held = LeaseLedger.read(path)
+    if held:
+        async with get_client() as client:
+            for lease_id in held:
+                await client.release_concurrency_slots_with_lease(UUID(lease_id))
+        flow_run_logger(flow_run).info(
+            "gave back %d slot(s) of the servers' shared limits this run still held", len(held)
+        )
+    path.unlink(missing_ok=True)
+
+
+async def still_ended(flow_run_id: UUID) -> bool:
+    """Whether a flow run whose hooks are running is still cancelled or crashed. A worker runs
+    a cancel's hooks seconds after the run stopped, and the run may have been retried since:
+    its new attempt's leases and child runs (under the same flow run id) are not the hook's."""
+    async with get_client() as client:
+        run = await client.read_flow_run(flow_run_id)
+    ended = (StateType.CANCELLING, StateType.CANCELLED, StateType.CRASHED)
+    return run.state is not None and run.state.type in ended
 
 
 async def create_limits(

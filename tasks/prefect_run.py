@@ -11,7 +11,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
-from prefect.states import State
+from prefect.states import Cancelled, State
 
 from fishflow.errors import ConfigError, FishflowError
 from fishflow.fish_speech import ApiKey
@@ -103,12 +103,45 @@ async def cancel_requested() -> bool:
     return False
 
 
-def stopped_message(run_id: str, out: str, *, cancelled: bool) -> str:
+async def cancelled_state(
+    run_id: str, out: str, *, shards: int = 1, parent_run_id: str | None = None
+) -> State | None:
+    """After a run stopped mid-way: say so once, with how to finish it, and return the state to
+    end in: Cancelled when an operator cancelled it, else None (re-raise: a crash)."""
+    from prefect import get_run_logger
+
+    cancelled = await cancel_requested()
+    message = stopped_message(
+        run_id, out, cancelled=cancelled, shards=shards, parent_run_id=parent_run_id
+    )
+    get_run_logger().warning(message)
+    return Cancelled(message=f"run {run_id} cancelled") if cancelled else None
+
+
+def stopped_message(
+    run_id: str,
+    out: str,
+    *,
+    cancelled: bool,
+    shards: int = 1,
+    parent_run_id: str | None = None,
+) -> str:
     """The log line of a run stopped mid-way: what finished is kept, and how to finish it."""
+    how = "cancelled" if cancelled else "stopped"
+    if parent_run_id is not None:  # a shard: its parent runs it again
+        return (
+            f"run {run_id} (a shard of run {parent_run_id}): {how}; the items it finished are "
+            f"kept: retrying run {parent_run_id} resumes it"
+        )
+    if shards > 1:
+        return (
+            f"run {run_id}: {how}, and its {shards} shards with it; the items they finished are "
+            f"kept: retry this flow run (`prefect flow-run retry {flow_run.id}`, the UI's "
+            "Retry) and each shard resumes where it stopped"
+        )
     return (
-        f"run {run_id}: {'cancelled' if cancelled else 'stopped'}; the items it finished are "
-        f"kept: `fishflow resume {run_id} --out {out}` finishes it (or run the deployment "
-        "again: finished items are skipped)"
+        f"run {run_id}: {how}; the items it finished are kept: `fishflow resume {run_id} "
+        f"--out {out}` finishes it (or run the deployment again: finished items are skipped)"
     )
 
 

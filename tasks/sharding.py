@@ -3,22 +3,36 @@
 Each child handles a stable hash partition of the source rows (``fishflow.run.shard_of``) and
 writes its own manifests under `run=<run_id>-s<i>`; any worker of the pool may take it. The
 parent waits, runs a crashed child again (it resumes from its journal, so nothing is done
-twice), then merges the children's manifests into one under its own run id.
+twice), then merges the children's manifests into one under its own run id. A parent that
+stops (an operator's cancel) cancels its children: each gives its servers' slots back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
+from uuid import UUID
 
 from prefect import get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterParentFlowRunId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import State, StateType
 from prefect.deployments import run_deployment
+from prefect.logging.loggers import flow_run_logger
+from prefect.runtime import flow_run as current_run
 
 from fishflow.errors import ConfigError
 from fishflow.record import RunRecord, RunRequest, RunSummary, ShardRun, write_run_record
 from fishflow.run import finish_sharded, shard_run_id
 from fishflow.storage import open_store
-from fishflow.tasks.prefect_run import DeploymentContext, RunFailed
+from fishflow.tasks.limits import still_ended
+from fishflow.tasks.prefect_run import DeploymentContext, RunFailed, cancel_requested
 
 # A child whose worker died ends Crashed (heartbeats + `fishflow deploy`'s automation); each
 # child gets this many runs in all before the parent gives up on it.
@@ -80,7 +94,41 @@ async def run_shards(deployment: DeploymentContext, request: RunRequest) -> RunS
             raise RunFailed(f"shard {index} (flow run {run.id}) ended {name}: {message}")
         raise AssertionError("unreachable")
 
-    children = await asyncio.gather(*(child(i) for i in range(request.shards)))
+    try:
+        children = await asyncio.gather(*(child(i) for i in range(request.shards)))
+    except BaseException as exc:
+        # Cancelled by an operator (not a child's failure, nor a bare SIGTERM, after which the
+        # children go on as before): so are the children, whose slots come back as they stop.
+        if not isinstance(exc, Exception) and current_run.id and await cancel_requested():
+            await cancel_children(UUID(current_run.id))
+        raise
     return await asyncio.to_thread(
         finish_sharded, store, record, list(children), started=started, log=logger
     )
+
+
+_FINAL = [StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED]
+
+
+async def cancel_children(parent: UUID) -> int:
+    """Cancel the child runs of a sharded run that have not ended, as `prefect flow-run cancel`
+    does (their workers stop them); returns how many."""
+    async with get_client() as client:
+        children = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent]),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(not_any_=_FINAL)),
+            )
+        )
+        for run in children:
+            await client.set_flow_run_state(run.id, State(type=StateType.CANCELLING))
+    return len(children)
+
+
+async def cancel_child_runs(flow: Any, flow_run: Any, state: Any) -> None:
+    """A flow hook (on cancellation): a sharded run's children stop with it, also when its own
+    process was killed before it could cancel them."""
+    if not await still_ended(flow_run.id):
+        return
+    if cancelled := await cancel_children(flow_run.id):
+        flow_run_logger(flow_run).info("cancelled %d child run(s) of this run", cancelled)

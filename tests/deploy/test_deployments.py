@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -269,6 +270,118 @@ def test_a_sharded_run_on_two_workers_writes_one_manifest_with_every_row_once(
     ]
     # Nothing done twice but what was in flight at the kill (its local limit: 4 requests).
     assert requests <= n + 4
+
+
+async def active_slots(name: str) -> int:
+    async with get_client() as client:
+        return int((await client.read_global_concurrency_limit_by_name(name)).active_slots)
+
+
+def wait_for(what: str, check: Any, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def slow_server(site: PrefectSite) -> Iterator[Emulator]:
+    """A server of its own with a shared limit of 2, slow enough (0.25 s a request) that a run
+    of a hundred items (15 s) is still going when its cancel arrives."""
+    with Emulator(EmulatorConfig(workers=2, service_time_s=0.25)) as emu:
+        created = site.fishflow("limits", "create", "--server", f"{emu.url}#limit=2")
+        assert created.returncode == 0, created.stderr
+        yield emu
+
+
+def test_a_cancelled_run_stops_gives_its_slots_back_and_resumes_with_every_row_once(
+    site: PrefectSite, slow_server: Emulator, worker: None, tmp_path: Path
+) -> None:
+    """`prefect flow-run cancel` (the UI's Cancel): the run stops within seconds, its slots of
+    the server's shared limit come back at once (not when their leases expire a minute
+    later), it ends Cancelled with one line saying how to finish it, and `fishflow resume`
+    finishes it."""
+    from fishflow.pool import limit_name
+
+    name, n = limit_name(slow_server.url), 120
+    out = tmp_path / "out"
+    run_id, flow_run_id = submit(site, catalog(tmp_path / "c.csv", n), out, "--batch-size",
+                                 "10", "--server", slow_server.url)  # fmt: skip
+    wait_for("the run holds the whole shared limit", lambda: asyncio.run(active_slots(name)) == 2,
+             120)  # fmt: skip
+    wait_for("some items finished", lambda: len(finished_before(out, run_id)) >= 10, 60)
+    cancelled = site.prefect("flow-run", "cancel", str(flow_run_id))
+    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+    wait_for("slots given back", lambda: asyncio.run(active_slots(name)) == 0, 15)
+    run = asyncio.run(final_state(flow_run_id, timeout_s=15))
+    assert run.state.type == StateType.CANCELLED, run.state
+    wait_for("the run's process exits", lambda: not flow_run_processes(flow_run_id), 10)
+    stopped = f"run {run_id}: cancelled; the items it finished are kept"
+    assert len(asyncio.run(logged(flow_run_id, stopped))) == 1
+    for noise in ("Crash detected", "Finished in state Running"):
+        assert not asyncio.run(logged(flow_run_id, noise, timeout_s=0)), noise
+    # Batches cut short are not recorded as failed: their items are done again on resume.
+    parts = (out / "manifests" / f"run={run_id}" / "parts").glob("items-*.parquet")
+    assert "failed" not in {s for part in parts for s in pd.read_parquet(part)["status"]}
+    assert slow_server.stats["requests"] < n  # it did stop mid-way
+
+    resumed = site.fishflow("resume", run_id, "--out", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    table = items(out, run_id)
+    assert sorted(table["source_row"]) == list(range(n))
+    assert set(table["status"]) == {"ok"} and set(table["run_id"]) == {run_id}
+    # Only what was in flight at the cancel (2 requests, an item or two being written) was
+    # sent twice.
+    assert slow_server.stats["requests"] <= n + 4
+
+
+def test_a_killed_runs_slots_come_back_within_seconds(
+    site: PrefectSite, slow_server: Emulator, worker: None, tmp_path: Path
+) -> None:
+    """The run's process is killed (out of memory, SIGKILL): its worker ends it Crashed and the
+    flow's on-crashed hook gives its slots back, rather than their leases expiring a minute
+    later while every other run on the server waits."""
+    from fishflow.pool import limit_name
+
+    name = limit_name(slow_server.url)
+    out = tmp_path / "out"
+    _, flow_run_id = submit(site, catalog(tmp_path / "c.csv", 120), out, "--batch-size", "10",
+                            "--server", slow_server.url)  # fmt: skip
+    wait_for("the run holds the whole shared limit", lambda: asyncio.run(active_slots(name)) == 2,
+             120)  # fmt: skip
+    for pid in flow_run_processes(flow_run_id):
+        os.kill(pid, signal.SIGKILL)
+    wait_for("slots given back", lambda: asyncio.run(active_slots(name)) == 0, 30)
+    assert asyncio.run(final_state(flow_run_id, timeout_s=30)).state.type == StateType.CRASHED
+
+
+def test_cancelling_a_sharded_run_cancels_its_children_and_their_slots_come_back(
+    site: PrefectSite, slow_server: Emulator, worker: None, tmp_path: Path
+) -> None:
+    """Cancel the parent: its children stop too and their slots come back; the parent's log
+    says to retry it (its children then resume where they stopped)."""
+    from fishflow.pool import limit_name
+
+    name, n = limit_name(slow_server.url), 160
+    out = tmp_path / "out"
+    run_id, flow_run_id = submit(site, catalog(tmp_path / "c.csv", n), out, "--shards", "2",
+                                 "--batch-size", "10", "--server", slow_server.url)  # fmt: skip
+
+    def children() -> list[FlowRun]:
+        return [r for i in (0, 1) for r in asyncio.run(flow_runs_named(f"{run_id}-s{i}"))]
+
+    wait_for("both children running", lambda: [r.state.type for r in children()]
+             == [StateType.RUNNING] * 2, 120)  # fmt: skip
+    wait_for("the children hold slots", lambda: asyncio.run(active_slots(name)) > 0, 60)
+    cancelled = site.prefect("flow-run", "cancel", str(flow_run_id))
+    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+    run = asyncio.run(final_state(flow_run_id, timeout_s=30))
+    assert run.state.type == StateType.CANCELLED, run.state
+    for child in children():
+        state = asyncio.run(final_state(child.id, timeout_s=30)).state
+        assert state.type == StateType.CANCELLED, (child.name, state)
+    wait_for("slots given back", lambda: asyncio.run(active_slots(name)) == 0, 15)
+    assert asyncio.run(logged(flow_run_id, f"`prefect flow-run retry {flow_run_id}`"))
 
 
 def test_a_401_with_the_key_from_a_secret_block_names_that_block(

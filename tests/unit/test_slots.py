@@ -7,10 +7,12 @@ import asyncio
 import itertools
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from fishflow.pool import ServerPool
 from fishflow.settings import RetryPolicy, ServerConfig, SynthesisOptions
+from fishflow.slots import LeaseLedger
 from fishflow.testing.emulator import Emulator, EmulatorConfig
 
 
@@ -216,3 +218,15 @@ def test_a_stopped_run_whose_tasks_were_all_cancelled_still_gives_its_slots_back
 
         asyncio.run(go())
     assert limit.leases == {} and limit.waiters == {}
+
+
+def test_the_lease_ledger_holds_what_the_run_still_holds(tmp_path: Path) -> None:
+    """What a hook reads once the run's process is gone: the leases not given back yet."""
+    path = tmp_path / "leases" / "run.json"
+    ledger = LeaseLedger(path)
+    for lease_id in ("a", "b", "c"):
+        ledger.add(lease_id)
+    ledger.discard("b")
+    assert sorted(LeaseLedger.read(path)) == ["a", "c"]
+    ledger.close()  # the run gave them back itself
+    assert LeaseLedger.read(path) == [] and not path.exists()
