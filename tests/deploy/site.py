@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import yaml
+from pydantic import SecretStr
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -180,7 +181,7 @@ def prefect_site(home: Path, servers: list[str], *, limit: int = 2,
             with client_settings(url):
                 from prefect.blocks.system import Secret
 
-                Secret(value=secret[1]).save(secret[0], overwrite=True)
+                Secret(value=SecretStr(secret[1])).save(secret[0], overwrite=True)
         yield site
     finally:
         for name in list(site.workers):

@@ -29,7 +29,8 @@ from prefect.client.schemas.filters import (
     LogFilter,
     LogFilterFlowRunId,
 )
-from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.objects import FlowRun, State, StateType
+from pydantic import SecretStr
 
 from fishflow.manifest import ItemRow, ManifestWriter
 from fishflow.storage import LocalStore
@@ -82,12 +83,17 @@ def start_without_run_id(source: Path, out: Path, *, settings: dict[str, Any]) -
     return run.id
 
 
+def state_of(run: FlowRun) -> State:
+    assert run.state is not None, f"flow run {run.name} has no state"
+    return run.state
+
+
 async def final_state(flow_run_id: UUID, timeout_s: float = 300) -> FlowRun:
     deadline = time.monotonic() + timeout_s
     async with get_client() as client:
         while True:
             run = await client.read_flow_run(flow_run_id)
-            if run.state is not None and run.state.type in FINAL:
+            if run.state is not None and state_of(run).type in FINAL:
                 return run
             assert time.monotonic() < deadline, f"run still {run.state} after {timeout_s} s"
             await asyncio.sleep(0.5)
@@ -118,7 +124,7 @@ async def artifacts(flow_run_id: UUID) -> dict[str, Any]:
         found = await client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
         )
-    return {a.key: a.data for a in found}
+    return {a.key: a.data for a in found if a.key is not None}
 
 
 def test_a_manual_run_with_the_key_from_a_secret_block_completes(
@@ -127,7 +133,7 @@ def test_a_manual_run_with_the_key_from_a_secret_block_completes(
     out = tmp_path / "out"
     run_id, flow_run_id = submit(site, catalog(tmp_path / "c.csv", 6), out)
     run = asyncio.run(final_state(flow_run_id))
-    assert run.state.type == StateType.COMPLETED, run.state.message
+    assert state_of(run).type == StateType.COMPLETED, state_of(run).message
     assert run.name == run_id
     assert {"fishflow", "deployment:catalog-manual", "source:c.csv"} <= set(run.tags)
     table = items(out, run_id)
@@ -137,7 +143,7 @@ def test_a_manual_run_with_the_key_from_a_secret_block_completes(
     assert "items.parquet" in found["fishflow-catalog-manual"]
     assert found["fishflow-catalog-manual-progress"] == 100.0
     # A clean run's failures table is empty, so the key's latest is not an earlier run's.
-    empty = {"item_id": [], "source_row": [], "error": []}
+    empty: dict[str, list[object]] = {"item_id": [], "source_row": [], "error": []}
     assert json.loads(found["fishflow-catalog-manual-failures"]) == empty
     # No CLI watches a deployment's run: the flow logs its own progress lines.
     lines = asyncio.run(logged(flow_run_id, "fishflow: "))
@@ -151,8 +157,8 @@ def test_a_run_with_a_bad_row_ends_failed_with_counts_and_manifest(
     out = tmp_path / "out"
     run_id, flow_run_id = submit(site, catalog(tmp_path / "c.csv", 3, bad=True), out)
     run = asyncio.run(final_state(flow_run_id))
-    assert run.state.type == StateType.FAILED
-    message = run.state.message or ""
+    assert state_of(run).type == StateType.FAILED
+    message = state_of(run).message or ""
     assert "1 of 4 items failed" in message
     assert f"run={run_id}/items.parquet" in message
     table = items(out, run_id)
@@ -179,7 +185,12 @@ def test_the_nightly_cron_produces_scheduled_runs(site: PrefectSite) -> None:
     while not (runs := asyncio.run(scheduled())):
         assert time.monotonic() < deadline, "the scheduler made no run of the nightly cron"
         time.sleep(1)
-    starts = [r.expected_start_time.astimezone(ZoneInfo("Europe/Berlin")) for r in runs]
+    starts = [
+        r.expected_start_time.astimezone(ZoneInfo("Europe/Berlin"))
+        for r in runs
+        if r.expected_start_time is not None
+    ]
+    assert len(starts) == len(runs)
     assert all((s.hour, s.minute) == (2, 0) for s in starts)
 
 
@@ -194,7 +205,7 @@ def test_two_concurrent_runs_never_put_more_than_the_shared_limit_on_a_server(
         for p in ("a", "b")
     ]
     for _, flow_run_id in runs:
-        state = asyncio.run(final_state(flow_run_id)).state
+        state = state_of(asyncio.run(final_state(flow_run_id)))
         assert state.type == StateType.COMPLETED, state.message
     assert emulator.stats["max_in_flight"] <= 2
     assert emulator.stats["requests"] == 80
@@ -251,11 +262,11 @@ def test_a_sharded_run_on_two_workers_writes_one_manifest_with_every_row_once(
             for pid in flow_run_processes(child.id):
                 os.kill(pid, signal.SIGKILL)
             run = asyncio.run(final_state(flow_run_id))
-            assert run.state.type == StateType.COMPLETED, run.state.message
+            assert state_of(run).type == StateType.COMPLETED, state_of(run).message
         finally:
             site.stop_worker("second")
         requests = emu.stats["requests"]
-    assert asyncio.run(final_state(child.id)).state.type == StateType.CRASHED
+    assert state_of(asyncio.run(final_state(child.id))).type == StateType.CRASHED
     table = items(out, run_id)
     done = table[table.status != "removed"]
     assert sorted(done["source_row"]) == list(range(n))
@@ -314,7 +325,7 @@ def test_a_cancelled_run_stops_gives_its_slots_back_and_resumes_with_every_row_o
     assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
     wait_for("slots given back", lambda: asyncio.run(active_slots(name)) == 0, 15)
     run = asyncio.run(final_state(flow_run_id, timeout_s=15))
-    assert run.state.type == StateType.CANCELLED, run.state
+    assert state_of(run).type == StateType.CANCELLED, run.state
     wait_for("the run's process exits", lambda: not flow_run_processes(flow_run_id), 10)
     stopped = f"run {run_id}: cancelled; the items it finished are kept"
     assert len(asyncio.run(logged(flow_run_id, stopped))) == 1
@@ -352,7 +363,7 @@ def test_a_killed_runs_slots_come_back_within_seconds(
     for pid in flow_run_processes(flow_run_id):
         os.kill(pid, signal.SIGKILL)
     wait_for("slots given back", lambda: asyncio.run(active_slots(name)) == 0, 30)
-    assert asyncio.run(final_state(flow_run_id, timeout_s=30)).state.type == StateType.CRASHED
+    assert state_of(asyncio.run(final_state(flow_run_id, timeout_s=30))).type == StateType.CRASHED
 
 
 def test_cancelling_a_sharded_run_cancels_its_children_and_their_slots_come_back(
@@ -370,15 +381,15 @@ def test_cancelling_a_sharded_run_cancels_its_children_and_their_slots_come_back
     def children() -> list[FlowRun]:
         return [r for i in (0, 1) for r in asyncio.run(flow_runs_named(f"{run_id}-s{i}"))]
 
-    wait_for("both children running", lambda: [r.state.type for r in children()]
+    wait_for("both children running", lambda: [state_of(r).type for r in children()]
              == [StateType.RUNNING] * 2, 120)  # fmt: skip
     wait_for("the children hold slots", lambda: asyncio.run(active_slots(name)) > 0, 60)
     cancelled = site.prefect("flow-run", "cancel", str(flow_run_id))
     assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
     run = asyncio.run(final_state(flow_run_id, timeout_s=30))
-    assert run.state.type == StateType.CANCELLED, run.state
+    assert state_of(run).type == StateType.CANCELLED, run.state
     for child in children():
-        state = asyncio.run(final_state(child.id, timeout_s=30)).state
+        state = state_of(asyncio.run(final_state(child.id, timeout_s=30)))
         assert state.type == StateType.CANCELLED, (child.name, state)
     wait_for("slots given back", lambda: asyncio.run(active_slots(name)) == 0, 15)
     assert asyncio.run(logged(flow_run_id, f"`prefect flow-run retry {flow_run_id}`"))
@@ -390,15 +401,15 @@ def test_a_401_with_the_key_from_a_secret_block_names_that_block(
     from prefect.blocks.system import Secret
 
     block, wrong = "fish-speech-wrong-key", "wrong-key-never-logged-91c2"
-    Secret(value=wrong).save(block, overwrite=True)
+    Secret(value=SecretStr(wrong)).save(block, overwrite=True)
     try:
         _, flow_run_id = submit(site, catalog(tmp_path / "c.csv", 3), tmp_path / "out",
                                 "--api-key-secret", block)  # fmt: skip
         run = asyncio.run(final_state(flow_run_id))
     finally:  # the site's other runs know one Secret block only
         Secret.delete(block)
-    assert run.state.type == StateType.FAILED
-    message = run.state.message or ""
+    assert state_of(run).type == StateType.FAILED
+    message = state_of(run).message or ""
     assert f"HTTP 401 from {emulator.url}" in message
     assert f"(check the API key: Prefect Secret block '{block}')" in message
     assert "FISHFLOW_API_KEY" not in message
@@ -424,14 +435,14 @@ def test_a_killed_workers_run_ends_crashed_and_a_retry_loses_nothing(
     site.stop_worker("doomed", signal.SIGKILL)  # the machine is gone: worker and flow run
 
     run = asyncio.run(final_state(flow_run_id, timeout_s=240))
-    assert run.state.type == StateType.CRASHED
+    assert state_of(run).type == StateType.CRASHED
     run_id = run.name
     site.start_worker("rescue")
     try:
         retried = site.prefect("flow-run", "retry", str(flow_run_id))
         assert retried.returncode == 0, retried.stdout + retried.stderr
         run = asyncio.run(final_state(flow_run_id))
-        assert run.state.type == StateType.COMPLETED, run.state.message
+        assert state_of(run).type == StateType.COMPLETED, state_of(run).message
     finally:
         site.stop_worker("rescue")
     # The retry finished the same run: same run id, one run folder, its journal gone.
