@@ -121,12 +121,7 @@ async def refresh_catalog_audio(
     )
     # secret:NAME becomes the URL it holds; the source, its lexicon and the servers are
     # checked before anything is written for the run.
-    readable, spec = await _checked(source, request, logger)
-    if deployment.name and (relative := relative_paths(source=readable, out=out)):
-        raise ConfigError(
-            f"{' and '.join(relative)}: a deployment's run works in a temporary folder of its "
-            "worker; give an absolute path, an s3:// URI or a database URL"
-        )
+    readable, spec = await _checked(source, request, logger, deployed=bool(deployment.name))
     await tag_flow_run(source=request.source, deployment=deployment.name, shard=shard)
     artifacts = reporting.Reporter(deployment.name, request.run_id)
     if request.sharded_parent:
@@ -173,15 +168,22 @@ async def refresh_catalog_audio(
 
 
 async def _checked(
-    source: str, request: RunRequest, logger: logging.Logger | logging.LoggerAdapter[Any]
+    source: str,
+    request: RunRequest,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    *,
+    deployed: bool,
 ) -> tuple[str, RunSpec]:
     """The readable source and the run's spec, once the source, the lexicon and the servers
     are known good: a bad one stops the run before anything is written. Servers not up yet
     are the pool's to wait for; servers that answer as something else (a wrong URL) stop it."""
-    readable = await resolve_source(request.source)
-    if split_secrets(readable)[1] is not None and not request.source.startswith(
-        ("env:", "secret:")
-    ):
+    readable = await resolve_source(source)  # the parameter itself: request.source is masked
+    if deployed and (relative := relative_paths(source=readable, out=request.out)):
+        raise ConfigError(
+            f"{' and '.join(relative)}: a deployment's run works in a temporary folder of its "
+            "worker; give an absolute path, an s3:// URI or a database URL"
+        )
+    if split_secrets(source)[1] is not None:
         logger.warning(
             "the source parameter holds a password in plain text, which Prefect keeps with "
             "this flow run: give it as secret:NAME (a Prefect Secret block) or env:NAME"

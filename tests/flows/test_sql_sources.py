@@ -269,6 +269,26 @@ def test_password_in_a_query_parameter_never_reaches_prefect(
     assert "password=***" in record
 
 
+def test_a_password_given_to_the_flow_itself_reads_the_table_and_is_recorded_masked(
+    mariadb: tuple[str, str], tmp_path: Path, emulator: Emulator, caplog, monkeypatch
+) -> None:
+    """As a deployment's `source` parameter holding a password in plain text: the run warns
+    (Prefect keeps its parameters), reads the table with the password (MariaDB checks it) and
+    records the source masked."""
+    monkeypatch.delenv(PASSWORD_ENV, raising=False)
+    url, user = mariadb
+    name = table(url, ROWS)
+    db = url.rsplit("/", 1)[1]
+    out = tmp_path / "out"
+    source = f"mysql+pymysql://{user}:{PASSWORD}@127.0.0.1:3306/{db}"
+    summary = run(source, out, [emulator.url], settings_kw={"table": name})
+    assert summary.ok == len(ROWS) and summary.failed == 0
+    assert "holds a password in plain text" in caplog.text
+    record = (out / "manifests" / f"run={summary.run_id}" / "run.json").read_text()
+    assert f"mysql+pymysql://{user}:***@127.0.0.1:3306/{db}" in record
+    assert PASSWORD not in _files_text(out)
+
+
 async def _prefect_texts() -> list[str]:
     """What Prefect's database holds of every flow run: parameters, names, tags, artifacts."""
     from prefect.client.orchestration import get_client
