@@ -32,12 +32,15 @@ from prefect.flows import load_flow_from_entrypoint
 from prefect.schedules import Cron
 from prefect.types.entrypoint import EntrypointType
 
+import fishflow
 from fishflow.settings import RunSettings, validated
 from fishflow.tasks.limits import create_limits
 
-ROOT = Path(__file__).resolve().parent.parent
-PREFECT_FILE = ROOT / "deployments" / "prefect.yaml"
-AUTOMATION_FILE = ROOT / "deployments" / "crashed-runs.yaml"
+# deployments/ ships in the package (fishflow/deployments links to it in a checkout), so that
+# `fishflow deploy` works from an install as from the repository.
+DEPLOYMENTS = Path(fishflow.__file__).parent / "deployments"
+PREFECT_FILE = DEPLOYMENTS / "prefect.yaml"
+AUTOMATION_FILE = DEPLOYMENTS / "crashed-runs.yaml"
 
 
 async def ensure_work_pool(name: str) -> bool:

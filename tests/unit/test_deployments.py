@@ -86,3 +86,13 @@ def test_parameters_are_described_for_the_prefect_ui() -> None:
 def test_the_crash_automation_waits_three_heartbeats() -> None:
     automation = crash_automation(30)
     assert automation.trigger.within.total_seconds() == 90  # type: ignore[union-attr]
+
+
+def test_fishflow_deploy_reads_the_files_that_ship_in_the_package() -> None:
+    """`fishflow deploy` from an install has no checkout to read deployments/ from: the package
+    holds the same files (fishflow/deployments links to them here; the wheel copies them)."""
+    from fishflow.tasks.deploy import AUTOMATION_FILE, PREFECT_FILE
+
+    for shipped in (PREFECT_FILE, AUTOMATION_FILE):
+        assert shipped.read_bytes() == (ROOT / "deployments" / shipped.name).read_bytes()
+        assert shipped.parent.parent.name == "fishflow"
