@@ -98,15 +98,17 @@ def is_remote_uri(uri: str) -> bool:
     return uri.startswith(S3_SCHEME)
 
 
+def is_relative_path(location: str) -> bool:
+    """Whether `location` is a local path relative to the working folder (not a URL, not
+    absolute)."""
+    return "://" not in location and not os.path.isabs(location)
+
+
 def relative_paths(**locations: str) -> list[str]:
-    """Which of the named locations are local paths relative to the working folder (not a URL,
-    not absolute): a deployment's run works in a temporary folder of its worker, deleted after
-    the run, so such a path would read nothing and write where nobody looks."""
-    return [
-        f"{name} {value!r}"
-        for name, value in locations.items()
-        if "://" not in value and not os.path.isabs(value)
-    ]
+    """Which of the named locations are relative paths: a deployment's run works in a
+    temporary folder of its worker, deleted after the run, so such a path would read nothing
+    and write where nobody looks."""
+    return [f"{name} {value!r}" for name, value in locations.items() if is_relative_path(value)]
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:

@@ -96,10 +96,11 @@ def submit(
     from prefect.deployments import run_deployment
 
     from fishflow.run import new_run_id
+    from fishflow.storage import is_relative_path
 
     name = deployment if "/" in deployment else f"refresh-catalog-audio/{deployment}"
-    # The worker runs in the project's folder, not here: local paths must not be relative.
-    source, out = (p if "://" in p else os.path.abspath(p) for p in (source, out))
+    # The worker runs in a temporary folder of its own: local paths must not be relative.
+    source, out = (os.path.abspath(p) if is_relative_path(p) else p for p in (source, out))
     run_id = run_id or new_run_id()
     parameters: dict[str, Any] = {"source": source, "out": out, "shards": shards, "run_id": run_id}
     if servers:
